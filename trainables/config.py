@@ -1,0 +1,83 @@
+"""The settings of one training run, validated before any work starts."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Method = Literal["sgd", "sam", "asam", "csam"]
+Loss = Literal["ce", "ls", "focal", "flsd53"]
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type or out of range. The message is one line."""
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines one training run. Unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    # data
+    dataset: str = "fashion_mnist"
+    data_root: str | None = None
+    download: bool = False
+    train_subset: int | None = Field(5000, gt=1)
+    test_subset: int | None = Field(None, gt=0)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    augment: bool = True
+    num_workers: int = Field(2, ge=0)
+    synthetic_size: int = Field(2048, gt=1)
+    # model
+    model: str = "cnn"
+    # optimisation
+    method: Method = "sam"
+    rho: float = Field(0.1, gt=0.0)
+    gamma: float = Field(1.0, ge=0.0, le=2.0)
+    eta: float = Field(0.01, ge=0.0)
+    loss: Loss = "ce"
+    ls_epsilon: float = Field(0.1, ge=0.0, lt=1.0)
+    focal_gamma: float = Field(3.0, ge=0.0, le=10.0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=2)
+    seed: int = Field(0, ge=0)
+    # hardware
+    device: str = "auto"
+    bf16: bool | None = None  # None: on for CUDA, off for CPU
+    channels_last: bool | None = None  # None: on for CUDA
+    compile: bool | None = None  # None: on for CUDA where it pays (see BENCHMARKS.md)
+
+    @model_validator(mode="after")
+    def _method_and_loss_agree(self) -> TrainConfig:
+        if self.method == "csam" and self.loss != "ce":
+            raise ValueError(
+                "method=csam defines its own descent loss; use loss=ce (or method=sam with "
+                f"loss={self.loss})"
+            )
+        return self
+
+
+def parse_config(settings: dict[str, Any], where: str = "settings") -> TrainConfig:
+    """Validate ``settings`` into a ``TrainConfig``, turning pydantic's report into one line."""
+    try:
+        return TrainConfig(**settings)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, where)) from None
+
+
+def describe_validation_error(err: ValidationError, where: str) -> str:
+    """One line naming the first bad key, its value and the reason."""
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(settings)"
+    reason = first["msg"]
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown key '{key}' (known keys: {', '.join(TrainConfig.model_fields)})"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"{where}: invalid value for '{key}'{shown}: {reason}"

@@ -1,0 +1,301 @@
+"""The epoch loop of one run: build data, model and optimizer from a config, train, evaluate, checkpoint.
+
+Device-agnostic. On CUDA: bf16 autocast and channels_last by default. Metrics are accumulated on
+the device; the host syncs once per epoch (to check for divergence and to report).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainables import calibration
+from trainables.config import ConfigError, TrainConfig
+from trainables.data import Data, load_data
+from trainables.losses import LossFn, build_loss, cross_entropy, csam_loss
+from trainables.models import build_model
+from trainables.sam import SAM, frozen_batchnorm_stats
+
+SAM_METHODS = ("sam", "asam", "csam")
+EVAL_BATCH = 1024
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; anything else must be a valid torch device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"settings: invalid device {name!r}: use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"settings: device {name!r} asked for but CUDA is not available; use cpu")
+    return device
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The base optimizer (SGD with momentum or AdamW), wrapped in SAM for the SAM family."""
+    if cfg.optimizer == "sgd":
+        base_cls: type[torch.optim.Optimizer] = torch.optim.SGD
+        kwargs: dict[str, Any] = dict(
+            lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    else:
+        base_cls = torch.optim.AdamW
+        kwargs = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    kwargs["foreach"] = True
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.method == "sgd":
+        return base_cls(params, **kwargs)
+    return SAM(params, base_cls, rho=cfg.rho, adaptive=cfg.method == "asam", eta=cfg.eta, **kwargs)
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch produced: its number (1-based), mean train loss and val metrics."""
+
+    epoch: int
+    train_loss: float
+    seconds: float
+    val: dict[str, float] = field(default_factory=dict)
+
+    def flat(self) -> dict[str, float]:
+        """One flat dict: ``epoch``, ``train_loss`` and ``val_<metric>`` keys."""
+        out: dict[str, float] = {"epoch": self.epoch, "train_loss": self.train_loss}
+        out.update({f"val_{k}": v for k, v in self.val.items()})
+        return out
+
+
+def metric_dict(report: dict[str, float]) -> dict[str, float]:
+    """Rename calibration_report's keys to sharpcal's short metric names (adaece, ece_ts, ...)."""
+    names = {"adaptive_ece": "adaece"}
+    return {names.get(k, k): v for k, v in report.items()}
+
+
+class Trainer:
+    """One run: ``fit()`` trains for ``cfg.epochs`` epochs, resuming from ``load_state_dict``."""
+
+    def __init__(self, cfg: TrainConfig, data: Data | None = None) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        on_cuda = self.device.type == "cuda"
+        self.bf16 = on_cuda if cfg.bf16 is None else cfg.bf16
+        self.channels_last = on_cuda if cfg.channels_last is None else cfg.channels_last
+        torch.manual_seed(cfg.seed)
+        self.data = (
+            data
+            if data is not None
+            else load_data(
+                cfg.dataset,
+                root=cfg.data_root,
+                val_fraction=cfg.val_fraction,
+                seed=cfg.seed,
+                train_subset=cfg.train_subset,
+                test_subset=cfg.test_subset,
+                device=self.device,
+                download=cfg.download,
+                num_workers=cfg.num_workers,
+                synthetic_size=cfg.synthetic_size,
+                channels_last=self.channels_last,
+            )
+        )
+        info = self.data.info
+        self.model = build_model(cfg.model, info.num_classes, info.in_channels, info.image_size)
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+        self.model.to(self.device, memory_format=memory_format)
+        use_compile = on_cuda if cfg.compile is None else cfg.compile
+        self.forward: nn.Module = torch.compile(self.model) if use_compile else self.model
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
+            if cfg.schedule == "cosine"
+            else None
+        )
+        loss = build_loss(cfg.loss, ls_epsilon=cfg.ls_epsilon, focal_gamma=cfg.focal_gamma)
+        self.ascent_loss: LossFn = cross_entropy if cfg.method == "csam" else loss
+        self.descent_loss: LossFn = csam_loss(cfg.gamma) if cfg.method == "csam" else loss
+        self.epochs_done = 0
+        self.diverged = False
+        self.history: list[dict[str, float]] = []
+
+    # -- training -------------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _sgd_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            loss = self.descent_loss(self.forward(x), y)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=False)
+        return loss.detach()
+
+    def _sam_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        optimizer = self.optimizer
+        assert isinstance(optimizer, SAM)
+        with self._autocast():
+            loss = self.ascent_loss(self.forward(x), y)
+        loss.backward()
+        optimizer.first_step()
+        with frozen_batchnorm_stats(self.model):
+            with self._autocast():
+                perturbed_loss = self.descent_loss(self.forward(x), y)
+            perturbed_loss.backward()
+        optimizer.second_step(zero_grad=True)
+        return loss.detach()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimisation step on a batch; returns the clean-weights loss (a device tensor)."""
+        if self.cfg.method in SAM_METHODS:
+            return self._sam_step(x, y)
+        return self._sgd_step(x, y)
+
+    def train_epoch(self) -> EpochRecord:
+        """Train one epoch; a non-finite loss sets ``self.diverged`` (checked once, at the end)."""
+        cfg = self.cfg
+        start = time.perf_counter()
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        batches = 0
+        epoch_seed = cfg.seed * 100_003 + self.epochs_done
+        for x, y in self.data.train_batches(cfg.batch_size, epoch_seed, augment=cfg.augment):
+            loss = self.train_step(x, y)
+            total += loss
+            finite &= torch.isfinite(loss)
+            batches += 1
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.epochs_done += 1
+        train_loss = (total / max(batches, 1)).item()
+        self.diverged = not bool(finite.item())
+        return EpochRecord(self.epochs_done, train_loss, time.perf_counter() - start)
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 logits and labels of a whole split, in the split's fixed order, on the device."""
+        self.model.eval()
+        logits, labels = [], []
+        for x, y in self.data.eval_batches(split, EVAL_BATCH):
+            with self._autocast():
+                logits.append(self.model(x).float())
+            labels.append(y)
+        if not logits:
+            raise ValueError(f"split {split!r} is empty")
+        return torch.cat(logits), torch.cat(labels)
+
+    def evaluate(self, split: str, temperature: float | None = None) -> dict[str, float]:
+        """Calibration metrics of a split (see ``calibration.calibration_report``)."""
+        logits, labels = self.predict(split)
+        report = calibration.calibration_report(
+            logits, labels, self.data.info.num_classes, temperature=temperature
+        )
+        return metric_dict(report)
+
+    def fit_temperature(self) -> float:
+        """Temperature fitted on val (1.0 when there is no val split)."""
+        if self.data.split_size("val") == 0:
+            return 1.0
+        logits, labels = self.predict("val")
+        return calibration.fit_temperature(logits, labels)
+
+    def final_metrics(self) -> dict[str, float]:
+        """Test metrics, temperature fitted on val, and test metrics after temperature scaling."""
+        temperature = self.fit_temperature()
+        test = self.evaluate("test", temperature=temperature)
+        out = {f"test_{k}": v for k, v in test.items()}
+        out["temperature"] = temperature
+        return out
+
+    def fit(self, on_epoch: Callable[[Trainer, EpochRecord], None] | None = None) -> RunResult:
+        """Train the remaining epochs, calling ``on_epoch`` after each, then evaluate on test."""
+        start = time.perf_counter()
+        while self.epochs_done < self.cfg.epochs and not self.diverged:
+            record = self.train_epoch()
+            if not self.diverged and self.data.split_size("val") > 0:
+                record.val = self.evaluate("val")
+            self.history.append(record.flat())
+            if on_epoch is not None:
+                on_epoch(self, record)
+        final = {} if self.diverged else self.final_metrics()
+        status = "diverged" if self.diverged else "completed"
+        return RunResult(status, self.history, final, time.perf_counter() - start)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bit-identically on CPU."""
+        state: dict[str, Any] = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "epochs_done": self.epochs_done,
+            "diverged": self.diverged,
+            "history": self.history,
+            "torch_rng": torch.get_rng_state(),
+            "config": self.cfg.model_dump(),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()``; the config must be the one that made the state."""
+        if state["config"] != self.cfg.model_dump():
+            raise ValueError("checkpoint was made with a different config")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epochs_done = state["epochs_done"]
+        self.diverged = state["diverged"]
+        self.history = list(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+@dataclass
+class RunResult:
+    """The outcome of ``Trainer.fit``: ``completed`` or ``diverged``, per-epoch rows, test metrics."""
+
+    status: str
+    history: list[dict[str, float]]
+    final: dict[str, float]
+    seconds: float
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` atomically: a crash mid-write never leaves a truncated checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint without executing anything from it (``weights_only=True``)."""
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
