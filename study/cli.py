@@ -1,4 +1,5 @@
-"""The ``study`` command: ``study train`` (one run, no Ray)."""
+"""The ``study`` command: ``train`` (one run, no Ray), ``run`` and ``resume`` (a Ray Tune study
+searched by Optuna), ``spaces`` (bundled search spaces)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from search_spaces import SpaceError, read_space_yaml, resolve_space
+from search_spaces import SpaceError, bundled_names, read_space_yaml, resolve_space
 from study.settings import parse_sets
 from trainables.config import ConfigError, parse_config
 from trainables.data import DataError
@@ -21,18 +22,51 @@ class UsageError(Exception):
     """Bad input detected before any work starts: printed as one line, exit code 2."""
 
 
+def _add_sets(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="sets", action="append", metavar="KEY=VALUE", help="override a setting"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="study", description="Hyperparameter studies of sharpness-aware training."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
     train = sub.add_parser("train", help="one training run without Ray, printing a per-epoch table")
     train.add_argument("--space", help="take fixed settings from a bundled space name or YAML file")
-    train.add_argument(
-        "--set", dest="sets", action="append", metavar="KEY=VALUE", help="override a setting"
-    )
+    _add_sets(train)
     train.set_defaults(handler=cmd_train)
+
+    run = sub.add_parser("run", help="run a study: Optuna searches a space over Ray Tune trials")
+    run.add_argument("space", nargs="?", default="default", help="bundled space name or YAML file")
+    run.add_argument("--name", help="study name (default: the space's name)")
+    run.add_argument("--samples", type=int, help="number of trials (overrides the space)")
+    run.add_argument("--concurrency", type=int, help="trials at once (overrides the space)")
+    _add_storage_and_address(run)
+    _add_sets(run)
+    run.set_defaults(handler=cmd_run)
+
+    resume = sub.add_parser("resume", help="continue an interrupted study")
+    resume.add_argument("name", help="the study's name")
+    _add_storage_and_address(resume)
+    resume.set_defaults(handler=cmd_resume)
+
+    spaces = sub.add_parser("spaces", help="list bundled search spaces, or validate a file")
+    spaces.add_argument("action", nargs="?", choices=["list", "validate"], default="list")
+    spaces.add_argument("file", nargs="?", help="with validate: the YAML file to check")
+    spaces.set_defaults(handler=cmd_spaces)
     return parser
+
+
+def _add_storage_and_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage", help="directory (or URI) holding studies (default: ./studies)"
+    )
+    parser.add_argument(
+        "--address", help="Ray cluster to join, e.g. 'auto' (default: a private local Ray)"
+    )
 
 
 def train_settings(space: str | None, sets: list[str] | None) -> dict[str, Any]:
@@ -83,6 +117,82 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"  ece_ts {f['test_ece_ts']:.4f} (T={f['temperature']:.3f})  [{result.seconds:.0f}s]"
     )
     return 0
+
+
+def cmd_spaces(args: argparse.Namespace) -> int:
+    """List the bundled spaces, or validate a user's file."""
+    from search_spaces.schema import load_space
+
+    if args.action == "validate":
+        if not args.file:
+            raise UsageError("spaces validate needs a FILE: study spaces validate my_space.yaml")
+        try:
+            space = load_space(args.file)
+        except SpaceError as err:
+            raise UsageError(str(err)) from None
+        print(f"{args.file}: valid ({len(space.search)} searched settings, {space.samples} samples)")
+        return 0
+    for name in bundled_names():
+        description = read_space_yaml(resolve_space(name)).get("description", "")
+        print(f"{name:<20} {description}")
+    return 0
+
+
+def _load_run_space(args: argparse.Namespace) -> Any:
+    from search_spaces.schema import load_space
+
+    overrides: dict[str, Any] = parse_sets(args.sets)
+    for key in ("samples", "concurrency"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    return load_space(args.space, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validate the space, create the study directory, run the Tuner, print the front."""
+    from study.runner import StudyExists, build_tuner, prepare_study, study_paths
+
+    try:
+        space = _load_run_space(args)
+        name = args.name or space.name or "study"
+        paths = study_paths(name, args.storage)
+        prepare_study(space, name, paths)
+    except (*USER_ERRORS, StudyExists) as err:
+        raise UsageError(str(err)) from None
+    return _fit_and_print(build_tuner, space, name, paths, args.address)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue an interrupted study from Tune's experiment state and the Optuna storage."""
+    from study.runner import load_study_space, restore_tuner, study_paths
+
+    paths = study_paths(args.name, args.storage)
+    try:
+        space = load_study_space(paths, args.name)
+    except USER_ERRORS as err:
+        raise UsageError(str(err)) from None
+    return _fit_and_print(restore_tuner, space, args.name, paths, args.address)
+
+
+def _fit_and_print(make_tuner: Any, space: Any, name: str, paths: Any, address: str | None) -> int:
+    from study.front import format_table, front_rows, load_optuna_study
+    from study.runner import init_ray
+
+    print(f"study {name}: {space.samples} trials, {space.concurrency} at a time, in {paths.root}")
+    init_ray(address)
+    try:
+        tuner = make_tuner(space, name, paths)
+    except SpaceError as err:
+        raise UsageError(str(err)) from None
+    results = tuner.fit()
+    study = load_optuna_study(name, paths.optuna_url)
+    title = "Pareto front" if space.objective.type == "pareto" else "best trial"
+    print(f"\n{title} of study {name} ({len(results)} trials, {results.num_errors} errored):")
+    print(format_table(front_rows(study, space)))
+    print(f"\nstudy directory: {paths.root}")
+    print(f"optuna storage:  {paths.optuna_url}  (optuna-dashboard {paths.optuna_url})")
+    print(f"tune experiment: {paths.tune}")
+    return 0 if len(results) > results.num_errors else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainables.data import check_dataset_name
+from trainables.models import check_model_name
 
 Method = Literal["sgd", "sam", "asam", "csam"]
 Loss = Literal["ce", "ls", "focal", "flsd53"]
@@ -53,6 +56,18 @@ class TrainConfig(BaseModel):
     channels_last: bool | None = None  # None: on for CUDA
     compile: bool | None = None  # None: on for CUDA where it pays (see BENCHMARKS.md)
 
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        check_dataset_name(name)
+        return name
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        check_model_name(name)
+        return name
+
     @model_validator(mode="after")
     def _method_and_loss_agree(self) -> TrainConfig:
         if self.method == "csam" and self.loss != "ce":
@@ -76,6 +91,8 @@ def describe_validation_error(err: ValidationError, where: str) -> str:
     first = err.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(settings)"
     reason = first["msg"]
+    if first["type"] == "value_error" and "error" in first.get("ctx", {}):
+        reason = str(first["ctx"]["error"])
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown key '{key}' (known keys: {', '.join(TrainConfig.model_fields)})"
     value = first.get("input")

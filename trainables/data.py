@@ -659,7 +659,7 @@ def download_dataset(name: str, root: str | Path | None = None) -> Path:
     Datasets in ``DOWNLOADABLE`` are fetched (torchvision skips verified files already there);
     the others have nothing to fetch and only the target directory is returned.
     """
-    _check_name(name)
+    check_dataset_name(name)
     target = Path(root).expanduser() if root is not None else default_download_root(name)
     if name not in DOWNLOADABLE:
         return target
@@ -681,7 +681,8 @@ def download_dataset(name: str, root: str | Path | None = None) -> Path:
     return target
 
 
-def _check_name(name: str) -> None:
+def check_dataset_name(name: str) -> None:
+    """Raise ``DataError`` unless ``name`` is a known dataset."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
 
@@ -706,7 +707,7 @@ def load_data(
     With ``download=True`` files that cannot be read are fetched first (see
     ``download_dataset``). ``image_size`` and ``num_workers`` only apply to ``imagefolder``.
     """
-    _check_name(name)
+    check_dataset_name(name)
     _check_val_fraction(val_fraction)
     if name == "imagefolder":
         return FolderData(

@@ -69,6 +69,7 @@ class EpochRecord:
     train_loss: float
     seconds: float
     val: dict[str, float] = field(default_factory=dict)
+    final: dict[str, float] = field(default_factory=dict)  # test metrics, after the last epoch
 
     def flat(self) -> dict[str, float]:
         """One flat dict: ``epoch``, ``train_loss`` and ``val_<metric>`` keys."""
@@ -226,14 +227,18 @@ class Trainer:
     def fit(self, on_epoch: Callable[[Trainer, EpochRecord], None] | None = None) -> RunResult:
         """Train the remaining epochs, calling ``on_epoch`` after each, then evaluate on test."""
         start = time.perf_counter()
+        final: dict[str, float] = {}
         while self.epochs_done < self.cfg.epochs and not self.diverged:
             record = self.train_epoch()
             if not self.diverged and self.data.split_size("val") > 0:
                 record.val = self.evaluate("val")
+            if not self.diverged and self.epochs_done == self.cfg.epochs:
+                final = record.final = self.final_metrics()
             self.history.append(record.flat())
             if on_epoch is not None:
                 on_epoch(self, record)
-        final = {} if self.diverged else self.final_metrics()
+        if not final and not self.diverged:  # resumed from a checkpoint of the last epoch
+            final = self.final_metrics()
         status = "diverged" if self.diverged else "completed"
         return RunResult(status, self.history, final, time.perf_counter() - start)
 

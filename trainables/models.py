@@ -46,9 +46,14 @@ def build_model(
         )
     if name in MODELS:
         return MODELS[name](num_classes, in_channels, image_size)
-    timm_name = name.removeprefix(TIMM_PREFIX)
-    if name.startswith(TIMM_PREFIX) or _is_timm_model(name):
-        return _timm_model(timm_name, num_classes, in_channels)
+    check_model_name(name)
+    return _timm_model(name.removeprefix(TIMM_PREFIX), num_classes, in_channels)
+
+
+def check_model_name(name: str) -> None:
+    """Raise ``ModelError`` unless ``name`` is registered or names a timm model."""
+    if name in MODELS or _is_timm_model(name.removeprefix(TIMM_PREFIX)):
+        return
     raise ModelError(
         f"unknown model {name!r}; registered: {', '.join(model_names())}; "
         f"any timm model can be named as {TIMM_PREFIX}<name>"

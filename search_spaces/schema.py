@@ -1,0 +1,197 @@
+"""The schema of a search space file, checked before Ray starts.
+
+A space has fixed settings (any ``TrainConfig`` key), a ``search`` section of distributions with
+optional conditions, an objective, and how to run the study. Every value a distribution can take is
+checked against ``TrainConfig``, so a space that validates can only produce valid trials.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from search_spaces import SpaceError, read_space_yaml, resolve_space
+from trainables.config import ConfigError, TrainConfig, parse_config
+
+KINDS = ("loguniform", "uniform", "int", "categorical")
+
+
+class Distribution(BaseModel):
+    """Exactly one of ``loguniform: [low, high]``, ``uniform: [low, high]``, ``int: [low, high]``
+    or ``categorical: [choices]``; ``when: {param: [values]}`` samples it only where every named
+    parameter (sampled earlier, or fixed) takes one of the listed values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    int: tuple[int, int] | None = None
+    categorical: list[Any] | None = Field(None, min_length=1)
+    step: float | None = Field(None, gt=0)
+    when: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_kind_with_ordered_bounds(self) -> Distribution:
+        given = [k for k in KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(KINDS)} (got {given or 'none'})")
+        bounds = self.bounds
+        if bounds is not None:
+            low, high = bounds
+            if low > high:
+                raise ValueError(f"low ({low}) > high ({high})")
+            if self.kind == "loguniform" and low <= 0:
+                raise ValueError(f"loguniform needs low > 0 (got {low})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """Which of ``KINDS`` this is."""
+        return next(k for k in KINDS if getattr(self, k) is not None)
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        """(low, high) for numeric kinds, None for categorical."""
+        return None if self.kind == "categorical" else getattr(self, self.kind)
+
+    def values_to_check(self) -> list[Any]:
+        """Values at the edges of the distribution (every choice, for categorical)."""
+        return list(self.categorical) if self.categorical is not None else list(self.bounds or ())
+
+    def applies(self, chosen: dict[str, Any]) -> bool:
+        """Whether the ``when`` condition holds for the parameters chosen so far."""
+        return all(chosen.get(key) in values for key, values in self.when.items())
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        """Draw this parameter from an Optuna trial."""
+        if self.categorical is not None:
+            return trial.suggest_categorical(name, self.categorical)
+        low, high = self.bounds  # type: ignore[misc]
+        if self.kind == "int":
+            return trial.suggest_int(name, int(low), int(high), step=int(self.step or 1))
+        return trial.suggest_float(
+            name, low, high, log=self.kind == "loguniform", step=self.step
+        )
+
+
+class Objective(BaseModel):
+    """``pareto``: maximize val_accuracy and minimize val_ece; ``weighted``: maximize
+    ``val_accuracy - weight * val_ece``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["pareto", "weighted"] = "pareto"
+    weight: float = Field(1.0, ge=0.0)
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metric names handed to Optuna."""
+        return ["val_accuracy", "val_ece"] if self.type == "pareto" else ["objective"]
+
+    @property
+    def modes(self) -> list[str]:
+        """max/min per metric."""
+        return ["max", "min"] if self.type == "pareto" else ["max"]
+
+
+class Resources(BaseModel):
+    """What one trial holds; a fractional ``gpu`` shares a GPU (a scheduling share only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float = Field(1.0, gt=0.0)
+    gpu: float = Field(0.0, ge=0.0)
+
+
+class Space(BaseModel):
+    """A whole search space file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    description: str = ""
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, Distribution] = Field(default_factory=dict)
+    objective: Objective = Field(default_factory=Objective)
+    samples: int = Field(8, ge=1)
+    concurrency: int = Field(2, ge=1)
+    sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
+    scheduler: Literal["none", "asha"] = "none"
+    seed: int = Field(0, ge=0)
+    resources: Resources = Field(default_factory=Resources)
+    max_failures: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _study_settings_agree(self) -> Space:
+        if self.scheduler == "asha" and self.objective.type != "weighted":
+            raise ValueError("scheduler asha needs objective type weighted (ASHA ranks one metric)")
+        if self.sampler == "grid" and any(d.kind != "categorical" for d in self.search.values()):
+            raise ValueError("sampler grid needs every search parameter to be categorical")
+        return self
+
+    def train_config(self, sampled: dict[str, Any] | None = None) -> TrainConfig:
+        """The TrainConfig of one trial: fixed settings plus sampled ones."""
+        return parse_config({**self.fixed, **(sampled or {})}, where="space")
+
+
+def _loc(err: ValidationError) -> tuple[str, str]:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"] if p != "__root__") or "(top level)"
+    reason = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        reason = "unknown key"
+    return key, reason
+
+
+def check_space(data: dict[str, Any], source: str) -> Space:
+    """Validate a parsed space; raise ``SpaceError`` naming the file, the key and the reason."""
+    try:
+        space = Space(**data)
+    except ValidationError as err:
+        key, reason = _loc(err)
+        raise SpaceError(f"{source}: '{key}': {reason}") from None
+    fields = TrainConfig.model_fields
+    for key in space.fixed:
+        if key not in fields:
+            raise SpaceError(f"{source}: 'fixed.{key}': unknown setting (see README's settings)")
+    try:
+        space.train_config()
+    except ConfigError as err:
+        raise SpaceError(f"{source}: 'fixed': {str(err).removeprefix('space: ')}") from None
+    seen: set[str] = set(space.fixed)
+    for name, dist in space.search.items():
+        where = f"{source}: 'search.{name}'"
+        if name not in fields:
+            raise SpaceError(f"{where}: unknown setting (see README's settings)")
+        if name in space.fixed:
+            raise SpaceError(f"{where}: also set in 'fixed'; keep one")
+        for key in dist.when:
+            if key not in seen:
+                raise SpaceError(f"{where}: 'when' names {key!r}, which is neither fixed nor "
+                                 "searched before it")
+        for value in dist.values_to_check():
+            try:
+                space.train_config({name: value})
+            except ConfigError as err:
+                reason = str(err).split(": ", 1)[-1]
+                raise SpaceError(f"{where}: value {value!r} is not allowed: {reason}") from None
+        seen.add(name)
+    return space
+
+
+def load_space(name_or_file: str, overrides: dict[str, Any] | None = None) -> Space:
+    """Read, apply top-level ``overrides`` (e.g. samples from the command line) and validate."""
+    path = resolve_space(name_or_file)
+    data = read_space_yaml(path)
+    data.setdefault("name", Path(path).stem)
+    for key, value in (overrides or {}).items():
+        if key in Space.model_fields:
+            data[key] = value
+        else:
+            data.setdefault("fixed", {})
+            data["fixed"] = {**(data["fixed"] or {}), key: value}
+            if key in (data.get("search") or {}):
+                data["search"] = {k: v for k, v in data["search"].items() if k != key}
+    return check_space(data, str(path))

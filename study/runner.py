@@ -1,0 +1,175 @@
+"""Build, run and resume a study: a Ray Tune ``Tuner`` searching with Optuna.
+
+A study directory holds everything a study wrote::
+
+    <storage>/<name>/space.yaml   the resolved space (what `study resume` reruns)
+    <storage>/<name>/optuna.db    the Optuna study (optuna-dashboard sqlite:///.../optuna.db)
+    <storage>/<name>/tune/        Ray Tune's experiment state, trial results and checkpoints
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search_spaces import SpaceError
+from search_spaces.schema import Space, check_space
+
+# The experiment state is what `study resume` continues from: write it often (it is small).
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+
+TUNE_DIR = "tune"
+SPACE_FILE = "space.yaml"
+OPTUNA_FILE = "optuna.db"
+
+
+class StudyExists(ValueError):
+    """`study run` on a name that already has a study."""
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    """Where a study keeps its files."""
+
+    root: Path
+
+    @property
+    def space(self) -> Path:
+        return self.root / SPACE_FILE
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.root / OPTUNA_FILE
+
+    @property
+    def optuna_url(self) -> str:
+        return f"sqlite:///{self.optuna_db}"
+
+    @property
+    def tune(self) -> Path:
+        return self.root / TUNE_DIR
+
+
+def study_paths(name: str, storage: str | None) -> StudyPaths:
+    """``<storage>/<name>``, storage defaulting to ``./studies`` (made absolute: trials chdir)."""
+    base = Path(storage) if storage else Path("studies")
+    return StudyPaths(base.expanduser().resolve() / name)
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Join the cluster at ``address`` (e.g. ``auto``), or start a private local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    common: dict[str, Any] = dict(
+        include_dashboard=False, log_to_driver=True, configure_logging=False
+    )
+    if address:
+        ray.init(address=address, **common)
+    else:
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **common)
+
+
+def _trainable(space: Space, name: str) -> Any:
+    from ray import tune
+
+    from trainables.trainable import TrialContext, train_trial
+
+    weight = space.objective.weight if space.objective.type == "weighted" else None
+    ctx = TrialContext(study=name, objective_weight=weight, cpus_per_trial=space.resources.cpu)
+    resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
+    return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
+
+
+def _run_config(space: Space, paths: StudyPaths) -> Any:
+    from ray import tune
+
+    return tune.RunConfig(
+        name=TUNE_DIR,
+        storage_path=str(paths.root),
+        failure_config=tune.FailureConfig(max_failures=space.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        verbose=1,
+    )
+
+
+def trial_name(trial: Any) -> str:
+    """``trial_<id>``: short names for the Tune trial and its directory."""
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
+    """A fresh Tuner for ``space``; its Optuna study lives in ``paths.optuna_db``."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from study.search import build_search
+
+    search = build_search(space, name, paths.optuna_url)
+    scheduler = None
+    if space.scheduler == "asha":
+        epochs = space.train_config().epochs
+        scheduler = ASHAScheduler(
+            time_attr="epoch", metric="objective", mode="max", max_t=epochs, grace_period=1,
+            reduction_factor=2,
+        )
+    return tune.Tuner(
+        _trainable(space, name),
+        tune_config=tune.TuneConfig(
+            search_alg=search,
+            scheduler=scheduler,
+            num_samples=space.samples,
+            max_concurrent_trials=space.concurrency,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=_run_config(space, paths),
+    )
+
+
+def prepare_study(space: Space, name: str, paths: StudyPaths) -> None:
+    """Create the study directory and save the resolved space; refuse an existing study."""
+    if paths.root.exists() and any(paths.root.iterdir()):
+        raise StudyExists(
+            f"study {name!r} already exists in {paths.root}: continue it with "
+            f"'study resume {name}', or choose another --name"
+        )
+    paths.root.mkdir(parents=True, exist_ok=True)
+    data = space.model_dump(mode="json")
+    data["name"] = name
+    paths.space.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def load_study_space(paths: StudyPaths, name: str) -> Space:
+    """The resolved space a study was started with."""
+    from search_spaces import read_space_yaml
+
+    if not paths.space.is_file():
+        raise SpaceError(
+            f"no study {name!r} in {paths.root.parent} (missing {paths.space}); "
+            "start one with 'study run'"
+        )
+    return check_space(read_space_yaml(paths.space), str(paths.space))
+
+
+def restore_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
+    """The Tuner of an interrupted study: finished trials stay, unfinished ones resume."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(paths.tune)):
+        raise SpaceError(
+            f"study {name!r} in {paths.root} has no Tune experiment state to resume from; "
+            "start it again with 'study run' under a new --name"
+        )
+    return tune.Tuner.restore(
+        str(paths.tune),
+        trainable=_trainable(space, name),
+        resume_unfinished=True,
+        resume_errored=True,
+    )

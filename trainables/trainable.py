@@ -1,0 +1,69 @@
+"""The Ray Tune function trainable: one trial = one ``Trainer`` run, reported and checkpointed per epoch."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from trainables.config import parse_config
+from trainables.loop import EpochRecord, Trainer, load_checkpoint, save_checkpoint
+
+CHECKPOINT_FILE = "state.pt"
+# What a diverged trial reports: the worst value of each objective metric, so that Optuna's
+# samplers rank its region last instead of ignoring it (as they would ignore a FAIL).
+DIVERGED_METRICS = {"val_accuracy": 0.0, "val_ece": 1.0, "val_adaece": 1.0}
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Study-level facts a trial needs, fixed for the whole study."""
+
+    study: str
+    objective_weight: float | None  # None for a Pareto study
+    cpus_per_trial: float
+
+
+def objective_value(metrics: dict[str, Any], weight: float) -> float:
+    """The weighted objective ``val_accuracy - weight * val_ece``."""
+    return metrics["val_accuracy"] - weight * metrics["val_ece"]
+
+
+def epoch_metrics(trainer: Trainer, record: EpochRecord, ctx: TrialContext) -> dict[str, Any]:
+    """What a trial reports after an epoch (test metrics too, after the last one)."""
+    metrics: dict[str, Any] = record.flat()
+    metrics["epochs_total"] = trainer.cfg.epochs
+    metrics["diverged"] = trainer.diverged
+    if trainer.diverged:
+        metrics.update(DIVERGED_METRICS)
+        metrics["train_loss"] = math.inf if not math.isfinite(record.train_loss) else record.train_loss
+    metrics.update(record.final)
+    if ctx.objective_weight is not None:
+        metrics["objective"] = objective_value(metrics, ctx.objective_weight)
+    return metrics
+
+
+def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Run one trial from its flat settings; resume from Tune's checkpoint when there is one."""
+    torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
+    cfg = parse_config(config, where=f"trial of study {ctx.study}")
+    trainer = Trainer(cfg)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            trainer.load_state_dict(load_checkpoint(Path(directory) / CHECKPOINT_FILE))
+
+    def report(trainer: Trainer, record: EpochRecord) -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            save_checkpoint(trainer.state_dict(), Path(directory) / CHECKPOINT_FILE)
+            tune.report(
+                epoch_metrics(trainer, record, ctx),
+                checkpoint=tune.Checkpoint.from_directory(directory),
+            )
+
+    trainer.fit(on_epoch=report)
