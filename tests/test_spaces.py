@@ -1,0 +1,114 @@
+"""Search spaces: every bundled one validates; broken copies are rejected before Ray starts."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search_spaces import BUNDLED_DIR, SpaceError, bundled_names
+from search_spaces.schema import check_space, load_space
+from study.search import SpaceSampler
+from tests.test_cli import run_study
+
+BUNDLED = ("default", "cifar10-resnet18", "cifar100-wrn28-10", "imagenet-resnet50")
+
+
+def test_the_four_bundled_spaces_are_shipped_and_valid():
+    assert set(BUNDLED) <= set(bundled_names())
+    for name in bundled_names():
+        space = load_space(name)
+        assert space.samples >= 1 and space.search
+
+
+def test_study_spaces_lists_each_space_on_one_line():
+    proc = run_study("spaces")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert sorted(line.split()[0] for line in lines) == bundled_names()
+
+
+def _default() -> dict:
+    return yaml.safe_load((BUNDLED_DIR / "default.yaml").read_text())
+
+
+def _broken(mutate) -> dict:
+    data = copy.deepcopy(_default())
+    mutate(data)
+    return data
+
+
+BROKEN = {
+    "wrong type": (lambda d: d.update(samples="many"), "samples"),
+    "unknown key": (lambda d: d.update(colour="blue"), "colour"),
+    "unknown fixed key": (lambda d: d["fixed"].update(colour="blue"), "fixed.colour"),
+    "low > high": (lambda d: d["search"].update(lr={"loguniform": [0.2, 0.01]}), "search.lr"),
+    "negative rho": (lambda d: d["search"].update(rho={"uniform": [-0.1, 0.2]}), "search.rho"),
+    "unknown model": (lambda d: d["fixed"].update(model="resnet9000"), "resnet9000"),
+    "unknown method": (
+        lambda d: d["search"].update(method={"categorical": ["sgd", "lion"]}),
+        "search.method",
+    ),
+    "gamma above 2": (lambda d: d["search"].update(gamma={"uniform": [0, 3]}), "search.gamma"),
+    "asha with pareto": (lambda d: d.update(scheduler="asha"), "asha"),
+    "condition on unknown": (
+        lambda d: d["search"]["rho"].update(when={"optimiser": ["sgd"]}),
+        "search.rho",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_copies_are_rejected_with_file_key_and_reason(case):
+    mutate, expected = BROKEN[case]
+    with pytest.raises(SpaceError) as err:
+        check_space(_broken(mutate), "broken.yaml")
+    message = str(err.value)
+    assert message.startswith("broken.yaml: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("case", ["wrong type", "negative rho", "unknown model"])
+def test_cli_rejects_broken_files_with_exit_2_before_ray_starts(tmp_path, case):
+    mutate, expected = BROKEN[case]
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(_broken(mutate), sort_keys=False))
+    for args in (["spaces", "validate", str(path)], ["run", str(path), "--storage", "st"]):
+        proc = run_study(*args, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert str(path) in line and expected in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.yaml"]  # no study directory
+
+
+def test_sampler_honours_conditions(tmp_path):
+    import optuna
+
+    space = load_space("default")
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for _ in range(30):
+        trial = study.ask()
+        fixed = SpaceSampler(space)(trial)
+        assert fixed == space.fixed
+        params = trial.params
+        assert ("rho" in params) == (params["method"] in ("sam", "asam", "csam"))
+        assert ("gamma" in params) == (params["method"] == "csam")
+        space.train_config(params)  # every draw is a valid config
+        study.tell(trial, [0.5, 0.1])
+
+
+def test_set_overrides_move_a_searched_key_to_fixed():
+    space = load_space("default", {"method": "sam", "samples": 3})
+    assert space.samples == 3
+    assert space.fixed["method"] == "sam" and "method" not in space.search
+
+
+def test_validate_accepts_a_users_file(tmp_path: Path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(_default(), sort_keys=False))
+    proc = run_study("spaces", "validate", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "valid" in proc.stdout

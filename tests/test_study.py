@@ -1,0 +1,168 @@
+"""Studies on a real local Ray with a real Optuna storage: run, front, divergence, ASHA, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tests.test_cli import run_study
+
+pytestmark = pytest.mark.slow
+
+DIGITS = dict(dataset="digits", train_subset=None, model="cnn", batch_size=64, device="cpu")
+
+
+def write_space(tmp_path: Path, **space) -> Path:
+    space.setdefault("fixed", {})
+    space["fixed"] = {**DIGITS, **space["fixed"]}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def optuna_study(tmp_path: Path, name: str) -> optuna.Study:
+    url = f"sqlite:///{tmp_path / 'studies' / name / 'optuna.db'}"
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def printed_front(stdout: str) -> list[dict[str, str]]:
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(("Pareto front", "best trial")))
+    header = lines[start + 1].split()
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.strip():
+            break
+        rows.append(dict(zip(header, line.split())))
+    return rows
+
+
+PARETO_SEARCH = {
+    "method": {"categorical": ["sgd", "sam", "csam"]},
+    "lr": {"loguniform": [0.02, 0.2]},
+    "rho": {"loguniform": [0.02, 0.3], "when": {"method": ["sam", "asam", "csam"]}},
+    "gamma": {"uniform": [0.0, 2.0], "when": {"method": ["csam"]}},
+}
+
+
+def test_pareto_study_on_digits_prints_optunas_front(tmp_path):
+    path = write_space(tmp_path, fixed={"epochs": 2}, search=PARETO_SEARCH, samples=4,
+                       concurrency=2, seed=3)
+    proc = run_study("run", str(path), "--name", "front", "--storage", "studies", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    study = optuna_study(tmp_path, "front")
+    assert len(study.directions) == 2
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 4 and len(study.trials) == 4
+    assert all(t.user_attrs["status"] == "completed" for t in complete)
+
+    front = printed_front(proc.stdout)
+    best = sorted(study.best_trials, key=lambda t: t.number)
+    assert [int(r["trial"]) for r in front] == [t.number for t in best]
+    for row, trial in zip(front, best):
+        assert float(row["val_accuracy"]) == pytest.approx(trial.values[0], rel=1e-3)
+        assert float(row["val_ece"]) == pytest.approx(trial.values[1], rel=1e-3, abs=1e-6)
+        assert row["method"] == trial.params["method"]
+    assert "optuna-dashboard sqlite:///" in proc.stdout
+
+    again = run_study("run", str(path), "--name", "front", "--storage", "studies", cwd=tmp_path)
+    assert again.returncode == 2
+    assert "study resume front" in again.stderr
+
+
+def test_diverging_trial_is_marked_and_the_study_completes(tmp_path):
+    path = write_space(
+        tmp_path,
+        fixed={"epochs": 2, "method": "sgd"},
+        search={"lr": {"categorical": [1.0e6, 0.1]}},
+        sampler="grid",
+        samples=2,
+        concurrency=2,
+    )
+    proc = run_study("run", str(path), "--name", "div", "--storage", "studies", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "(2 trials, 0 errored)" in proc.stdout  # a diverged trial is a result, not retried
+    trials = {t.params["lr"]: t for t in optuna_study(tmp_path, "div").trials}
+    diverged, healthy = trials[1.0e6], trials[0.1]
+    assert diverged.state == TrialState.COMPLETE
+    assert diverged.user_attrs["status"] == "diverged"
+    assert diverged.values == [0.0, 1.0]  # the worst accuracy and ECE: the sampler learns to avoid it
+    assert healthy.user_attrs["status"] == "completed"
+    assert healthy.values[0] > 0.5
+
+
+def test_weighted_study_with_asha_tells_stopped_trials_as_pruned(tmp_path):
+    path = write_space(
+        tmp_path,
+        fixed={"epochs": 4, "method": "sgd"},
+        search={"lr": {"categorical": [0.1, 1.0e-5]}},
+        objective={"type": "weighted", "weight": 1.0},
+        scheduler="asha",
+        sampler="random",
+        samples=4,
+        concurrency=1,
+        seed=6,  # the random sampler then draws lr 0.1, 0.1, 1e-5, 0.1: the third is stopped early
+    )
+    proc = run_study("run", str(path), "--name", "asha", "--storage", "studies", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    study = optuna_study(tmp_path, "asha")
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned, [(t.params, t.state, t.user_attrs) for t in study.trials]
+    for trial in pruned:
+        assert trial.user_attrs["status"] == "pruned"
+        assert trial.user_attrs["epoch"] < 4
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert trial.user_attrs["epoch"] == 4
+
+
+def _complete_count(tmp_path: Path, name: str) -> int:
+    try:
+        return len(optuna_study(tmp_path, name).get_trials(states=(TrialState.COMPLETE,)))
+    except Exception:  # the storage may not exist yet, or be mid-write
+        return 0
+
+
+def test_study_killed_with_sigkill_resumes_to_exactly_n_trials(tmp_path):
+    path = write_space(tmp_path, fixed={"epochs": 4}, search=PARETO_SEARCH, samples=4,
+                       concurrency=1, seed=5)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "study", "run", str(path), "--name", "kill", "--storage", "studies"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while _complete_count(tmp_path, "kill") < 1 and time.monotonic() < deadline:
+        assert driver.poll() is None, "the study ended before it could be killed"
+        time.sleep(0.5)
+    time.sleep(3)  # into the next trial, past its first checkpoint
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    os.killpg(driver.pid, signal.SIGKILL)  # and the local Ray it started, as a reboot would
+    done_before = _complete_count(tmp_path, "kill")
+    assert 1 <= done_before < 4
+
+    proc = run_study("resume", "kill", "--storage", "studies", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    study = optuna_study(tmp_path, "kill")
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 4
+    tune_ids = [t.user_attrs["tune_trial_id"] for t in complete]
+    assert len(set(tune_ids)) == 4
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    for trial_id in tune_ids:  # each trial ran every epoch exactly once in its final history
+        (trial_dir,) = (tmp_path / "studies" / "kill" / "tune").glob(f"trial_{trial_id}")
+        rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        epochs = [row["epoch"] for row in rows]
+        assert sorted(set(epochs)) == [1, 2, 3, 4]
