@@ -28,7 +28,7 @@ data: venv
 	fi
 
 demo: venv data
-	$(BIN)/study train
+	$(BIN)/study run default --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: test-deps data
 	$(BIN)/python -m pytest -q -m "not gpu" --timeout 900

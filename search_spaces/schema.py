@@ -71,9 +71,7 @@ class Distribution(BaseModel):
         low, high = self.bounds  # type: ignore[misc]
         if self.kind == "int":
             return trial.suggest_int(name, int(low), int(high), step=int(self.step or 1))
-        return trial.suggest_float(
-            name, low, high, log=self.kind == "loguniform", step=self.step
-        )
+        return trial.suggest_float(name, low, high, log=self.kind == "loguniform", step=self.step)
 
 
 class Objective(BaseModel):
@@ -122,6 +120,7 @@ class Space(BaseModel):
     seed: int = Field(0, ge=0)
     resources: Resources = Field(default_factory=Resources)
     max_failures: int = Field(1, ge=0)
+    evidence: Literal["last", "every"] = "last"
 
     @model_validator(mode="after")
     def _study_settings_agree(self) -> Space:
@@ -169,8 +168,9 @@ def check_space(data: dict[str, Any], source: str) -> Space:
             raise SpaceError(f"{where}: also set in 'fixed'; keep one")
         for key in dist.when:
             if key not in seen:
-                raise SpaceError(f"{where}: 'when' names {key!r}, which is neither fixed nor "
-                                 "searched before it")
+                raise SpaceError(
+                    f"{where}: 'when' names {key!r}, which is neither fixed nor searched before it"
+                )
         for value in dist.values_to_check():
             try:
                 space.train_config({name: value})

@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--samples", type=int, help="number of trials (overrides the space)")
     run.add_argument("--concurrency", type=int, help="trials at once (overrides the space)")
     _add_storage_and_address(run)
+    _add_tracking(run)
     _add_sets(run)
     run.set_defaults(handler=cmd_run)
 
@@ -61,11 +62,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_storage_and_address(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--storage", help="directory (or URI) holding studies (default: ./studies)"
-    )
+    parser.add_argument("--storage", help="directory (or URI) holding studies (default: ./studies)")
     parser.add_argument(
         "--address", help="Ray cluster to join, e.g. 'auto' (default: a private local Ray)"
+    )
+
+
+def _add_tracking(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI, e.g. http://HOST:5000 (default: sqlite:///<cwd>/mlflow.db)",
     )
 
 
@@ -130,7 +136,9 @@ def cmd_spaces(args: argparse.Namespace) -> int:
             space = load_space(args.file)
         except SpaceError as err:
             raise UsageError(str(err)) from None
-        print(f"{args.file}: valid ({len(space.search)} searched settings, {space.samples} samples)")
+        print(
+            f"{args.file}: valid ({len(space.search)} searched settings, {space.samples} samples)"
+        )
         return 0
     for name in bundled_names():
         description = read_space_yaml(resolve_space(name)).get("description", "")
@@ -148,30 +156,94 @@ def _load_run_space(args: argparse.Namespace) -> Any:
     return load_space(args.space, overrides)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Validate the space, create the study directory, run the Tuner, print the front."""
-    from study.runner import StudyExists, build_tuner, prepare_study, study_paths
+def _study_tags(space: Any, args: argparse.Namespace) -> dict[str, str]:
+    from study.tracking import git_commit
 
+    tags = {
+        "space": str(args.space),
+        "sampler": space.sampler,
+        "objective": space.objective.type,
+        "sharpcal.kind": "study",
+    }
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    return tags
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validate the space and the tracking store, create the study, run it, print the front."""
+    from study.runner import (
+        StudyExists,
+        build_tuner,
+        prepare_study,
+        save_tracking,
+        study_paths,
+    )
+    from study.tracking import (
+        MlflowTrialCallback,
+        StudyTracker,
+        TrackingError,
+        default_tracking_uri,
+        flatten,
+    )
+
+    tracking_uri = args.tracking_uri or default_tracking_uri()
     try:
         space = _load_run_space(args)
         name = args.name or space.name or "study"
         paths = study_paths(name, args.storage)
+        if paths.root.exists() and any(paths.root.iterdir()):
+            prepare_study(space, name, paths)  # raises StudyExists
+        tracker = StudyTracker(tracking_uri, name)
         prepare_study(space, name, paths)
-    except (*USER_ERRORS, StudyExists) as err:
+    except (*USER_ERRORS, StudyExists, TrackingError) as err:
         raise UsageError(str(err)) from None
-    return _fit_and_print(build_tuner, space, name, paths, args.address)
+    parent = tracker.parent_run(
+        None, flatten(space.model_dump(mode="json")), _study_tags(space, args)
+    )
+    save_tracking(
+        paths,
+        {
+            "tracking_uri": tracking_uri,
+            "experiment_id": tracker.experiment_id,
+            "parent_run_id": parent,
+        },
+    )
+    callback = MlflowTrialCallback(tracking_uri, tracker.experiment_id, parent, str(paths.root))
+    rc = _fit_and_print(
+        lambda: build_tuner(space, name, paths, [callback]), space, name, paths, args.address
+    )
+    _close_parent(tracker, parent)
+    return rc
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue an interrupted study from Tune's experiment state and the Optuna storage."""
-    from study.runner import load_study_space, restore_tuner, study_paths
+    from study.runner import load_study_space, load_tracking, restore_tuner, study_paths
+    from study.tracking import StudyTracker, TrackingError
 
     paths = study_paths(args.name, args.storage)
     try:
         space = load_study_space(paths, args.name)
-    except USER_ERRORS as err:
+        info = load_tracking(paths)
+        tracker = StudyTracker(info["tracking_uri"], args.name) if info else None
+    except (*USER_ERRORS, TrackingError) as err:
         raise UsageError(str(err)) from None
-    return _fit_and_print(restore_tuner, space, args.name, paths, args.address)
+    parent = tracker.parent_run(info["parent_run_id"], {}, {}) if tracker else None
+    rc = _fit_and_print(
+        lambda: restore_tuner(space, args.name, paths), space, args.name, paths, args.address
+    )
+    if tracker and parent:
+        _close_parent(tracker, parent)
+    return rc
+
+
+def _close_parent(tracker: Any, parent: str) -> None:
+    try:
+        tracker.finish(parent)
+    except Exception as err:  # the study is done and on disk; only the run's status is lost
+        print(f"warning: could not close MLflow run {parent}: {err}", file=sys.stderr)
 
 
 def _fit_and_print(make_tuner: Any, space: Any, name: str, paths: Any, address: str | None) -> int:
@@ -181,7 +253,7 @@ def _fit_and_print(make_tuner: Any, space: Any, name: str, paths: Any, address: 
     print(f"study {name}: {space.samples} trials, {space.concurrency} at a time, in {paths.root}")
     init_ray(address)
     try:
-        tuner = make_tuner(space, name, paths)
+        tuner = make_tuner()
     except SpaceError as err:
         raise UsageError(str(err)) from None
     results = tuner.fit()
@@ -192,6 +264,7 @@ def _fit_and_print(make_tuner: Any, space: Any, name: str, paths: Any, address: 
     print(f"\nstudy directory: {paths.root}")
     print(f"optuna storage:  {paths.optuna_url}  (optuna-dashboard {paths.optuna_url})")
     print(f"tune experiment: {paths.tune}")
+    print(f"evidence:        {paths.root / 'evidence'}")
     return 0 if len(results) > results.num_errors else 1
 
 

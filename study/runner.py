@@ -5,10 +5,14 @@ A study directory holds everything a study wrote::
     <storage>/<name>/space.yaml   the resolved space (what `study resume` reruns)
     <storage>/<name>/optuna.db    the Optuna study (optuna-dashboard sqlite:///.../optuna.db)
     <storage>/<name>/tune/        Ray Tune's experiment state, trial results and checkpoints
+    <storage>/<name>/mlflow.json  where the study is tracked (tracking URI, experiment, parent run)
+    <storage>/<name>/evidence/    per-sample Parquet evidence (see trainables/evidence.py)
+    <storage>/<name>/trials/<id>/ per-trial figures (reliability.png)
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +26,13 @@ from search_spaces.schema import Space, check_space
 # The experiment state is what `study resume` continues from: write it often (it is small).
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+# Each epoch's checkpoint forces a (small) state snapshot on purpose; Tune warns about that.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 TUNE_DIR = "tune"
 SPACE_FILE = "space.yaml"
 OPTUNA_FILE = "optuna.db"
+TRACKING_FILE = "mlflow.json"
 
 
 class StudyExists(ValueError):
@@ -54,6 +61,14 @@ class StudyPaths:
     def tune(self) -> Path:
         return self.root / TUNE_DIR
 
+    @property
+    def tracking(self) -> Path:
+        return self.root / TRACKING_FILE
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
 
 def study_paths(name: str, storage: str | None) -> StudyPaths:
     """``<storage>/<name>``, storage defaulting to ``./studies`` (made absolute: trials chdir)."""
@@ -76,21 +91,28 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **common)
 
 
-def _trainable(space: Space, name: str) -> Any:
+def _trainable(space: Space, name: str, paths: StudyPaths) -> Any:
     from ray import tune
 
     from trainables.trainable import TrialContext, train_trial
 
     weight = space.objective.weight if space.objective.type == "weighted" else None
-    ctx = TrialContext(study=name, objective_weight=weight, cpus_per_trial=space.resources.cpu)
+    ctx = TrialContext(
+        study=name,
+        objective_weight=weight,
+        cpus_per_trial=space.resources.cpu,
+        study_uri=str(paths.root),
+        evidence=space.evidence,
+    )
     resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
     return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
 
 
-def _run_config(space: Space, paths: StudyPaths) -> Any:
+def _run_config(space: Space, paths: StudyPaths, callbacks: list[Any]) -> Any:
     from ray import tune
 
     return tune.RunConfig(
+        callbacks=callbacks,
         name=TUNE_DIR,
         storage_path=str(paths.root),
         failure_config=tune.FailureConfig(max_failures=space.max_failures),
@@ -104,7 +126,7 @@ def trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def build_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
+def build_tuner(space: Space, name: str, paths: StudyPaths, callbacks: list[Any]) -> Any:
     """A fresh Tuner for ``space``; its Optuna study lives in ``paths.optuna_db``."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -116,11 +138,15 @@ def build_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
     if space.scheduler == "asha":
         epochs = space.train_config().epochs
         scheduler = ASHAScheduler(
-            time_attr="epoch", metric="objective", mode="max", max_t=epochs, grace_period=1,
+            time_attr="epoch",
+            metric="objective",
+            mode="max",
+            max_t=epochs,
+            grace_period=1,
             reduction_factor=2,
         )
     return tune.Tuner(
-        _trainable(space, name),
+        _trainable(space, name, paths),
         tune_config=tune.TuneConfig(
             search_alg=search,
             scheduler=scheduler,
@@ -129,7 +155,7 @@ def build_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
         ),
-        run_config=_run_config(space, paths),
+        run_config=_run_config(space, paths, callbacks),
     )
 
 
@@ -159,7 +185,8 @@ def load_study_space(paths: StudyPaths, name: str) -> Space:
 
 
 def restore_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
-    """The Tuner of an interrupted study: finished trials stay, unfinished ones resume."""
+    """The Tuner of an interrupted study: finished trials stay, unfinished ones resume (its
+    callbacks, MLflow's included, come back from the saved experiment)."""
     from ray import tune
 
     if not tune.Tuner.can_restore(str(paths.tune)):
@@ -169,7 +196,19 @@ def restore_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
         )
     return tune.Tuner.restore(
         str(paths.tune),
-        trainable=_trainable(space, name),
+        trainable=_trainable(space, name, paths),
         resume_unfinished=True,
         resume_errored=True,
     )
+
+
+def save_tracking(paths: StudyPaths, info: dict[str, str]) -> None:
+    """Remember where the study is tracked, for `study resume` and `study report`."""
+    paths.tracking.write_text(json.dumps(info, indent=2))
+
+
+def load_tracking(paths: StudyPaths) -> dict[str, str]:
+    """What ``save_tracking`` wrote, or {} for a study without tracking."""
+    if not paths.tracking.is_file():
+        return {}
+    return json.loads(paths.tracking.read_text())

@@ -93,7 +93,9 @@ class StudySearch(OptunaSearch):
         known = {t.number for t in self._ot_trials.values()}
         for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.number not in known:
-                log.warning("failing Optuna trial %d: asked before a crash, never run", trial.number)
+                log.warning(
+                    "failing Optuna trial %d: asked before a crash, never run", trial.number
+                )
                 self._ot_study.tell(trial.number, state=TrialState.FAIL)
 
 

@@ -37,7 +37,9 @@ def optuna_study(tmp_path: Path, name: str) -> optuna.Study:
 
 def printed_front(stdout: str) -> list[dict[str, str]]:
     lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(("Pareto front", "best trial")))
+    start = next(
+        i for i, line in enumerate(lines) if line.startswith(("Pareto front", "best trial"))
+    )
     header = lines[start + 1].split()
     rows = []
     for line in lines[start + 2 :]:
@@ -56,8 +58,9 @@ PARETO_SEARCH = {
 
 
 def test_pareto_study_on_digits_prints_optunas_front(tmp_path):
-    path = write_space(tmp_path, fixed={"epochs": 2}, search=PARETO_SEARCH, samples=4,
-                       concurrency=2, seed=3)
+    path = write_space(
+        tmp_path, fixed={"epochs": 2}, search=PARETO_SEARCH, samples=4, concurrency=2, seed=3
+    )
     proc = run_study("run", str(path), "--name", "front", "--storage", "studies", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -97,7 +100,10 @@ def test_diverging_trial_is_marked_and_the_study_completes(tmp_path):
     diverged, healthy = trials[1.0e6], trials[0.1]
     assert diverged.state == TrialState.COMPLETE
     assert diverged.user_attrs["status"] == "diverged"
-    assert diverged.values == [0.0, 1.0]  # the worst accuracy and ECE: the sampler learns to avoid it
+    assert diverged.values == [
+        0.0,
+        1.0,
+    ]  # the worst accuracy and ECE: the sampler learns to avoid it
     assert healthy.user_attrs["status"] == "completed"
     assert healthy.values[0] > 0.5
 
@@ -134,11 +140,14 @@ def _complete_count(tmp_path: Path, name: str) -> int:
 
 
 def test_study_killed_with_sigkill_resumes_to_exactly_n_trials(tmp_path):
-    path = write_space(tmp_path, fixed={"epochs": 4}, search=PARETO_SEARCH, samples=4,
-                       concurrency=1, seed=5)
+    path = write_space(
+        tmp_path, fixed={"epochs": 4}, search=PARETO_SEARCH, samples=4, concurrency=1, seed=5
+    )
     driver = subprocess.Popen(
         [sys.executable, "-m", "study", "run", str(path), "--name", "kill", "--storage", "studies"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     deadline = time.monotonic() + 240

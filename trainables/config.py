@@ -29,7 +29,7 @@ class TrainConfig(BaseModel):
     train_subset: int | None = Field(5000, gt=1)
     test_subset: int | None = Field(None, gt=0)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    augment: bool = True
+    augment: bool = False  # crop/flip on device; the CIFAR spaces turn it on
     num_workers: int = Field(2, ge=0)
     synthetic_size: int = Field(2048, gt=1)
     # model

@@ -129,6 +129,7 @@ class Trainer:
         self.epochs_done = 0
         self.diverged = False
         self.history: list[dict[str, float]] = []
+        self._predictions: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
 
     # -- training -------------------------------------------------------------------------------
 
@@ -199,11 +200,20 @@ class Trainer:
             labels.append(y)
         if not logits:
             raise ValueError(f"split {split!r} is empty")
-        return torch.cat(logits), torch.cat(labels)
+        result = torch.cat(logits), torch.cat(labels)
+        self._predictions[split] = (self.epochs_done, *result)
+        return result
+
+    def predictions(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``predict(split)``, reusing the logits already computed at this epoch."""
+        cached = self._predictions.get(split)
+        if cached is not None and cached[0] == self.epochs_done:
+            return cached[1], cached[2]
+        return self.predict(split)
 
     def evaluate(self, split: str, temperature: float | None = None) -> dict[str, float]:
         """Calibration metrics of a split (see ``calibration.calibration_report``)."""
-        logits, labels = self.predict(split)
+        logits, labels = self.predictions(split)
         report = calibration.calibration_report(
             logits, labels, self.data.info.num_classes, temperature=temperature
         )
@@ -213,7 +223,7 @@ class Trainer:
         """Temperature fitted on val (1.0 when there is no val split)."""
         if self.data.split_size("val") == 0:
             return 1.0
-        logits, labels = self.predict("val")
+        logits, labels = self.predictions("val")
         return calibration.fit_temperature(logits, labels)
 
     def final_metrics(self) -> dict[str, float]:
@@ -265,6 +275,7 @@ class Trainer:
         if state["config"] != self.cfg.model_dump():
             raise ValueError("checkpoint was made with a different config")
         self.model.load_state_dict(state["model"])
+        self._predictions.clear()
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])

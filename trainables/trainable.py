@@ -11,10 +11,14 @@ from typing import Any
 import torch
 from ray import tune
 
+from trainables import evidence
 from trainables.config import parse_config
 from trainables.loop import EpochRecord, Trainer, load_checkpoint, save_checkpoint
+from trainables.plots import reliability_png
 
 CHECKPOINT_FILE = "state.pt"
+RELIABILITY_FILE = "reliability.png"
+EVIDENCE_SPLITS = ("val", "test")
 # What a diverged trial reports: the worst value of each objective metric, so that Optuna's
 # samplers rank its region last instead of ignoring it (as they would ignore a FAIL).
 DIVERGED_METRICS = {"val_accuracy": 0.0, "val_ece": 1.0, "val_adaece": 1.0}
@@ -27,6 +31,43 @@ class TrialContext:
     study: str
     objective_weight: float | None  # None for a Pareto study
     cpus_per_trial: float
+    study_uri: str = ""  # the study directory (local path or s3://...); "" writes no files
+    evidence: str = "last"  # per-sample evidence of the last epoch only, or of "every" epoch
+
+
+def evidence_uri(study_uri: str) -> str:
+    """Where a study's Parquet evidence lives."""
+    return f"{study_uri.rstrip('/')}/evidence"
+
+
+def trial_artifacts_uri(study_uri: str, trial_id: str) -> str:
+    """Where a trial's figures live (the driver logs them to MLflow)."""
+    return f"{study_uri.rstrip('/')}/trials/{trial_id}"
+
+
+def write_trial_files(
+    trainer: Trainer, record: EpochRecord, ctx: TrialContext, trial_id: str
+) -> None:
+    """Evidence of val and test for this epoch and, after the last one, the reliability diagram."""
+    last = bool(record.final)
+    if not ctx.study_uri or trainer.diverged or not (last or ctx.evidence == "every"):
+        return
+    temperature = record.final.get("temperature") or trainer.fit_temperature()
+    for split in EVIDENCE_SPLITS:
+        if trainer.data.split_size(split) == 0:
+            continue
+        logits, labels = trainer.predictions(split)
+        table = evidence.evidence_table(
+            logits, labels, study=ctx.study, epoch=record.epoch, temperature=temperature
+        )
+        evidence.write_evidence(table, evidence_uri(ctx.study_uri), trial_id, split, record.epoch)
+    if last:
+        logits, labels = trainer.predictions("test")
+        png = reliability_png(logits, labels, temperature, title="test")
+        fs, root = evidence.resolve_fs(trial_artifacts_uri(ctx.study_uri, trial_id))
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(f"{root}/{RELIABILITY_FILE}") as out:
+            out.write(png)
 
 
 def objective_value(metrics: dict[str, Any], weight: float) -> float:
@@ -41,7 +82,9 @@ def epoch_metrics(trainer: Trainer, record: EpochRecord, ctx: TrialContext) -> d
     metrics["diverged"] = trainer.diverged
     if trainer.diverged:
         metrics.update(DIVERGED_METRICS)
-        metrics["train_loss"] = math.inf if not math.isfinite(record.train_loss) else record.train_loss
+        metrics["train_loss"] = (
+            math.inf if not math.isfinite(record.train_loss) else record.train_loss
+        )
     metrics.update(record.final)
     if ctx.objective_weight is not None:
         metrics["objective"] = objective_value(metrics, ctx.objective_weight)
@@ -58,7 +101,10 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         with checkpoint.as_directory() as directory:
             trainer.load_state_dict(load_checkpoint(Path(directory) / CHECKPOINT_FILE))
 
+    trial_id = tune.get_context().get_trial_id()
+
     def report(trainer: Trainer, record: EpochRecord) -> None:
+        write_trial_files(trainer, record, ctx, trial_id)
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(trainer.state_dict(), Path(directory) / CHECKPOINT_FILE)
             tune.report(

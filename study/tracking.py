@@ -1,0 +1,297 @@
+"""MLflow tracking: one experiment per study, a parent run for the study, a nested run per trial.
+
+Everything goes through ``MlflowClient`` from the driver (no global active run). A tracking store
+that cannot be reached at the start is an error before any trial starts; one lost mid-study only
+costs what could not be logged: training goes on, a warning says what is missing, and every file
+on disk stays complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from trainables.evidence import resolve_fs
+
+log = logging.getLogger("sharpcal.tracking")
+
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+TRIAL_TAG = "sharpcal.trial_id"
+STATUS_TAG = "status"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or used: one line saying which and how to fix."""
+
+
+def default_tracking_uri() -> str:
+    """``sqlite:///<absolute cwd>/mlflow.db``: `mlflow ui` started here shows it with no flags."""
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def git_commit() -> str | None:
+    """The commit of the working directory, when it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested settings as MLflow params: ``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The finite-or-not numbers of a result (bools and Tune's bookkeeping left out)."""
+    skip = {"epoch", "epochs_total", "timestamp", "pid", "time_this_iter_s", "done"}
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and k not in skip
+        and not k.startswith(("time_", "iterations_", "training_iteration"))
+    }
+
+
+def make_client(tracking_uri: str) -> Any:
+    """An ``MlflowClient`` for ``tracking_uri``, checked to answer; ``TrackingError`` if not."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as err:  # any transport or store error means the same to the user
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise TrackingError(
+            f"MLflow tracking store {tracking_uri} cannot be reached ({reason}); start the "
+            "server or pass another --tracking-uri"
+        ) from None
+    return client
+
+
+def experiment_id(client: Any, name: str) -> str:
+    """The id of experiment ``name``, created if needed."""
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name)
+
+
+def log_metrics(client: Any, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """One batch of metrics at ``step``."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+
+
+def log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
+    """Params in batches (MLflow takes at most 100 at a time)."""
+    from mlflow.entities import Param
+
+    items = [Param(k, v[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
+def copy_to_local(uri: str, directory: Path) -> list[Path]:
+    """Copy a file or a directory tree from any pyarrow filesystem into ``directory``."""
+    import pyarrow.fs as pafs
+
+    fs, path = resolve_fs(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return []
+    infos = (
+        [info]
+        if info.type == pafs.FileType.File
+        else fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    )
+    copied = []
+    for item in infos:
+        if item.type != pafs.FileType.File or Path(item.path).name.startswith(("_", ".")):
+            continue
+        rel = (
+            Path(item.path).name
+            if info.type == pafs.FileType.File
+            else Path(item.path).relative_to(path)
+        )
+        target = directory / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(item.path) as src:
+            target.write_bytes(src.read())
+        copied.append(target)
+    return copied
+
+
+class StudyTracker:
+    """The study's experiment and parent run; ``trial_callback()`` logs the trials under it."""
+
+    def __init__(self, tracking_uri: str, study: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.study = study
+        self.client = make_client(tracking_uri)
+        self.experiment_id = experiment_id(self.client, study)
+
+    def parent_run(self, existing: str | None, params: dict[str, str], tags: dict[str, str]) -> str:
+        """Reuse the parent run of a resumed study, or start one."""
+        if existing:
+            self.client.update_run(existing, status="RUNNING")
+            return existing
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.study)
+        log_params(self.client, run.info.run_id, params)
+        return run.info.run_id
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        """Close the parent run."""
+        self.client.set_terminated(run_id, status=status)
+
+
+class MlflowTrialCallback(Callback):
+    """A Tune callback: one nested MLflow run per trial, metrics per epoch, status and artifacts.
+
+    A trial that is restarted or resumed finds its run again by the ``sharpcal.trial_id`` tag, so
+    MLflow never holds two runs for one trial.
+    """
+
+    def __init__(
+        self, tracking_uri: str, experiment_id: str, parent_run_id: str, study_uri: str
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.study_uri = study_uri
+        self._client: Any = None
+        self._runs: dict[str, str] = {}
+        self._warned: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_client"] = None
+        return state
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def _safely(self, what: str, trial_id: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as err:  # a lost tracking server must not stop training
+            key = f"{trial_id}:{what}"
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning(
+                    "MLflow (%s) unreachable: %s of trial %s not logged (%s); the study's files "
+                    "on disk are complete",
+                    self.tracking_uri,
+                    what,
+                    trial_id,
+                    str(err).splitlines()[0][:160] if str(err) else type(err).__name__,
+                )
+            return None
+
+    def _find_or_create(self, trial: Any) -> str:
+        trial_id = trial.trial_id
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'",
+            max_results=1,
+        )
+        if found:
+            self.client.update_run(found[0].info.run_id, status="RUNNING")
+            return found[0].info.run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=trial_id,
+            tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, STATUS_TAG: "running"},
+        )
+        log_params(self.client, run.info.run_id, flatten(dict(trial.config)))
+        return run.info.run_id
+
+    def _run_id(self, trial: Any) -> str | None:
+        if trial.trial_id not in self._runs:
+            run_id = self._safely("run", trial.trial_id, self._find_or_create, trial)
+            if run_id is None:
+                return None
+            self._runs[trial.trial_id] = run_id
+        return self._runs[trial.trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._run_id(trial)
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        run_id = self._run_id(trial)
+        if run_id is not None:
+            step = int(result.get("epoch", result.get("training_iteration", 0)))
+            self._safely(
+                "metrics",
+                trial.trial_id,
+                log_metrics,
+                self.client,
+                run_id,
+                numeric_metrics(result),
+                step,
+            )
+
+    def _finish(self, trial: Any, error: bool) -> None:
+        from study.search import trial_status
+
+        run_id = self._run_id(trial)
+        if run_id is None:
+            return
+        status = trial_status(trial.last_result, error)
+        self._safely("status", trial.trial_id, self.client.set_tag, run_id, STATUS_TAG, status)
+        self._safely("artifacts", trial.trial_id, self._log_artifacts, run_id, trial.trial_id)
+        self._safely(
+            "end",
+            trial.trial_id,
+            self.client.set_terminated,
+            run_id,
+            "FAILED" if error else "FINISHED",
+        )
+
+    def _log_artifacts(self, run_id: str, trial_id: str) -> None:
+        from trainables.trainable import evidence_uri, trial_artifacts_uri
+
+        with tempfile.TemporaryDirectory() as tmp:
+            figures = Path(tmp, "figures")
+            copy_to_local(trial_artifacts_uri(self.study_uri, trial_id), figures)
+            if figures.exists():
+                self.client.log_artifacts(run_id, str(figures))
+            rows = Path(tmp, "evidence")
+            copy_to_local(f"{evidence_uri(self.study_uri)}/trial_id={trial_id}", rows)
+            if rows.exists():
+                self.client.log_artifacts(run_id, str(rows), artifact_path="evidence")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, error=True)

@@ -1,0 +1,138 @@
+"""Per-sample evidence: one Parquet row per evaluated sample, so calibration can be re-analysed
+without retraining.
+
+Layout: a hive-partitioned dataset ``<study dir>/evidence/trial_id=<id>/split=<split>/`` of
+zstd-compressed files ``epoch-<NNNN>.parquet``. The partition keys live in the path, not in the
+files: read with ``open_evidence`` (or DuckDB's ``read_parquet(..., hive_partitioning=true,
+hive_types={'trial_id': VARCHAR, 'split': VARCHAR})``). Each file is written under a hidden name
+(``_tmp-...``, which dataset discovery skips) and renamed into place, so a killed writer leaves no
+partial file visible, and a retried trial overwrites its own files instead of duplicating rows.
+Works on any ``pyarrow.fs`` filesystem: local paths and ``s3://`` URIs alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+SCHEMA_VERSION = "1"
+SCHEMA_KEY = b"sharpcal.evidence.schema_version"
+MAX_PROBS_CLASSES = 100
+PARTITIONING = ds.partitioning(
+    pa.schema([("trial_id", pa.string()), ("split", pa.string())]), flavor="hive"
+)
+FILE_SCHEMA = pa.schema(
+    [
+        ("study", pa.string()),
+        ("epoch", pa.int32()),
+        ("sample_id", pa.int64()),
+        ("label", pa.int32()),
+        ("pred", pa.int32()),
+        ("confidence", pa.float32()),
+        ("true_prob", pa.float32()),
+        ("correct", pa.bool_()),
+        ("temperature", pa.float32()),
+        ("confidence_ts", pa.float32()),
+        ("probs", pa.list_(pa.float16())),
+    ],
+    metadata={SCHEMA_KEY: SCHEMA_VERSION.encode()},
+)
+
+
+def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it, for a local path or a URI such as s3://."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), uri
+
+
+def evidence_table(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    study: str,
+    epoch: int,
+    temperature: float,
+    with_probs: bool | None = None,
+) -> pa.Table:
+    """The rows of one split at one epoch, computed on the logits' device and copied once."""
+    logits = logits.float()
+    probs = logits.softmax(dim=1)
+    confidence, pred = probs.max(dim=1)
+    true_prob = probs.gather(1, labels[:, None]).squeeze(1)
+    confidence_ts = (logits / temperature).softmax(dim=1).max(dim=1).values
+    n, num_classes = probs.shape
+    if with_probs is None:
+        with_probs = num_classes <= MAX_PROBS_CLASSES
+    columns: dict[str, Any] = {
+        "study": pa.array([study] * n, pa.string()),
+        "epoch": pa.array(torch.full((n,), epoch, dtype=torch.int32).numpy()),
+        "sample_id": pa.array(torch.arange(n, dtype=torch.int64).numpy()),
+        "label": pa.array(labels.to(torch.int32).cpu().numpy()),
+        "pred": pa.array(pred.to(torch.int32).cpu().numpy()),
+        "confidence": pa.array(confidence.cpu().numpy()),
+        "true_prob": pa.array(true_prob.cpu().numpy()),
+        "correct": pa.array((pred == labels).cpu().numpy()),
+        "temperature": pa.array(torch.full((n,), temperature, dtype=torch.float32).numpy()),
+        "confidence_ts": pa.array(confidence_ts.cpu().numpy()),
+    }
+    if with_probs:
+        flat = pa.array(probs.half().cpu().numpy().reshape(-1))
+        offsets = pa.array(
+            torch.arange(0, n * num_classes + 1, num_classes, dtype=torch.int32).numpy()
+        )
+        columns["probs"] = pa.ListArray.from_arrays(offsets, flat)
+    else:
+        columns["probs"] = pa.nulls(n, pa.list_(pa.float16()))
+    return pa.table(columns, schema=FILE_SCHEMA)
+
+
+def partition_dir(root: str, trial_id: str, split: str) -> str:
+    """``<root>/trial_id=<id>/split=<split>``."""
+    return f"{root.rstrip('/')}/trial_id={trial_id}/split={split}"
+
+
+def write_evidence(table: pa.Table, root_uri: str, trial_id: str, split: str, epoch: int) -> str:
+    """Write one split's rows atomically; returns the final path (inside its filesystem)."""
+    fs, root = resolve_fs(root_uri)
+    directory = partition_dir(root, trial_id, split)
+    fs.create_dir(directory, recursive=True)
+    final = f"{directory}/epoch-{epoch:04d}.parquet"
+    tmp = f"{directory}/_tmp-{uuid.uuid4().hex}.parquet"
+    try:
+        with fs.open_output_stream(tmp) as out:
+            pq.write_table(table, out, compression="zstd")
+        fs.move(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.delete_file(tmp)
+        raise
+    return final
+
+
+def clear_trial(root_uri: str, trial_id: str) -> None:
+    """Remove a trial's evidence (a trial restarted from scratch rewrites it)."""
+    fs, root = resolve_fs(root_uri)
+    directory = f"{root.rstrip('/')}/trial_id={trial_id}"
+    if fs.get_file_info(directory).type != pafs.FileType.NotFound:
+        fs.delete_dir(directory)
+
+
+def open_evidence(root_uri: str) -> ds.Dataset:
+    """The whole evidence dataset of a study, ``trial_id`` and ``split`` as string columns."""
+    fs, root = resolve_fs(root_uri)
+    return ds.dataset(
+        root,
+        filesystem=fs,
+        format="parquet",
+        partitioning=PARTITIONING,
+        exclude_invalid_files=False,
+        ignore_prefixes=["_", "."],
+    )
