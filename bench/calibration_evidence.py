@@ -24,6 +24,7 @@ COLUMNS = (
     ("test_accuracy", "accuracy %"),
     ("test_ece", "ECE %"),
     ("test_ece_ts", "ECE after TS %"),
+    ("temperature", "fitted T x100 (< 100: underconfident)"),
 )
 
 

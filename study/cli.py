@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="one training run without Ray, printing a per-epoch table")
     train.add_argument("--space", help="take fixed settings from a bundled space name or YAML file")
+    train.add_argument(
+        "--experiment", default="study-train", help="MLflow experiment of the run (study-train)"
+    )
+    _add_tracking(train)
     _add_sets(train)
     train.set_defaults(handler=cmd_train)
 
@@ -53,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("name", help="the study's name")
     _add_storage_and_address(resume)
     resume.set_defaults(handler=cmd_resume)
+
+    report = sub.add_parser("report", help="write <study>/report/: front, tables, figures")
+    report.add_argument("name", help="the study's name")
+    report.add_argument("--storage", help="directory holding studies (default: ./studies)")
+    report.set_defaults(handler=cmd_report)
 
     spaces = sub.add_parser("spaces", help="list bundled search spaces, or validate a file")
     spaces.add_argument("action", nargs="?", choices=["list", "validate"], default="list")
@@ -99,10 +108,16 @@ def _print_epoch(_: Trainer, record: EpochRecord) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run one training from the defaults, a space's fixed settings and ``--set`` overrides."""
+    from study.tracking import TrackingError, TrainRunLogger, default_tracking_uri
+    from trainables.plots import reliability_png
+
     try:
         cfg = parse_config(train_settings(args.space, args.sets), where="study train")
         trainer = Trainer(cfg)
-    except USER_ERRORS as err:
+        tracker = TrainRunLogger(
+            args.tracking_uri or default_tracking_uri(), args.experiment, cfg.model_dump()
+        )
+    except (*USER_ERRORS, TrackingError) as err:
         raise UsageError(str(err)) from None
     print(
         f"study train: {cfg.method} on {cfg.dataset} ({trainer.data.split_size('train')} train, "
@@ -112,16 +127,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(
         f"{'epoch':>5}  {'train_loss':>10}  {'val_acc':>7}  {'val_ece':>7}  {'val_nll':>7}  {'time':>7}"
     )
-    result = trainer.fit(on_epoch=_print_epoch)
+
+    def on_epoch(trainer: Trainer, record: EpochRecord) -> None:
+        _print_epoch(trainer, record)
+        tracker.epoch({**record.flat(), **record.final}, record.epoch)
+
+    result = trainer.fit(on_epoch=on_epoch)
     if result.status == "diverged":
+        tracker.finish("diverged", {})
         print(f"diverged: the training loss became non-finite in epoch {trainer.epochs_done}")
         return 0
     f = result.final
+    logits, labels = trainer.predictions("test")
+    tracker.finish(
+        "completed", {"reliability.png": reliability_png(logits, labels, f["temperature"])}
+    )
     print(
         f"test: accuracy {f['test_accuracy']:.4f}  ece {f['test_ece']:.4f}  "
         f"adaptive_ece {f['test_adaece']:.4f}  nll {f['test_nll']:.4f}  brier {f['test_brier']:.4f}"
         f"  ece_ts {f['test_ece_ts']:.4f} (T={f['temperature']:.3f})  [{result.seconds:.0f}s]"
     )
+    print(f"mlflow run {tracker.run_id} in {tracker.tracking_uri}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write (or rewrite) a study's report from its Optuna storage, results and evidence."""
+    from study.report import write_report
+    from study.runner import load_study_space, load_tracking, study_paths
+
+    paths = study_paths(args.name, args.storage)
+    try:
+        space = load_study_space(paths, args.name)
+    except USER_ERRORS as err:
+        raise UsageError(str(err)) from None
+    print(f"report: {write_report(paths, args.name, space, load_tracking(paths) or None)}")
     return 0
 
 
@@ -265,7 +305,13 @@ def _fit_and_print(make_tuner: Any, space: Any, name: str, paths: Any, address: 
     print(f"optuna storage:  {paths.optuna_url}  (optuna-dashboard {paths.optuna_url})")
     print(f"tune experiment: {paths.tune}")
     print(f"evidence:        {paths.root / 'evidence'}")
-    return 0 if len(results) > results.num_errors else 1
+    if len(results) == results.num_errors:
+        return 1
+    from study.report import write_report
+    from study.runner import load_tracking
+
+    print(f"report:          {write_report(paths, name, space, load_tracking(paths) or None)}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,9 +8,9 @@ on disk stays complete.
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,14 +20,19 @@ from ray.tune import Callback
 
 from trainables.evidence import resolve_fs
 
-log = logging.getLogger("sharpcal.tracking")
-
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+# Fail fast on a dead server: a lost server costs a warning, not minutes of retries per call.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 TRIAL_TAG = "sharpcal.trial_id"
 STATUS_TAG = "status"
 PARENT_TAG = "mlflow.parentRunId"
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr (the driver's logging belongs to Ray)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class TrackingError(RuntimeError):
@@ -205,13 +210,10 @@ class MlflowTrialCallback(Callback):
             key = f"{trial_id}:{what}"
             if key not in self._warned:
                 self._warned.add(key)
-                log.warning(
-                    "MLflow (%s) unreachable: %s of trial %s not logged (%s); the study's files "
-                    "on disk are complete",
-                    self.tracking_uri,
-                    what,
-                    trial_id,
-                    str(err).splitlines()[0][:160] if str(err) else type(err).__name__,
+                reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+                warn(
+                    f"MLflow ({self.tracking_uri}) unreachable: {what} of trial {trial_id} not "
+                    f"logged ({reason}); the study's files on disk are complete"
                 )
             return None
 
@@ -295,3 +297,42 @@ class MlflowTrialCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, error=True)
+
+
+class TrainRunLogger:
+    """`study train`'s single MLflow run: params, per-epoch metrics, test metrics, status and the
+    reliability diagram, logged the way a study's trial runs are."""
+
+    def __init__(self, tracking_uri: str, experiment: str, params: dict[str, Any]) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = make_client(tracking_uri)
+        exp = experiment_id(self.client, experiment)
+        run = self.client.create_run(exp, tags={STATUS_TAG: "running", "sharpcal.kind": "train"})
+        self.run_id = run.info.run_id
+        log_params(self.client, self.run_id, flatten(params))
+        self._warned = False
+
+    def _safely(self, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as err:  # keep training; say once what is missing
+            if not self._warned:
+                self._warned = True
+                warn(
+                    f"MLflow ({self.tracking_uri}) unreachable, run {self.run_id} is incomplete:"
+                    f" {str(err).splitlines()[0][:160]}"
+                )
+
+    def epoch(self, metrics: dict[str, Any], step: int) -> None:
+        """Log one epoch's numbers at ``step``."""
+        self._safely(log_metrics, self.client, self.run_id, numeric_metrics(metrics), step)
+
+    def finish(self, status: str, files: dict[str, bytes]) -> None:
+        """Tag the status, attach ``files`` (name -> bytes) and close the run."""
+        self._safely(self.client.set_tag, self.run_id, STATUS_TAG, status)
+        if files:
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, data in files.items():
+                    Path(tmp, name).write_bytes(data)
+                self._safely(self.client.log_artifacts, self.run_id, tmp)
+        self._safely(self.client.set_terminated, self.run_id, "FINISHED")

@@ -35,9 +35,17 @@ def test_table_columns_types_and_values():
     assert table.num_rows == 200
     types = {f.name: str(f.type) for f in table.schema}
     assert types == {
-        "study": "string", "epoch": "int32", "sample_id": "int64", "label": "int32",
-        "pred": "int32", "confidence": "float", "true_prob": "float", "correct": "bool",
-        "temperature": "float", "confidence_ts": "float", "probs": "list<item: halffloat>",
+        "study": "string",
+        "epoch": "int32",
+        "sample_id": "int64",
+        "label": "int32",
+        "pred": "int32",
+        "confidence": "float",
+        "true_prob": "float",
+        "correct": "bool",
+        "temperature": "float",
+        "confidence_ts": "float",
+        "probs": "list<item: halffloat>",
     }
     probs = logits.softmax(1)
     col = table.to_pydict()
@@ -83,16 +91,26 @@ def test_rewriting_an_epoch_replaces_rows_instead_of_duplicating(tmp_path):
     root = str(tmp_path / "ev")
     logits, labels = _logits()
     for _ in range(2):  # a retried trial writes the same epoch again
-        write_evidence(evidence_table(logits, labels, study="s", epoch=1, temperature=1.0),
-                       root, "t1", "test", epoch=1)
+        write_evidence(
+            evidence_table(logits, labels, study="s", epoch=1, temperature=1.0),
+            root,
+            "t1",
+            "test",
+            epoch=1,
+        )
     assert open_evidence(root).count_rows() == 200
 
 
 def test_a_writer_killed_mid_write_leaves_no_partial_rows(tmp_path):
     root = tmp_path / "ev"
     logits, labels = _logits()
-    write_evidence(evidence_table(logits, labels, study="s", epoch=1, temperature=1.0),
-                   str(root), "done", "test", epoch=1)
+    write_evidence(
+        evidence_table(logits, labels, study="s", epoch=1, temperature=1.0),
+        str(root),
+        "done",
+        "test",
+        epoch=1,
+    )
     script = textwrap.dedent(f"""
         import os, signal, pyarrow.parquet as pq, torch
         from trainables.evidence import evidence_table, write_evidence

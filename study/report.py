@@ -1,0 +1,777 @@
+"""`study report`: a Markdown report of a finished study, recomputed from what it stored.
+
+The report lives in ``<study dir>/report/``::
+
+    report.md        settings, Pareto front (or best trial), best trial per method, ensemble,
+                     importances, with links to the figures below
+    report.json      the numbers of the tables at full precision
+    pareto.png       val accuracy against val ECE of every completed trial, the front ringed
+    reliability.png  test reliability diagrams of each method's best trial, before/after scaling
+    importance.png   Optuna's parameter importances per objective (when they can be computed)
+    sensitivity.png  val ECE and val accuracy against rho and gamma (the searched ones)
+
+Test metrics of the per-method table and of the ensemble are recomputed with
+``trainables.calibration`` from the per-sample Parquet evidence (its float16 ``probs``, renormalised
+in float64), not copied from what the trials logged; the report says how far the two differ.
+Temperature scaling uses the evidence's ``temperature`` (fitted on val by the trial): the scaled
+probabilities are ``probs ** (1 / T)`` renormalised, i.e. ``softmax(log(probs) / T)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+import pyarrow.dataset as ds  # noqa: E402
+import torch  # noqa: E402
+from optuna.trial import FrozenTrial, TrialState  # noqa: E402
+
+from search_spaces.schema import Space  # noqa: E402
+from study.front import best_trials, load_optuna_study  # noqa: E402
+from study.runner import StudyPaths  # noqa: E402
+from study.search import STATUS_ATTR, TRIAL_ID_ATTR  # noqa: E402
+from trainables import calibration  # noqa: E402
+from trainables.config import TrainConfig  # noqa: E402
+from trainables.evidence import open_evidence  # noqa: E402
+from trainables.plots import reliability_axes  # noqa: E402
+
+REPORT_FILE = "report.md"
+DATA_FILE = "report.json"
+TOP_K = 5
+N_BINS = 15
+TINY = 1e-12  # floor of a probability before its log (float16 evidence rounds tiny ones to 0)
+EVIDENCE_COLUMNS = ["trial_id", "epoch", "sample_id", "label", "probs", "temperature"]
+SENSITIVITY_PARAMS = ("rho", "gamma")
+# Recomputed metric -> the user attribute the trial logged (see Trainer.final_metrics).
+LOGGED = {
+    "accuracy": "test_accuracy",
+    "ece": "test_ece",
+    "adaptive_ece": "test_adaece",
+    "classwise_ece": "test_classwise_ece",
+    "nll": "test_nll",
+    "brier": "test_brier",
+    "ece_ts": "test_ece_ts",
+}
+METRIC_TITLES = {
+    "accuracy": "test accuracy",
+    "ece": "ECE",
+    "adaptive_ece": "adaptive ECE",
+    "classwise_ece": "classwise ECE",
+    "nll": "NLL",
+    "brier": "Brier",
+    "ece_ts": "ECE after TS",
+}
+ENSEMBLE_METRICS = ("accuracy", "ece", "nll", "brier")
+
+
+# --------------------------------------------------------------------------------------------
+# What the report is made of
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialEvidence:
+    """The test rows of one trial's last evaluated epoch, ordered by ``sample_id``."""
+
+    sample_ids: np.ndarray
+    labels: torch.Tensor  # (N,) int64
+    probs: torch.Tensor  # (N, C) float64, rows renormalised
+    temperature: float
+
+    def scaled_probs(self) -> torch.Tensor:
+        """``probs ** (1 / T)`` renormalised: the temperature-scaled probabilities."""
+        return scale_probs(self.probs, self.temperature)
+
+
+@dataclass(frozen=True)
+class StudyView:
+    """A study as the report sees it: its trials, how they rank, and their evidence."""
+
+    name: str
+    space: Space
+    study: optuna.Study
+    completed: list[FrozenTrial]  # COMPLETE and not diverged, best first
+    evidence: dict[str, TrialEvidence]  # Tune trial id -> test evidence
+
+    @property
+    def pareto(self) -> bool:
+        return self.space.objective.type == "pareto"
+
+    def method(self, trial: FrozenTrial) -> str:
+        return trial_method(trial, self.space)
+
+    def score(self, trial: FrozenTrial) -> float:
+        return rank_score(trial, self.space)
+
+    def evidence_of(self, trial: FrozenTrial) -> TrialEvidence | None:
+        return self.evidence.get(str(trial.user_attrs.get(TRIAL_ID_ATTR, "")))
+
+    def methods(self) -> list[str]:
+        """Methods of the completed trials, in the order the space lists them."""
+        found = {self.method(t) for t in self.completed}
+        dist = self.space.search.get("method")
+        order = [str(m) for m in (dist.categorical or [])] if dist is not None else []
+        return [m for m in order if m in found] + sorted(found - set(order))
+
+
+def trial_method(trial: FrozenTrial, space: Space) -> str:
+    """The trial's ``method``: searched, else fixed, else TrainConfig's default."""
+    if "method" in trial.params:
+        return str(trial.params["method"])
+    return str(space.fixed.get("method", TrainConfig.model_fields["method"].default))
+
+
+def rank_score(trial: FrozenTrial, space: Space) -> float:
+    """Higher is better: ``val_accuracy - val_ece`` (pareto) or the weighted objective."""
+    if space.objective.type == "pareto":
+        return float(trial.values[0]) - float(trial.values[1])
+    return float(trial.values[0])
+
+
+def is_completed(trial: FrozenTrial) -> bool:
+    """COMPLETE in Optuna and not diverged (diverged trials are told with the worst values)."""
+    status = trial.user_attrs.get(STATUS_ATTR, "completed")
+    return trial.state == TrialState.COMPLETE and status == "completed" and bool(trial.values)
+
+
+def ranked_completed(study: optuna.Study, space: Space) -> list[FrozenTrial]:
+    """Completed trials, best first by ``rank_score`` (ties: lower number first)."""
+    trials = [t for t in study.get_trials(deepcopy=False) if is_completed(t)]
+    return sorted(trials, key=lambda t: (-rank_score(t, space), t.number))
+
+
+def scale_probs(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``softmax(log(probs) / T)``, the probabilities of logits divided by ``T``."""
+    return (probs.clamp_min(TINY).log() / temperature).softmax(dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Evidence and metrics
+# --------------------------------------------------------------------------------------------
+
+
+def _trial_rows(table: pa.Table, trial_id: str) -> TrialEvidence | None:
+    rows = table.filter(pc.equal(table["trial_id"], trial_id))
+    if rows.num_rows == 0:
+        return None
+    last = pc.max(rows["epoch"]).as_py()
+    rows = rows.filter(pc.equal(rows["epoch"], last)).sort_by("sample_id")
+    column = rows["probs"].combine_chunks()
+    n = rows.num_rows
+    if column.null_count:  # too many classes to store probs (see evidence.MAX_PROBS_CLASSES)
+        return None
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    if flat.size == 0 or flat.size % n:
+        return None
+    probs = torch.from_numpy(flat.reshape(n, -1))
+    probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(TINY)
+    return TrialEvidence(
+        sample_ids=rows["sample_id"].to_numpy(),
+        labels=torch.from_numpy(rows["label"].to_numpy().astype(np.int64)),
+        probs=probs,
+        temperature=float(rows["temperature"][0].as_py()),
+    )
+
+
+def load_test_evidence(root_uri: str, trial_ids: Iterable[str]) -> dict[str, TrialEvidence]:
+    """Test evidence of each trial (its last evaluated epoch); trials without any are left out."""
+    ids = sorted({i for i in trial_ids if i})
+    if not ids:
+        return {}
+    try:
+        dataset = open_evidence(root_uri)
+        table = dataset.to_table(
+            columns=EVIDENCE_COLUMNS,
+            filter=(ds.field("split") == "test") & ds.field("trial_id").isin(ids),
+        )
+    except (FileNotFoundError, pa.ArrowException):
+        return {}
+    found = {i: _trial_rows(table, i) for i in ids}
+    return {i: ev for i, ev in found.items() if ev is not None}
+
+
+def probs_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """accuracy, ece, adaptive_ece, classwise_ece, nll, brier of probabilities."""
+    logp = probs.clamp_min(TINY).log()  # softmax(log p) == p: log-probs are valid logits
+    values = {
+        "accuracy": calibration.accuracy(probs, labels),
+        "ece": calibration.ece(probs, labels, N_BINS),
+        "adaptive_ece": calibration.adaptive_ece(probs, labels, N_BINS),
+        "classwise_ece": calibration.classwise_ece(probs, labels, probs.shape[1], N_BINS),
+        "nll": calibration.nll(logp, labels),
+        "brier": calibration.brier(probs, labels),
+    }
+    return {k: float(v) for k, v in values.items()}
+
+
+def evidence_metrics(ev: TrialEvidence) -> dict[str, float]:
+    """``probs_metrics`` of a trial's test evidence plus ``ece_ts`` and ``temperature``."""
+    out = probs_metrics(ev.probs, ev.labels)
+    out["ece_ts"] = float(calibration.ece(ev.scaled_probs(), ev.labels, N_BINS))
+    out["temperature"] = ev.temperature
+    return out
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    arr = np.asarray(values, dtype=np.float64)
+    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return float(arr.mean()), std
+
+
+def repeat_group(trial: FrozenTrial, trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """``trial`` and the other trials with equal params except ``seed`` (repeat seeds)."""
+
+    def key(t: FrozenTrial) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((k, repr(v)) for k, v in t.params.items() if k != "seed"))
+
+    mine = key(trial)
+    group = [t for t in trials if key(t) == mine and t.number != trial.number]
+    return [trial, *sorted(group, key=lambda t: t.number)]
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A table cell: floats to ``digits`` decimals (small ones in e-notation), NaN as n/a."""
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else str(value)
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            return "n/a"
+        if value != 0 and abs(value) < 10 ** -(digits - 1):
+            return f"{value:.2e}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def fmt_param(value: Any) -> str:
+    """A hyperparameter value: floats to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table (cells already strings or formatted with ``fmt``)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for row in rows:
+        cells = [c if isinstance(c, str) else fmt(c) for c in row]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=90)
+    plt.close(fig)
+
+
+def _method_colors(methods: Sequence[str]) -> dict[str, Any]:
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def _val(trial: FrozenTrial, key: str) -> float:
+    value = trial.user_attrs.get(key)
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+# --------------------------------------------------------------------------------------------
+# Sections: each returns its Markdown, records its numbers in ``data`` and draws its figure
+# --------------------------------------------------------------------------------------------
+
+
+def _objective_text(space: Space) -> str:
+    if space.objective.type == "pareto":
+        return "pareto (maximize val_accuracy, minimize val_ece)"
+    return f"weighted (maximize val_accuracy - {space.objective.weight:g} * val_ece)"
+
+
+def _rank_text(space: Space) -> str:
+    if space.objective.type == "pareto":
+        return (
+            "Trials are ranked by **val_accuracy - val_ece** (highest first): the Pareto front "
+            "has no single best trial, so this scalarisation picks one."
+        )
+    return "Trials are ranked by the study's weighted objective (highest first)."
+
+
+def _search_text(space: Space) -> str:
+    parts = []
+    for name, dist in space.search.items():
+        shown = dist.categorical if dist.categorical is not None else list(dist.bounds or ())
+        when = f" when {dist.when}" if dist.when else ""
+        parts.append(f"`{name}`: {dist.kind} {shown}{when}")
+    return "; ".join(parts) or "(nothing searched)"
+
+
+def _trial_counts(study: optuna.Study) -> str:
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == TrialState.COMPLETE:
+            label = str(trial.user_attrs.get(STATUS_ATTR, "completed"))
+        else:
+            label = trial.state.name.lower()
+        counts[label] = counts.get(label, 0) + 1
+    detail = ", ".join(f"{n} {label}" for label, n in sorted(counts.items()))
+    return f"{len(study.trials)} trials ({detail or 'none'})"
+
+
+def header_section(view: StudyView, paths: StudyPaths, data: dict[str, Any]) -> str:
+    """Title and the study's settings."""
+    space = view.space
+    fixed = ", ".join(f"{k}={v}" for k, v in space.fixed.items()) or "(none)"
+    rows = [
+        ["space", str(space.name or view.name)],
+        ["objective", _objective_text(space)],
+        ["sampler", space.sampler],
+        ["scheduler", space.scheduler],
+        ["samples", str(space.samples)],
+        ["concurrency", str(space.concurrency)],
+        ["seed", str(space.seed)],
+        ["trials", _trial_counts(view.study)],
+        ["fixed", fixed],
+        ["searched", _search_text(space)],
+        ["study directory", f"`{paths.root}`"],
+    ]
+    data["settings"] = {r[0]: r[1] for r in rows}
+    lines = [f"# Study report: {view.name}"]
+    if space.description:
+        lines.append(space.description)
+    lines.append(md_table(["setting", "value"], rows))
+    return "\n\n".join(lines)
+
+
+def front_section(view: StudyView, data: dict[str, Any]) -> str:
+    """The Pareto front (or the best trial) as Optuna holds it, with the logged metrics."""
+    params = [p for p in view.space.search if p != "method"]
+    metric_keys = ["test_accuracy", "test_ece", "test_ece_ts", "test_nll"]
+    headers = ["trial", "Tune id", "method", *params, "val accuracy", "val ECE"]
+    headers += ["test accuracy", "test ECE", "test ECE after TS", "test NLL"]
+    if not view.pareto:
+        headers.append("objective")
+    rows, records = [], []
+    for trial in best_trials(view.study):
+        row: list[Any] = [
+            str(trial.number),
+            str(trial.user_attrs.get(TRIAL_ID_ATTR, "")),
+            view.method(trial),
+        ]
+        row += [fmt_param(trial.params.get(p, "-")) for p in params]
+        row += [_val(trial, "val_accuracy"), _val(trial, "val_ece")]
+        row += [_val(trial, k) for k in metric_keys]
+        if not view.pareto:
+            row.append(float(trial.values[0]))
+        rows.append(row)
+        records.append(
+            {
+                "trial": trial.number,
+                "tune_id": row[1],
+                "method": row[2],
+                "params": dict(trial.params),
+            }
+        )
+    data["front"] = records
+    title = "## Pareto front" if view.pareto else "## Best trial"
+    intro = (
+        "Optuna's Pareto front over (val accuracy up, val ECE down); test metrics as the trials "
+        "logged them."
+        if view.pareto
+        else "The trial with the highest weighted objective; test metrics as logged."
+    )
+    body = md_table(headers, rows) if rows else "No completed trial."
+    parts = [title, intro, body, "![](pareto.png)"]
+    done = {t.number for t in view.completed}
+    left_out = [t for t in view.study.get_trials(deepcopy=False) if t.number not in done]
+    if left_out:
+        parts.append(
+            f"{len(left_out)} trial(s) that did not complete normally (diverged, pruned, failed "
+            "or running) are left out of the figures, the rankings and the ensemble."
+        )
+    return "\n\n".join(parts)
+
+
+def draw_pareto(view: StudyView, path: Path) -> None:
+    """Val accuracy against val ECE of every completed trial, the front ringed and joined."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    methods = view.methods()
+    colors = _method_colors(methods)
+    for method in methods:
+        trials = [t for t in view.completed if view.method(t) == method]
+        ax.scatter(
+            [_val(t, "val_ece") for t in trials],
+            [_val(t, "val_accuracy") for t in trials],
+            color=colors[method],
+            label=method,
+            s=36,
+            zorder=3,
+        )
+    done = {t.number for t in view.completed}
+    front = sorted(
+        (t for t in best_trials(view.study) if t.number in done), key=lambda t: _val(t, "val_ece")
+    )
+    if front:
+        xs, ys = [_val(t, "val_ece") for t in front], [_val(t, "val_accuracy") for t in front]
+        label = "Pareto front" if view.pareto else "best trial"
+        ax.scatter(
+            xs,
+            ys,
+            s=160,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=1.5,
+            label=label,
+            zorder=4,
+        )
+        if view.pareto and len(front) > 1:
+            ax.plot(xs, ys, "k--", linewidth=1, zorder=2)
+        for t, x, y in zip(front, xs, ys):
+            ax.annotate(f"#{t.number}", (x, y), textcoords="offset points", xytext=(6, 6))
+    ax.set(xlabel="val ECE", ylabel="val accuracy", title=f"{view.name}: completed trials")
+    if methods:
+        ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def _method_best(view: StudyView) -> dict[str, FrozenTrial]:
+    """The best trial of each method among those with test evidence."""
+    best: dict[str, FrozenTrial] = {}
+    for trial in view.completed:  # best first
+        if view.evidence_of(trial) is not None:
+            best.setdefault(view.method(trial), trial)
+    return {m: best[m] for m in view.methods() if m in best}
+
+
+def _cell(values: Sequence[float]) -> str:
+    mean, std = mean_std(values)
+    return fmt(mean) if len(values) == 1 else f"{fmt(mean)} ± {fmt(std)}"
+
+
+def methods_section(view: StudyView, data: dict[str, Any]) -> str:
+    """Best trial per method: test metrics recomputed from the evidence (mean ± std over seeds)."""
+    best = _method_best(view)
+    keys = list(METRIC_TITLES)
+    headers = ["method", "trial", "seeds", *METRIC_TITLES.values(), "T"]
+    rows, records, gaps = [], {}, []
+    for method, trial in best.items():
+        group = [t for t in repeat_group(trial, view.completed) if view.evidence_of(t)]
+        metrics = [evidence_metrics(view.evidence_of(t)) for t in group]  # type: ignore[arg-type]
+        for t, m in zip(group, metrics):
+            gaps += [
+                abs(m[k] - float(t.user_attrs[a]))
+                for k, a in LOGGED.items()
+                if isinstance(t.user_attrs.get(a), (int, float))
+            ]
+        columns = {k: [m[k] for m in metrics] for k in [*keys, "temperature"]}
+        trials = ", ".join(f"#{t.number}" for t in group)
+        rows.append(
+            [
+                method,
+                trials,
+                str(len(group)),
+                *(_cell(columns[k]) for k in keys),
+                _cell(columns["temperature"]),
+            ]
+        )
+        records[method] = {
+            "trial": trial.number,
+            "tune_id": str(trial.user_attrs.get(TRIAL_ID_ATTR, "")),
+            "trials": [t.number for t in group],
+            "per_trial": metrics,
+            "mean": {k: mean_std(v)[0] for k, v in columns.items()},
+            "std": {k: mean_std(v)[1] for k, v in columns.items()},
+        }
+    data["methods"] = records
+    data["max_logged_gap"] = max(gaps) if gaps else None
+    parts = ["## Best trial per method", _rank_text(view.space)]
+    if not rows:
+        parts.append("No completed trial has test evidence to recompute metrics from.")
+        return "\n\n".join(parts)
+    parts.append(
+        "Test metrics recomputed from the Parquet evidence (float16 probs, renormalised) with "
+        f"`trainables.calibration` ({N_BINS} bins). Where trials repeat the best trial's "
+        "parameters with other seeds, cells show mean ± std over them. ECE after TS scales the "
+        "probs with the trial's val-fitted temperature T: probs^(1/T), renormalised."
+    )
+    parts.append(md_table(headers, rows))
+    if gaps:
+        parts.append(
+            f"Largest difference between these recomputed metrics and the ones the trials logged: "
+            f"{max(gaps):.1e} (float16 storage of the probs)."
+        )
+    parts.append("![](reliability.png)")
+    return "\n\n".join(parts)
+
+
+def draw_reliability(view: StudyView, path: Path) -> bool:
+    """Test reliability diagrams of each method's best trial, raw and temperature-scaled."""
+    best = _method_best(view)
+    if not best:
+        return False
+    fig, axes = plt.subplots(len(best), 2, figsize=(9, 4.2 * len(best)), squeeze=False)
+    for row, (method, trial) in zip(axes, best.items()):
+        ev = view.evidence_of(trial)
+        assert ev is not None
+        title = f"{method} #{trial.number}"
+        reliability_axes(row[0], ev.probs, ev.labels, title)
+        reliability_axes(row[1], ev.scaled_probs(), ev.labels, f"{title}, T={ev.temperature:.2f}")
+    _save(fig, path)
+    return True
+
+
+def ensemble_section(view: StudyView, data: dict[str, Any]) -> str:
+    """Averaged test probs of the top-k trials against the best single trial (evidence only)."""
+    ranked = [t for t in view.completed if view.evidence_of(t) is not None]
+    k = min(TOP_K, len(ranked))
+    parts = [f"## Ensemble of the top-{k}"]
+    if k == 0:
+        data["ensemble"] = None
+        parts.append("No completed trial has test evidence: no ensemble.")
+        return "\n\n".join(parts)
+    members = ranked[:k]
+    evs = [view.evidence_of(t) for t in members]
+    common = evs[0].sample_ids  # type: ignore[union-attr]
+    for ev in evs[1:]:
+        common = np.intersect1d(common, ev.sample_ids)  # type: ignore[union-attr]
+    aligned = [_select(ev, common) for ev in evs]  # type: ignore[arg-type]
+    labels = aligned[0][1]
+    single = _ensemble_metrics(aligned[0][0], labels)
+    ensemble = _ensemble_metrics(torch.stack([p for p, _ in aligned]).mean(dim=0), labels)
+    singles = [_ensemble_metrics(p, labels) for p, _ in aligned]
+    mean_single = {m: float(np.mean([s[m] for s in singles])) for m in ENSEMBLE_METRICS}
+    numbers = ", ".join(f"#{t.number}" for t in members)
+    rows = [
+        [f"best single (#{members[0].number})", *(single[m] for m in ENSEMBLE_METRICS)],
+        [f"mean of the {k} members", *(mean_single[m] for m in ENSEMBLE_METRICS)],
+        [f"ensemble ({numbers})", *(ensemble[m] for m in ENSEMBLE_METRICS)],
+    ]
+    data["ensemble"] = {
+        "k": k,
+        "trials": [t.number for t in members],
+        "samples": int(common.size),
+        "best_single": single,
+        "mean_single": mean_single,
+        "ensemble": ensemble,
+    }
+    parts.append(
+        f"The {k} best trials by the same ranking; their stored test probs are averaged per "
+        f"sample ({common.size} test samples), without retraining."
+    )
+    parts.append(md_table(["model", *(METRIC_TITLES[m] for m in ENSEMBLE_METRICS)], rows))
+    return "\n\n".join(parts)
+
+
+def _select(ev: TrialEvidence, sample_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    index = torch.from_numpy(np.searchsorted(ev.sample_ids, sample_ids))
+    return ev.probs[index], ev.labels[index]
+
+
+def _ensemble_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    metrics = probs_metrics(probs, labels)
+    return {m: metrics[m] for m in ENSEMBLE_METRICS}
+
+
+def importance_targets(space: Space) -> list[tuple[str, Callable[[FrozenTrial], float]]]:
+    """The objectives to explain: val_accuracy and val_ece, or the weighted objective."""
+    if space.objective.type == "pareto":
+        return [("val_accuracy", lambda t: t.values[0]), ("val_ece", lambda t: t.values[1])]
+    return [("objective", lambda t: t.values[0])]
+
+
+def compute_importances(view: StudyView) -> dict[str, dict[str, float]] | str:
+    """Optuna's importances per objective, or the sentence saying why there are none."""
+    told = view.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(told) < 2:
+        return (
+            f"Parameter importances need at least 2 completed trials (this study has {len(told)})."
+        )
+    if len(view.space.search) < 2:
+        return (
+            "Parameter importances are not shown: the study searched "
+            f"{len(view.space.search)} parameter(s), so there is nothing to compare."
+        )
+    out: dict[str, dict[str, float]] = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name, target in importance_targets(view.space):
+                found = optuna.importance.get_param_importances(view.study, target=target)
+                out[name] = {k: float(v) for k, v in found.items()}
+    except Exception as err:  # Optuna refuses some studies (e.g. all values equal)
+        return f"Optuna could not compute parameter importances: {err}"
+    return out
+
+
+def importance_section(view: StudyView, path: Path, data: dict[str, Any]) -> str:
+    """Importance table and figure, or a sentence."""
+    found = compute_importances(view)
+    parts = ["## Parameter importance"]
+    if isinstance(found, str):
+        data["importance"] = None
+        parts.append(found)
+        return "\n\n".join(parts)
+    data["importance"] = found
+    params = sorted(
+        {p for v in found.values() for p in v},
+        key=lambda p: -max(v.get(p, 0.0) for v in found.values()),
+    )
+    rows = [[p, *(found[t].get(p, math.nan) for t in found)] for p in params]
+    parts.append(
+        "Optuna's `get_param_importances` (default evaluator) per objective, over the "
+        f"{len(view.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))} trials "
+        "Optuna holds as complete (diverged ones included, with their worst-case values); "
+        "with few trials these are rough."
+    )
+    parts.append(md_table(["parameter", *found], rows))
+    parts.append("![](importance.png)")
+    draw_importance(found, path)
+    return "\n\n".join(parts)
+
+
+def draw_importance(found: dict[str, dict[str, float]], path: Path) -> None:
+    """One horizontal bar chart per objective."""
+    fig, axes = plt.subplots(1, len(found), figsize=(4.6 * len(found), 3.6), squeeze=False)
+    for ax, (target, values) in zip(axes[0], found.items()):
+        names = list(values)[::-1]
+        ax.barh(names, [values[n] for n in names], color="tab:blue")
+        ax.set(xlabel="importance", title=target, xlim=(0, 1))
+    _save(fig, path)
+
+
+def sensitivity_section(view: StudyView, path: Path, data: dict[str, Any]) -> str:
+    """Val ECE and val accuracy against rho and gamma, when they were searched."""
+    params = [p for p in SENSITIVITY_PARAMS if p in view.space.search]
+    parts = ["## Sensitivity to rho and gamma"]
+    data["sensitivity"] = params
+    if not params or not view.completed:
+        parts.append("Neither rho nor gamma was searched (or no trial completed): no figure.")
+        return "\n\n".join(parts)
+    skipped = [p for p in SENSITIVITY_PARAMS if p not in params]
+    text = "Val ECE and val accuracy of every completed trial against " + " and ".join(params)
+    text += " (rho on a log axis), coloured by method"
+    text += f"; {' and '.join(skipped)} was not searched." if skipped else "."
+    parts += [text, "![](sensitivity.png)"]
+    draw_sensitivity(view, params, path)
+    return "\n\n".join(parts)
+
+
+def draw_sensitivity(view: StudyView, params: Sequence[str], path: Path) -> None:
+    """A grid: rows val ECE / val accuracy, one column per searched param."""
+    metrics = [("val_ece", "val ECE"), ("val_accuracy", "val accuracy")]
+    fig, axes = plt.subplots(2, len(params), figsize=(4.8 * len(params), 7), squeeze=False)
+    methods = view.methods()
+    colors = _method_colors(methods)
+    for col, param in enumerate(params):
+        for row, (key, label) in enumerate(metrics):
+            ax = axes[row][col]
+            for method in methods:
+                trials = [
+                    t for t in view.completed if view.method(t) == method and param in t.params
+                ]
+                if trials:
+                    ax.scatter(
+                        [t.params[param] for t in trials],
+                        [_val(t, key) for t in trials],
+                        color=colors[method],
+                        label=method,
+                        s=30,
+                    )
+            if param == "rho":
+                ax.set_xscale("log")
+                ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+                ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.set(xlabel=param, ylabel=label)
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="best", fontsize="small")
+    _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def load_view(paths: StudyPaths, name: str, space: Space) -> StudyView:
+    """The study, its ranked completed trials and their test evidence."""
+    from trainables.trainable import evidence_uri  # imports Ray: only when reporting
+
+    study = load_optuna_study(name, paths.optuna_url)
+    completed = ranked_completed(study, space)
+    ids = [str(t.user_attrs.get(TRIAL_ID_ATTR, "")) for t in completed]
+    evidence = load_test_evidence(evidence_uri(str(paths.root)), ids)
+    return StudyView(name=name, space=space, study=study, completed=completed, evidence=evidence)
+
+
+def _fresh_dir(directory: Path) -> Path:
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def log_report(report_dir: Path, tracking: dict[str, str]) -> bool:
+    """Log the report directory to the study's parent MLflow run; warn (only) on failure."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking["tracking_uri"])
+        client.log_artifacts(tracking["parent_run_id"], str(report_dir), artifact_path="report")
+    except Exception as err:  # the files on disk are the report; MLflow only mirrors them
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        print(f"warning: could not log the report to MLflow: {reason}", file=sys.stderr)
+        return False
+    return True
+
+
+def write_report(
+    paths: StudyPaths, name: str, space: Space, tracking: dict[str, str] | None = None
+) -> Path:
+    """Write ``<study dir>/report/`` (Markdown, JSON numbers, figures) and return report.md's path.
+
+    The directory is replaced as a whole, so figures of an earlier report never linger. With
+    ``tracking`` (what ``runner.load_tracking`` returns), the directory is also logged to the
+    study's parent MLflow run under ``report/``; an MLflow failure only prints a warning.
+    """
+    view = load_view(paths, name, space)
+    report_dir = _fresh_dir(paths.report)
+    data: dict[str, Any] = {"study": name}
+    sections = [header_section(view, paths, data), front_section(view, data)]
+    draw_pareto(view, report_dir / "pareto.png")
+    sections.append(methods_section(view, data))
+    draw_reliability(view, report_dir / "reliability.png")
+    sections.append(ensemble_section(view, data))
+    sections.append(importance_section(view, report_dir / "importance.png", data))
+    sections.append(sensitivity_section(view, report_dir / "sensitivity.png", data))
+    report = report_dir / REPORT_FILE
+    report.write_text("\n\n".join(sections) + "\n")
+    (report_dir / DATA_FILE).write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    if tracking and tracking.get("tracking_uri") and tracking.get("parent_run_id"):
+        log_report(report_dir, tracking)
+    return report
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)

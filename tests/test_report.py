@@ -1,0 +1,233 @@
+"""`study report`: a real small study (files, recomputed metrics, front, ensemble, MLflow) and a
+synthetic weighted one (repeat seeds, a diverged trial, no rho/gamma)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from search_spaces.schema import check_space
+from study.front import best_trials, load_optuna_study
+from study.report import StudyView, compute_importances, log_report, rank_score, write_report
+from study.runner import StudyPaths, load_study_space, load_tracking, study_paths
+from trainables import calibration
+from trainables.evidence import evidence_table, write_evidence
+from trainables.trainable import evidence_uri
+
+NAME = "rep"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FIGURES = ("pareto.png", "reliability.png", "importance.png", "sensitivity.png")
+SPACE = {
+    "fixed": {
+        "dataset": "digits",
+        "train_subset": None,
+        "model": "cnn",
+        "epochs": 2,
+        "batch_size": 64,
+        "device": "cpu",
+    },
+    "search": {
+        "method": {"categorical": ["sgd", "sam", "csam"]},
+        "lr": {"loguniform": [0.02, 0.2]},
+        "rho": {"loguniform": [0.02, 0.3], "when": {"method": ["sam", "asam", "csam"]}},
+        "gamma": {"uniform": [0.0, 2.0], "when": {"method": ["csam"]}},
+    },
+    "samples": 4,
+    "concurrency": 2,
+    "seed": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A 4-trial digits study, then its report (over a stale report directory)."""
+    root = tmp_path_factory.mktemp("report")
+    space_file = root / "space.yaml"
+    space_file.write_text(yaml.safe_dump(SPACE, sort_keys=False))
+    proc = subprocess.run(
+        [sys.executable, "-m", "study", "run", str(space_file), "--name", NAME]
+        + ["--storage", "studies"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    paths = study_paths(NAME, str(root / "studies"))
+    paths.report.mkdir(exist_ok=True)  # `study run` may have written one already
+    (paths.report / "stale.png").write_bytes(b"from an earlier report")
+    tracking = load_tracking(paths)
+    md = write_report(paths, NAME, load_study_space(paths, NAME), tracking)
+    return SimpleNamespace(
+        paths=paths,
+        md=md,
+        text=md.read_text(),
+        data=json.loads((paths.report / "report.json").read_text()),
+        study=load_optuna_study(NAME, paths.optuna_url),
+        tracking=tracking,
+    )
+
+
+def section_table(text: str, heading: str) -> list[list[str]]:
+    """Body rows of the first Markdown table after ``heading``, as stripped cells."""
+    lines = text.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+@pytest.mark.slow
+def test_report_files_replace_the_old_report(report):
+    assert report.md == report.paths.report / "report.md"
+    assert report.text.startswith(f"# Study report: {NAME}")
+    for name in FIGURES:
+        data = (report.paths.report / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000, name
+        assert f"![]({name})" in report.text
+    assert not (report.paths.report / "stale.png").exists()
+
+
+@pytest.mark.slow
+def test_best_trial_per_method_recomputes_the_logged_test_metrics(report):
+    study, space = report.study, load_study_space(report.paths, NAME)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    methods = report.data["methods"]
+    assert methods and set(methods) <= {t.params["method"] for t in complete}
+    rows = {r[0]: r for r in section_table(report.text, "## Best trial per method")}
+    for method, entry in methods.items():
+        same = [t for t in complete if t.params["method"] == method]
+        best = max(same, key=lambda t: (rank_score(t, space), -t.number))
+        assert entry["trial"] == best.number
+        recomputed, logged = entry["per_trial"][0], best.user_attrs
+        for key, attr in [("accuracy", "test_accuracy"), ("ece", "test_ece"), ("nll", "test_nll")]:
+            assert recomputed[key] == pytest.approx(logged[attr], abs=1e-4), (method, key)
+        assert recomputed["ece_ts"] == pytest.approx(logged["test_ece_ts"], abs=1e-4)
+        assert rows[method][1] == f"#{best.number}"
+        assert f"{recomputed['ece']:.4f}" in rows[method]
+    assert "val_accuracy - val_ece" in report.text
+
+
+@pytest.mark.slow
+def test_front_table_lists_optunas_best_trials(report):
+    expected = [t.number for t in best_trials(report.study)]
+    rows = section_table(report.text, "## Pareto front")
+    assert [int(r[0]) for r in rows] == expected
+    assert [f["trial"] for f in report.data["front"]] == expected
+
+
+@pytest.mark.slow
+def test_ensemble_numbers_are_finite(report):
+    ensemble = report.data["ensemble"]
+    assert ensemble["k"] == 4 and len(ensemble["trials"]) == 4
+    for part in ("ensemble", "best_single", "mean_single"):
+        assert set(ensemble[part]) == {"accuracy", "ece", "nll", "brier"}
+        assert all(math.isfinite(v) for v in ensemble[part].values()), part
+    rows = section_table(report.text, "## Ensemble of the top-4")
+    assert len(rows) == 3 and rows[2][0].startswith("ensemble")
+
+
+@pytest.mark.slow
+def test_report_is_logged_to_the_parent_mlflow_run(report):
+    from mlflow.tracking import MlflowClient
+
+    info = json.loads(report.paths.tracking.read_text())
+    client = MlflowClient(info["tracking_uri"])
+    listed = [a.path for a in client.list_artifacts(info["parent_run_id"], "report")]
+    assert "report/report.md" in listed
+    assert "report/pareto.png" in listed
+
+
+def test_mlflow_failure_only_warns(tmp_path, capsys):
+    (tmp_path / "report.md").write_text("# x\n")
+    tracking = {"tracking_uri": "nosuchscheme://nowhere", "parent_run_id": "0" * 32}
+    assert log_report(tmp_path, tracking) is False
+    assert "warning: could not log the report to MLflow" in capsys.readouterr().err
+
+
+def test_importances_need_two_trials_and_two_params():
+    space = check_space(dict(SPACE), "test")
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = study.ask()
+    trial.suggest_float("lr", 0.02, 0.2, log=True)
+    study.tell(trial, [0.9, 0.1])
+    view = StudyView(NAME, space, study, completed=[], evidence={})
+    assert "at least 2 completed trials" in compute_importances(view)
+    single = space.model_copy(update={"search": {"lr": space.search["lr"]}})
+    study.enqueue_trial({"lr": 0.05})
+    trial = study.ask()
+    trial.suggest_float("lr", 0.02, 0.2, log=True)
+    study.tell(trial, [0.8, 0.2])
+    view = StudyView(NAME, single, study, completed=[], evidence={})
+    assert "nothing to compare" in compute_importances(view)
+
+
+def _synthetic_trial(
+    study: optuna.Study, paths: StudyPaths, params: dict, tune_id: str, value: float
+) -> None:
+    """A told trial with random-logit test evidence (or none, for a diverged one)."""
+    study.enqueue_trial(params)
+    trial = study.ask()
+    trial.suggest_float("lr", 0.02, 0.2, log=True)
+    trial.suggest_categorical("seed", [0, 1])
+    diverged = value < 0
+    trial.set_user_attr("status", "diverged" if diverged else "completed")
+    trial.set_user_attr("tune_trial_id", tune_id)
+    trial.set_user_attr("val_accuracy", 0.0 if diverged else value + 0.1)
+    trial.set_user_attr("val_ece", 1.0 if diverged else 0.1)
+    if not diverged:
+        gen = torch.Generator().manual_seed(int(value * 1000))
+        labels = torch.randint(0, 10, (60,), generator=gen)
+        for epoch in (1, 2):  # only the last epoch counts
+            logits = 3 * torch.randn(60, 10, generator=gen)
+            table = evidence_table(logits, labels, study="w", epoch=epoch, temperature=1.5)
+            write_evidence(table, evidence_uri(str(paths.root)), tune_id, "test", epoch)
+        metrics = calibration.calibration_report(logits, labels, 10, temperature=1.5)
+        trial.set_user_attr("test_ece", metrics["ece"])
+        trial.set_user_attr("test_accuracy", metrics["accuracy"])
+    study.tell(trial, value)
+
+
+def test_weighted_study_with_repeat_seeds_and_a_diverged_trial(tmp_path):
+    space = check_space(
+        {
+            "fixed": {**SPACE["fixed"], "method": "sam"},
+            "search": {"lr": {"loguniform": [0.02, 0.2]}, "seed": {"categorical": [0, 1]}},
+            "objective": {"type": "weighted"},
+            "samples": 4,
+        },
+        "test",
+    )
+    paths = StudyPaths(tmp_path / "w")
+    paths.root.mkdir()
+    study = optuna.create_study(study_name="w", storage=paths.optuna_url, direction="maximize")
+    for number, (lr, seed, value) in enumerate(
+        [(0.05, 0, 0.8), (0.05, 1, 0.7), (0.1, 0, 0.75), (0.2, 0, -1.0)]
+    ):
+        _synthetic_trial(study, paths, {"lr": lr, "seed": seed}, f"t{number}", value)
+
+    md = write_report(paths, "w", space)
+    text, data = md.read_text(), json.loads((paths.report / "report.json").read_text())
+
+    sam = data["methods"]["sam"]
+    assert sam["trials"] == [0, 1]  # the best trial and its repeat seed
+    eces = [study.trials[n].user_attrs["test_ece"] for n in (0, 1)]
+    assert sam["mean"]["ece"] == pytest.approx(sum(eces) / 2, abs=2e-3)
+    assert "±" in section_table(text, "## Best trial per method")[0][3]
+    assert [int(r[0]) for r in section_table(text, "## Best trial")] == [0]
+    assert data["ensemble"]["trials"] == [0, 2, 1]  # the diverged trial has no evidence
+    assert set(data["importance"]) == {"objective"}
+    assert data["sensitivity"] == [] and not (paths.report / "sensitivity.png").exists()
+    assert (paths.report / "pareto.png").read_bytes().startswith(PNG_MAGIC)
