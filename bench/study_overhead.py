@@ -58,7 +58,7 @@ def main() -> None:
         paths = study_paths("overhead", storage)
         prepare_study(space, "overhead", paths)
         start = time.perf_counter()
-        results = build_tuner(space, "overhead", paths).fit()
+        results = build_tuner(space, "overhead", paths, callbacks=[]).fit()
         tuned = time.perf_counter() - start
     assert len(results) == args.trials and results.num_errors == 0
 

@@ -152,6 +152,7 @@ def build_tuner(space: Space, name: str, paths: StudyPaths, callbacks: list[Any]
             scheduler=scheduler,
             num_samples=space.samples,
             max_concurrent_trials=space.concurrency,
+            reuse_actors=True,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
         ),
