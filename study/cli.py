@@ -250,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "parent_run_id": parent,
         },
     )
-    callback = MlflowTrialCallback(tracking_uri, tracker.experiment_id, parent, str(paths.root))
+    callback = MlflowTrialCallback(tracking_uri, tracker.experiment_id, parent, paths.data_uri)
     rc = _fit_and_print(
         lambda: build_tuner(space, name, paths, [callback]), space, name, paths, args.address
     )
@@ -304,7 +304,7 @@ def _fit_and_print(make_tuner: Any, space: Any, name: str, paths: Any, address: 
     print(f"\nstudy directory: {paths.root}")
     print(f"optuna storage:  {paths.optuna_url}  (optuna-dashboard {paths.optuna_url})")
     print(f"tune experiment: {paths.tune}")
-    print(f"evidence:        {paths.root / 'evidence'}")
+    print(f"evidence:        {paths.evidence}")
     if len(results) == results.num_errors:
         return 1
     from study.report import write_report

@@ -719,7 +719,7 @@ def load_view(paths: StudyPaths, name: str, space: Space) -> StudyView:
     study = load_optuna_study(name, paths.optuna_url)
     completed = ranked_completed(study, space)
     ids = [str(t.user_attrs.get(TRIAL_ID_ATTR, "")) for t in completed]
-    evidence = load_test_evidence(evidence_uri(str(paths.root)), ids)
+    evidence = load_test_evidence(evidence_uri(paths.data_uri), ids)
     return StudyView(name=name, space=space, study=study, completed=completed, evidence=evidence)
 
 

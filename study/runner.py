@@ -41,9 +41,12 @@ class StudyExists(ValueError):
 
 @dataclass(frozen=True)
 class StudyPaths:
-    """Where a study keeps its files."""
+    """Where a study keeps its files: metadata in a local directory (``root``: the space, the
+    Optuna database, the tracking info, the report) and its data (Tune state and checkpoints,
+    evidence, trial figures) under ``data_uri`` — the same directory, or an ``s3://`` prefix."""
 
     root: Path
+    data_uri: str
 
     @property
     def space(self) -> Path:
@@ -58,8 +61,12 @@ class StudyPaths:
         return f"sqlite:///{self.optuna_db}"
 
     @property
-    def tune(self) -> Path:
-        return self.root / TUNE_DIR
+    def tune(self) -> str:
+        return f"{self.data_uri}/{TUNE_DIR}"
+
+    @property
+    def evidence(self) -> str:
+        return f"{self.data_uri}/evidence"
 
     @property
     def tracking(self) -> Path:
@@ -69,11 +76,32 @@ class StudyPaths:
     def report(self) -> Path:
         return self.root / "report"
 
+    @property
+    def remote(self) -> bool:
+        """Whether the data lives in object storage rather than in ``root``."""
+        return "://" in self.data_uri
+
+    def tune_storage(self) -> tuple[str, Any]:
+        """Tune's ``storage_path`` and ``storage_filesystem`` for the study's data."""
+        if not self.remote:
+            return self.data_uri, None
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(self.data_uri)
+        return path, fs
+
 
 def study_paths(name: str, storage: str | None) -> StudyPaths:
-    """``<storage>/<name>``, storage defaulting to ``./studies`` (made absolute: trials chdir)."""
+    """``<storage>/<name>``, storage defaulting to ``./studies`` (made absolute: trials chdir).
+
+    With an object-store URI (``s3://bucket/prefix``) the data goes to ``<uri>/<name>`` and the
+    metadata stays in ``./studies/<name>`` on the driver (the Optuna database is SQLite)."""
+    if storage and "://" in storage:
+        root = Path("studies").resolve() / name
+        return StudyPaths(root, f"{storage.rstrip('/')}/{name}")
     base = Path(storage) if storage else Path("studies")
-    return StudyPaths(base.expanduser().resolve() / name)
+    root = base.expanduser().resolve() / name
+    return StudyPaths(root, str(root))
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -101,7 +129,7 @@ def _trainable(space: Space, name: str, paths: StudyPaths) -> Any:
         study=name,
         objective_weight=weight,
         cpus_per_trial=space.resources.cpu,
-        study_uri=str(paths.root),
+        study_uri=paths.data_uri,
         evidence=space.evidence,
     )
     resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
@@ -111,10 +139,12 @@ def _trainable(space: Space, name: str, paths: StudyPaths) -> Any:
 def _run_config(space: Space, paths: StudyPaths, callbacks: list[Any]) -> Any:
     from ray import tune
 
+    storage_path, storage_filesystem = paths.tune_storage()
     return tune.RunConfig(
         callbacks=callbacks,
         name=TUNE_DIR,
-        storage_path=str(paths.root),
+        storage_path=storage_path,
+        storage_filesystem=storage_filesystem,
         failure_config=tune.FailureConfig(max_failures=space.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         verbose=1,
@@ -190,13 +220,16 @@ def restore_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
     callbacks, MLflow's included, come back from the saved experiment)."""
     from ray import tune
 
-    if not tune.Tuner.can_restore(str(paths.tune)):
+    storage_path, storage_filesystem = paths.tune_storage()
+    tune_path = f"{storage_path}/{TUNE_DIR}"
+    if not tune.Tuner.can_restore(tune_path, storage_filesystem=storage_filesystem):
         raise SpaceError(
             f"study {name!r} in {paths.root} has no Tune experiment state to resume from; "
             "start it again with 'study run' under a new --name"
         )
     return tune.Tuner.restore(
-        str(paths.tune),
+        tune_path,
+        storage_filesystem=storage_filesystem,
         trainable=_trainable(space, name, paths),
         resume_unfinished=True,
         resume_errored=True,

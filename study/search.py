@@ -90,6 +90,14 @@ class StudySearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
+        # The driver may have died after telling Optuna a trial's result but before Tune saved
+        # that: such a trial is done, and Tune's second report of it must not be told again.
+        finished = {
+            t.number for t in self._ot_study.get_trials(deepcopy=False) if t.state.is_finished()
+        }
+        for trial_id, ot_trial in self._ot_trials.items():
+            if ot_trial.number in finished:
+                self._completed_trials.add(trial_id)
         known = {t.number for t in self._ot_trials.values()}
         for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.number not in known:
