@@ -76,7 +76,11 @@ class StudySearch(OptunaSearch):
             return super().on_trial_complete(trial_id, result, error)
         ot_trial = self._ot_trials[trial_id]
         status = trial_status(result, error)
-        ot_trial.set_user_attr(STATUS_ATTR, status)
+        try:
+            ot_trial.set_user_attr(STATUS_ATTR, status)
+        except optuna.exceptions.UpdateFinishedTrialError:  # told before a driver crash
+            self._completed_trials.add(trial_id)
+            return None
         ot_trial.set_user_attr(TRIAL_ID_ATTR, trial_id)
         for key, value in (result or {}).items():
             recorded = key.startswith(RECORDED_PREFIXES) or key in RECORDED_KEYS
