@@ -210,7 +210,7 @@ def test_weighted_study_with_repeat_seeds_and_a_diverged_trial(tmp_path):
         },
         "test",
     )
-    paths = StudyPaths(tmp_path / "w")
+    paths = StudyPaths(tmp_path / "w", str(tmp_path / "w"))
     paths.root.mkdir()
     study = optuna.create_study(study_name="w", storage=paths.optuna_url, direction="maximize")
     for number, (lr, seed, value) in enumerate(

@@ -16,7 +16,13 @@ import boto3
 import pytest
 from optuna.trial import TrialState
 
-from tests.test_study import PARETO_SEARCH, _complete_count, optuna_study, write_space
+from tests.test_study import (
+    PARETO_SEARCH,
+    _complete_count,
+    optuna_study,
+    run_and_kill_after_first_trial,
+    write_space,
+)
 from tests.test_tracking import free_port
 from trainables.data import load_data
 from trainables.evidence import open_evidence
@@ -83,22 +89,7 @@ def test_study_on_s3_survives_a_killed_driver_and_resumes_from_the_bucket(tmp_pa
         tmp_path, fixed={"epochs": 3}, search=PARETO_SEARCH, samples=3, concurrency=1, seed=7
     )
     storage = "s3://sharpcal-test/studies"
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "study", "run", str(path), "--name", "s3", "--storage", storage],
-        cwd=tmp_path,
-        env=s3_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 240
-    while _complete_count(tmp_path, "s3") < 1 and time.monotonic() < deadline:
-        assert driver.poll() is None, "the study ended before it could be killed"
-        time.sleep(0.5)
-    time.sleep(3)
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
-    os.killpg(driver.pid, signal.SIGKILL)
+    run_and_kill_after_first_trial(tmp_path, path, "s3", storage, env=s3_env)
     assert 1 <= _complete_count(tmp_path, "s3") < 3
 
     proc = subprocess.run(

@@ -139,25 +139,34 @@ def _complete_count(tmp_path: Path, name: str) -> int:
         return 0
 
 
-def test_study_killed_with_sigkill_resumes_to_exactly_n_trials(tmp_path):
-    path = write_space(
-        tmp_path, fixed={"epochs": 4}, search=PARETO_SEARCH, samples=4, concurrency=1, seed=5
-    )
+def run_and_kill_after_first_trial(
+    tmp_path: Path, space: Path, name: str, storage: str, env: dict[str, str] | None = None
+) -> None:
+    """Start `study run`, SIGKILL its driver once a trial has finished and the next one has
+    checkpointed, then kill the local Ray it started too, as a reboot would."""
     driver = subprocess.Popen(
-        [sys.executable, "-m", "study", "run", str(path), "--name", "kill", "--storage", "studies"],
+        [sys.executable, "-m", "study", "run", str(space), "--name", name, "--storage", storage],
         cwd=tmp_path,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     deadline = time.monotonic() + 240
-    while _complete_count(tmp_path, "kill") < 1 and time.monotonic() < deadline:
+    while _complete_count(tmp_path, name) < 1 and time.monotonic() < deadline:
         assert driver.poll() is None, "the study ended before it could be killed"
         time.sleep(0.5)
     time.sleep(3)  # into the next trial, past its first checkpoint
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    os.killpg(driver.pid, signal.SIGKILL)  # and the local Ray it started, as a reboot would
+    os.killpg(driver.pid, signal.SIGKILL)
+
+
+def test_study_killed_with_sigkill_resumes_to_exactly_n_trials(tmp_path):
+    path = write_space(
+        tmp_path, fixed={"epochs": 4}, search=PARETO_SEARCH, samples=4, concurrency=1, seed=5
+    )
+    run_and_kill_after_first_trial(tmp_path, path, "kill", "studies")
     done_before = _complete_count(tmp_path, "kill")
     assert 1 <= done_before < 4
 
