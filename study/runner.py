@@ -95,9 +95,12 @@ def study_paths(name: str, storage: str | None) -> StudyPaths:
     """``<storage>/<name>``, storage defaulting to ``./studies`` (made absolute: trials chdir).
 
     With an object-store URI (``s3://bucket/prefix``) the data goes to ``<uri>/<name>`` and the
-    metadata stays in ``./studies/<name>`` on the driver (the Optuna database is SQLite)."""
+    metadata stays on the driver's machine (the Optuna database is SQLite) in
+    ``$SHARPCAL_STATE/studies/<name>``, ``SHARPCAL_STATE`` defaulting to ``~/sharpcal-state``: a
+    fixed place, since a Ray job's working directory is temporary."""
     if storage and "://" in storage:
-        root = Path("studies").resolve() / name
+        state = Path(os.environ.get("SHARPCAL_STATE", "~/sharpcal-state")).expanduser()
+        root = state.resolve() / "studies" / name
         return StudyPaths(root, f"{storage.rstrip('/')}/{name}")
     base = Path(storage) if storage else Path("studies")
     root = base.expanduser().resolve() / name

@@ -48,6 +48,7 @@ def s3_env(tmp_path):
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
+        "SHARPCAL_STATE": str(tmp_path),  # the driver-side metadata: <tmp_path>/studies/<name>
     }
     try:
         deadline = time.monotonic() + 60
