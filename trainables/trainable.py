@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -103,12 +104,14 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     trial_id = tune.get_context().get_trial_id()
 
+    node_id = ray.get_runtime_context().get_node_id()
+
     def report(trainer: Trainer, record: EpochRecord) -> None:
         write_trial_files(trainer, record, ctx, trial_id)
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(trainer.state_dict(), Path(directory) / CHECKPOINT_FILE)
             tune.report(
-                epoch_metrics(trainer, record, ctx),
+                {**epoch_metrics(trainer, record, ctx), "node_id": node_id},
                 checkpoint=tune.Checkpoint.from_directory(directory),
             )
 
