@@ -7,16 +7,17 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from ray.cluster_utils import Cluster
 
+from tests.test_s3 import s3_env  # noqa: F401  (a fixture, used through getfixturevalue)
 from tests.test_study import PARETO_SEARCH, optuna_study, write_space
 from trainables.data import load_data
-from trainables.evidence import open_evidence
+from trainables.evidence import open_evidence, resolve_fs
 
 pytestmark = pytest.mark.slow
 
@@ -24,15 +25,37 @@ SAMPLES = 3
 EPOCHS = 6
 
 
-def _rows(tune_dir: Path) -> dict[str, list[dict]]:
+def _rows(tune_uri: str) -> dict[str, list[dict]]:
+    """Each trial's reported rows, read from Tune's storage (a local path or s3://)."""
+    fs, root = resolve_fs(tune_uri)
+    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+        return {}
     rows = {}
-    for result in tune_dir.glob("trial_*/result.json"):
-        lines = [line for line in result.read_text().splitlines() if line.strip()]
-        rows[result.parent.name] = [json.loads(line) for line in lines]
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if info.type == pafs.FileType.File and info.base_name == "result.json":
+            with fs.open_input_stream(info.path) as src:
+                text = src.read().decode()
+            trial = info.path.rsplit("/", 2)[-2]
+            rows[trial] = [json.loads(line) for line in text.splitlines() if line.strip()]
     return rows
 
 
-def test_trials_spread_over_nodes_and_survive_a_lost_worker(tmp_path):
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_trials_spread_over_nodes_and_survive_a_lost_worker(
+    tmp_path, storage, request, monkeypatch
+):
+    env = request.getfixturevalue("s3_env") if storage == "s3" else None
+    storage_arg = "s3://sharpcal-test/studies" if env else "studies"
+    if env:  # this process reads the bucket too
+        for key in (
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+            "SHARPCAL_STATE",
+        ):
+            monkeypatch.setenv(key, env[key])
+    data_uri = f"{storage_arg}/nodes" if env else str(tmp_path / "studies" / "nodes")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -56,16 +79,17 @@ def test_trials_spread_over_nodes_and_survive_a_lost_worker(tmp_path):
                 "--name",
                 "nodes",
                 "--storage",
-                "studies",
+                storage_arg,
                 "--address",
                 cluster.address,
             ],
             cwd=tmp_path,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        tune_dir = tmp_path / "studies" / "nodes" / "tune"
+        tune_dir = f"{data_uri}/tune"
         deadline = time.monotonic() + 300
         victim = None
         while victim is None and time.monotonic() < deadline:
@@ -109,7 +133,7 @@ def test_trials_spread_over_nodes_and_survive_a_lost_worker(tmp_path):
     assert len({r.data.tags["sharpcal.trial_id"] for r in children}) == SAMPLES
 
     digits = load_data("digits")
-    table = open_evidence(str(tmp_path / "studies" / "nodes" / "evidence")).to_table(
+    table = open_evidence(f"{data_uri}/evidence").to_table(
         columns=["trial_id", "split", "sample_id"]
     )
     assert table.num_rows == SAMPLES * (digits.split_size("val") + digits.split_size("test"))
