@@ -217,6 +217,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         StudyExists,
         build_tuner,
         prepare_study,
+        refuse_existing,
         save_tracking,
         study_paths,
     )
@@ -233,8 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         space = _load_run_space(args)
         name = args.name or space.name or "study"
         paths = study_paths(name, args.storage)
-        if paths.root.exists() and any(paths.root.iterdir()):
-            prepare_study(space, name, paths)  # raises StudyExists
+        refuse_existing(name, paths)  # before the tracking store is touched
         tracker = StudyTracker(tracking_uri, name)
         prepare_study(space, name, paths)
     except (*USER_ERRORS, StudyExists, TrackingError) as err:

@@ -193,13 +193,18 @@ def build_tuner(space: Space, name: str, paths: StudyPaths, callbacks: list[Any]
     )
 
 
-def prepare_study(space: Space, name: str, paths: StudyPaths) -> None:
-    """Create the study directory and save the resolved space; refuse an existing study."""
+def refuse_existing(name: str, paths: StudyPaths) -> None:
+    """Raise ``StudyExists`` when ``name`` already has a study: `study resume` continues it."""
     if paths.root.exists() and any(paths.root.iterdir()):
         raise StudyExists(
             f"study {name!r} already exists in {paths.root}: continue it with "
             f"'study resume {name}', or choose another --name"
         )
+
+
+def prepare_study(space: Space, name: str, paths: StudyPaths) -> None:
+    """Create the study directory and save the resolved space; refuse an existing study."""
+    refuse_existing(name, paths)
     paths.root.mkdir(parents=True, exist_ok=True)
     data = space.model_dump(mode="json")
     data["name"] = name
