@@ -39,6 +39,9 @@ class TrainConfig(BaseModel):
     rho: float = Field(0.1, gt=0.0)
     gamma: float = Field(1.0, ge=0.0, le=2.0)
     eta: float = Field(0.01, ge=0.0)
+    # With several workers (DDP): all-reduce SAM's ascent gradient, so every replica takes the same
+    # perturbation (the global-batch SAM); off = per-replica perturbation, as in the original SAM.
+    sync_perturbation: bool = False
     loss: Loss = "ce"
     ls_epsilon: float = Field(0.1, ge=0.0, lt=1.0)
     focal_gamma: float = Field(3.0, ge=0.0, le=10.0)

@@ -116,7 +116,12 @@ class Trainer:
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model.to(self.device, memory_format=memory_format)
         use_compile = on_cuda if cfg.compile is None else cfg.compile
+        self.use_compile = use_compile
         self.forward: nn.Module = torch.compile(self.model) if use_compile else self.model
+        # Under DDP, the context of SAM's ascent pass (``no_sync`` for a per-replica perturbation).
+        self.ascent_sync: Callable[[], contextlib.AbstractContextManager[Any]] = (
+            contextlib.nullcontext
+        )
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
@@ -149,9 +154,10 @@ class Trainer:
     def _sam_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         optimizer = self.optimizer
         assert isinstance(optimizer, SAM)
-        with self._autocast():
-            loss = self.ascent_loss(self.forward(x), y)
-        loss.backward()
+        with self.ascent_sync():
+            with self._autocast():
+                loss = self.ascent_loss(self.forward(x), y)
+            loss.backward()
         optimizer.first_step()
         with frozen_batchnorm_stats(self.model):
             with self._autocast():
