@@ -46,7 +46,10 @@ def test_table_columns_types_and_values():
         "temperature": "float",
         "confidence_ts": "float",
         "probs": "list<item: halffloat>",
+        "corruption": "string",
+        "severity": "int8",
     }
+    assert table.column("corruption").null_count == table.column("severity").null_count == 200
     probs = logits.softmax(1)
     col = table.to_pydict()
     assert col["sample_id"] == list(range(200))

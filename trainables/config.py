@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.data import check_dataset_name
 from trainables.models import check_model_name
+from trainables.ood import OodSettings
 
 Method = Literal["sgd", "sam", "asam", "csam"]
 Loss = Literal["ce", "ls", "focal", "flsd53"]
@@ -58,6 +59,8 @@ class TrainConfig(BaseModel):
     bf16: bool | None = None  # None: on for CUDA, off for CPU
     channels_last: bool | None = None  # None: on for CUDA
     compile: bool | None = None  # None: on for CUDA where it pays (see BENCHMARKS.md)
+    # evaluation of the final model on OOD / corrupted sets (trainables/ood.py)
+    ood: OodSettings | None = None
 
     @field_validator("dataset")
     @classmethod
@@ -89,6 +92,16 @@ def parse_config(settings: dict[str, Any], where: str = "settings") -> TrainConf
         raise ConfigError(describe_validation_error(err, where)) from None
 
 
+def _section_model(loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The pydantic model of the (nested) section at ``loc``, e.g. ``('ood', 'svhn')``."""
+    model: type[BaseModel] = TrainConfig
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation
+        nested = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type)]
+        model = next(a for a in nested if issubclass(a, BaseModel))
+    return model
+
+
 def describe_validation_error(err: ValidationError, where: str) -> str:
     """One line naming the first bad key, its value and the reason."""
     first = err.errors()[0]
@@ -97,7 +110,8 @@ def describe_validation_error(err: ValidationError, where: str) -> str:
     if first["type"] == "value_error" and "error" in first.get("ctx", {}):
         reason = str(first["ctx"]["error"])
     if first["type"] == "extra_forbidden":
-        return f"{where}: unknown key '{key}' (known keys: {', '.join(TrainConfig.model_fields)})"
+        known = ", ".join(_section_model(first["loc"][:-1]).model_fields)
+        return f"{where}: unknown key '{key}' (known keys: {known})"
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return f"{where}: invalid value for '{key}'{shown}: {reason}"

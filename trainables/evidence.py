@@ -8,6 +8,9 @@ hive_types={'trial_id': VARCHAR, 'split': VARCHAR})``). Each file is written und
 (``_tmp-...``, which dataset discovery skips) and renamed into place, so a killed writer leaves no
 partial file visible, and a retried trial overwrites its own files instead of duplicating rows.
 Works on any ``pyarrow.fs`` filesystem: local paths and ``s3://`` URIs alike.
+
+Schema version 2 added ``corruption`` and ``severity`` (null outside the corruption splits of
+``trainables.ood``); ``open_evidence`` reads version-1 files with those columns null.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import contextlib
 import uuid
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 SCHEMA_KEY = b"sharpcal.evidence.schema_version"
 MAX_PROBS_CLASSES = 100
 PARTITIONING = ds.partitioning(
@@ -41,6 +45,8 @@ FILE_SCHEMA = pa.schema(
         ("temperature", pa.float32()),
         ("confidence_ts", pa.float32()),
         ("probs", pa.list_(pa.float16())),
+        ("corruption", pa.string()),
+        ("severity", pa.int8()),
     ],
     metadata={SCHEMA_KEY: SCHEMA_VERSION.encode()},
 )
@@ -61,8 +67,15 @@ def evidence_table(
     epoch: int,
     temperature: float,
     with_probs: bool | None = None,
+    sample_ids: np.ndarray | None = None,
+    corruption: np.ndarray | None = None,
+    severity: np.ndarray | None = None,
 ) -> pa.Table:
-    """The rows of one split at one epoch, computed on the logits' device and copied once."""
+    """The rows of one split at one epoch, computed on the logits' device and copied once.
+
+    ``sample_ids`` default to the row index; ``corruption`` (str) and ``severity`` (int) are
+    per-row columns of corruption splits, null when not given.
+    """
     logits = logits.float()
     probs = logits.softmax(dim=1)
     confidence, pred = probs.max(dim=1)
@@ -74,7 +87,11 @@ def evidence_table(
     columns: dict[str, Any] = {
         "study": pa.array([study] * n, pa.string()),
         "epoch": pa.array(torch.full((n,), epoch, dtype=torch.int32).numpy()),
-        "sample_id": pa.array(torch.arange(n, dtype=torch.int64).numpy()),
+        "sample_id": pa.array(
+            torch.arange(n, dtype=torch.int64).numpy()
+            if sample_ids is None
+            else np.asarray(sample_ids, dtype=np.int64)
+        ),
         "label": pa.array(labels.to(torch.int32).cpu().numpy()),
         "pred": pa.array(pred.to(torch.int32).cpu().numpy()),
         "confidence": pa.array(confidence.cpu().numpy()),
@@ -91,6 +108,12 @@ def evidence_table(
         columns["probs"] = pa.ListArray.from_arrays(offsets, flat)
     else:
         columns["probs"] = pa.nulls(n, pa.list_(pa.float16()))
+    columns["corruption"] = (
+        pa.nulls(n, pa.string()) if corruption is None else pa.array(corruption, pa.string())
+    )
+    columns["severity"] = (
+        pa.nulls(n, pa.int8()) if severity is None else pa.array(severity, pa.int8())
+    )
     return pa.table(columns, schema=FILE_SCHEMA)
 
 
@@ -126,10 +149,15 @@ def clear_trial(root_uri: str, trial_id: str) -> None:
 
 
 def open_evidence(root_uri: str) -> ds.Dataset:
-    """The whole evidence dataset of a study, ``trial_id`` and ``split`` as string columns."""
+    """The whole evidence dataset of a study, ``trial_id`` and ``split`` as string columns.
+
+    The schema is the current ``FILE_SCHEMA`` whatever file comes first, so files of an older
+    schema version read with the columns they lack as nulls.
+    """
     fs, root = resolve_fs(root_uri)
     return ds.dataset(
         root,
+        schema=pa.unify_schemas([FILE_SCHEMA, PARTITIONING.schema]),
         filesystem=fs,
         format="parquet",
         partitioning=PARTITIONING,

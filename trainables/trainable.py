@@ -15,6 +15,7 @@ from ray import tune
 from trainables import evidence
 from trainables.config import parse_config
 from trainables.loop import EpochRecord, Trainer, load_checkpoint, save_checkpoint
+from trainables.ood import evaluate_ood, ood_evidence_table
 from trainables.plots import reliability_png
 
 CHECKPOINT_FILE = "state.pt"
@@ -71,6 +72,22 @@ def write_trial_files(
             out.write(png)
 
 
+def run_ood(trainer: Trainer, record: EpochRecord, ctx: TrialContext, trial_id: str) -> None:
+    """After the last epoch, evaluate the ``ood`` section once: its metrics join ``record.final``
+    (so the trial reports them) and each OOD split's evidence is written."""
+    if trainer.cfg.ood is None or trainer.diverged or not record.final:
+        return
+    temperature = record.final["temperature"]
+    for result in evaluate_ood(trainer, trainer.cfg.ood, temperature):
+        record.final.update(result.metrics)
+        if ctx.study_uri:
+            table = ood_evidence_table(
+                result, study=ctx.study, epoch=record.epoch, temperature=temperature
+            )
+            uri = evidence_uri(ctx.study_uri)
+            evidence.write_evidence(table, uri, trial_id, result.split, record.epoch)
+
+
 def objective_value(metrics: dict[str, Any], weight: float) -> float:
     """The weighted objective ``val_accuracy - weight * val_ece``."""
     return metrics["val_accuracy"] - weight * metrics["val_ece"]
@@ -107,6 +124,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     node_id = ray.get_runtime_context().get_node_id()
 
     def report(trainer: Trainer, record: EpochRecord) -> None:
+        run_ood(trainer, record, ctx, trial_id)
         write_trial_files(trainer, record, ctx, trial_id)
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(trainer.state_dict(), Path(directory) / CHECKPOINT_FILE)

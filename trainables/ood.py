@@ -1,0 +1,537 @@
+"""Out-of-distribution and corruption evaluation of a trained model (the optional ``ood`` section).
+
+Four splits, each evaluated once on the final model and written as its own evidence split:
+
+- ``ood_svhn``: the SVHN test set (``test_32x32.mat``) against the model's own test split;
+  metric ``ood_svhn_auroc``, the AUROC of the max-softmax confidence with in-distribution as
+  the positive class (ties count one half).
+- ``cifar10_c`` / ``cifar100_c``: one ``<corruption>.npy`` per corruption (uint8
+  ``[5k, 32, 32, 3]``, severities 1..5 stacked in order, ``k`` images each) and ``labels.npy``;
+  accuracy and ECE of every corruption x severity, reported as their mean (``<split>_accuracy``,
+  ``<split>_ece``, ``<split>_ece_ts`` after the val-fitted temperature) and per severity
+  (``<split>_s<k>_accuracy``, ``<split>_s<k>_ece``).
+- ``imagenet_c``: ``<root>/<corruption>/<severity>/<wnid>/<image>``; the same metrics.
+
+``check_ood`` (or ``check_ood_config``) checks roots, files, shapes and label spaces before any
+training, so a study fails fast with a one-line ``DataError``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import Tensor
+
+from trainables import calibration, evidence
+from trainables.data import (
+    _IMAGENET_MEAN,
+    _IMAGENET_STD,
+    _SPECS,
+    DataError,
+    DatasetInfo,
+    _default_roots,
+    _Normaliser,
+    _test_indices,
+)
+
+if TYPE_CHECKING:
+    from trainables.config import TrainConfig
+    from trainables.loop import Trainer
+
+SEVERITIES = (1, 2, 3, 4, 5)
+SUBSET_SEED = 0  # the same OOD images for every trial, so trials compare on equal footing
+SVHN_FILE = "test_32x32.mat"
+LABELS_FILE = "labels.npy"
+EVAL_BATCH = 1024
+# C split -> (the training dataset whose label space it uses, subfolder of the official archive)
+_CIFAR_C = {"cifar10_c": ("cifar10", "CIFAR-10-C"), "cifar100_c": ("cifar100", "CIFAR-100-C")}
+SPLITS = ("ood_svhn", "cifar10_c", "cifar100_c", "imagenet_c")
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+class SvhnSettings(BaseModel):
+    """SVHN test set as out-of-distribution data for a 32x32 RGB model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    root: str | None = None  # directory holding test_32x32.mat (default: the svhn data dirs)
+    subset: int | None = Field(None, ge=1)  # a seeded choice of this many images; None: all
+
+
+class CorruptionSettings(BaseModel):
+    """A corrupted test set (CIFAR-10-C, CIFAR-100-C or ImageNet-C)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    root: str | None = None
+    corruptions: tuple[str, ...] | None = None  # None: every corruption present under root
+    severities: tuple[int, ...] = SEVERITIES
+    subset_per_severity: int | None = Field(None, ge=1)  # same seeded images at every severity
+
+    @field_validator("corruptions")
+    @classmethod
+    def _corruption_names(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if names is None:
+            return None
+        if not names:
+            raise ValueError("list no corruptions as null (all present), not as an empty list")
+        for name in names:
+            if not name or "/" in name or name.startswith(".") or name.endswith(".npy"):
+                raise ValueError(f"{name!r} is not a corruption name such as 'gaussian_noise'")
+        if len(set(names)) != len(names):
+            raise ValueError(f"corruptions {list(names)} lists a name twice")
+        return names
+
+    @field_validator("severities")
+    @classmethod
+    def _severity_levels(cls, levels: tuple[int, ...]) -> tuple[int, ...]:
+        if not levels:
+            raise ValueError("give at least one severity out of 1..5")
+        bad = [s for s in levels if s not in SEVERITIES]
+        if bad:
+            raise ValueError(f"severities {bad} are outside 1..5")
+        if len(set(levels)) != len(levels):
+            raise ValueError(f"severities {list(levels)} lists a level twice")
+        return tuple(sorted(levels))
+
+
+class OodSettings(BaseModel):
+    """The ``ood`` section: which OOD / corruption sets to evaluate the final model on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    svhn: SvhnSettings | None = None
+    cifar10_c: CorruptionSettings | None = None
+    cifar100_c: CorruptionSettings | None = None
+    imagenet_c: CorruptionSettings | None = None
+
+
+# ----------------------------------------------------------------------------- locating files
+
+
+def _candidates(name: str, root: str | None, subdirs: Iterable[str]) -> list[Path]:
+    roots = [Path(root).expanduser()] if root is not None else _default_roots(name)
+    return [r / sub if sub else r for r in roots for sub in subdirs]
+
+
+def _locate(what: str, root: str | None, subdirs: tuple[str, ...], marker: str) -> Path:
+    """First candidate directory holding ``marker`` (a file, or "" for the directory itself)."""
+    searched = _candidates(what, root, subdirs)
+    for directory in searched:
+        if (directory / marker).exists() if marker else directory.is_dir():
+            return directory
+    where = ", ".join(str(d) for d in searched)
+    needs = f"{marker} not found" if marker else "directory not found"
+    raise DataError(f"ood {what}: {needs} (searched {where}); set ood.{what}.root to its directory")
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npy file ({e}); re-fetch the file") from e
+    return array.shape, array.dtype
+
+
+def _cifar_c_files(split: str, cfg: CorruptionSettings) -> tuple[Path, list[str]]:
+    """(directory, corruption names in evaluation order) of a CIFAR-C split."""
+    directory = _locate(split, cfg.root, ("", _CIFAR_C[split][1]), LABELS_FILE)
+    present = sorted(p.stem for p in directory.glob("*.npy") if p.name != LABELS_FILE)
+    names = list(cfg.corruptions) if cfg.corruptions is not None else present
+    missing = [n for n in names if n not in present]
+    if missing or not names:
+        raise DataError(
+            f"ood {split}: no {', '.join(f'{n}.npy' for n in missing) or 'corruption .npy files'}"
+            f" in {directory} (present: {', '.join(present) or 'none'}); fix ood.{split}"
+        )
+    return directory, names
+
+
+def _imagenet_c_dirs(cfg: CorruptionSettings) -> tuple[Path, list[str]]:
+    directory = _locate("imagenet_c", cfg.root, ("",), "")
+    present = sorted(p.name for p in directory.iterdir() if p.is_dir())
+    names = list(cfg.corruptions) if cfg.corruptions is not None else present
+    missing = [n for n in names if n not in present]
+    if missing or not names:
+        raise DataError(
+            f"ood imagenet_c: no corruption folder {', '.join(missing) or '(none at all)'} in "
+            f"{directory} (present: {', '.join(present) or 'none'}); fix ood.imagenet_c"
+        )
+    return directory, names
+
+
+def _class_folders(directory: Path) -> list[str]:
+    with os.scandir(directory) as entries:
+        return sorted(e.name for e in entries if e.is_dir())
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _require_rgb32(what: str, info: DatasetInfo) -> None:
+    if (info.in_channels, info.image_size) != (3, 32):
+        raise DataError(
+            f"ood {what}: needs a model of 3-channel 32x32 images, but {info.name} is "
+            f"{info.in_channels}-channel {info.image_size}x{info.image_size}; remove ood.{what}"
+        )
+
+
+def _check_svhn(cfg: SvhnSettings, info: DatasetInfo) -> Path:
+    from scipy.io import whosmat
+
+    _require_rgb32("svhn", info)
+    if info.name == "svhn":
+        raise DataError("ood svhn: the model is trained on svhn, so it is not OOD; remove ood.svhn")
+    path = _locate("svhn", cfg.root, ("",), SVHN_FILE) / SVHN_FILE
+    try:
+        shapes = {name: shape for name, shape, _ in whosmat(path)}
+    except (OSError, ValueError, TypeError) as e:
+        raise DataError(f"{path}: not a readable SVHN .mat ({e}); re-fetch the file") from e
+    x, y = shapes.get("X", ()), shapes.get("y", ())
+    if len(x) != 4 or x[:3] != (32, 32, 3) or len(y) != 2 or y[0] != x[3]:
+        raise DataError(f"{path}: need X [32,32,3,N] and y [N,1], got {x} / {y}; re-fetch the file")
+    return path
+
+
+def _check_cifar_c(split: str, cfg: CorruptionSettings, info: DatasetInfo) -> None:
+    dataset = _CIFAR_C[split][0]
+    if info.name != dataset:
+        raise DataError(
+            f"ood {split}: uses {dataset}'s {_SPECS[dataset].info.num_classes} classes, but the "
+            f"model is trained on {info.name} ({info.num_classes} classes); remove ood.{split}"
+        )
+    directory, names = _cifar_c_files(split, cfg)
+    labels_shape, labels_dtype = _npy_header(directory / LABELS_FILE)
+    if len(labels_shape) != 1 or labels_shape[0] % 5 or labels_dtype.kind not in "iu":
+        raise DataError(
+            f"{directory / LABELS_FILE}: need integer labels [5k] (severities 1..5 stacked), got "
+            f"{labels_dtype} {labels_shape}; re-fetch the file"
+        )
+    labels = np.load(directory / LABELS_FILE)
+    if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):
+        raise DataError(
+            f"{directory / LABELS_FILE}: labels outside 0..{info.num_classes - 1}; re-fetch it"
+        )
+    for name in names:
+        shape, dtype = _npy_header(directory / f"{name}.npy")
+        if shape != (labels_shape[0], 32, 32, 3) or dtype != np.uint8:
+            raise DataError(
+                f"{directory / name}.npy: need uint8 [{labels_shape[0]},32,32,3] like "
+                f"{LABELS_FILE}, got {dtype} {list(shape)}; re-fetch the file"
+            )
+
+
+def _check_imagenet_c(cfg: CorruptionSettings, info: DatasetInfo) -> None:
+    if info.name != "imagefolder" or info.in_channels != 3:
+        raise DataError(
+            f"ood imagenet_c: needs a model trained on an ImageNet imagefolder, but it is "
+            f"trained on {info.name}; remove ood.imagenet_c"
+        )
+    directory, names = _imagenet_c_dirs(cfg)
+    for name in names:
+        for severity in cfg.severities:
+            level = directory / name / str(severity)
+            if not level.is_dir():
+                raise DataError(f"ood imagenet_c: {level} is missing; fix ood.imagenet_c")
+            classes = _class_folders(level)
+            if len(classes) != info.num_classes:
+                raise DataError(
+                    f"ood imagenet_c: {level} has {len(classes)} class folders but the model has "
+                    f"{info.num_classes} classes; train on the matching classes"
+                )
+
+
+def check_ood(settings: OodSettings, info: DatasetInfo) -> None:
+    """Raise a one-line ``DataError`` unless every configured OOD set can be evaluated.
+
+    Checks that roots and files exist, that their shapes and labels are well formed, and that
+    their images and label space fit the model trained on ``info``. Reads file headers and
+    directory listings only (and CIFAR-C's small ``labels.npy``).
+    """
+    if settings.svhn is not None:
+        _check_svhn(settings.svhn, info)
+    for split in _CIFAR_C:
+        cfg = getattr(settings, split)
+        if cfg is not None:
+            _check_cifar_c(split, cfg, info)
+    if settings.imagenet_c is not None:
+        _check_imagenet_c(settings.imagenet_c, info)
+
+
+def static_dataset_info(name: str, root: str | None = None, image_size: int = 224) -> DatasetInfo:
+    """``DatasetInfo`` of a training dataset without reading its images (imagefolder: lists
+    the class folders of ``<root>/train``)."""
+    if name in _SPECS:
+        return _SPECS[name].info
+    if name != "imagefolder":
+        raise DataError(f"unknown dataset {name!r}")
+    train = _locate("imagefolder", root, ("",), "train") / "train"
+    classes = _class_folders(train)
+    return DatasetInfo(name, len(classes), 3, image_size, _IMAGENET_MEAN, _IMAGENET_STD)
+
+
+def check_ood_config(cfg: TrainConfig) -> None:
+    """``check_ood`` of ``cfg.ood`` against ``cfg``'s dataset; nothing to do without ``ood``."""
+    if cfg.ood is not None:
+        check_ood(cfg.ood, static_dataset_info(cfg.dataset, cfg.data_root))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def auroc(positive: Tensor, negative: Tensor) -> float:
+    """Area under the ROC curve of scores whose higher values mean "positive".
+
+    Exact Mann-Whitney form: the probability that a random positive outscores a random negative,
+    ties counting one half (average ranks), computed in float64.
+    """
+    if positive.numel() == 0 or negative.numel() == 0:
+        raise ValueError("auroc needs at least one positive and one negative score")
+    scores = torch.cat([positive.flatten(), negative.flatten()]).double()
+    _, inverse, counts = torch.unique(scores, sorted=True, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    average_rank = ends - (counts.double() - 1) / 2  # 1-based average rank of each distinct value
+    n_pos, n_neg = positive.numel(), negative.numel()
+    rank_sum = average_rank[inverse[:n_pos]].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def max_softmax(logits: Tensor) -> Tensor:
+    """Max-softmax confidence of each row."""
+    return logits.float().softmax(dim=1).max(dim=1).values
+
+
+@dataclass
+class OodResult:
+    """One OOD split evaluated: logits/labels on the device, per-row extras and its metrics.
+
+    ``sample_id`` is the image's index in its source file (for C splits: within its severity
+    block, so the same id is the same clean image across corruptions and severities);
+    ``corruption`` and ``severity`` are None for ``ood_svhn``.
+    """
+
+    split: str
+    logits: Tensor
+    labels: Tensor
+    sample_id: np.ndarray
+    corruption: np.ndarray | None = None  # object array of str, one per row
+    severity: np.ndarray | None = None  # int8, one per row
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def corruption_metrics(
+    split: str,
+    logits: Tensor,
+    labels: Tensor,
+    groups: list[tuple[str, int, int]],
+    temperature: float,
+) -> dict[str, float]:
+    """Mean accuracy, ECE and ECE after temperature scaling over the ``(corruption, severity,
+    rows)`` groups (consecutive rows), and per-severity means; one host sync for all."""
+    values = []
+    start = 0
+    for _, _, rows in groups:
+        z, y = logits[start : start + rows], labels[start : start + rows]
+        probs = z.softmax(dim=1)
+        ece_ts = calibration.ece((z / temperature).softmax(dim=1), y)
+        values.append(
+            torch.stack([calibration.accuracy(probs, y), calibration.ece(probs, y), ece_ts])
+        )
+        start += rows
+    table = torch.stack(values).double().cpu().numpy()  # [groups, 3]
+    severity = np.array([s for _, s, _ in groups])
+    out = {
+        f"{split}_accuracy": float(table[:, 0].mean()),
+        f"{split}_ece": float(table[:, 1].mean()),
+        f"{split}_ece_ts": float(table[:, 2].mean()),
+    }
+    for s in sorted(set(severity.tolist())):
+        out[f"{split}_s{s}_accuracy"] = float(table[severity == s, 0].mean())
+        out[f"{split}_s{s}_ece"] = float(table[severity == s, 1].mean())
+    return out
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.inference_mode()
+def _logits(trainer: Trainer, info: DatasetInfo, batches: Iterable[Tensor]) -> Tensor:
+    """Float32 logits of uint8 [B,C,H,W] batches, normalised with ``info``; no host sync."""
+    trainer.model.eval()
+    normalise = _Normaliser(info, trainer.device, trainer.channels_last)
+    out = []
+    for x in batches:
+        x = x.to(trainer.device, non_blocking=True)
+        with trainer._autocast():
+            out.append(trainer.model(normalise(x)).float())
+    return torch.cat(out)
+
+
+def _tensor_batches(x: Tensor, batch_size: int) -> Iterator[Tensor]:
+    for start in range(0, len(x), batch_size):
+        yield x[start : start + batch_size]
+
+
+def _evaluate_svhn(trainer: Trainer, cfg: SvhnSettings, info: DatasetInfo) -> OodResult:
+    from trainables.data import _svhn_part
+
+    path = _check_svhn(cfg, info)
+    x, y = _svhn_part(path)
+    chosen = _test_indices(len(y), seed=SUBSET_SEED, test_subset=cfg.subset).numpy()
+    images = torch.from_numpy(np.ascontiguousarray(x[chosen])).to(trainer.device)
+    logits = _logits(trainer, info, _tensor_batches(images, EVAL_BATCH))
+    labels = torch.from_numpy(y[chosen]).to(trainer.device)
+    in_logits, _ = trainer.predictions("test")
+    value = auroc(max_softmax(in_logits).cpu(), max_softmax(logits).cpu())
+    return OodResult(
+        "ood_svhn", logits, labels, chosen.astype(np.int64), metrics={"ood_svhn_auroc": value}
+    )
+
+
+def _evaluate_cifar_c(
+    trainer: Trainer, split: str, cfg: CorruptionSettings, info: DatasetInfo, temperature: float
+) -> OodResult:
+    _check_cifar_c(split, cfg, info)
+    directory, names = _cifar_c_files(split, cfg)
+    all_labels = np.load(directory / LABELS_FILE).astype(np.int64)
+    per_severity = len(all_labels) // 5
+    chosen = _test_indices(
+        per_severity, seed=SUBSET_SEED, test_subset=cfg.subset_per_severity
+    ).numpy()
+    rows = np.concatenate([(s - 1) * per_severity + chosen for s in cfg.severities])
+    labels = torch.from_numpy(all_labels[rows]).to(trainer.device)
+    logits = []
+    for name in names:
+        images = np.load(directory / f"{name}.npy", mmap_mode="r")[rows]  # [M, 32, 32, 3]
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(trainer.device)
+        logits.append(_logits(trainer, info, _tensor_batches(x.permute(0, 3, 1, 2), EVAL_BATCH)))
+    groups = [(n, s, len(chosen)) for n in names for s in cfg.severities]
+    return _corruption_result(
+        split, torch.cat(logits), labels.repeat(len(names)), groups, chosen, temperature
+    )
+
+
+def _evaluate_imagenet_c(
+    trainer: Trainer, cfg: CorruptionSettings, info: DatasetInfo, temperature: float
+) -> OodResult:
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    _check_imagenet_c(cfg, info)
+    directory, names = _imagenet_c_dirs(cfg)
+    # ImageNet-C images are already 224 centre crops: scale the short side, crop, no enlarging.
+    transform = T.Compose(
+        [T.Resize(info.image_size), T.CenterCrop(info.image_size), T.PILToTensor()]
+    )
+    logits, labels, groups, ids = [], [], [], []
+    for name in names:
+        for severity in cfg.severities:
+            images = datasets.ImageFolder(str(directory / name / str(severity)), transform)
+            chosen = _test_indices(
+                len(images), seed=SUBSET_SEED, test_subset=cfg.subset_per_severity
+            ).tolist()
+            loader = torch.utils.data.DataLoader(
+                torch.utils.data.Subset(images, chosen),
+                batch_size=EVAL_BATCH,
+                num_workers=trainer.cfg.num_workers,
+                pin_memory=trainer.device.type == "cuda",
+            )
+            labels.append(torch.tensor([images.targets[i] for i in chosen], dtype=torch.int64))
+            logits.append(_logits(trainer, info, (x for x, _ in loader)))
+            groups.append((name, severity, len(chosen)))
+            ids.append(np.asarray(chosen, dtype=np.int64))
+    return _corruption_result(
+        "imagenet_c",
+        torch.cat(logits),
+        torch.cat(labels).to(trainer.device),
+        groups,
+        np.concatenate(ids),
+        temperature,
+    )
+
+
+def _corruption_result(
+    split: str,
+    logits: Tensor,
+    labels: Tensor,
+    groups: list[tuple[str, int, int]],
+    sample_ids: np.ndarray,
+    temperature: float,
+) -> OodResult:
+    """Per-row corruption/severity columns of consecutive groups, and the split's metrics."""
+    counts = [rows for _, _, rows in groups]
+    names = np.empty(len(groups), dtype=object)
+    names[:] = [n for n, _, _ in groups]
+    if len(sample_ids) != len(labels):  # CIFAR-C: the same chosen images in every group
+        sample_ids = np.tile(sample_ids, len(groups))
+    return OodResult(
+        split,
+        logits,
+        labels,
+        sample_ids.astype(np.int64),
+        corruption=np.repeat(names, counts),
+        severity=np.repeat(np.array([s for _, s, _ in groups], dtype=np.int8), counts),
+        metrics=corruption_metrics(split, logits, labels, groups, temperature),
+    )
+
+
+def evaluate_ood(
+    trainer: Trainer, settings: OodSettings, temperature: float | None = None
+) -> list[OodResult]:
+    """Evaluate the trainer's current model on every configured OOD split, in ``SPLITS`` order.
+
+    Images are normalised with the training dataset's mean/std, run in batches of
+    ``EVAL_BATCH`` on the trainer's device under its autocast. ``temperature`` (default: fitted
+    on val) gives the ``_ece_ts`` metrics.
+    """
+    info = trainer.data.info
+    if temperature is None:
+        temperature = trainer.fit_temperature()
+    results = []
+    if settings.svhn is not None:
+        results.append(_evaluate_svhn(trainer, settings.svhn, info))
+    for split in _CIFAR_C:
+        cfg = getattr(settings, split)
+        if cfg is not None:
+            results.append(_evaluate_cifar_c(trainer, split, cfg, info, temperature))
+    if settings.imagenet_c is not None:
+        results.append(_evaluate_imagenet_c(trainer, settings.imagenet_c, info, temperature))
+    return results
+
+
+def ood_metric_names(settings: OodSettings) -> list[str]:
+    """The metric names ``evaluate_ood`` reports for ``settings`` (for report columns)."""
+    names = ["ood_svhn_auroc"] if settings.svhn is not None else []
+    for split in ("cifar10_c", "cifar100_c", "imagenet_c"):
+        cfg = getattr(settings, split)
+        if cfg is not None:
+            names += [f"{split}_accuracy", f"{split}_ece", f"{split}_ece_ts"]
+            for s in cfg.severities:
+                names += [f"{split}_s{s}_accuracy", f"{split}_s{s}_ece"]
+    return names
+
+
+def ood_evidence_table(
+    result: OodResult, *, study: str, epoch: int, temperature: float
+) -> pa.Table:
+    """The evidence rows of one OOD split (``evidence.evidence_table`` plus its extra columns)."""
+    return evidence.evidence_table(
+        result.logits,
+        result.labels,
+        study=study,
+        epoch=epoch,
+        temperature=temperature,
+        sample_ids=result.sample_id,
+        corruption=result.corruption,
+        severity=result.severity,
+    )
