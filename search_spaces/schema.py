@@ -95,12 +95,24 @@ class Objective(BaseModel):
 
 
 class Resources(BaseModel):
-    """What one trial holds; a fractional ``gpu`` shares a GPU (a scheduling share only)."""
+    """What one trial holds; a fractional ``gpu`` shares a GPU (a scheduling share only).
+
+    ``workers: K`` > 1 trains each trial data-parallel on K Ray Train workers, each holding
+    ``cpu`` and ``gpu``; ``batch_size`` stays the global batch."""
 
     model_config = ConfigDict(extra="forbid")
 
     cpu: float = Field(1.0, gt=0.0)
     gpu: float = Field(0.0, ge=0.0)
+    workers: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _whole_gpus_for_workers(self) -> Resources:
+        if self.workers > 1 and self.gpu not in (0.0, 1.0):
+            raise ValueError(
+                "with workers > 1 each worker needs gpu 0 or 1 (DDP needs its own GPU)"
+            )
+        return self
 
 
 class Space(BaseModel):
@@ -159,6 +171,7 @@ def check_space(data: dict[str, Any], source: str) -> Space:
         space.train_config()
     except ConfigError as err:
         raise SpaceError(f"{source}: 'fixed': {str(err).removeprefix('space: ')}") from None
+    _check_batch_fits_workers(space, source)
     seen: set[str] = set(space.fixed)
     for name, dist in space.search.items():
         where = f"{source}: 'search.{name}'"
@@ -179,6 +192,20 @@ def check_space(data: dict[str, Any], source: str) -> Space:
                 raise SpaceError(f"{where}: value {value!r} is not allowed: {reason}") from None
         seen.add(name)
     return space
+
+
+def _check_batch_fits_workers(space: Space, source: str) -> None:
+    workers = space.resources.workers
+    if workers == 1:
+        return
+    smallest = space.train_config().batch_size
+    if "batch_size" in space.search:
+        smallest = min(int(v) for v in space.search["batch_size"].values_to_check())
+    if smallest < 2 * workers:
+        raise SpaceError(
+            f"{source}: 'resources.workers': {workers} workers need batch_size >= {2 * workers} "
+            f"(at least 2 samples per worker for BatchNorm; got {smallest})"
+        )
 
 
 def load_space(name_or_file: str, overrides: dict[str, Any] | None = None) -> Space:

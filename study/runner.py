@@ -33,6 +33,7 @@ TUNE_DIR = "tune"
 SPACE_FILE = "space.yaml"
 OPTUNA_FILE = "optuna.db"
 TRACKING_FILE = "mlflow.json"
+DRIVER_MEMORY = 256 * 1024**2  # what a multi-worker trial's own process reserves
 
 
 class StudyExists(ValueError):
@@ -134,8 +135,14 @@ def _trainable(space: Space, name: str, paths: StudyPaths) -> Any:
         cpus_per_trial=space.resources.cpu,
         study_uri=paths.data_uri,
         evidence=space.evidence,
+        workers=space.resources.workers,
+        gpus_per_worker=space.resources.gpu,
     )
     resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
+    if space.resources.workers > 1:
+        # The trial only drives its Ray Train workers, which hold the CPUs and GPUs; Ray needs
+        # some resource in the trial's own bundle, so it holds a little memory.
+        resources = {"cpu": 0, "gpu": 0, "memory": DRIVER_MEMORY}
     return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
 
 

@@ -35,6 +35,10 @@ class TrialContext:
     cpus_per_trial: float
     study_uri: str = ""  # the study directory (local path or s3://...); "" writes no files
     evidence: str = "last"  # per-sample evidence of the last epoch only, or of "every" epoch
+    workers: int = (
+        1  # >1: data-parallel over that many Ray Train workers (trainables/distributed.py)
+    )
+    gpus_per_worker: float = 0.0
 
 
 def evidence_uri(study_uri: str) -> str:
@@ -45,6 +49,17 @@ def evidence_uri(study_uri: str) -> str:
 def trial_artifacts_uri(study_uri: str, trial_id: str) -> str:
     """Where a trial's figures live (the driver logs them to MLflow)."""
     return f"{study_uri.rstrip('/')}/trials/{trial_id}"
+
+
+def train_storage(study_uri: str) -> tuple[str | None, Any]:
+    """Ray Train's ``storage_path`` and ``storage_filesystem`` for multi-worker trials' runs."""
+    if not study_uri:
+        return None, None
+    uri = f"{study_uri.rstrip('/')}/train"
+    if "://" not in uri:
+        return uri, None
+    fs, path = evidence.resolve_fs(uri)
+    return path, fs
 
 
 def write_trial_files(
@@ -88,6 +103,15 @@ def run_ood(trainer: Trainer, record: EpochRecord, ctx: TrialContext, trial_id: 
             evidence.write_evidence(table, uri, trial_id, result.split, record.epoch)
 
 
+def record_epoch_outputs(
+    trainer: Trainer, record: EpochRecord, ctx: TrialContext, trial_id: str
+) -> None:
+    """After an epoch: OOD evaluation (last epoch; its metrics join ``record.final``), evidence
+    and figures. Done by the one process that writes (rank 0 of a multi-worker trial)."""
+    run_ood(trainer, record, ctx, trial_id)
+    write_trial_files(trainer, record, ctx, trial_id)
+
+
 def objective_value(metrics: dict[str, Any], weight: float) -> float:
     """The weighted objective ``val_accuracy - weight * val_ece``."""
     return metrics["val_accuracy"] - weight * metrics["val_ece"]
@@ -111,8 +135,14 @@ def epoch_metrics(trainer: Trainer, record: EpochRecord, ctx: TrialContext) -> d
 
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Run one trial from its flat settings; resume from Tune's checkpoint when there is one."""
-    torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
     cfg = parse_config(config, where=f"trial of study {ctx.study}")
+    if ctx.workers > 1:
+        from trainables.distributed import run_ddp_trial
+
+        trial_id = tune.get_context().get_trial_id()
+        run_ddp_trial(config, ctx, trial_id, ctx.workers, ctx.cpus_per_trial, ctx.gpus_per_worker)
+        return
+    torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
     trainer = Trainer(cfg)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -124,8 +154,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     node_id = ray.get_runtime_context().get_node_id()
 
     def report(trainer: Trainer, record: EpochRecord) -> None:
-        run_ood(trainer, record, ctx, trial_id)
-        write_trial_files(trainer, record, ctx, trial_id)
+        record_epoch_outputs(trainer, record, ctx, trial_id)
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(trainer.state_dict(), Path(directory) / CHECKPOINT_FILE)
             tune.report(
