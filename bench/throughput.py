@@ -11,13 +11,15 @@ on both paths, all in this one process:
   workers, the popular single-file SAM (per-parameter loops, ``p.data`` rebinding), fp32, SGD with
   momentum 0.9. CSAM uses sharpcal's per-sample CSAM loss at the perturbed weights on both paths.
 
-Each path and method runs warm-up steps through its data path, then ``--steps`` timed steps
-(loading included); images/s = steps * batch / seconds. Prints sharpcal/reference per method
+Per method both paths are built, warmed up through their data paths, then timed in
+``--repeats`` interleaved blocks of ``--steps`` steps (loading included; the order alternates
+between rounds, so a slow spell of a shared machine hits both); images/s = steps * batch / seconds
+of a block, median over blocks. Prints sharpcal/reference per method
 (targets: >= 1.0 on CPU, >= 3 on an H100). On CUDA it also measures the bf16 matmul rate, counts
 the FLOPs of one SAM step (3x forward per pass, two passes) and prints the compute floor in
 images/s with sharpcal's SAM as a percentage of it (target >= 25%).
 
-    python bench/throughput.py [--device cuda] [--batch 128] [--steps 100] [--warmup 10]
+    python bench/throughput.py [--device cuda] [--batch 128] [--steps 50] [--repeats 3] [--warmup 10]
         [--methods sgd,sam,csam] [--workers 2] [--compile/--no-compile] [--json bench/out/x.json]
 """
 
@@ -104,15 +106,15 @@ def sharpcal_batches(trainer: Trainer, batch: int) -> Iterator[Batch]:
         yield from trainer.data.train_batches(batch, epoch_seed=epoch, augment=True)
 
 
-def measure_sharpcal(method: str, args: argparse.Namespace, size: int) -> float:
-    """Seconds of ``args.steps`` sharpcal steps (after warm-up), data loading included."""
+def sharpcal_path(method: str, args: argparse.Namespace, size: int) -> TimedPath:
+    """sharpcal's data and training step for ``method``, ready to be timed."""
     trainer = Trainer(sharpcal_config(method, args, size))
     trainer.model.train()
 
     def step(x: Tensor, y: Tensor) -> None:
         trainer.train_step(x, y)
 
-    return time_steps(sharpcal_batches(trainer, args.batch), step, args, trainer.device)
+    return TimedPath(sharpcal_batches(trainer, args.batch), step)
 
 
 # ----------------------------------------------------------------------------- reference path
@@ -271,18 +273,15 @@ def reference_step(method: str, model: nn.Module, cfg: TrainConfig) -> StepFn:
     return sam_step
 
 
-def measure_reference(method: str, args: argparse.Namespace, size: int, images: Images) -> float:
-    """Seconds of ``args.steps`` reference steps (after warm-up), data loading included."""
+def reference_path(method: str, args: argparse.Namespace, size: int, images: Images) -> TimedPath:
+    """The reference's loader and training step for ``method``, ready to be timed."""
     cfg = sharpcal_config(method, args, size)  # the same lr, momentum, weight decay, rho, gamma
     device = torch.device(args.device)
     torch.manual_seed(SEED)
     model = build_model(MODEL, NUM_CLASSES, CHANNELS, IMAGE_SIZE).to(device)
     model.train()
     loader = reference_loader(images, args)
-    batches = reference_batches(loader, device)
-    seconds = time_steps(batches, reference_step(method, model, cfg), args, device)
-    batches.close()  # shuts the loader's workers down before the next measurement
-    return seconds
+    return TimedPath(reference_batches(loader, device), reference_step(method, model, cfg))
 
 
 def training_images(size: int) -> Images:
@@ -302,18 +301,74 @@ def training_images(size: int) -> Images:
 # ----------------------------------------------------------------------------- timing and floor
 
 
-def time_steps(
-    batches: Iterator[Batch], step: StepFn, args: argparse.Namespace, device: torch.device
-) -> float:
-    """Warm up through the data path, then time ``args.steps`` steps including loading."""
-    for _ in range(args.warmup):
-        step(*next(batches))
+@dataclass
+class TimedPath:
+    """A training path to time: its batch iterator (data loading included) and its step."""
+
+    batches: Iterator[Batch]
+    step: StepFn
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            self.step(*next(self.batches))
+
+    def close(self) -> None:
+        """Stop the iterator (a reference loader's workers shut down)."""
+        close = getattr(self.batches, "close", None)
+        if close is not None:
+            close()
+
+
+def time_interleaved(
+    paths: dict[str, TimedPath], args: argparse.Namespace, device: torch.device
+) -> dict[str, list[float]]:
+    """Warm every path up, then ``args.repeats`` rounds of ``args.steps`` timed steps per path.
+
+    The paths alternate within each round and the order turns from round to round, so a slow
+    spell of the machine (other processes, clock changes) falls on both paths alike. Returns the
+    seconds of each block, per path.
+    """
+    for path in paths.values():
+        path.run(args.warmup)
     _sync(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step(*next(batches))
-    _sync(device)
-    return time.perf_counter() - start
+    seconds: dict[str, list[float]] = {name: [] for name in paths}
+    names = list(paths)
+    for round_ in range(args.repeats):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            paths[name].run(args.steps)
+            _sync(device)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def measure_method(
+    method: str, args: argparse.Namespace, size: int, images: Images
+) -> dict[str, Any]:
+    """Reference and sharpcal interleaved for ``method``: median images/s of each and the ratio."""
+    device = torch.device(args.device)
+    paths = {
+        "reference": reference_path(method, args, size, images),
+        "sharpcal": sharpcal_path(method, args, size),
+    }
+    try:
+        seconds = time_interleaved(paths, args, device)
+    finally:
+        for path in paths.values():
+            path.close()
+    rates = {name: [args.steps * args.batch / s for s in secs] for name, secs in seconds.items()}
+    ref, ours = (statistics.median(rates[name]) for name in ("reference", "sharpcal"))
+    per_round = [o / r for o, r in zip(rates["sharpcal"], rates["reference"])]
+    return dict(
+        reference_seconds=seconds["reference"],
+        sharpcal_seconds=seconds["sharpcal"],
+        reference_images_per_s=ref,
+        sharpcal_images_per_s=ours,
+        ratio=ours / ref,
+        ratio_per_round=per_round,
+        ratio_min=min(per_round),
+        ratio_max=max(per_round),
+    )
 
 
 def matmul_tflops(device: torch.device, n: int = MATMUL_N, reps: int = 7) -> float:
@@ -377,21 +432,26 @@ def device_name(device: torch.device) -> str:
 
 
 def print_report(
-    results: dict[str, dict[str, float]], floor: dict[str, float | None], args: argparse.Namespace
+    results: dict[str, dict[str, Any]], floor: dict[str, float | None], args: argparse.Namespace
 ) -> None:
     device = torch.device(args.device)
     target = 3.0 if device.type == "cuda" else 1.0
     print(
-        f"throughput: {MODEL}, batch {args.batch}, {args.steps} steps after {args.warmup} warm-up, "
-        f"{args.workers} loader workers, compile={args.compile}, {device_name(device)}"
+        f"throughput: {MODEL}, batch {args.batch}, {args.repeats} interleaved blocks of "
+        f"{args.steps} steps per path after {args.warmup} warm-up, {args.workers} loader "
+        f"workers, compile={args.compile}, {device_name(device)}"
     )
-    print(f"  {'method':>6}  {'reference img/s':>15}  {'sharpcal img/s':>14}  {'ratio':>6}")
+    print(
+        f"  {'method':>6}  {'reference img/s':>15}  {'sharpcal img/s':>14}  {'ratio':>6}"
+        f"  {'per-block range':>15}"
+    )
     for method, r in results.items():
         print(
             f"  {method:>6}  {r['reference_images_per_s']:15.1f}  "
             f"{r['sharpcal_images_per_s']:14.1f}  {r['ratio']:6.2f}"
+            f"  {r['ratio_min']:7.2f}-{r['ratio_max']:.2f}"
         )
-    print(f"  ratio = sharpcal / reference (target >= {target:g})")
+    print(f"  img/s: median over blocks; ratio = sharpcal / reference (target >= {target:g})")
     if floor["floor_images_per_s"] is None:
         print("  compute floor: n/a (CUDA only)")
         return
@@ -408,7 +468,10 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=None, help="128 on CUDA, 32 on CPU")
-    parser.add_argument("--steps", type=int, default=None, help="100 on CUDA, 10 on CPU")
+    parser.add_argument("--steps", type=int, default=None, help="per block; 50 on CUDA, 10 on CPU")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="interleaved blocks per path; 3 CUDA, 5 CPU"
+    )
     parser.add_argument("--warmup", type=int, default=None, help="10 on CUDA, 3 on CPU")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
     parser.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
@@ -417,7 +480,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     on_cuda = torch.device(args.device).type == "cuda"
     args.batch = args.batch or (128 if on_cuda else 32)
-    args.steps = args.steps or (100 if on_cuda else 10)
+    args.steps = args.steps or (50 if on_cuda else 10)
+    args.repeats = args.repeats or (3 if on_cuda else 5)
     args.warmup = args.warmup if args.warmup is not None else (10 if on_cuda else 3)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(args.methods) - set(METHODS))
@@ -430,20 +494,11 @@ def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
     # One epoch covers warm-up and timed steps: no epoch boundary (or partial batch) is timed.
-    size = (args.warmup + args.steps + 1) * args.batch
+    size = (args.warmup + args.repeats * args.steps + 1) * args.batch
     images = training_images(size)
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
     for method in args.methods:
-        ref_s = measure_reference(method, args, size, images)
-        ours_s = measure_sharpcal(method, args, size)
-        ref_rate, ours_rate = (args.steps * args.batch / s for s in (ref_s, ours_s))
-        results[method] = dict(
-            reference_seconds=ref_s,
-            sharpcal_seconds=ours_s,
-            reference_images_per_s=ref_rate,
-            sharpcal_images_per_s=ours_rate,
-            ratio=ours_rate / ref_rate,
-        )
+        results[method] = measure_method(method, args, size, images)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     sam_rate = results["sam"]["sharpcal_images_per_s"] if "sam" in results else None
@@ -454,6 +509,7 @@ def main() -> None:
         device=args.device,
         batch=args.batch,
         steps=args.steps,
+        repeats=args.repeats,
         warmup=args.warmup,
         workers=args.workers,
         compile=args.compile,
