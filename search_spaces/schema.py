@@ -116,7 +116,12 @@ class Resources(BaseModel):
 
 
 class Space(BaseModel):
-    """A whole search space file."""
+    """A whole search space file.
+
+    ``points`` are configurations (settings over ``fixed``) run before anything is sampled, e.g.
+    the rows of a fixed comparison; ``samples`` defaults to their number (8 without points).
+    ``repeats: K`` runs every configuration with K seeds (seed, seed + 1, ...): ``samples * K``
+    trials. An ``ood`` section is a training setting and is kept under ``fixed``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -124,8 +129,10 @@ class Space(BaseModel):
     description: str = ""
     fixed: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, Distribution] = Field(default_factory=dict)
+    points: list[dict[str, Any]] = Field(default_factory=list)
+    repeats: int = Field(1, ge=1)
     objective: Objective = Field(default_factory=Objective)
-    samples: int = Field(8, ge=1)
+    samples: int = Field(None, ge=1)  # type: ignore[assignment]  # None: see the docstring
     concurrency: int = Field(2, ge=1)
     sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
     scheduler: Literal["none", "asha"] = "none"
@@ -134,13 +141,36 @@ class Space(BaseModel):
     max_failures: int = Field(1, ge=0)
     evidence: Literal["last", "every"] = "last"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _ood_is_a_fixed_setting(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("ood") is not None:
+            data = dict(data)
+            data["fixed"] = {**(data.get("fixed") or {}), "ood": data.pop("ood")}
+        return data
+
     @model_validator(mode="after")
     def _study_settings_agree(self) -> Space:
+        if self.samples is None:
+            self.samples = len(self.points) or 8
+        if self.samples < len(self.points):
+            raise ValueError(
+                f"samples ({self.samples}) < the number of points ({len(self.points)})"
+            )
+        if self.repeats > 1 and self.scheduler != "none":
+            raise ValueError("repeats > 1 needs scheduler none (an early stop would cut seeds)")
+        if self.repeats > 1 and "seed" in self.search:
+            raise ValueError("repeats > 1 sets the seeds itself: remove 'seed' from 'search'")
         if self.scheduler == "asha" and self.objective.type != "weighted":
             raise ValueError("scheduler asha needs objective type weighted (ASHA ranks one metric)")
         if self.sampler == "grid" and any(d.kind != "categorical" for d in self.search.values()):
             raise ValueError("sampler grid needs every search parameter to be categorical")
         return self
+
+    @property
+    def trials(self) -> int:
+        """How many trials the study runs: every configuration, ``repeats`` times."""
+        return self.samples * self.repeats
 
     def train_config(self, sampled: dict[str, Any] | None = None) -> TrainConfig:
         """The TrainConfig of one trial: fixed settings plus sampled ones."""
@@ -172,6 +202,7 @@ def check_space(data: dict[str, Any], source: str) -> Space:
     except ConfigError as err:
         raise SpaceError(f"{source}: 'fixed': {str(err).removeprefix('space: ')}") from None
     _check_batch_fits_workers(space, source)
+    _check_points(space, source)
     seen: set[str] = set(space.fixed)
     for name, dist in space.search.items():
         where = f"{source}: 'search.{name}'"
@@ -192,6 +223,19 @@ def check_space(data: dict[str, Any], source: str) -> Space:
                 raise SpaceError(f"{where}: value {value!r} is not allowed: {reason}") from None
         seen.add(name)
     return space
+
+
+def _check_points(space: Space, source: str) -> None:
+    fields = TrainConfig.model_fields
+    for i, point in enumerate(space.points):
+        for key in point:
+            if key not in fields:
+                raise SpaceError(f"{source}: 'points.{i}.{key}': unknown setting")
+        try:
+            space.train_config(point)
+        except ConfigError as err:
+            reason = str(err).split(": ", 1)[-1]
+            raise SpaceError(f"{source}: 'points.{i}': {reason}") from None
 
 
 def _check_batch_fits_workers(space: Space, source: str) -> None:

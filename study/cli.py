@@ -1,5 +1,6 @@
-"""The ``study`` command: ``train`` (one run, no Ray), ``run`` and ``resume`` (a Ray Tune study
-searched by Optuna), ``spaces`` (bundled search spaces)."""
+"""The ``study`` command: ``train`` (one run, no Ray), ``run``, ``resume`` and ``rerun`` (Ray Tune
+studies searched by Optuna), ``report`` and ``compare`` (their results), ``spaces`` (bundled search
+spaces)."""
 
 from __future__ import annotations
 
@@ -46,12 +47,33 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a study: Optuna searches a space over Ray Tune trials")
     run.add_argument("space", nargs="?", default="default", help="bundled space name or YAML file")
     run.add_argument("--name", help="study name (default: the space's name)")
-    run.add_argument("--samples", type=int, help="number of trials (overrides the space)")
+    run.add_argument("--samples", type=int, help="number of configurations (overrides the space)")
+    run.add_argument("--repeats", type=int, help="seeds per configuration (overrides the space)")
     run.add_argument("--concurrency", type=int, help="trials at once (overrides the space)")
     _add_storage_and_address(run)
     _add_tracking(run)
     _add_sets(run)
     run.set_defaults(handler=cmd_run)
+
+    rerun = sub.add_parser(
+        "rerun", help="a new study re-running a finished study's best configurations with seeds"
+    )
+    rerun.add_argument("name", help="the finished study's name")
+    rerun.add_argument("--top", type=int, default=3, help="how many configurations (3)")
+    rerun.add_argument("--seeds", type=int, default=3, help="seeds per configuration (3)")
+    rerun.add_argument("--new-name", help="the new study's name (default: NAME-rerun)")
+    rerun.add_argument("--concurrency", type=int, help="trials at once (default: as NAME)")
+    _add_storage_and_address(rerun)
+    _add_tracking(rerun)
+    rerun.set_defaults(handler=cmd_rerun)
+
+    compare = sub.add_parser(
+        "compare", help="the paper-style table: per configuration, mean ± std over seeds"
+    )
+    compare.add_argument("name", help="the study's name")
+    compare.add_argument("--format", choices=["markdown", "latex", "csv"], default="markdown")
+    compare.add_argument("--storage", help="directory holding studies (default: ./studies)")
+    compare.set_defaults(handler=cmd_compare)
 
     resume = sub.add_parser("resume", help="continue an interrupted study")
     resume.add_argument("name", help="the study's name")
@@ -176,13 +198,17 @@ def cmd_spaces(args: argparse.Namespace) -> int:
             space = load_space(args.file)
         except SpaceError as err:
             raise UsageError(str(err)) from None
+        repeats = f" x {space.repeats} seeds" if space.repeats > 1 else ""
         print(
-            f"{args.file}: valid ({len(space.search)} searched settings, {space.samples} samples)"
+            f"{args.file}: valid ({len(space.search)} searched settings, {len(space.points)} "
+            f"points, {space.samples} configurations{repeats})"
         )
         return 0
-    for name in bundled_names():
+    names = bundled_names()
+    width = max(len(n) for n in names)
+    for name in names:
         description = read_space_yaml(resolve_space(name)).get("description", "")
-        print(f"{name:<20} {description}")
+        print(f"{name:<{width}}  {description}")
     return 0
 
 
@@ -190,7 +216,7 @@ def _load_run_space(args: argparse.Namespace) -> Any:
     from search_spaces.schema import load_space
 
     overrides: dict[str, Any] = parse_sets(args.sets)
-    for key in ("samples", "concurrency"):
+    for key in ("samples", "repeats", "concurrency"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     return load_space(args.space, overrides)
@@ -213,6 +239,14 @@ def _study_tags(space: Any, args: argparse.Namespace) -> dict[str, str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate the space and the tracking store, create the study, run it, print the front."""
+    try:
+        space = _load_run_space(args)
+    except USER_ERRORS as err:
+        raise UsageError(str(err)) from None
+    return _start_study(space, args.name or space.name or "study", args)
+
+
+def _start_study(space: Any, name: str, args: argparse.Namespace) -> int:
     from study.runner import (
         StudyExists,
         build_tuner,
@@ -228,11 +262,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         default_tracking_uri,
         flatten,
     )
+    from trainables.ood import check_ood_config
 
     tracking_uri = args.tracking_uri or default_tracking_uri()
     try:
-        space = _load_run_space(args)
-        name = args.name or space.name or "study"
+        check_ood_config(space.train_config())
         paths = study_paths(name, args.storage)
         refuse_existing(name, paths)  # before the tracking store is touched
         tracker = StudyTracker(tracking_uri, name)
@@ -256,6 +290,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     _close_parent(tracker, parent)
     return rc
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """A new study running the ``--top`` best configurations of a finished one, ``--seeds`` each."""
+    from search_spaces.schema import check_space
+    from study.compare import top_configurations
+    from study.front import load_optuna_study
+    from study.runner import load_study_space, study_paths
+
+    paths = study_paths(args.name, args.storage)
+    try:
+        if args.top < 1 or args.seeds < 1:
+            raise SpaceError(f"--top and --seeds must be >= 1 (got {args.top}, {args.seeds})")
+        space = load_study_space(paths, args.name)
+        best = top_configurations(load_optuna_study(args.name, paths.optuna_url), space, args.top)
+        if not best:
+            raise SpaceError(f"study {args.name!r} has no completed trial to rerun")
+        name = args.new_name or f"{args.name}-rerun"
+        data = space.model_dump(mode="json")
+        data.update(
+            name=name,
+            description=f"the {len(best)} best configurations of {args.name}, {args.seeds} seeds",
+            points=best,
+            samples=len(best),
+            repeats=args.seeds,
+            scheduler="none",
+            concurrency=args.concurrency or space.concurrency,
+        )
+        rerun = check_space(data, f"rerun of {args.name}")
+    except USER_ERRORS as err:
+        raise UsageError(str(err)) from None
+    args.space = f"rerun of {args.name}"
+    return _start_study(rerun, name, args)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Print the study's comparison table(s) as Markdown, LaTeX or CSV."""
+    from study.compare import comparison_tables, render
+    from study.front import load_optuna_study
+    from study.runner import load_study_space, study_paths
+
+    paths = study_paths(args.name, args.storage)
+    try:
+        space = load_study_space(paths, args.name)
+    except USER_ERRORS as err:
+        raise UsageError(str(err)) from None
+    tables = comparison_tables(load_optuna_study(args.name, paths.optuna_url), space)
+    if not tables[0].confs:
+        print(f"study {args.name}: no completed trial to compare", file=sys.stderr)
+        return 1
+    print("\n\n".join(render(table, args.format) for table in tables))
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -290,7 +376,11 @@ def _fit_and_print(make_tuner: Any, space: Any, name: str, paths: Any, address: 
     from study.front import format_table, front_rows, load_optuna_study
     from study.runner import init_ray
 
-    print(f"study {name}: {space.samples} trials, {space.concurrency} at a time, in {paths.root}")
+    repeats = f" x {space.repeats} seeds" if space.repeats > 1 else ""
+    print(
+        f"study {name}: {space.samples} configurations{repeats} = {space.trials} trials, "
+        f"{space.concurrency} at a time, in {paths.root}"
+    )
     init_ray(address)
     try:
         tuner = make_tuner()

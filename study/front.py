@@ -8,7 +8,8 @@ from typing import Any
 import optuna
 
 from search_spaces.schema import Space
-from study.search import STATUS_ATTR, TRIAL_ID_ATTR
+from study.compare import describe
+from study.search import STATUS_ATTR, TRIAL_ID_ATTR, trial_settings
 
 METRIC_COLUMNS = ("val_accuracy", "val_ece", "test_accuracy", "test_ece", "test_ece_ts")
 
@@ -37,6 +38,8 @@ def front_rows(study: optuna.Study, space: Space) -> list[dict[str, Any]]:
             "tune_id": trial.user_attrs.get(TRIAL_ID_ATTR, ""),
             "status": trial.user_attrs.get(STATUS_ATTR, ""),
         }
+        if space.points:
+            row["configuration"] = describe(trial_settings(trial), space).replace(" ", "")
         row.update({name: trial.params.get(name, "-") for name in space.search})
         row.update({m: trial.user_attrs.get(m, math.nan) for m in METRIC_COLUMNS})
         rows.append(row)

@@ -43,9 +43,15 @@ import torch  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from search_spaces.schema import Space  # noqa: E402
+from study.compare import comparison_tables, is_completed, rank_score, render  # noqa: E402
 from study.front import best_trials, load_optuna_study  # noqa: E402
 from study.runner import StudyPaths  # noqa: E402
-from study.search import STATUS_ATTR, TRIAL_ID_ATTR  # noqa: E402
+from study.search import (  # noqa: E402
+    STATUS_ATTR,
+    TRIAL_ID_ATTR,
+    configuration_key,
+    trial_settings,
+)
 from trainables import calibration  # noqa: E402
 from trainables.config import TrainConfig  # noqa: E402
 from trainables.evidence import open_evidence  # noqa: E402
@@ -131,23 +137,11 @@ class StudyView:
 
 
 def trial_method(trial: FrozenTrial, space: Space) -> str:
-    """The trial's ``method``: searched, else fixed, else TrainConfig's default."""
-    if "method" in trial.params:
-        return str(trial.params["method"])
+    """The trial's ``method``: searched or set by its point, else fixed, else the default."""
+    settings = trial_settings(trial)
+    if "method" in settings:
+        return str(settings["method"])
     return str(space.fixed.get("method", TrainConfig.model_fields["method"].default))
-
-
-def rank_score(trial: FrozenTrial, space: Space) -> float:
-    """Higher is better: ``val_accuracy - val_ece`` (pareto) or the weighted objective."""
-    if space.objective.type == "pareto":
-        return float(trial.values[0]) - float(trial.values[1])
-    return float(trial.values[0])
-
-
-def is_completed(trial: FrozenTrial) -> bool:
-    """COMPLETE in Optuna and not diverged (diverged trials are told with the worst values)."""
-    status = trial.user_attrs.get(STATUS_ATTR, "completed")
-    return trial.state == TrialState.COMPLETE and status == "completed" and bool(trial.values)
 
 
 def ranked_completed(study: optuna.Study, space: Space) -> list[FrozenTrial]:
@@ -236,13 +230,9 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def repeat_group(trial: FrozenTrial, trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
-    """``trial`` and the other trials with equal params except ``seed`` (repeat seeds)."""
-
-    def key(t: FrozenTrial) -> tuple[tuple[str, str], ...]:
-        return tuple(sorted((k, repr(v)) for k, v in t.params.items() if k != "seed"))
-
-    mine = key(trial)
-    group = [t for t in trials if key(t) == mine and t.number != trial.number]
+    """``trial`` and the other trials of its configuration (its repeat seeds)."""
+    mine = configuration_key(trial)
+    group = [t for t in trials if configuration_key(t) == mine and t.number != trial.number]
     return [trial, *sorted(group, key=lambda t: t.number)]
 
 
@@ -344,7 +334,8 @@ def header_section(view: StudyView, paths: StudyPaths, data: dict[str, Any]) -> 
         ["objective", _objective_text(space)],
         ["sampler", space.sampler],
         ["scheduler", space.scheduler],
-        ["samples", str(space.samples)],
+        ["configurations", f"{space.samples} ({len(space.points)} given as points)"],
+        ["seeds per configuration", str(space.repeats)],
         ["concurrency", str(space.concurrency)],
         ["seed", str(space.seed)],
         ["trials", _trial_counts(view.study)],
@@ -519,6 +510,37 @@ def methods_section(view: StudyView, data: dict[str, Any]) -> str:
             f"{max(gaps):.1e} (float16 storage of the probs)."
         )
     parts.append("![](reliability.png)")
+    return "\n\n".join(parts)
+
+
+def comparison_section(view: StudyView, data: dict[str, Any]) -> str:
+    """Every configuration (best per method and loss when there are many), mean ± std over its
+    seeds, as ``study compare`` prints it; OOD and corruption metrics in a second table."""
+    tables = comparison_tables(view.study, view.space)
+    data["comparison"] = [
+        {
+            "configuration": conf.label,
+            "settings": conf.settings,
+            "trials": [t.number for t in conf.trials],
+            **{m: conf.mean_std(m) for table in tables for m in table.columns},
+        }
+        for conf in tables[0].confs
+    ]
+    parts = [
+        "## Comparison",
+        "Each configuration with its seeds (`study compare`): test metrics in percent as the "
+        "trials logged them, mean ± std over seeds, the best mean of each column in bold.",
+    ]
+    if not tables[0].confs:
+        return "\n\n".join([*parts, "No completed trial."])
+    parts.append(render(tables[0], "markdown"))
+    if len(tables) > 1:
+        parts.append(
+            "Out-of-distribution and corruption evaluation of the final models (SVHN: AUROC of "
+            "the max-softmax confidence, test set vs SVHN; -C sets: mean over every corruption "
+            "and severity; per corruption and severity in the evidence splits):"
+        )
+        parts.append(render(tables[1], "markdown"))
     return "\n\n".join(parts)
 
 
@@ -758,6 +780,7 @@ def write_report(
     data: dict[str, Any] = {"study": name}
     sections = [header_section(view, paths, data), front_section(view, data)]
     draw_pareto(view, report_dir / "pareto.png")
+    sections.append(comparison_section(view, data))
     sections.append(methods_section(view, data))
     draw_reliability(view, report_dir / "reliability.png")
     sections.append(ensemble_section(view, data))

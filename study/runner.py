@@ -190,7 +190,7 @@ def build_tuner(space: Space, name: str, paths: StudyPaths, callbacks: list[Any]
         tune_config=tune.TuneConfig(
             search_alg=search,
             scheduler=scheduler,
-            num_samples=space.samples,
+            num_samples=space.trials,
             max_concurrent_trials=space.concurrency,
             reuse_actors=True,
             trial_name_creator=trial_name,

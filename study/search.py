@@ -21,23 +21,42 @@ log = logging.getLogger(__name__)
 
 STATUS_ATTR = "status"
 TRIAL_ID_ATTR = "tune_trial_id"
-RECORDED_PREFIXES = ("test_", "val_")
+# Settings a trial takes besides its Optuna params: a point's settings and a repeat's seed.
+SETTINGS_ATTR = "settings"
+REPEAT_OF_ATTR = "repeat_of"  # the Optuna trial number whose configuration this one repeats
+RECORDED_PREFIXES = ("test_", "val_", "ood_", "cifar10_c_", "cifar100_c_", "imagenet_c_")
 RECORDED_KEYS = ("temperature", "epoch", "train_loss")
 
 
 class SpaceSampler:
     """The define-by-run function: draws the ``search`` section in file order, honouring ``when``,
-    and returns the fixed settings as constants. A plain class so that Tune can pickle it."""
+    and returns the fixed settings (and a point's or repeat's settings) as constants. A plain
+    class so that Tune can pickle it."""
 
     def __init__(self, space: Space) -> None:
         self.space = space
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        chosen: dict[str, Any] = dict(self.space.fixed)
+        settings = dict(trial.user_attrs.get(SETTINGS_ATTR) or {})
+        constants = {
+            **self.space.fixed,
+            **{k: v for k, v in settings.items() if k not in self.space.search},
+        }
+        chosen: dict[str, Any] = dict(constants)
         for name, dist in self.space.search.items():
             if dist.applies(chosen):
                 chosen[name] = dist.suggest(trial, name)
-        return dict(self.space.fixed)
+        return constants
+
+
+def trial_settings(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """What a trial set over the space's ``fixed``: its Optuna params and its point's/seed."""
+    return {**(trial.user_attrs.get(SETTINGS_ATTR) or {}), **trial.params}
+
+
+def configuration_key(trial: optuna.trial.FrozenTrial) -> tuple[tuple[str, str], ...]:
+    """Equal for the trials of one configuration (the seeds of a repeat)."""
+    return tuple(sorted((k, repr(v)) for k, v in trial_settings(trial).items() if k != "seed"))
 
 
 def build_sampler(space: Space) -> optuna.samplers.BaseSampler:
@@ -67,7 +86,40 @@ def trial_status(result: dict[str, Any] | None, error: bool) -> str:
 
 
 class StudySearch(OptunaSearch):
-    """``OptunaSearch`` that tells ASHA-stopped trials as PRUNED and records status and metrics."""
+    """``OptunaSearch`` that tells ASHA-stopped trials as PRUNED and records status and metrics,
+    runs the space's ``points`` first and repeats every configuration with ``repeats`` seeds.
+
+    Points and repeats are enqueued in Optuna (params plus a ``settings`` user attribute) just
+    before they are asked for, so each Tune trial stays one Optuna trial. The queues live in this
+    object, which Tune saves with its experiment state: a resumed study goes on where it was."""
+
+    def __init__(self, space: Space, **kwargs: Any) -> None:
+        super().__init__(space=SpaceSampler(space), **kwargs)
+        self._study_space = space
+        self._points_left: list[dict[str, Any]] = [dict(p) for p in space.points]
+        self._repeats_left: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    def _enqueue(self, settings: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+        params = {k: v for k, v in settings.items() if k in self._study_space.search}
+        attrs = {SETTINGS_ATTR: settings, **(extra or {})}
+        self._ot_study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if trial_id not in self._ot_trials:
+            if self._repeats_left:
+                self._enqueue(*self._repeats_left.pop(0))
+            elif self._points_left:
+                self._enqueue(self._points_left.pop(0))
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials[trial_id]
+        repeats = self._study_space.repeats
+        if repeats > 1 and REPEAT_OF_ATTR not in ot_trial.user_attrs:
+            settings = {**(ot_trial.user_attrs.get(SETTINGS_ATTR) or {}), **ot_trial.params}
+            base_seed = int(config.get("seed", self._study_space.train_config().seed))
+            for k in range(1, repeats):
+                seeded = {**settings, "seed": base_seed + k}
+                self._repeats_left.append((seeded, {REPEAT_OF_ATTR: ot_trial.number}))
+        return config
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -117,7 +169,7 @@ def build_search(space: Space, study_name: str, storage_url: str) -> StudySearch
     metric: str | list[str] = objective.metrics if objective.type == "pareto" else "objective"
     mode: str | list[str] = objective.modes if objective.type == "pareto" else "max"
     return StudySearch(
-        space=SpaceSampler(space),
+        space,
         metric=metric,
         mode=mode,
         sampler=build_sampler(space),

@@ -16,11 +16,39 @@ from tests.test_cli import run_study
 BUNDLED = ("default", "cifar10-resnet18", "cifar100-wrn28-10", "imagenet-resnet50")
 
 
-def test_the_four_bundled_spaces_are_shipped_and_valid():
+def test_the_bundled_spaces_and_presets_are_shipped_and_valid():
     assert set(BUNDLED) <= set(bundled_names())
     for name in bundled_names():
         space = load_space(name)
-        assert space.samples >= 1 and space.search
+        assert space.samples >= 1 and (space.search or space.points)
+
+
+PAPER_RHO = {
+    "paper-cifar10-resnet18": 0.05,
+    "paper-cifar10-wrn28-10": 0.05,
+    "paper-cifar100-resnet18": 0.2,
+    "paper-imagenet-resnet50": 0.05,
+    "paper-imagenet-vit-s16": 0.2,
+    "paper-fashion-mnist": 0.05,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_RHO))
+def test_paper_presets_follow_the_papers_protocol(name):
+    space = load_space(name)
+    configs = [space.train_config(point) for point in space.points]
+    assert {c.rho for c in configs} == {PAPER_RHO[name]}
+    assert sorted(c.gamma for c in configs if c.method == "csam") == [0.5, 1.0, 2.0]
+    rows = {(c.method, c.loss) for c in configs}
+    assert {("sgd", "ce"), ("sgd", "ls"), ("sgd", "focal"), ("sam", "ce"), ("csam", "ce")} <= rows
+    assert space.repeats == 3 and space.samples == len(space.points)
+    for c in configs:
+        assert c.schedule == "cosine" and (c.optimizer, c.momentum) in {
+            ("sgd", 0.9),
+            ("adamw", c.momentum),
+        }
+        if c.dataset.startswith("cifar"):
+            assert c.val_fraction == 0.1  # the 45k/5k split
 
 
 def test_study_spaces_lists_each_space_on_one_line():
