@@ -177,7 +177,7 @@ def ddp_worker_loop(loop_config: dict[str, Any]) -> None:
     train_ctx = ray.train.get_context()
     rank, world = train_ctx.get_world_rank(), train_ctx.get_world_size()
     trainer = Trainer(parse_config(loop_config["settings"], where=f"trial {trial_id}"))
-    checkpoint = ray.train.get_checkpoint() or loop_config.get("checkpoint")
+    checkpoint = ray.train.get_checkpoint()  # the run's latest, also after a restarted trial
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.load_state_dict(load_checkpoint(Path(directory) / CHECKPOINT_FILE))
