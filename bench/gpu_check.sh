@@ -18,10 +18,12 @@ if [ "$SMOKE" != 1 ] && ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.
 fi
 if [ "$SMOKE" = 1 ]; then
   STEP_ARGS=(--batch 8 --steps 2 --warmup 1)
-  TP_ARGS=(--batch 8 --steps 2 --warmup 1)
+  TP_ARGS=(--batch 8 --steps 2 --warmup 1 --repeats 2)
+  TPH_ARGS=(--smoke --trials 2)
 else
   STEP_ARGS=()
   TP_ARGS=()
+  TPH_ARGS=()
 fi
 
 status=0
@@ -41,6 +43,10 @@ timeout 300 "$PY" bench/step_cost.py "${STEP_ARGS[@]}" --json "$OUT/step_cost.js
 echo "== throughput"
 timeout 400 "$PY" bench/throughput.py "${TP_ARGS[@]}" --json "$OUT/throughput.json" 2>&1 \
   | tee "$OUT/throughput.txt" || status=1
+
+echo "== trials per hour (1, 2, 4 trials per GPU)"
+timeout 240 "$PY" bench/trials_per_hour.py "${TPH_ARGS[@]}" --json "$OUT/trials_per_hour.json" 2>&1 \
+  | tee "$OUT/trials_per_hour.txt" || status=1
 
 echo
 echo "== summary ($(cat "$OUT/device.txt"))"
@@ -67,6 +73,18 @@ try:
     rows.append(("SAM % of bf16 compute floor", "n/a" if pct is None else f"{pct:.1f}%", ">= 25%"))
 except (OSError, KeyError, ValueError) as err:
     rows.append(("throughput", f"missing ({err})", ""))
+try:
+    tph = json.loads((out / "trials_per_hour.json").read_text())
+    for level, r in tph["results"].items():
+        rows.append(
+            (
+                f"trials/hour, {level} per device",
+                f"{r['trials_per_hour']:.0f} ({r['ratio_vs_1']:.2f}x vs 1)",
+                "ratio > 1 pays",
+            )
+        )
+except (OSError, KeyError, ValueError) as err:
+    rows.append(("trials per hour", f"missing ({err})", ""))
 width = max(len(r[0]) for r in rows)
 for name, value, target in rows:
     print(f"{name:<{width}}  {value:>24}  {target}")
