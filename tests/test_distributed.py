@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from typing import Any
 
 import optuna
@@ -127,3 +133,35 @@ def test_bad_worker_settings_are_refused_with_the_key(resources, batch_size, mes
     with pytest.raises(SpaceError, match=message) as err:
         check_space(_space_data(resources, batch_size), "ddp.yaml")
     assert "'resources" in str(err.value)
+
+
+def test_killed_study_resumes_a_multi_worker_trial_from_its_train_checkpoint(tmp_path):
+    data = _space_data({"cpu": 1, "workers": 2})
+    data["fixed"]["epochs"] = 4
+    space = write_space(tmp_path, **data)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "study", "run", str(space), "--name", "k", "--storage", "studies"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    train_dir = tmp_path / "studies" / "k" / "train"
+    deadline = time.monotonic() + 300
+    while not list(train_dir.glob("*-ddp/checkpoint_*")) and time.monotonic() < deadline:
+        assert driver.poll() is None, "the study ended before it could be killed"
+        time.sleep(0.5)
+    time.sleep(1)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    os.killpg(driver.pid, signal.SIGKILL)
+
+    proc = run_study("resume", "k", "--storage", "studies", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (trial,) = optuna_study(tmp_path, "k").trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    (result,) = (tmp_path / "studies" / "k" / "tune").glob("trial_*/result.json")
+    rows = [json.loads(line) for line in result.read_text().splitlines()]
+    resumed = [row["epoch"] for row in rows if row["pid"] == rows[-1]["pid"]]
+    # The resumed trial continued from the Train run's last checkpoint, not from epoch 1.
+    assert resumed[0] > 1 and resumed == list(range(resumed[0], 5))
