@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test venv test-deps data lint bench clean
+.PHONY: demo test venv test-deps data toolchain lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,16 @@ data: venv
 	  $(BIN)/python -m trainables.data download fashion_mnist; \
 	fi
 
+# torch.compile on the CPU (the fast-path tests) needs a C++ compiler: g++ from apt if missing.
+toolchain:
+	@command -v c++ >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get install -y -qq g++ >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq g++)); } || \
+	  echo "no C++ compiler and no apt: the torch.compile tests will be skipped"
+
 demo: venv data
 	$(BIN)/study run default --name demo-$$(date +%Y%m%d-%H%M%S)
 
-test: test-deps data
+test: test-deps data toolchain
 	$(BIN)/python -m pytest -q -m "not gpu" --timeout 900
 
 lint: test-deps
