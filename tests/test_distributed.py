@@ -103,25 +103,6 @@ def _space_data(resources: dict[str, Any], batch_size: int = 64) -> dict[str, An
     }
 
 
-def test_study_with_two_workers_per_trial_completes_with_evidence(tmp_path):
-    data = _space_data({"cpu": 1, "workers": 2})
-    data["fixed"]["sync_perturbation"] = True
-    space = write_space(tmp_path, **data)
-    done = run_study("run", str(space), "--name", "ddp", "--storage", "studies", cwd=tmp_path)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (trial,) = optuna_study(tmp_path, "ddp").trials
-    assert trial.state == optuna.trial.TrialState.COMPLETE
-    assert trial.user_attrs["status"] == "completed"
-    assert trial.user_attrs["test_accuracy"] > 0.5
-    evidence = tmp_path / "studies" / "ddp" / "evidence"
-    table = pads.dataset(evidence, partitioning="hive").to_table()
-    rows = table.group_by("split").aggregate([("sample_id", "count")]).to_pylist()
-    # every val and test sample exactly once: only rank 0 writes
-    trainer = Trainer(parse_config({**DIGITS_FAST, "val_fraction": 0.1}))
-    expected = {s: trainer.data.split_size(s) for s in ("val", "test")}
-    assert {r["split"]: r["sample_id_count"] for r in rows} == expected
-
-
 @pytest.mark.parametrize(
     ("resources", "batch_size", "message"),
     [
@@ -135,9 +116,9 @@ def test_bad_worker_settings_are_refused_with_the_key(resources, batch_size, mes
     assert "'resources" in str(err.value)
 
 
-def test_killed_study_resumes_a_multi_worker_trial_from_its_train_checkpoint(tmp_path):
+def test_killed_two_worker_study_resumes_from_the_train_checkpoint_with_evidence_once(tmp_path):
     data = _space_data({"cpu": 1, "workers": 2})
-    data["fixed"]["epochs"] = 4
+    data["fixed"].update(epochs=4, sync_perturbation=True)
     space = write_space(tmp_path, **data)
     driver = subprocess.Popen(
         [sys.executable, "-m", "study", "run", str(space), "--name", "k", "--storage", "studies"],
@@ -160,6 +141,15 @@ def test_killed_study_resumes_a_multi_worker_trial_from_its_train_checkpoint(tmp
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (trial,) = optuna_study(tmp_path, "k").trials
     assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.user_attrs["status"] == "completed"
+    assert trial.user_attrs["test_accuracy"] > 0.5
+    evidence = tmp_path / "studies" / "k" / "evidence"
+    table = pads.dataset(evidence, partitioning="hive").to_table()
+    rows = table.group_by("split").aggregate([("sample_id", "count")]).to_pylist()
+    # every val and test sample exactly once: only rank 0 writes
+    trainer = Trainer(parse_config({**DIGITS_FAST, "val_fraction": 0.1}))
+    expected = {s: trainer.data.split_size(s) for s in ("val", "test")}
+    assert {r["split"]: r["sample_id_count"] for r in rows} == expected
     (result,) = (tmp_path / "studies" / "k" / "tune").glob("trial_*/result.json")
     rows = [json.loads(line) for line in result.read_text().splitlines()]
     resumed = [row["epoch"] for row in rows if row["pid"] == rows[-1]["pid"]]
