@@ -173,16 +173,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    """Write (or rewrite) a study's report from its Optuna storage, results and evidence."""
-    from study.report import write_report
-    from study.runner import load_study_space, load_tracking, study_paths
+def _existing_study(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The paths and resolved space of the study ``args.name`` (a missing one: exit 2)."""
+    from study.runner import load_study_space, study_paths
 
     paths = study_paths(args.name, args.storage)
     try:
-        space = load_study_space(paths, args.name)
+        return paths, load_study_space(paths, args.name)
     except USER_ERRORS as err:
         raise UsageError(str(err)) from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write (or rewrite) a study's report from its Optuna storage, results and evidence."""
+    from study.report import write_report
+    from study.runner import load_tracking
+
+    paths, space = _existing_study(args)
     print(f"report: {write_report(paths, args.name, space, load_tracking(paths) or None)}")
     return 0
 
@@ -297,13 +304,11 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from search_spaces.schema import check_space
     from study.compare import top_configurations
     from study.front import load_optuna_study
-    from study.runner import load_study_space, study_paths
 
-    paths = study_paths(args.name, args.storage)
+    if args.top < 1 or args.seeds < 1:
+        raise UsageError(f"--top and --seeds must be >= 1 (got {args.top}, {args.seeds})")
+    paths, space = _existing_study(args)
     try:
-        if args.top < 1 or args.seeds < 1:
-            raise SpaceError(f"--top and --seeds must be >= 1 (got {args.top}, {args.seeds})")
-        space = load_study_space(paths, args.name)
         best = top_configurations(load_optuna_study(args.name, paths.optuna_url), space, args.top)
         if not best:
             raise SpaceError(f"study {args.name!r} has no completed trial to rerun")
@@ -329,13 +334,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Print the study's comparison table(s) as Markdown, LaTeX or CSV."""
     from study.compare import comparison_tables, render
     from study.front import load_optuna_study
-    from study.runner import load_study_space, study_paths
 
-    paths = study_paths(args.name, args.storage)
-    try:
-        space = load_study_space(paths, args.name)
-    except USER_ERRORS as err:
-        raise UsageError(str(err)) from None
+    paths, space = _existing_study(args)
     tables = comparison_tables(load_optuna_study(args.name, paths.optuna_url), space)
     if not tables[0].confs:
         print(f"study {args.name}: no completed trial to compare", file=sys.stderr)

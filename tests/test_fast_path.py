@@ -103,20 +103,20 @@ def loss_curve(cfg: TrainConfig, data: Data, steps: int) -> tuple[torch.Tensor, 
     return torch.stack(losses).double().cpu(), trainer
 
 
+def run_settings(method: str, **settings: Any) -> dict[str, Any]:
+    """The settings every curve here shares, for ``method``, plus ``settings``."""
+    common = dict(model="cnn", rho=0.05, gamma=1.0, lr=0.05, train_subset=None, seed=0)
+    return {**common, "method": method, **settings}
+
+
 def cpu_config(method: str, fast: bool) -> TrainConfig:
     """A digits run on the CPU: the fast path (compile + channels_last) or the plain one."""
     return parse_config(
-        dict(
+        run_settings(
+            method,
             dataset="digits",
-            model="cnn",
-            method=method,
-            rho=0.05,
-            gamma=1.0,
-            lr=0.05,
             batch_size=CPU_BATCH,
-            train_subset=None,
             device="cpu",
-            seed=0,
             bf16=False,
             compile=fast,
             channels_last=fast,
@@ -230,18 +230,7 @@ def test_cuda_bf16_fast_path_stays_within_bf16_tolerance_of_fp32(method):
     info = DatasetInfo("synthetic", 10, 3, 32, (0.5,) * 3, (0.2898,) * 3)
     curves = {}
     for fast in (True, False):
-        settings: dict[str, Any] = dict(
-            dataset="synthetic",
-            model="cnn",
-            method=method,
-            rho=0.05,
-            gamma=1.0,
-            lr=0.05,
-            batch_size=GPU_BATCH,
-            train_subset=None,
-            device="cuda",
-            seed=0,
-        )
+        settings = run_settings(method, dataset="synthetic", batch_size=GPU_BATCH, device="cuda")
         if not fast:
             settings.update(bf16=False, channels_last=False, compile=False)
         cfg = parse_config(settings)

@@ -143,31 +143,35 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     return array.shape, array.dtype
 
 
+def _chosen(
+    split: str, cfg: CorruptionSettings, present: list[str], directory: Path, kind: str, item: str
+) -> list[str]:
+    """The corruptions to evaluate (all present ones by default); a missing one is an error.
+    ``item`` names one in the message (``{}.npy``), ``kind`` all of them."""
+    names = list(cfg.corruptions) if cfg.corruptions is not None else present
+    missing = [n for n in names if n not in present]
+    if missing or not names:
+        listed = ", ".join(item.format(n) for n in missing) or f"{kind} at all"
+        raise DataError(
+            f"ood {split}: no {listed} in {directory} (present: {', '.join(present) or 'none'}); "
+            f"fix ood.{split}"
+        )
+    return names
+
+
 def _cifar_c_files(split: str, cfg: CorruptionSettings) -> tuple[Path, list[str]]:
     """(directory, corruption names in evaluation order) of a CIFAR-C split."""
     directory = _locate(split, cfg.root, ("", _CIFAR_C[split][1]), LABELS_FILE)
     present = sorted(p.stem for p in directory.glob("*.npy") if p.name != LABELS_FILE)
-    names = list(cfg.corruptions) if cfg.corruptions is not None else present
-    missing = [n for n in names if n not in present]
-    if missing or not names:
-        raise DataError(
-            f"ood {split}: no {', '.join(f'{n}.npy' for n in missing) or 'corruption .npy files'}"
-            f" in {directory} (present: {', '.join(present) or 'none'}); fix ood.{split}"
-        )
-    return directory, names
+    return directory, _chosen(split, cfg, present, directory, "corruption .npy file", "{}.npy")
 
 
 def _imagenet_c_dirs(cfg: CorruptionSettings) -> tuple[Path, list[str]]:
     directory = _locate("imagenet_c", cfg.root, ("",), "")
     present = sorted(p.name for p in directory.iterdir() if p.is_dir())
-    names = list(cfg.corruptions) if cfg.corruptions is not None else present
-    missing = [n for n in names if n not in present]
-    if missing or not names:
-        raise DataError(
-            f"ood imagenet_c: no corruption folder {', '.join(missing) or '(none at all)'} in "
-            f"{directory} (present: {', '.join(present) or 'none'}); fix ood.imagenet_c"
-        )
-    return directory, names
+    return directory, _chosen(
+        "imagenet_c", cfg, present, directory, "corruption folder", "corruption folder {}"
+    )
 
 
 def _class_folders(directory: Path) -> list[str]:
