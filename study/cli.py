@@ -375,6 +375,7 @@ def _close_parent(tracker: Any, parent: str) -> None:
 def _fit_and_print(make_tuner: Any, space: Any, name: str, paths: Any, address: str | None) -> int:
     from study.front import format_table, front_rows, load_optuna_study
     from study.runner import init_ray
+    from study.search import fail_orphans
 
     repeats = f" x {space.repeats} seeds" if space.repeats > 1 else ""
     print(
@@ -388,6 +389,8 @@ def _fit_and_print(make_tuner: Any, space: Any, name: str, paths: Any, address: 
         raise UsageError(str(err)) from None
     results = tuner.fit()
     study = load_optuna_study(name, paths.optuna_url)
+    if len(results) >= space.trials and all(r.metrics or r.error for r in results):
+        fail_orphans(study)  # the study is over: nothing can still be running
     title = "Pareto front" if space.objective.type == "pareto" else "best trial"
     print(f"\n{title} of study {name} ({len(results)} trials, {results.num_errors} errored):")
     print(format_table(front_rows(study, space)))

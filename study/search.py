@@ -163,6 +163,17 @@ class StudySearch(OptunaSearch):
                 self._ot_study.tell(trial.number, state=TrialState.FAIL)
 
 
+def fail_orphans(study: optuna.Study) -> list[int]:
+    """Once every trial of a study has ended, fail the Optuna trials still RUNNING: asked for
+    by a driver that was killed before Tune recorded the trial, so nothing will ever tell them.
+    Returns their numbers."""
+    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in orphans:
+        log.warning("failing Optuna trial %d: asked before a crash, never run", trial.number)
+        study.tell(trial.number, state=TrialState.FAIL)
+    return [t.number for t in orphans]
+
+
 def build_search(space: Space, study_name: str, storage_url: str) -> StudySearch:
     """The searcher of a study, its Optuna study persisted in ``storage_url``."""
     objective = space.objective

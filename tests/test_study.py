@@ -184,3 +184,16 @@ def test_study_killed_with_sigkill_resumes_to_exactly_n_trials(tmp_path):
         rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
         epochs = [row["epoch"] for row in rows]
         assert sorted(set(epochs)) == [1, 2, 3, 4]
+
+
+def test_trials_left_running_by_a_killed_driver_are_failed_once_the_study_is_over():
+    from study.search import fail_orphans
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    done = study.ask()
+    study.tell(done, [0.9, 0.1])
+    orphan = study.ask()  # asked, then the driver died before Tune recorded the trial
+    assert fail_orphans(study) == [orphan.number]
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL]
+    assert fail_orphans(study) == []
