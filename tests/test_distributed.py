@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from typing import Any
 
 import optuna
@@ -22,7 +17,7 @@ from search_spaces import SpaceError
 from search_spaces.schema import check_space
 from tests.conftest import DIGITS_FAST
 from tests.test_cli import run_study
-from tests.test_study import DIGITS, optuna_study, write_space
+from tests.test_study import DIGITS, optuna_study, run_and_kill_when, write_space
 from trainables.config import parse_config
 from trainables.distributed import distribute
 from trainables.loop import Trainer
@@ -120,22 +115,12 @@ def test_killed_two_worker_study_resumes_from_the_train_checkpoint_with_evidence
     data = _space_data({"cpu": 1, "workers": 2})
     data["fixed"].update(epochs=4, sync_perturbation=True)
     space = write_space(tmp_path, **data)
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "study", "run", str(space), "--name", "k", "--storage", "studies"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     train_dir = tmp_path / "studies" / "k" / "train"
-    deadline = time.monotonic() + 300
-    while not list(train_dir.glob("*-ddp/checkpoint_*")) and time.monotonic() < deadline:
-        assert driver.poll() is None, "the study ended before it could be killed"
-        time.sleep(0.5)
-    time.sleep(1)
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
-    os.killpg(driver.pid, signal.SIGKILL)
+
+    def checkpointed() -> bool:
+        return bool(list(train_dir.glob("*-ddp/checkpoint_*")))
+
+    run_and_kill_when(tmp_path, space, "k", "studies", checkpointed, settle_s=1)
 
     proc = run_study("resume", "k", "--storage", "studies", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import pyarrow.fs as pafs
@@ -15,7 +14,7 @@ from optuna.trial import TrialState
 from ray.cluster_utils import Cluster
 
 from tests.test_s3 import s3_env  # noqa: F401  (a fixture, used through getfixturevalue)
-from tests.test_study import PARETO_SEARCH, optuna_study, write_space
+from tests.test_study import PARETO_SEARCH, optuna_study, start_study_run, write_space
 from trainables.data import load_data
 from trainables.evidence import open_evidence, resolve_fs
 
@@ -69,26 +68,10 @@ def test_trials_spread_over_nodes_and_survive_a_lost_worker(
             seed=11,
             max_failures=3,
         )
-        driver = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "study",
-                "run",
-                str(path),
-                "--name",
-                "nodes",
-                "--storage",
-                storage_arg,
-                "--address",
-                cluster.address,
-            ],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        driver = start_study_run(
+            tmp_path, path, "nodes", storage_arg, "--address", cluster.address,
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
         tune_dir = f"{data_uri}/tune"
         deadline = time.monotonic() + 300
         victim = None

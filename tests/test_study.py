@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -139,27 +141,46 @@ def _complete_count(tmp_path: Path, name: str) -> int:
         return 0
 
 
-def run_and_kill_after_first_trial(
-    tmp_path: Path, space: Path, name: str, storage: str, env: dict[str, str] | None = None
+def start_study_run(
+    tmp_path: Path, space: Path, name: str, storage: str, *extra: str, **popen: Any
+) -> subprocess.Popen:
+    """``study run SPACE --name NAME --storage STORAGE EXTRA...`` in the background, in
+    ``tmp_path``; ``popen`` goes to ``subprocess.Popen`` (output discarded unless given)."""
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    popen.setdefault("stderr", subprocess.DEVNULL)
+    command = ["run", str(space), "--name", name, "--storage", storage, *extra]
+    return subprocess.Popen([sys.executable, "-m", "study", *command], cwd=tmp_path, **popen)
+
+
+def run_and_kill_when(
+    tmp_path: Path,
+    space: Path,
+    name: str,
+    storage: str,
+    ready: Callable[[], bool],
+    settle_s: float,
+    env: dict[str, str] | None = None,
 ) -> None:
-    """Start `study run`, SIGKILL its driver once a trial has finished and the next one has
-    checkpointed, then kill the local Ray it started too, as a reboot would."""
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "study", "run", str(space), "--name", name, "--storage", storage],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 240
-    while _complete_count(tmp_path, name) < 1 and time.monotonic() < deadline:
+    """Start `study run`, SIGKILL its driver ``settle_s`` after ``ready()`` turns true, then kill
+    the local Ray it started too, as a reboot would."""
+    driver = start_study_run(tmp_path, space, name, storage, env=env, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not ready() and time.monotonic() < deadline:
         assert driver.poll() is None, "the study ended before it could be killed"
         time.sleep(0.5)
-    time.sleep(3)  # into the next trial, past its first checkpoint
+    time.sleep(settle_s)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     os.killpg(driver.pid, signal.SIGKILL)
+
+
+def run_and_kill_after_first_trial(
+    tmp_path: Path, space: Path, name: str, storage: str, env: dict[str, str] | None = None
+) -> None:
+    """``run_and_kill_when`` a trial has finished and the next one has checkpointed."""
+    run_and_kill_when(
+        tmp_path, space, name, storage, lambda: _complete_count(tmp_path, name) >= 1, 3, env
+    )
 
 
 def test_study_killed_with_sigkill_resumes_to_exactly_n_trials(tmp_path):

@@ -19,7 +19,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from tests.test_cli import run_study
-from tests.test_study import PARETO_SEARCH, optuna_study, write_space
+from tests.test_study import PARETO_SEARCH, optuna_study, start_study_run, write_space
 from trainables import calibration
 from trainables.data import load_data
 from trainables.evidence import open_evidence
@@ -201,25 +201,10 @@ def test_server_lost_mid_study_does_not_stop_training(tmp_path):
         path = write_space(
             tmp_path, fixed={"epochs": 3}, search=PARETO_SEARCH, samples=3, concurrency=1, seed=4
         )
-        driver = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "study",
-                "run",
-                str(path),
-                "--name",
-                "lost",
-                "--storage",
-                "studies",
-                "--tracking-uri",
-                url,
-            ],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        driver = start_study_run(
+            tmp_path, path, "lost", "studies", "--tracking-uri", url,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and driver.poll() is None:
             with contextlib.suppress(Exception):
