@@ -17,7 +17,7 @@ from search_spaces import SpaceError
 from search_spaces.schema import check_space
 from tests.conftest import DIGITS_FAST
 from tests.test_cli import run_study
-from tests.test_study import DIGITS, optuna_study, run_and_kill_when, write_space
+from tests.test_study import DIGITS, optuna_study, run_and_kill_while_held, write_space
 from trainables.config import parse_config
 from trainables.distributed import distribute
 from trainables.loop import Trainer
@@ -120,7 +120,8 @@ def test_killed_two_worker_study_resumes_from_the_train_checkpoint_with_evidence
     def checkpointed() -> bool:
         return bool(list(train_dir.glob("*-ddp/checkpoint_*")))
 
-    run_and_kill_when(tmp_path, space, "k", "studies", checkpointed, settle_s=1)
+    # the trial's rank 0 waits after reporting epoch 2's checkpoint, provably mid-run
+    run_and_kill_while_held(tmp_path, space, "k", "studies", epoch=2, also=checkpointed)
 
     proc = run_study("resume", "k", "--storage", "studies", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pyarrow.fs as pafs
 import pytest
@@ -14,9 +13,18 @@ from optuna.trial import TrialState
 from ray.cluster_utils import Cluster
 
 from tests.test_s3 import s3_env  # noqa: F401  (a fixture, used through getfixturevalue)
-from tests.test_study import PARETO_SEARCH, optuna_study, start_study_run, write_space
+from tests.test_study import (
+    PARETO_SEARCH,
+    held_trial,
+    optuna_study,
+    release_hold,
+    start_study_run,
+    wait_until,
+    write_space,
+)
 from trainables.data import load_data
 from trainables.evidence import open_evidence, resolve_fs
+from trainables.hold import HOLD_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +63,10 @@ def test_trials_spread_over_nodes_and_survive_a_lost_worker(
         ):
             monkeypatch.setenv(key, env[key])
     data_uri = f"{storage_arg}/nodes" if env else str(tmp_path / "studies" / "nodes")
+    hold_dir = tmp_path / "hold"
+    # Set before the nodes start, so that the trials' worker processes inherit it: the first trial
+    # to finish epoch 2 waits there, provably mid-run, until the test has removed its node.
+    monkeypatch.setenv(HOLD_ENV, f"{hold_dir}:2")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -73,18 +85,11 @@ def test_trials_spread_over_nodes_and_survive_a_lost_worker(
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         tune_dir = f"{data_uri}/tune"
-        deadline = time.monotonic() + 300
-        victim = None
-        while victim is None and time.monotonic() < deadline:
-            assert driver.poll() is None, "the study ended before a node could be removed"
-            for rows in _rows(tune_dir).values():
-                if len(rows) >= 2 and rows[-1]["epoch"] < EPOCHS:
-                    victim = rows[-1]["node_id"]
-                    break
-            time.sleep(0.3)
-        assert victim is not None
+        wait_until(lambda: held_trial(hold_dir) is not None, driver, "a trial was held")
+        victim = held_trial(hold_dir)["node_id"]
         (node,) = [w for w in workers if w.node_id == victim]
         cluster.remove_node(node)
+        release_hold(hold_dir)
         out, _ = driver.communicate(timeout=600)
         assert driver.returncode == 0, out[-4000:]
     finally:

@@ -20,7 +20,7 @@ from tests.test_study import (
     PARETO_SEARCH,
     _complete_count,
     optuna_study,
-    run_and_kill_after_first_trial,
+    run_and_kill_while_held,
     write_space,
 )
 from tests.test_tracking import free_port
@@ -90,8 +90,12 @@ def test_study_on_s3_survives_a_killed_driver_and_resumes_from_the_bucket(tmp_pa
         tmp_path, fixed={"epochs": 3}, search=PARETO_SEARCH, samples=3, concurrency=1, seed=7
     )
     storage = "s3://sharpcal-test/studies"
-    run_and_kill_after_first_trial(tmp_path, path, "s3", storage, env=s3_env)
-    assert 1 <= _complete_count(tmp_path, "s3") < 3
+    # concurrency 1: trial 1 has finished, trial 2 is held after epoch 2, trial 3 not started
+    run_and_kill_while_held(
+        tmp_path, path, "s3", storage, epoch=2, nth=2, env=s3_env,
+        also=lambda: _complete_count(tmp_path, "s3") >= 1,
+    )  # fmt: skip
+    assert _complete_count(tmp_path, "s3") == 1
 
     proc = subprocess.run(
         [sys.executable, "-m", "study", "resume", "s3", "--storage", storage],

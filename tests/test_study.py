@@ -18,6 +18,7 @@ import yaml
 from optuna.trial import TrialState
 
 from tests.test_cli import run_study
+from trainables.hold import HELD_FILE, HOLD_ENV, RELEASE_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -152,44 +153,68 @@ def start_study_run(
     return subprocess.Popen([sys.executable, "-m", "study", *command], cwd=tmp_path, **popen)
 
 
-def run_and_kill_when(
+def wait_until(ready: Callable[[], bool], driver: subprocess.Popen, what: str) -> None:
+    """Poll ``ready()`` while the background ``driver`` runs; fail if it ends first or after 5 min."""
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert driver.poll() is None, f"the study ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.2)
+
+
+def hold_env(hold_dir: Path, epoch: int, nth: int = 1, env: dict[str, str] | None = None):
+    """``env`` (default: this process's) plus ``SHARPCAL_HOLD``: the ``nth`` trial to finish
+    ``epoch`` waits there (trainables/hold.py) until ``release_hold(hold_dir)``."""
+    return {**(env or os.environ), HOLD_ENV: f"{hold_dir}:{epoch}:{nth}"}
+
+
+def held_trial(hold_dir: Path) -> dict[str, Any] | None:
+    """What the held trial wrote (trial_id, node_id, epoch), or None while none is held."""
+    path = hold_dir / HELD_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def release_hold(hold_dir: Path) -> None:
+    (hold_dir / RELEASE_FILE).touch()
+
+
+def run_and_kill_while_held(
     tmp_path: Path,
     space: Path,
     name: str,
     storage: str,
-    ready: Callable[[], bool],
-    settle_s: float,
+    epoch: int,
+    nth: int = 1,
     env: dict[str, str] | None = None,
-) -> None:
-    """Start `study run`, SIGKILL its driver ``settle_s`` after ``ready()`` turns true, then kill
-    the local Ray it started too, as a reboot would."""
-    driver = start_study_run(tmp_path, space, name, storage, env=env, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not ready() and time.monotonic() < deadline:
-        assert driver.poll() is None, "the study ended before it could be killed"
-        time.sleep(0.5)
-    time.sleep(settle_s)
+    also: Callable[[], bool] = lambda: True,
+) -> dict[str, Any]:
+    """Start `study run` with the ``nth`` trial to finish ``epoch`` held there; once it is held
+    (and ``also()`` is true), SIGKILL the driver and then the local Ray it started, as a reboot
+    would. The kill point does not depend on the machine's speed. Returns the held trial."""
+    hold_dir = tmp_path / "hold"
+    driver = start_study_run(
+        tmp_path, space, name, storage,
+        env=hold_env(hold_dir, epoch, nth, env), start_new_session=True,
+    )  # fmt: skip
+    wait_until(lambda: held_trial(hold_dir) is not None and also(), driver, "a trial was held")
+    held = held_trial(hold_dir)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     os.killpg(driver.pid, signal.SIGKILL)
-
-
-def run_and_kill_after_first_trial(
-    tmp_path: Path, space: Path, name: str, storage: str, env: dict[str, str] | None = None
-) -> None:
-    """``run_and_kill_when`` a trial has finished and the next one has checkpointed."""
-    run_and_kill_when(
-        tmp_path, space, name, storage, lambda: _complete_count(tmp_path, name) >= 1, 3, env
-    )
+    release_hold(hold_dir)
+    return held
 
 
 def test_study_killed_with_sigkill_resumes_to_exactly_n_trials(tmp_path):
     path = write_space(
         tmp_path, fixed={"epochs": 4}, search=PARETO_SEARCH, samples=4, concurrency=1, seed=5
     )
-    run_and_kill_after_first_trial(tmp_path, path, "kill", "studies")
-    done_before = _complete_count(tmp_path, "kill")
-    assert 1 <= done_before < 4
+    # concurrency 1: trial 1 has finished, trial 2 is held after epoch 2, trials 3-4 not started
+    run_and_kill_while_held(
+        tmp_path, path, "kill", "studies", epoch=2, nth=2,
+        also=lambda: _complete_count(tmp_path, "kill") >= 1,
+    )  # fmt: skip
+    assert _complete_count(tmp_path, "kill") == 1
 
     proc = run_study("resume", "kill", "--storage", "studies", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

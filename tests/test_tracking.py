@@ -19,7 +19,16 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from tests.test_cli import run_study
-from tests.test_study import PARETO_SEARCH, optuna_study, start_study_run, write_space
+from tests.test_study import (
+    PARETO_SEARCH,
+    held_trial,
+    hold_env,
+    optuna_study,
+    release_hold,
+    start_study_run,
+    wait_until,
+    write_space,
+)
 from trainables import calibration
 from trainables.data import load_data
 from trainables.evidence import open_evidence
@@ -201,17 +210,15 @@ def test_server_lost_mid_study_does_not_stop_training(tmp_path):
         path = write_space(
             tmp_path, fixed={"epochs": 3}, search=PARETO_SEARCH, samples=3, concurrency=1, seed=4
         )
+        hold_dir = tmp_path / "hold"  # the first trial waits after epoch 1 until released
         driver = start_study_run(
             tmp_path, path, "lost", "studies", "--tracking-uri", url,
+            env=hold_env(hold_dir, epoch=1),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and driver.poll() is None:
-            with contextlib.suppress(Exception):
-                if optuna_study(tmp_path, "lost").trials:
-                    break
-            time.sleep(0.5)
+        wait_until(lambda: held_trial(hold_dir) is not None, driver, "a trial was held")
         stop_server(server)
+        release_hold(hold_dir)
         out, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, out[-3000:]
     assert "unreachable" in out

@@ -168,6 +168,7 @@ def ddp_worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     from trainables.config import parse_config
+    from trainables.hold import hold_if_asked
     from trainables.loop import load_checkpoint, save_checkpoint
     from trainables.trainable import CHECKPOINT_FILE, epoch_metrics, record_epoch_outputs
 
@@ -193,6 +194,8 @@ def ddp_worker_loop(loop_config: dict[str, Any]) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             metrics = {**epoch_metrics(trainer, record, ctx), "node_id": node_id, "workers": world}
             ray.train.report(metrics, checkpoint=checkpoint)
+        if rank == 0:
+            hold_if_asked(record.epoch, trial_id, node_id)
 
     trainer.fit(on_epoch=report)
 

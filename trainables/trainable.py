@@ -14,6 +14,7 @@ from ray import tune
 
 from trainables import evidence
 from trainables.config import parse_config
+from trainables.hold import hold_if_asked
 from trainables.loop import EpochRecord, Trainer, load_checkpoint, save_checkpoint
 from trainables.ood import evaluate_ood, ood_evidence_table
 from trainables.plots import reliability_png
@@ -161,5 +162,6 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                 {**epoch_metrics(trainer, record, ctx), "node_id": node_id},
                 checkpoint=tune.Checkpoint.from_directory(directory),
             )
+        hold_if_asked(record.epoch, trial_id, node_id)
 
     trainer.fit(on_epoch=report)
