@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test venv test-deps data toolchain lint bench clean
+.PHONY: demo test venv test-deps data toolchain lint bench clean gpu-bundle gpu-rehearsal
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,39 @@ demo: venv data
 test: test-deps data toolchain
 	$(BIN)/python -m pytest -q -m "not gpu" --timeout 900
 
+# The GPU check on a bare GPU image (bench/gpu_check.sh): wheels of what the image lacks, pinned to
+# this venv's versions, for GPU_PYTHON (3.12, the lent machine's; e.g. 3.11 for a rehearsal here).
+GPU_PYTHON ?= 3.12
+GPU_BUNDLE := .gpu-bundle
+GPU_PLATFORMS := $(foreach n,28 27 17,--platform manylinux_2_$(n)_x86_64) --platform manylinux2014_x86_64
+gpu-bundle: venv
+	rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)
+	$(BIN)/python -c "import importlib.metadata as m, sys; [print(f'{n}=={m.version(n)}') for n in sys.argv[1:]]" \
+	  $$(grep -v '^#' bench/gpu_bundle.txt) > $(GPU_BUNDLE)/requirements.txt
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
+	  $(GPU_PLATFORMS) -d $(GPU_BUNDLE) -r $(GPU_BUNDLE)/requirements.txt
+	@echo "$(GPU_BUNDLE)/: $$(ls $(GPU_BUNDLE)/*.whl | wc -l) wheels for Python $(GPU_PYTHON), $$(du -sh $(GPU_BUNDLE) | cut -f1)"
+
+# The lent GPU machine's situation on this CPU machine: a fresh venv with only the image's packages
+# (torch and torchvision as installed here; no Ray, Optuna, MLflow or pydantic), the bundle for this
+# Python installed by gpu_check.sh with --no-index, then its smoke run.
+REHEARSAL := .gpu-rehearsal
+IMAGE_PACKAGES := torch==2.14.1 torchvision==0.29.1 timm pyarrow numpy scipy scikit-learn matplotlib \
+	pandas pyyaml pytest pytest-timeout rich torchmetrics pillow hypothesis
+gpu-rehearsal:
+	rm -rf $(REHEARSAL) && $(PYTHON) -m venv $(REHEARSAL)/venv
+	$(REHEARSAL)/venv/bin/pip install -q $(IMAGE_PACKAGES)
+	$(MAKE) gpu-bundle GPU_BUNDLE=$(REHEARSAL)/bundle \
+	  GPU_PYTHON=$$($(REHEARSAL)/venv/bin/python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+	! $(REHEARSAL)/venv/bin/python -c 'import ray' 2>/dev/null
+	! $(REHEARSAL)/venv/bin/python -c 'import optuna' 2>/dev/null
+	! $(REHEARSAL)/venv/bin/python -c 'import mlflow' 2>/dev/null
+	SHARPCAL_GPU_CHECK_SMOKE=1 SHARPCAL_GPU_BUNDLE=$(REHEARSAL)/bundle PYTHON=$(REHEARSAL)/venv/bin/python \
+	  bash bench/gpu_check.sh $(REHEARSAL)/out
+	@test "$$(ls $(REHEARSAL)/out | wc -l)" -le 8 && echo "gpu-rehearsal: passed; $$(ls $(REHEARSAL)/out | wc -l) files in $(REHEARSAL)/out"
+
 lint: test-deps
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) studies .pytest_cache
+	rm -rf $(VENV) studies .pytest_cache $(GPU_BUNDLE) $(REHEARSAL)

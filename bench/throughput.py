@@ -490,20 +490,15 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> None:
-    args = parse_args()
+def write_json(
+    path: Path,
+    results: dict[str, dict[str, Any]],
+    floor: dict[str, float | None] | None,
+    args: argparse.Namespace,
+    images: int,
+) -> None:
+    """The report so far (rewritten after each method, so a time limit keeps what finished)."""
     device = torch.device(args.device)
-    # One epoch covers warm-up and timed steps: no epoch boundary (or partial batch) is timed.
-    size = (args.warmup + args.repeats * args.steps + 1) * args.batch
-    images = training_images(size)
-    results: dict[str, dict[str, Any]] = {}
-    for method in args.methods:
-        results[method] = measure_method(method, args, size, images)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    sam_rate = results["sam"]["sharpcal_images_per_s"] if "sam" in results else None
-    floor = compute_floor(device, args.batch, sam_rate)
-    print_report(results, floor, args)
     settings = dict(
         model=MODEL,
         device=args.device,
@@ -514,14 +509,34 @@ def main() -> None:
         workers=args.workers,
         compile=args.compile,
         methods=args.methods,
-        images=size,
+        images=images,
         torch=torch.__version__,
         threads=torch.get_num_threads(),
     )
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     report = dict(device=device_name(device), settings=settings, results=results, floor=floor)
-    out.write_text(json.dumps(report, indent=2))
+    path.write_text(json.dumps(report, indent=2))
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    out = Path(args.json)
+    # One epoch covers warm-up and timed steps: no epoch boundary (or partial batch) is timed.
+    size = (args.warmup + args.repeats * args.steps + 1) * args.batch
+    images = training_images(size)
+    results: dict[str, dict[str, Any]] = {}
+    for method in args.methods:
+        results[method] = measure_method(method, args, size, images)
+        r = results[method]
+        print(f"  {method}: sharpcal/reference {r['ratio']:.2f}", flush=True)
+        write_json(out, results, None, args, size)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    sam_rate = results["sam"]["sharpcal_images_per_s"] if "sam" in results else None
+    floor = compute_floor(device, args.batch, sam_rate)
+    print_report(results, floor, args)
+    write_json(out, results, floor, args, size)
 
 
 if __name__ == "__main__":

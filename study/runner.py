@@ -156,7 +156,12 @@ def _run_config(space: Space, paths: StudyPaths, callbacks: list[Any]) -> Any:
         storage_path=storage_path,
         storage_filesystem=storage_filesystem,
         failure_config=tune.FailureConfig(max_failures=space.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # Two, not one: Tune deletes a trial's older checkpoints as soon as a new one is
+        # registered, but uploads the experiment state that names the latest a moment later. With
+        # one kept, a driver killed in between leaves a state naming a deleted checkpoint, and the
+        # trial fails on resume ("Could not recover from checkpoint"); with two, the state would
+        # have to miss a whole epoch's snapshots for that (they are taken every 2 s, see above).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=1,
     )
 

@@ -231,7 +231,7 @@ def run_ddp_trial(
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
             callbacks=[TuneReportCallback()],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),  # see study/runner.py
         ),
     )
     trainer.fit()
