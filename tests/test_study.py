@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,12 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pyarrow.fs as pafs
 import pytest
 import yaml
 from optuna.trial import TrialState
 
 from tests.test_cli import run_study
+from trainables.evidence import resolve_fs
 from trainables.hold import HELD_FILE, HOLD_ENV, RELEASE_FILE
+
+TUNE_STATE_PREFIXES = ("experiment_state-", "searcher-state-", "search_gen_state-")
 
 pytestmark = pytest.mark.slow
 
@@ -178,6 +183,54 @@ def release_hold(hold_dir: Path) -> None:
     (hold_dir / RELEASE_FILE).touch()
 
 
+@contextlib.contextmanager
+def environ(env: dict[str, str] | None):
+    """This process's environment updated with ``env`` inside the block (e.g. S3 credentials for
+    pyarrow), restored after."""
+    old = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def _tune_state_files(tune_uri: str) -> dict[str, bytes]:
+    fs, root = resolve_fs(tune_uri)
+    files = {}
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if info.type == pafs.FileType.File and info.base_name.startswith(TUNE_STATE_PREFIXES):
+            with fs.open_input_stream(info.path) as src:
+                files[info.base_name] = src.read()
+    return files
+
+
+def tune_state_settled(tune_uri: str, trial_id: str, period_s: float = 3.0) -> bool:
+    """Whether the Tune state in storage records ``trial_id`` in both its trial list and its
+    searcher, and the searcher's and generator's state stayed the same over ``period_s`` (longer
+    than Tune's snapshot period). Killed after that, the driver leaves a consistent state to
+    resume from: Tune uploads its state files one by one, so a kill during an upload that changes
+    them can leave a trial list and a searcher that disagree (a known Ray limitation)."""
+
+    def searcher_state() -> dict[str, bytes] | None:
+        files = _tune_state_files(tune_uri)
+        names = {
+            prefix: [n for n in files if n.startswith(prefix)] for prefix in TUNE_STATE_PREFIXES
+        }
+        if not all(names.values()):
+            return None
+        trials = files[max(names["experiment_state-"])]
+        searcher = files[max(names["searcher-state-"])]
+        if trial_id.encode() not in trials or trial_id.encode() not in searcher:
+            return None
+        return {n: b for n, b in files.items() if not n.startswith("experiment_state-")}
+
+    before = searcher_state()
+    time.sleep(period_s)
+    return before is not None and before == searcher_state()
+
+
 def run_and_kill_while_held(
     tmp_path: Path,
     space: Path,
@@ -190,7 +243,8 @@ def run_and_kill_while_held(
 ) -> dict[str, Any]:
     """Start `study run` with the ``nth`` trial to finish ``epoch`` held there; once it is held
     (and ``also()`` is true), SIGKILL the driver and then the local Ray it started, as a reboot
-    would. The kill point does not depend on the machine's speed. Returns the held trial."""
+    would, once Tune's saved state records the held trial (``tune_state_settled``). The kill
+    point does not depend on the machine's speed. Returns the held trial."""
     hold_dir = tmp_path / "hold"
     driver = start_study_run(
         tmp_path, space, name, storage,
@@ -198,6 +252,11 @@ def run_and_kill_while_held(
     )  # fmt: skip
     wait_until(lambda: held_trial(hold_dir) is not None and also(), driver, "a trial was held")
     held = held_trial(hold_dir)
+    tune_uri = (
+        f"{storage}/{name}/tune" if "://" in storage else str(tmp_path / storage / name / "tune")
+    )
+    with environ(env):
+        wait_until(lambda: tune_state_settled(tune_uri, held["trial_id"]), driver, "Tune saved it")
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     os.killpg(driver.pid, signal.SIGKILL)
