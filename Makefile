@@ -57,7 +57,7 @@ gpu-bundle: venv
 # Python installed by gpu_check.sh with --no-index, then its smoke run.
 REHEARSAL := .gpu-rehearsal
 IMAGE_PACKAGES := torch==2.14.1 torchvision==0.29.1 timm pyarrow numpy scipy scikit-learn matplotlib \
-	pandas pyyaml pytest pytest-timeout rich torchmetrics pillow hypothesis
+	pandas pyyaml pytest pytest-timeout rich torchmetrics pillow hypothesis seaborn packaging
 gpu-rehearsal:
 	rm -rf $(REHEARSAL) && $(PYTHON) -m venv $(REHEARSAL)/venv
 	$(REHEARSAL)/venv/bin/pip install -q $(IMAGE_PACKAGES)

@@ -37,20 +37,29 @@ def mean_std(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
     parser.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE")
     parser.add_argument("--json", default="bench/out/calibration_evidence.json")
     args = parser.parse_args()
     overrides = parse_sets(args.sets)
-    runs: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    runs: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     start = time.perf_counter()
     for seed in range(args.seeds):
-        for method in METHODS:
+        for method in methods:
             cfg = parse_config({"method": method, "seed": seed, **overrides})
             result = Trainer(cfg).fit()
-            runs[method].append(result.final)
+            runs[method].append(
+                {
+                    **result.final,
+                    "seconds": result.seconds,
+                    "train_loss": result.history[-1]["train_loss"],
+                }
+            )
             print(
                 f"seed {seed} {method:>4}: "
-                + "  ".join(f"{key} {result.final[key]:.4f}" for key, _ in COLUMNS),
+                + "  ".join(f"{key} {result.final[key]:.4f}" for key, _ in COLUMNS)
+                + f"  train_loss {result.history[-1]['train_loss']:.4f}  {result.seconds:.1f}s",
                 flush=True,
             )
     cfg = parse_config({"method": "sam", **overrides})
@@ -61,7 +70,7 @@ def main() -> None:
     )
     print("| method | " + " | ".join(title for _, title in COLUMNS) + " |")
     print("|---|" + "---|" * len(COLUMNS))
-    for method in METHODS:
+    for method in methods:
         cells = [mean_std([r[key] for r in runs[method]]) for key, _ in COLUMNS]
         print(f"| {method} | " + " | ".join(cells) + " |")
     out = Path(args.json)

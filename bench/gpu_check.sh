@@ -44,9 +44,9 @@ stage_limit() {
 
 status=0
 echo "== bundle ($((SECONDS)) s)"
-if ! "$PY" -c 'import pydantic' 2>/dev/null; then
+if ! "$PY" -c 'import pydantic, relplot' 2>/dev/null; then
   if ! ls "$BUNDLE"/*.whl >/dev/null 2>&1; then
-    echo "gpu_check: pydantic is missing and $BUNDLE/ holds no wheels: run 'make gpu-bundle' here and carry $BUNDLE" >&2
+    echo "gpu_check: pydantic or relplot is missing and $BUNDLE/ holds no wheels: run 'make gpu-bundle' here and carry $BUNDLE" >&2
     exit 2
   fi
   SITE_DIR=$(mktemp -d)

@@ -72,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("name", help="the study's name")
     compare.add_argument("--format", choices=["markdown", "latex", "csv"], default="markdown")
+    compare.add_argument(
+        "--baseline",
+        metavar="ROW",
+        help="add each configuration's difference to this row (its label or row number), "
+        "paired by seed, with 95%% intervals",
+    )
     compare.add_argument("--storage", help="directory holding studies (default: ./studies)")
     compare.set_defaults(handler=cmd_compare)
 
@@ -166,8 +172,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(
         f"test: accuracy {f['test_accuracy']:.4f}  ece {f['test_ece']:.4f}  "
-        f"adaptive_ece {f['test_adaece']:.4f}  nll {f['test_nll']:.4f}  brier {f['test_brier']:.4f}"
-        f"  ece_ts {f['test_ece_ts']:.4f} (T={f['temperature']:.3f})  [{result.seconds:.0f}s]"
+        f"adaptive_ece {f['test_adaece']:.4f}  smece {f['test_smece']:.4f}  "
+        f"overconfidence {f['test_overconfidence']:+.4f}  nll {f['test_nll']:.4f}  "
+        f"brier {f['test_brier']:.4f}  ece_ts {f['test_ece_ts']:.4f} (T={f['temperature']:.3f})"
+        f"  [{result.seconds:.0f}s]"
     )
     print(f"mlflow run {tracker.run_id} in {tracker.tracking_uri}")
     return 0
@@ -332,7 +340,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Print the study's comparison table(s) as Markdown, LaTeX or CSV."""
-    from study.compare import comparison_tables, render
+    from study.compare import comparison_tables, find_row, paired_table, render, render_paired
     from study.front import load_optuna_study
 
     paths, space = _existing_study(args)
@@ -340,7 +348,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not tables[0].confs:
         print(f"study {args.name}: no completed trial to compare", file=sys.stderr)
         return 1
-    print("\n\n".join(render(table, args.format) for table in tables))
+    blocks = [render(table, args.format) for table in tables]
+    if args.baseline is not None:
+        try:
+            baseline = find_row(tables[0].confs, args.baseline)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        paired = paired_table(tables[0].confs, baseline, space)
+        if args.format != "csv":
+            blocks.append(
+                f"Difference to {paired.baseline.label}, paired by seed: mean [95% Student-t "
+                "interval] in percentage points; bold where the interval excludes 0."
+            )
+        blocks.append(render_paired(paired, args.format))
+    print("\n\n".join(blocks))
     return 0
 
 

@@ -1,9 +1,12 @@
 """`study compare`: a study's configurations side by side, in the shape of the paper's tables.
 
 One row per configuration (a point, or a sampled configuration, with its repeat seeds): test
-accuracy, ECE, adaptive ECE and ECE after temperature scaling in percent, mean ± std over seeds,
-the best mean of each column marked; OOD and corruption metrics in a second table when the study
-evaluated them. Values are the ones each trial logged (``Trainer.final_metrics``).
+accuracy, ECE, adaptive ECE, smooth ECE and ECE after temperature scaling in percent, the signed
+over-confidence (mean confidence minus accuracy, percent) and the val-fitted temperature T, mean
+± std over seeds, the best mean of each column marked; OOD and corruption metrics in a second
+table when the study evaluated them. With a baseline row, a third table gives every other
+configuration's difference to it, paired by seed, with a Student-t 95% interval. Values are the
+ones each trial logged (``Trainer.final_metrics``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 import optuna
+import scipy.stats
 from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces.schema import Space
@@ -25,13 +29,34 @@ from trainables.config import TrainConfig
 
 Format = Literal["markdown", "latex", "csv"]
 MAX_ROWS = 12  # more configurations than this: the best one per method and loss
-# metric -> (column title, better direction)
-CALIBRATION_COLUMNS: dict[str, tuple[str, str]] = {
-    "test_accuracy": ("Accuracy", "max"),
-    "test_ece": ("ECE", "min"),
-    "test_adaece": ("AdaECE", "min"),
-    "test_ece_ts": ("ECE (TS)", "min"),
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: its title, which mean is best (``max``, ``min``, or None: none marked)
+    and whether values are fractions shown in percent."""
+
+    title: str
+    better: str | None
+    percent: bool = True
+
+
+CALIBRATION_COLUMNS: dict[str, Column] = {
+    "test_accuracy": Column("Accuracy", "max"),
+    "test_ece": Column("ECE", "min"),
+    "test_adaece": Column("AdaECE", "min"),
+    "test_smece": Column("smECE", "min"),
+    "test_ece_ts": Column("ECE (TS)", "min"),
+    "test_overconfidence": Column("Over-conf.", None),  # signed: > 0 overconfident
+    "temperature": Column("T", None, percent=False),
 }
+# Paired differences to a baseline row: these metrics, in percentage points.
+PAIRED_COLUMNS: dict[str, Column] = {
+    "test_accuracy": Column("Δ Accuracy", "max"),
+    "test_ece": Column("Δ ECE", "min"),
+    "test_ece_ts": Column("Δ ECE (TS)", "min"),
+}
+CONFIDENCE_LEVEL = 0.95
 OOD_SPLITS = ("cifar10_c", "cifar100_c", "imagenet_c")
 METHOD_NAMES = {"sam": "SAM", "asam": "ASAM", "csam": "CSAM"}
 BASE_NAMES = {"sgd": "SGD", "adamw": "AdamW"}
@@ -44,6 +69,7 @@ LATEX_ESCAPES = (
     ("ρ", r"$\rho$"),
     ("γ", r"$\gamma$"),
     ("ε", r"$\varepsilon$"),
+    ("Δ", r"$\Delta$"),
 )
 # settings already named by the label's method and loss parts
 DESCRIBED = {"method", "loss", "rho", "gamma", "focal_gamma", "ls_epsilon", "optimizer", "seed"}
@@ -83,6 +109,15 @@ class Configuration:
 
     def score(self, space: Space) -> float:
         return float(np.mean([rank_score(t, space) for t in self.trials]))
+
+    def by_seed(self, metric: str, space: Space) -> dict[int, float]:
+        """The metric of each seed's trial (seeds that logged it)."""
+        out = {}
+        for trial in self.trials:
+            value = trial.user_attrs.get(metric)
+            if isinstance(value, (int, float)):
+                out[space.train_config(trial_settings(trial)).seed] = float(value)
+        return out
 
 
 def describe(settings: dict[str, Any], space: Space) -> str:
@@ -136,17 +171,17 @@ def configurations(study: optuna.Study, space: Space) -> list[Configuration]:
     return [c for c in found if c in best.values()]
 
 
-def ood_columns(confs: Sequence[Configuration]) -> dict[str, tuple[str, str]]:
+def ood_columns(confs: Sequence[Configuration]) -> dict[str, Column]:
     """The OOD / corruption metrics any configuration logged, as table columns."""
     logged = {k for c in confs for t in c.trials for k in t.user_attrs}
-    columns: dict[str, tuple[str, str]] = {}
+    columns: dict[str, Column] = {}
     if "ood_svhn_auroc" in logged:
-        columns["ood_svhn_auroc"] = ("SVHN AUROC", "max")
+        columns["ood_svhn_auroc"] = Column("SVHN AUROC", "max")
     for split in OOD_SPLITS:
         title = split.replace("_c", "-C").upper().replace("IMAGENET", "ImageNet")
         for metric, name, better in (("accuracy", "acc", "max"), ("ece", "ECE", "min")):
             if f"{split}_{metric}" in logged:
-                columns[f"{split}_{metric}"] = (f"{title} {name}", better)
+                columns[f"{split}_{metric}"] = Column(f"{title} {name}", better)
     return columns
 
 
@@ -155,30 +190,44 @@ class Table:
     """Rows of ``Configuration`` means/stds over some columns, best mean per column known."""
 
     confs: list[Configuration]
-    columns: dict[str, tuple[str, str]]
+    columns: dict[str, Column]
 
     def best(self) -> dict[str, int]:
         """Column -> index of the configuration with the best mean."""
         out = {}
-        for metric, (_, better) in self.columns.items():
+        for metric, column in self.columns.items():
+            if column.better is None:
+                continue
             means = [c.mean_std(metric)[0] for c in self.confs]
             finite = [(m, i) for i, m in enumerate(means) if math.isfinite(m)]
             if finite:
-                out[metric] = (max if better == "max" else min)(finite)[1]
+                out[metric] = (max if column.better == "max" else min)(finite)[1]
         return out
 
 
-def _pct(value: float) -> str:
-    return "n/a" if not math.isfinite(value) else f"{100 * value:.2f}"
+def _num(value: float, column: Column) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{100 * value:.2f}" if column.percent else f"{value:.3f}"
 
 
-def _cell(conf: Configuration, metric: str, marked: bool, style: Format) -> str:
-    mean, std = conf.mean_std(metric)
-    text = _pct(mean) if len(conf.values(metric)) <= 1 else f"{_pct(mean)} ± {_pct(std)}"
+def _mark(text: str, marked: bool, style: Format) -> str:
     if style == "latex":
         text = text.replace("±", r"$\pm$")
         return rf"\textbf{{{text}}}" if marked else text
     return f"**{text}**" if marked else text
+
+
+def _cell(conf: Configuration, metric: str, column: Column, marked: bool, style: Format) -> str:
+    mean, std = conf.mean_std(metric)
+    text = _num(mean, column)
+    if len(conf.values(metric)) > 1:
+        text += f" ± {_num(std, column)}"
+    return _mark(text, marked, style)
+
+
+def _title(column: Column) -> str:
+    return f"{column.title} (%)" if column.percent else column.title
 
 
 def _latex_escape(text: str) -> str:
@@ -207,27 +256,133 @@ def render(table: Table, style: Format) -> str:
                 row += [f"{v:.6g}" for v in conf.mean_std(metric)]
             writer.writerow([*row, " ".join(m for m, j in best.items() if j == i)])
         return out.getvalue().rstrip("\n")
-    titles = [f"{title} (%)" for title, _ in table.columns.values()]
+    titles = [_title(c) for c in table.columns.values()]
     rows = [
         [conf.label, str(len(conf.trials))]
-        + [_cell(conf, m, best.get(m) == i, style) for m in table.columns]
+        + [_cell(conf, m, c, best.get(m) == i, style) for m, c in table.columns.items()]
         for i, conf in enumerate(table.confs)
     ]
+    return _text_table(["Method", "Seeds", *titles], rows, style)
+
+
+def _text_table(headers: list[str], rows: list[list[str]], style: Format) -> str:
+    """Rows under headers as a LaTeX ``tabular`` or GitHub Markdown (first column left-aligned)."""
     if style == "latex":
-        header = " & ".join(["Method", "Seeds", *(_latex_escape(t) for t in titles)])
+        header = " & ".join(_latex_escape(h) for h in headers)
         body = [" & ".join([_latex_escape(r[0]), *r[1:]]) + r" \\" for r in rows]
-        spec = "l" + "r" * (len(titles) + 1)
+        spec = "l" + "r" * (len(headers) - 1)
         return "\n".join(
             [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", header + r" \\", r"\midrule"]
             + body
             + [r"\bottomrule", r"\end{tabular}"]
         )
     lines = [
-        "| " + " | ".join(["method", "seeds", *titles]) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(titles) + 1)) + "|",
+        "| " + " | ".join([headers[0].lower(), headers[1].lower(), *headers[2:]]) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|",
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean of per-seed differences (configuration − baseline) and its Student-t interval."""
+
+    n: int
+    mean: float
+    low: float
+    high: float
+
+    @property
+    def excludes_zero(self) -> bool:
+        """True when the interval lies entirely on one side of 0 (needs two seeds or more)."""
+        return self.n >= 2 and (self.low > 0 or self.high < 0)
+
+
+def paired_difference(
+    values: dict[int, float], baseline: dict[int, float], level: float = CONFIDENCE_LEVEL
+) -> PairedDifference:
+    """Differences ``values[s] - baseline[s]`` over the seeds both have: their mean and the
+    ``level`` Student-t interval (t with n − 1 degrees of freedom times the standard error);
+    no interval (NaN) for fewer than two pairs."""
+    seeds = sorted(set(values) & set(baseline))
+    diffs = np.array([values[s] - baseline[s] for s in seeds], dtype=np.float64)
+    if diffs.size == 0:
+        return PairedDifference(0, math.nan, math.nan, math.nan)
+    mean = float(diffs.mean())
+    if diffs.size < 2:
+        return PairedDifference(1, mean, math.nan, math.nan)
+    half = scipy.stats.t.ppf(0.5 + level / 2, diffs.size - 1) * diffs.std(ddof=1)
+    half /= math.sqrt(diffs.size)
+    return PairedDifference(int(diffs.size), mean, mean - half, mean + half)
+
+
+@dataclass
+class PairedTable:
+    """Every configuration but the baseline, with its paired differences to the baseline."""
+
+    baseline: Configuration
+    rows: list[tuple[Configuration, dict[str, PairedDifference]]]
+    columns: dict[str, Column]
+
+
+def paired_table(confs: Sequence[Configuration], baseline: int, space: Space) -> PairedTable:
+    """Paired differences of each configuration to ``confs[baseline]`` (by seed)."""
+    base = confs[baseline]
+    rows = []
+    for i, conf in enumerate(confs):
+        if i != baseline:
+            diffs = {
+                m: paired_difference(conf.by_seed(m, space), base.by_seed(m, space))
+                for m in PAIRED_COLUMNS
+            }
+            rows.append((conf, diffs))
+    return PairedTable(base, rows, PAIRED_COLUMNS)
+
+
+def find_row(confs: Sequence[Configuration], row: str) -> int:
+    """The index of the configuration named by ``row``: its label, or its 1-based row number."""
+    labels = [c.label for c in confs]
+    if row in labels:
+        return labels.index(row)
+    if row.strip().isdigit() and 1 <= int(row) <= len(confs):
+        return int(row) - 1
+    listed = "; ".join(f"{i}: {label}" for i, label in enumerate(labels, 1))
+    raise ValueError(f"--baseline {row!r} names no row; give a row number or a label ({listed})")
+
+
+def _signed(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{100 * value:+.2f}"
+
+
+def render_paired(table: PairedTable, style: Format) -> str:
+    """The paired differences in percentage points: ``mean [low, high]``, bold (or a ``*`` column
+    in CSV) where the interval excludes 0."""
+    if style == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        header = ["configuration", "baseline", "pairs"]
+        for metric in table.columns:
+            header += [f"{metric}_diff_mean", f"{metric}_diff_low", f"{metric}_diff_high"]
+        writer.writerow([*header, "excludes_zero"])
+        for conf, diffs in table.rows:
+            row: list[Any] = [conf.label, table.baseline.label, min(d.n for d in diffs.values())]
+            for d in diffs.values():
+                row += [f"{100 * v:.6g}" for v in (d.mean, d.low, d.high)]
+            marked = " ".join(m for m, d in diffs.items() if d.excludes_zero)
+            writer.writerow([*row, marked])
+        return out.getvalue().rstrip("\n")
+    titles = [f"{c.title} (pp)" for c in table.columns.values()]
+    rows = []
+    for conf, diffs in table.rows:
+        cells = []
+        for d in diffs.values():
+            text = _signed(d.mean)
+            if d.n >= 2:
+                text += f" [{_signed(d.low)}, {_signed(d.high)}]"
+            cells.append(_mark(text, d.excludes_zero, style))
+        rows.append([conf.label, str(min(d.n for d in diffs.values())), *cells])
+    return _text_table(["Method", "Pairs", *titles], rows, style)
 
 
 def comparison_tables(study: optuna.Study, space: Space) -> list[Table]:

@@ -6,7 +6,10 @@ The report lives in ``<study dir>/report/``::
                      importances, with links to the figures below
     report.json      the numbers of the tables at full precision
     pareto.png       val accuracy against val ECE of every completed trial, the front ringed
-    reliability.png  test reliability diagrams of each method's best trial, before/after scaling
+    reliability.png  test reliability diagrams of each method's best trial, before/after scaling,
+                     binned (bars) and smooth (Błasiok & Nakkiran's curve)
+    regimes.png      the regime map, when the study trained SGD and other methods under several
+                     budgets (see study/regimes.py)
     importance.png   Optuna's parameter importances per objective (when they can be computed)
     sensitivity.png  val ECE and val accuracy against rho and gamma (the searched ones)
 
@@ -43,8 +46,19 @@ import torch  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from search_spaces.schema import Space  # noqa: E402
-from study.compare import comparison_tables, is_completed, rank_score, render  # noqa: E402
+from study.compare import (  # noqa: E402
+    Configuration,
+    comparison_tables,
+    describe,
+    grouped,
+    is_completed,
+    paired_table,
+    rank_score,
+    render,
+    render_paired,
+)
 from study.front import best_trials, load_optuna_study  # noqa: E402
+from study.regimes import MAP_METRICS, draw_regime_map, regime_text, regimes  # noqa: E402
 from study.runner import StudyPaths  # noqa: E402
 from study.search import (  # noqa: E402
     STATUS_ATTR,
@@ -73,6 +87,8 @@ LOGGED = {
     "nll": "test_nll",
     "brier": "test_brier",
     "ece_ts": "test_ece_ts",
+    "smece": "test_smece",
+    "overconfidence": "test_overconfidence",
 }
 METRIC_TITLES = {
     "accuracy": "test accuracy",
@@ -82,7 +98,10 @@ METRIC_TITLES = {
     "nll": "NLL",
     "brier": "Brier",
     "ece_ts": "ECE after TS",
+    "smece": "smooth ECE",
+    "overconfidence": "over-confidence",
 }
+BOOTSTRAP_RESAMPLES = 1000
 ENSEMBLE_METRICS = ("accuracy", "ece", "nll", "brier")
 
 
@@ -201,7 +220,8 @@ def load_test_evidence(root_uri: str, trial_ids: Iterable[str]) -> dict[str, Tri
 
 
 def probs_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """accuracy, ece, adaptive_ece, classwise_ece, nll, brier of probabilities."""
+    """accuracy, ece, adaptive_ece, classwise_ece, nll, brier, overconfidence and smece of
+    probabilities."""
     logp = probs.clamp_min(TINY).log()  # softmax(log p) == p: log-probs are valid logits
     values = {
         "accuracy": calibration.accuracy(probs, labels),
@@ -210,8 +230,11 @@ def probs_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
         "classwise_ece": calibration.classwise_ece(probs, labels, probs.shape[1], N_BINS),
         "nll": calibration.nll(logp, labels),
         "brier": calibration.brier(probs, labels),
+        "overconfidence": calibration.overconfidence(probs, labels),
     }
-    return {k: float(v) for k, v in values.items()}
+    out = {k: float(v) for k, v in values.items()}
+    out["smece"] = calibration.smooth_ece(probs, labels)
+    return out
 
 
 def evidence_metrics(ev: TrialEvidence) -> dict[str, float]:
@@ -534,6 +557,19 @@ def comparison_section(view: StudyView, data: dict[str, Any]) -> str:
     if not tables[0].confs:
         return "\n\n".join([*parts, "No completed trial."])
     parts.append(render(tables[0], "markdown"))
+    baseline = sgd_baseline(tables[0].confs, view.space)
+    if baseline is not None:
+        paired = paired_table(tables[0].confs, baseline, view.space)
+        data["paired_baseline"] = paired.baseline.label
+        data["paired"] = {
+            conf.label: {m: vars(d) for m, d in diffs.items()} for conf, diffs in paired.rows
+        }
+        parts.append(
+            f"Difference of each configuration to {paired.baseline.label}, paired by seed "
+            "(`study compare --baseline`): mean [95% Student-t interval] in percentage points, "
+            "bold where the interval excludes 0."
+        )
+        parts.append(render_paired(paired, "markdown"))
     if len(tables) > 1:
         parts.append(
             "Out-of-distribution and corruption evaluation of the final models (SVHN: AUROC of "
@@ -542,6 +578,107 @@ def comparison_section(view: StudyView, data: dict[str, Any]) -> str:
         )
         parts.append(render(tables[1], "markdown"))
     return "\n\n".join(parts)
+
+
+def sgd_baseline(confs: Sequence[Configuration], space: Space) -> int | None:
+    """The row of the first SGD + cross-entropy configuration with at least two seeds."""
+    for i, conf in enumerate(confs):
+        full = space.train_config(conf.settings)
+        if full.method == "sgd" and full.loss == "ce" and len(conf.trials) >= 2:
+            return i
+    return None
+
+
+def trial_intervals_section(view: StudyView, data: dict[str, Any]) -> str:
+    """Each trial's test ECE with a bootstrap 95% interval over its test samples."""
+    parts = ["## Test ECE of each trial, with its bootstrap interval"]
+    rows, records = [], {}
+    for trial in view.completed:
+        ev = view.evidence_of(trial)
+        if ev is None:
+            continue
+        value = float(calibration.ece(ev.probs, ev.labels, N_BINS))
+        low, high = calibration.bootstrap_ece(
+            ev.probs, ev.labels, BOOTSTRAP_RESAMPLES, N_BINS, seed=trial.number
+        )
+        smece = calibration.smooth_ece(ev.probs, ev.labels)
+        label = describe_trial(trial, view.space)
+        rows.append([f"#{trial.number}", label, value, f"[{fmt(low)}, {fmt(high)}]", smece])
+        records[trial.number] = {"ece": value, "low": low, "high": high, "smece": smece}
+    data["trial_ece_intervals"] = records
+    if not rows:
+        parts.append("No completed trial has test evidence.")
+        return "\n\n".join(parts)
+    parts.append(
+        f"Recomputed from the Parquet evidence: {BOOTSTRAP_RESAMPLES} resamples of the test "
+        "samples with replacement (percentile interval, seeded by the trial number). It measures "
+        "the test set's sampling noise only, not the training seed's (the comparison above "
+        "shows that); the binned ECE is biased upwards for a nearly calibrated model, which the "
+        "interval inherits, and the smooth ECE beside it is the less biased estimate."
+    )
+    parts.append(md_table(["trial", "configuration", "ECE", "95% interval", "smooth ECE"], rows))
+    return "\n\n".join(parts)
+
+
+def describe_trial(trial: FrozenTrial, space: Space) -> str:
+    """The trial's configuration label and its seed."""
+    settings = trial_settings(trial)
+    label = describe({k: v for k, v in settings.items() if k != "seed"}, space)
+    return f"{label}, seed {space.train_config(settings).seed}"
+
+
+def regime_section(view: StudyView, path: Path, data: dict[str, Any]) -> str:
+    """The regime map, when the study trained SGD and other methods under several budgets."""
+    found = regimes(grouped(view.study, view.space), view.space)
+    if len(found) < 2:
+        data["regimes"] = None
+        return ""
+    labels = sorted({label for r in found for label in r.methods})
+    headers = ["regime", "SGD T", "SGD over-conf. (%)"]
+    headers += [f"{label}: Δ {title} (pp)" for label in labels for title in MAP_METRICS.values()]
+    rows, records = [], []
+    for regime in found:
+        diffs = regime.differences(view.space)
+        row = [regime_text(regime), fmt(regime.temperature(), 3)]
+        row.append(fmt(100 * regime.overconfidence(), 2))
+        for label in labels:
+            for metric in MAP_METRICS:
+                d = diffs.get(label, {}).get(metric)
+                row.append("-" if d is None else _interval_cell(d))
+        rows.append(row)
+        records.append(
+            {
+                "regime": regime.settings,
+                "sgd_temperature": regime.temperature(),
+                "sgd_overconfidence": regime.overconfidence(),
+                "seeds": len(regime.baseline.trials),
+                "differences": {
+                    label: {m: vars(d) for m, d in per.items()} for label, per in diffs.items()
+                },
+            }
+        )
+    data["regimes"] = records
+    draw_regime_map(found, view.space, path)
+    return "\n\n".join(
+        [
+            "## Regime map: when sharpness-aware training helps calibration",
+            "Each regime is one training budget (the settings in its row); in each, SGD with "
+            "cross-entropy is the baseline. Its fitted temperature T says where the regime lies "
+            "(T < 1: SGD underconfident, T > 1: overconfident); each method's test ECE and ECE "
+            "after temperature scaling minus SGD's, paired by seed, mean [95% Student-t "
+            "interval] in percentage points, bold where the interval excludes 0 (negative: "
+            "better calibrated than SGD).",
+            md_table(headers, rows),
+            "![](regimes.png)",
+        ]
+    )
+
+
+def _interval_cell(d: Any) -> str:
+    text = f"{100 * d.mean:+.2f}"
+    if d.n >= 2:
+        text += f" [{100 * d.low:+.2f}, {100 * d.high:+.2f}]"
+    return f"**{text}**" if d.excludes_zero else text
 
 
 def draw_reliability(view: StudyView, path: Path) -> bool:
@@ -783,6 +920,10 @@ def write_report(
     sections.append(comparison_section(view, data))
     sections.append(methods_section(view, data))
     draw_reliability(view, report_dir / "reliability.png")
+    sections.append(trial_intervals_section(view, data))
+    regime = regime_section(view, report_dir / "regimes.png", data)
+    if regime:
+        sections.append(regime)
     sections.append(ensemble_section(view, data))
     sections.append(importance_section(view, report_dir / "importance.png", data))
     sections.append(sensitivity_section(view, report_dir / "sensitivity.png", data))

@@ -13,6 +13,7 @@ from trainables import calibration as cal
 from trainables.calibration import (
     accuracy,
     adaptive_ece,
+    bootstrap_ece,
     brier,
     calibration_report,
     classwise_ece,
@@ -21,6 +22,7 @@ from trainables.calibration import (
     fit_temperature_grid,
     nll,
     reliability_bins,
+    smooth_ece,
 )
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -365,7 +367,16 @@ def test_fit_temperature_grid_lowers_ece():
 def test_calibration_report():
     z, labels = _planted(n=2000, c=5, temperature=2.0, seed=4)
     rep = calibration_report(z, labels, num_classes=5, n_bins=10)
-    assert set(rep) == {"accuracy", "ece", "adaptive_ece", "classwise_ece", "nll", "brier"}
+    assert set(rep) == {
+        "accuracy",
+        "ece",
+        "adaptive_ece",
+        "classwise_ece",
+        "nll",
+        "brier",
+        "overconfidence",
+        "smece",
+    }
     assert all(isinstance(v, float) for v in rep.values())
     p = z.softmax(dim=1)
     assert rep["ece"] == pytest.approx(ece(p, labels, 10).item(), abs=1e-12)
@@ -374,6 +385,10 @@ def test_calibration_report():
     assert rep["nll"] == pytest.approx(nll(z, labels).item(), abs=1e-12)
     assert rep["brier"] == pytest.approx(brier(p, labels).item(), abs=1e-12)
     assert rep["accuracy"] == pytest.approx(accuracy(z, labels).item(), abs=1e-12)
+    conf = p.max(dim=1).values
+    assert rep["overconfidence"] == pytest.approx(conf.mean().item() - rep["accuracy"], abs=1e-12)
+    assert rep["overconfidence"] > 0.05  # the planted logits are overconfident (T = 2)
+    assert rep["smece"] == pytest.approx(smooth_ece(p, labels), abs=1e-12)
 
     rep_ts = calibration_report(z, labels, num_classes=5, n_bins=10, temperature=2.0)
     assert rep_ts["ece_ts"] == pytest.approx(ece((z / 2).softmax(dim=1), labels, 10).item())
@@ -381,6 +396,60 @@ def test_calibration_report():
     assert rep_ts["nll_ts"] < rep_ts["nll"]
     rep_one = calibration_report(z, labels, num_classes=5, n_bins=10, temperature=1.0)
     assert rep_one["ece_ts"] == pytest.approx(rep_one["ece"], abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# Smooth ECE and the bootstrap interval of ECE
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "c", "seed", "scale"), [(300, 3, 0, 1.0), (2000, 10, 1, 4.0)])
+def test_smooth_ece_equals_relplot_on_random_inputs(n, c, seed, scale):
+    import numpy as np
+    import relplot
+
+    probs, labels = _random_probs(n, c, seed, scale=scale)
+    g = torch.Generator().manual_seed(seed + 100)  # shuffle labels: clearly miscalibrated too
+    labels = torch.where(
+        torch.rand(n, generator=g) < 0.3, torch.randint(0, c, (n,), generator=g), labels
+    )
+    p = probs.numpy()
+    f, y = p.max(axis=1), (p.argmax(axis=1) == labels.numpy()).astype(np.float64)
+    assert smooth_ece(probs, labels) == pytest.approx(relplot.smECE(f, y), abs=1e-12)
+    assert smooth_ece(probs.float(), labels) == pytest.approx(relplot.smECE(f, y), abs=1e-6)
+
+
+def _overconfident_by(
+    gap: float, n: int, c: int, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A model whose top-label confidence is uniform on [0.4, 1] and whose accuracy at
+    confidence x is x - gap: every bin's gap is -gap, so the population ECE is exactly ``gap``."""
+    conf = 0.4 + 0.6 * torch.rand(n, generator=g, dtype=torch.float64)
+    probs = ((1 - conf) / (c - 1))[:, None].repeat(1, c)
+    probs[:, 0] = conf
+    correct = torch.rand(n, generator=g, dtype=torch.float64) < conf - gap
+    wrong = torch.randint(1, c, (n,), generator=g)
+    return probs, torch.where(correct, torch.zeros_like(wrong), wrong)
+
+
+def test_bootstrap_interval_of_ece_covers_the_true_ece_about_95_percent_of_the_time():
+    g = torch.Generator().manual_seed(7)
+    draws, covered = 200, 0
+    for k in range(draws):
+        probs, labels = _overconfident_by(0.08, 4000, 10, g)
+        low, high = bootstrap_ece(probs, labels, n_resamples=1000, seed=k)
+        assert low <= ece(probs, labels).item() <= high
+        covered += low <= 0.08 <= high
+    assert 0.90 <= covered / draws <= 0.99
+
+
+def test_bootstrap_interval_is_seeded_and_narrows_with_more_samples():
+    g = torch.Generator().manual_seed(3)
+    small = _overconfident_by(0.1, 500, 5, g)
+    large = _overconfident_by(0.1, 8000, 5, g)
+    assert bootstrap_ece(*small, seed=1) == bootstrap_ece(*small, seed=1)
+    width = [high - low for low, high in (bootstrap_ece(*small), bootstrap_ece(*large))]
+    assert width[1] < width[0] / 2
 
 
 # --------------------------------------------------------------------------------------------

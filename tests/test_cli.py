@@ -32,7 +32,16 @@ def test_study_train_prints_epoch_table_and_test_line(tmp_path):
     rows = [line.split() for line in lines[header + 1 : header + 3]]
     assert [row[0] for row in rows] == ["1", "2"]
     test_line = next(line for line in lines if line.startswith("test:"))
-    for word in ("accuracy", "ece", "adaptive_ece", "nll", "brier", "ece_ts"):
+    for word in (
+        "accuracy",
+        "ece",
+        "adaptive_ece",
+        "smece",
+        "overconfidence",
+        "nll",
+        "brier",
+        "ece_ts",
+    ):
         assert f" {word} " in test_line
 
 

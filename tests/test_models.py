@@ -13,6 +13,9 @@ CASES = [
     ("cnn", 1, 8),
     ("cnn", 1, 28),
     ("cnn", 3, 32),
+    ("cnn_fc", 1, 8),
+    ("cnn_fc", 1, 28),
+    ("cnn_fc", 3, 32),
     ("resnet18", 3, 32),
     ("resnet18", 1, 28),
     ("resnet56", 3, 32),
@@ -42,6 +45,14 @@ def test_cnn_trains_on_a_batch() -> None:
     x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
     nn.functional.cross_entropy(model(x), y).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_cnn_fc_has_a_fully_connected_head_and_no_batchnorm_or_global_pooling() -> None:
+    model = build_model("cnn_fc", num_classes=10, in_channels=1, image_size=28)
+    kinds = {type(m) for m in model.modules()}
+    assert nn.BatchNorm2d not in kinds and nn.AdaptiveAvgPool2d not in kinds
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(32 * 7 * 7, 128), (128, 10)]
 
 
 def test_parameter_counts_match_the_papers() -> None:

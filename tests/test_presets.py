@@ -94,6 +94,16 @@ def test_repeats_run_each_configuration_with_seeds_and_rerun_reproduces_the_best
         assert float(row["test_accuracy_mean"]) == pytest.approx(mean, rel=1e-5)
         assert float(row["test_accuracy_std"]) == pytest.approx(std, rel=1e-4, abs=1e-7)
 
+    paired = run_study("compare", "rep", "--storage", "studies", "--baseline", "1", cwd=tmp_path)
+    assert paired.returncode == 0, paired.stderr
+    (row,) = [line for line in paired.stdout.splitlines()[-3:] if line.startswith("| ")][-1:]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2"  # two seeds paired: an interval in each difference cell
+    assert len(cells) == 5 and all(" [" in c and c.endswith("]") for c in cells[2:])
+    bad = run_study("compare", "rep", "--storage", "studies", "--baseline", "x", cwd=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "names no row" in bad.stderr
+
     again = run_study(
         "rerun", "rep", "--top", "1", "--seeds", "2", "--storage", "studies", cwd=tmp_path
     )

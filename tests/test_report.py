@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+import scipy.stats
 import torch
 import yaml
 from optuna.trial import TrialState
@@ -231,3 +232,72 @@ def test_weighted_study_with_repeat_seeds_and_a_diverged_trial(tmp_path):
     assert set(data["importance"]) == {"objective"}
     assert data["sensitivity"] == [] and not (paths.report / "sensitivity.png").exists()
     assert (paths.report / "pareto.png").read_bytes().startswith(PNG_MAGIC)
+
+    intervals = data["trial_ece_intervals"]  # every trial with evidence, from its 60 samples
+    assert sorted(intervals) == ["0", "1", "2"]
+    for number, entry in intervals.items():
+        assert entry["low"] <= entry["ece"] <= entry["high"] and entry["high"] > entry["low"]
+        assert entry["ece"] == pytest.approx(
+            study.trials[int(number)].user_attrs["test_ece"], abs=2e-3
+        )
+    assert len(section_table(text, "## Test ECE of each trial")) == 3
+    assert data["regimes"] is None and "## Regime map" not in text
+
+
+# budget (epochs) -> seed -> SGD's (test ECE, ECE after TS, fitted T); SAM's ECE differs by DELTA
+REGIME_SGD = {
+    1: {0: (0.06, 0.02, 0.8), 1: (0.05, 0.03, 0.7)},
+    2: {0: (0.09, 0.01, 1.6), 1: (0.08, 0.02, 1.4)},
+}
+DELTA = {1: {0: 0.03, 1: 0.05}, 2: {0: -0.02, 1: -0.03}}
+
+
+def test_regime_map_pairs_each_method_with_sgd_in_each_budget(tmp_path):
+    space = check_space(
+        {
+            "fixed": SPACE["fixed"],
+            "points": [{"method": m, "epochs": e} for e in (1, 2) for m in ("sgd", "sam")],
+            "repeats": 2,
+        },
+        "test",
+    )
+    paths = StudyPaths(tmp_path / "r", str(tmp_path / "r"))
+    paths.root.mkdir()
+    study = optuna.create_study(
+        study_name="r", storage=paths.optuna_url, directions=["maximize", "minimize"]
+    )
+    for epochs, seeds in REGIME_SGD.items():
+        for method in ("sgd", "sam"):
+            for seed, (ece, ece_ts, temperature) in seeds.items():
+                shift = DELTA[epochs][seed] if method == "sam" else 0.0
+                attrs = {
+                    "status": "completed",
+                    "settings": {"method": method, "epochs": epochs, "seed": seed},
+                    "tune_trial_id": f"{method}{epochs}{seed}",
+                    "test_ece": ece + shift,
+                    "test_ece_ts": ece_ts + shift / 2,
+                    "temperature": temperature,
+                    "test_overconfidence": temperature - 1,
+                }
+                study.add_trial(
+                    optuna.trial.create_trial(values=[0.9, ece + shift], user_attrs=attrs)
+                )
+    md = write_report(paths, "r", space)
+    text, data = md.read_text(), json.loads((paths.report / "report.json").read_text())
+    assert "## Regime map" in text and (paths.report / "regimes.png").read_bytes().startswith(
+        PNG_MAGIC
+    )
+    regimes = data["regimes"]
+    assert [r["regime"] for r in regimes] == [{"epochs": 1}, {"epochs": 2}]  # by SGD's T
+    assert [r["sgd_temperature"] for r in regimes] == pytest.approx([0.75, 1.5])
+    for regime in regimes:
+        epochs = regime["regime"]["epochs"]
+        (label,) = regime["differences"]
+        assert label == "SAM (ρ=0.1)"
+        found = regime["differences"][label]["test_ece"]
+        deltas = list(DELTA[epochs].values())
+        low, high = scipy.stats.ttest_1samp(deltas, 0.0).confidence_interval(0.95)
+        assert found["n"] == 2 and found["mean"] == pytest.approx(sum(deltas) / 2)
+        assert (found["low"], found["high"]) == (pytest.approx(low), pytest.approx(high))
+    rows = section_table(text, "## Regime map")
+    assert [r[0] for r in rows] == ["epochs=1", "epochs=2"]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from trainables.loop import sam_param_groups
 from trainables.sam import SAM, frozen_batchnorm_stats
 
 
@@ -23,8 +24,9 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(model(x), y)
 
 
-def _hand_sam_step(model, x, y, rho, lr, adaptive=False, eta=0.01):
-    """Plain-tensor SAM with SGD (no momentum), written from the definition."""
+def _hand_sam_step(model, x, y, rho, lr, adaptive=False, eta=0.01, scaled=lambda name: True):
+    """Plain-tensor SAM with SGD (no momentum), written from the definition; ASAM's T = |w| + eta
+    for the parameters ``scaled(name)`` accepts, 1 for the others."""
     params = [p.detach().clone() for p in model.parameters()]
     names = [n for n, _ in model.named_parameters()]
 
@@ -38,7 +40,7 @@ def _hand_sam_step(model, x, y, rho, lr, adaptive=False, eta=0.01):
 
     g = grads_at(params)
     if adaptive:
-        t = [w.abs() + eta for w in params]
+        t = [w.abs() + eta if scaled(n) else torch.ones_like(w) for n, w in zip(names, params)]
         norm = torch.sqrt(sum(((ti * gi) ** 2).sum() for ti, gi in zip(t, g)))
         e = [rho * ti * ti * gi / norm for ti, gi in zip(t, g)]
     else:
@@ -48,17 +50,50 @@ def _hand_sam_step(model, x, y, rho, lr, adaptive=False, eta=0.01):
     return dict(zip(names, [w - lr * gt for w, gt in zip(params, g_tilde)]))
 
 
-@pytest.mark.parametrize("adaptive", [False, True])
-def test_two_steps_equal_hand_computed_sam_float64(adaptive):
-    model, x, y = _tiny_problem()
-    expected = _hand_sam_step(model, x, y, rho=0.3, lr=0.1, adaptive=adaptive)
-    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.3, adaptive=adaptive, lr=0.1)
+def _step_equals(model, opt, x, y, expected) -> None:
+    """One SAM step through first_step/second_step lands on the hand-computed weights."""
     _loss(model, x, y).backward()
     opt.first_step(zero_grad=True)
     _loss(model, x, y).backward()
     opt.second_step(zero_grad=True)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), expected[name], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_two_steps_equal_hand_computed_sam_float64(adaptive):
+    model, x, y = _tiny_problem()
+    expected = _hand_sam_step(model, x, y, rho=0.3, lr=0.1, adaptive=adaptive)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.3, adaptive=adaptive, lr=0.1)
+    _step_equals(model, opt, x, y, expected)
+
+
+@pytest.mark.parametrize("scale", ["weights", "all"])
+def test_asam_scales_the_tensors_its_authors_scale(scale):
+    """Kwon et al.'s reference (SamsungLabs/ASAM) scales parameters named "weight" by |w| + eta
+    and leaves biases at T = 1; ``asam_scale: all`` scales every tensor."""
+    model, x, y = _tiny_problem()
+    with torch.no_grad():  # biases far from 0, so scaling them or not differs clearly
+        for name, p in model.named_parameters():
+            if "bias" in name:
+                p.add_(2.0)
+    scaled = (lambda name: "weight" in name) if scale == "weights" else (lambda name: True)
+    expected = _hand_sam_step(model, x, y, rho=0.3, lr=0.1, adaptive=True, eta=0.05, scaled=scaled)
+    groups = sam_param_groups(model, asam=True, scale=scale)
+    opt = SAM(groups, torch.optim.SGD, rho=0.3, eta=0.05, lr=0.1)
+    _step_equals(model, opt, x, y, expected)
+
+
+def test_asam_by_name_differs_from_scaling_every_tensor():
+    steps = {}
+    for scale in ("weights", "all"):
+        model, x, y = _tiny_problem()
+        opt = SAM(sam_param_groups(model, True, scale), torch.optim.SGD, rho=0.3, lr=0.1)
+        _loss(model, x, y).backward()
+        opt.first_step(zero_grad=True)
+        steps[scale] = [p.detach().clone() for p in model.parameters()]
+    biases = [i for i, (n, _) in enumerate(model.named_parameters()) if "bias" in n]
+    assert all(not torch.equal(steps["weights"][i], steps["all"][i]) for i in biases)
 
 
 def test_step_with_closure_equals_two_steps():

@@ -30,6 +30,7 @@ PAPER_RHO = {
     "paper-imagenet-resnet50": 0.05,
     "paper-imagenet-vit-s16": 0.2,
     "paper-fashion-mnist": 0.05,
+    "paper-fashion-mnist-short": 0.05,
 }
 
 
@@ -41,7 +42,8 @@ def test_paper_presets_follow_the_papers_protocol(name):
     assert sorted(c.gamma for c in configs if c.method == "csam") == [0.5, 1.0, 2.0]
     rows = {(c.method, c.loss) for c in configs}
     assert {("sgd", "ce"), ("sgd", "ls"), ("sgd", "focal"), ("sam", "ce"), ("csam", "ce")} <= rows
-    assert space.repeats == 3 and space.samples == len(space.points)
+    assert space.repeats == (5 if name == "paper-fashion-mnist" else 3)
+    assert space.samples == len(space.points)
     for c in configs:
         assert c.schedule == "cosine" and (c.optimizer, c.momentum) in {
             ("sgd", 0.9),
@@ -49,6 +51,27 @@ def test_paper_presets_follow_the_papers_protocol(name):
         }
         if c.dataset.startswith("cifar"):
             assert c.val_fraction == 0.1  # the 45k/5k split
+
+
+def test_fashion_mnist_presets_train_in_the_regime_they_claim():
+    assert load_space("paper-fashion-mnist").train_config().model == "cnn_fc"  # overconfident
+    assert load_space("default").train_config().model == "cnn_fc"
+    short = load_space("paper-fashion-mnist-short")
+    assert short.train_config().model == "cnn" and "underconfident" in short.description
+
+
+def test_regime_map_trains_sgd_sam_and_csam_in_every_budget_with_three_seeds():
+    from study.regimes import METHOD_KEYS
+
+    space = load_space("regime-map-fashion-mnist")
+    budgets: dict[tuple, set[str]] = {}
+    for point in space.points:
+        budget = tuple(sorted((k, v) for k, v in point.items() if k not in METHOD_KEYS))
+        budgets.setdefault(budget, set()).add(space.train_config(point).method)
+    assert len(budgets) >= 5 and all(m == {"sgd", "sam", "csam"} for m in budgets.values())
+    epochs = {space.train_config(dict(b)).epochs for b in budgets}
+    assert min(epochs) == 1 and max(epochs) == 25
+    assert space.repeats == 3
 
 
 def test_study_spaces_lists_each_space_on_one_line():

@@ -55,10 +55,24 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
         base_cls = torch.optim.AdamW
         kwargs = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
     kwargs["foreach"] = True
-    params = [p for p in model.parameters() if p.requires_grad]
     if cfg.method == "sgd":
-        return base_cls(params, **kwargs)
-    return SAM(params, base_cls, rho=cfg.rho, adaptive=cfg.method == "asam", eta=cfg.eta, **kwargs)
+        return base_cls([p for p in model.parameters() if p.requires_grad], **kwargs)
+    groups = sam_param_groups(model, cfg.method == "asam", cfg.asam_scale)
+    return SAM(groups, base_cls, rho=cfg.rho, eta=cfg.eta, **kwargs)
+
+
+def sam_param_groups(model: nn.Module, asam: bool, scale: str = "weights") -> list[dict[str, Any]]:
+    """SAM's parameter groups. For ASAM, ``adaptive`` (T = |w| + eta) is set on the parameters
+    whose name contains "weight" — Kwon et al.'s reference rule; biases keep T = 1 — or on every
+    parameter with ``scale="all"``; the perturbation's norm is taken over all groups together."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not asam or scale == "all":
+        return [{"params": [p for _, p in named], "adaptive": asam}]
+    groups = [
+        {"params": [p for n, p in named if "weight" in n], "adaptive": True},
+        {"params": [p for n, p in named if "weight" not in n], "adaptive": False},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 @dataclass

@@ -126,6 +126,28 @@ def small_cnn(
     return _init_weights(nn.Sequential(*layers, *_classifier_head(c_in, num_classes)))
 
 
+@register_model("cnn_fc")
+def cnn_fc(
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: int = 32,
+    widths: tuple[int, ...] = (16, 32),
+    hidden: int = 128,
+) -> nn.Module:
+    """Conv-ReLU stages, each followed by a 2x2 max-pool, then a fully connected head (flatten,
+    ``hidden`` units, ReLU, classifier): no BatchNorm, no global pooling.
+
+    The classic small network of the overconfident regime: trained until its training loss is
+    near zero, its max-softmax confidence exceeds its accuracy (see BENCHMARKS.md)."""
+    layers: list[nn.Module] = []
+    c_in, size = in_channels, image_size
+    for width in widths:
+        layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        c_in, size = width, size // 2
+    head = [nn.Flatten(), nn.Linear(c_in * size * size, hidden), nn.ReLU(inplace=True)]
+    return _init_weights(nn.Sequential(*layers, *head, nn.Linear(hidden, num_classes)))
+
+
 # ----------------------------------------------------------------------------- CIFAR ResNets
 
 

@@ -14,7 +14,9 @@ from trainables import calibration  # noqa: E402
 
 
 def reliability_axes(ax: plt.Axes, probs: torch.Tensor, labels: torch.Tensor, title: str) -> None:
-    """Per-bin accuracy against confidence, with the diagonal and the ECE in the title."""
+    """Per-bin accuracy against confidence (bars, 15 equal-width bins) with the smooth
+    reliability curve of Błasiok & Nakkiran over them, the diagonal, and ECE and smooth ECE in
+    the title."""
     bins = calibration.reliability_bins(probs, labels)
     edges = bins.edges.cpu().numpy()
     width = edges[1:] - edges[:-1]
@@ -40,14 +42,17 @@ def reliability_axes(ax: plt.Axes, probs: torch.Tensor, labels: torch.Tensor, ti
         color="red",
         label="gap",
     )
+    mesh, curve = calibration.smooth_reliability(probs, labels)
+    ax.plot(mesh, curve, color="tab:orange", linewidth=2, label="smooth")
     ax.plot([0, 1], [0, 1], "k--", linewidth=1)
     ece = calibration.ece(probs, labels).item()
+    smece = calibration.smooth_ece(probs, labels)
     ax.set(
         xlim=(0, 1),
         ylim=(0, 1),
         xlabel="confidence",
         ylabel="accuracy",
-        title=f"{title} (ECE {100 * ece:.2f}%)",
+        title=f"{title}\nECE {100 * ece:.2f}%, smECE {100 * smece:.2f}%",
     )
     ax.legend(loc="upper left")
 

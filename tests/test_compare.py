@@ -1,0 +1,115 @@
+"""`study compare`'s tables on hand-made trials: paired differences against scipy.stats, the
+baseline row, and the new columns (smooth ECE, signed over-confidence, T). No Ray."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import optuna
+import pytest
+import scipy.stats
+from optuna.distributions import FloatDistribution
+
+from search_spaces.schema import check_space
+from study.compare import (
+    comparison_tables,
+    find_row,
+    paired_difference,
+    paired_table,
+    render,
+    render_paired,
+)
+from study.search import SETTINGS_ATTR, STATUS_ATTR
+
+SPACE = check_space(
+    {
+        "fixed": {"dataset": "digits", "train_subset": None, "epochs": 1},
+        "search": {"lr": {"loguniform": [0.01, 0.1]}},
+        "samples": 2,
+        "repeats": 3,
+    },
+    "test",
+)
+# per configuration (lr) and seed: test ECE, the baseline's lower on every seed
+ECE = {0.01: {0: 0.050, 1: 0.047, 2: 0.052}, 0.1: {0: 0.071, 1: 0.069, 2: 0.080}}
+ACCURACY = {0.01: {0: 0.90, 1: 0.91, 2: 0.90}, 0.1: {0: 0.90, 1: 0.89, 2: 0.91}}
+
+
+def _study() -> optuna.Study:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for lr, eces in ECE.items():
+        for seed, value in eces.items():
+            attrs = {
+                STATUS_ATTR: "completed",
+                SETTINGS_ATTR: {"seed": seed},
+                "test_ece": value,
+                "test_accuracy": ACCURACY[lr][seed],
+                "test_ece_ts": value / 2,
+                "test_smece": value * 0.9,
+                "test_overconfidence": -value,
+                "temperature": 0.8,
+            }
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params={"lr": lr},
+                    distributions={"lr": FloatDistribution(0.01, 0.1, log=True)},
+                    values=[ACCURACY[lr][seed], value],
+                    user_attrs=attrs,
+                )
+            )
+    return study
+
+
+def test_paired_difference_equals_scipy_paired_t_interval():
+    values = {0: 0.071, 1: 0.069, 2: 0.080, 3: 0.066, 7: 0.5}
+    baseline = {0: 0.050, 1: 0.047, 2: 0.052, 3: 0.049, 9: 0.1}  # seeds 7 and 9 have no pair
+    seeds = [0, 1, 2, 3]
+    expected = scipy.stats.ttest_rel([values[s] for s in seeds], [baseline[s] for s in seeds])
+    low, high = expected.confidence_interval(0.95)
+    found = paired_difference(values, baseline)
+    assert found.n == 4
+    assert found.mean == pytest.approx(sum(values[s] - baseline[s] for s in seeds) / 4)
+    assert (found.low, found.high) == (pytest.approx(low), pytest.approx(high))
+    assert found.excludes_zero
+
+
+def test_an_interval_across_zero_is_not_marked_and_one_pair_has_no_interval():
+    noisy = paired_difference({0: 0.1, 1: 0.3, 2: 0.2}, {0: 0.2, 1: 0.2, 2: 0.2})
+    assert noisy.low < 0 < noisy.high and not noisy.excludes_zero
+    single = paired_difference({0: 0.3}, {0: 0.2})
+    assert single.n == 1 and math.isnan(single.low) and not single.excludes_zero
+
+
+def test_compare_shows_smooth_ece_overconfidence_and_temperature():
+    (table,) = comparison_tables(_study(), SPACE)
+    text = render(table, "markdown")
+    header = text.splitlines()[0]
+    for title in ("smECE (%)", "Over-conf. (%)", "| T |"):
+        assert title in header
+    assert "-4.97 ± 0.25" in text  # over-confidence in percent, signed
+    assert "0.800 ± 0.000" in text  # T, not a percentage
+
+
+def test_baseline_by_label_or_row_number_and_its_paired_table():
+    (table,) = comparison_tables(_study(), SPACE)
+    confs = table.confs
+    assert find_row(confs, "1") == 0 and find_row(confs, confs[1].label) == 1
+    with pytest.raises(ValueError, match="names no row"):
+        find_row(confs, "9")
+    paired = paired_table(confs, 0, SPACE)
+    ((conf, diffs),) = paired.rows
+    assert conf is confs[1]
+    ece = diffs["test_ece"]
+    expected = scipy.stats.ttest_rel(list(ECE[0.1].values()), list(ECE[0.01].values()))
+    assert (ece.low, ece.high) == pytest.approx(tuple(expected.confidence_interval(0.95)))
+    assert ece.excludes_zero and not diffs["test_accuracy"].excludes_zero
+    markdown = render_paired(paired, "markdown")
+    assert f"**{100 * ece.mean:+.2f} [" in markdown  # marked: the interval excludes 0
+    assert f"| {100 * diffs['test_accuracy'].mean:+.2f} [" in markdown  # not marked
+    latex = render_paired(paired, "latex")
+    assert r"$\Delta$ ECE" in latex and r"\textbf{" in latex
+    (row,) = csv.DictReader(io.StringIO(render_paired(paired, "csv")))
+    assert row["pairs"] == "3" and row["excludes_zero"] == "test_ece test_ece_ts"
+    assert float(row["test_ece_diff_low"]) == pytest.approx(100 * ece.low, rel=1e-5)
