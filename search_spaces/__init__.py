@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from trainables.messages import shown
+
 BUNDLED_DIR = Path(__file__).resolve().parent
 
 
@@ -29,19 +31,46 @@ def resolve_space(name_or_file: str) -> Path:
     bundled = BUNDLED_DIR / f"{name_or_file}.yaml"
     if not bundled.is_file():
         raise SpaceError(
-            f"unknown space {name_or_file!r}: bundled spaces are {', '.join(bundled_names())}, "
+            f"unknown space {shown(name_or_file)}: bundled spaces are {', '.join(bundled_names())}, "
             "or give a path to a .yaml file"
         )
     return bundled
 
 
+MAX_SPACE_BYTES = 1 << 20  # a space file is a page of settings; refuse anything near a megabyte
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: nested ``*alias`` references can expand a few
+    hundred bytes into gigabytes (a "billion laughs" document); a space file never needs one."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(
+                f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not "
+                "allowed in a space file; write the values out"
+            )
+        return super().compose_node(parent, index)
+
+
 def read_space_yaml(path: Path) -> dict[str, Any]:
-    """The YAML mapping in ``path``, read with a safe loader."""
+    """The YAML mapping in ``path``: UTF-8, under 1 MiB, read with a safe loader, no aliases."""
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+        if len(raw) > MAX_SPACE_BYTES:
+            raise SpaceError(f"{path}: {len(raw)} bytes is too large for a space file (max 1 MiB)")
+        text = raw.decode("utf-8")
+        data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass
+    except UnicodeDecodeError as err:
+        raise SpaceError(
+            f"{path}: not UTF-8 text (byte {err.start}); save the space file as UTF-8"
+        ) from None
     except (OSError, yaml.YAMLError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise SpaceError(f"{path}: cannot read YAML: {reason}") from None
+    except RecursionError:
+        raise SpaceError(f"{path}: cannot read YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise SpaceError(f"{path}: a space must be a YAML mapping at the top level")
     return data

@@ -10,9 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from search_spaces import SpaceError, read_space_yaml, resolve_space
+from search_spaces.names import check_study_name
 from trainables.config import ConfigError, TrainConfig, parse_config
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
@@ -23,7 +31,7 @@ class Distribution(BaseModel):
     or ``categorical: [choices]``; ``when: {param: [values]}`` samples it only where every named
     parameter (sampled earlier, or fixed) takes one of the listed values."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     loguniform: tuple[float, float] | None = None
     uniform: tuple[float, float] | None = None
@@ -78,10 +86,10 @@ class Objective(BaseModel):
     """``pareto``: maximize val_accuracy and minimize val_ece; ``weighted``: maximize
     ``val_accuracy - weight * val_ece``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: Literal["pareto", "weighted"] = "pareto"
-    weight: float = Field(1.0, ge=0.0)
+    weight: float = Field(1.0, ge=0.0, le=1e6)
 
     @property
     def metrics(self) -> list[str]:
@@ -100,11 +108,11 @@ class Resources(BaseModel):
     ``workers: K`` > 1 trains each trial data-parallel on K Ray Train workers, each holding
     ``cpu`` and ``gpu``; ``batch_size`` stays the global batch."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    cpu: float = Field(1.0, gt=0.0)
-    gpu: float = Field(0.0, ge=0.0)
-    workers: int = Field(1, ge=1)
+    cpu: float = Field(1.0, gt=0.0, le=1024)
+    gpu: float = Field(0.0, ge=0.0, le=64)
+    workers: int = Field(1, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _whole_gpus_for_workers(self) -> Resources:
@@ -123,23 +131,28 @@ class Space(BaseModel):
     ``repeats: K`` runs every configuration with K seeds (seed, seed + 1, ...): ``samples * K``
     trials. An ``ood`` section is a training setting and is kept under ``fixed``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str | None = None
     description: str = ""
     fixed: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, Distribution] = Field(default_factory=dict)
     points: list[dict[str, Any]] = Field(default_factory=list)
-    repeats: int = Field(1, ge=1)
+    repeats: int = Field(1, ge=1, le=1000)
     objective: Objective = Field(default_factory=Objective)
-    samples: int = Field(None, ge=1)  # type: ignore[assignment]  # None: see the docstring
-    concurrency: int = Field(2, ge=1)
+    samples: int = Field(None, ge=1, le=100_000)  # type: ignore[assignment]  # None: see the docstring
+    concurrency: int = Field(2, ge=1, le=10_000)
     sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
     scheduler: Literal["none", "asha"] = "none"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**32)
     resources: Resources = Field(default_factory=Resources)
-    max_failures: int = Field(1, ge=0)
+    max_failures: int = Field(1, ge=0, le=100)
     evidence: Literal["last", "every"] = "last"
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        return None if name is None else check_study_name(name, "name")
 
     @model_validator(mode="before")
     @classmethod

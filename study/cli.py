@@ -5,9 +5,11 @@ spaces)."""
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 from search_spaces import SpaceError, bundled_names, read_space_yaml, resolve_space
 from study.settings import parse_sets
@@ -29,8 +31,15 @@ def _add_sets(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``study run: error: ...; see study run --help``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="study", description="Hyperparameter studies of sharpness-aware training."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_storage_and_address(run)
     _add_tracking(run)
     _add_sets(run)
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything (space, name, storage, devices, data) and say what would run; "
+        "write nothing, start nothing",
+    )
     run.set_defaults(handler=cmd_run)
 
     rerun = sub.add_parser(
@@ -136,16 +151,18 @@ def _print_epoch(_: Trainer, record: EpochRecord) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run one training from the defaults, a space's fixed settings and ``--set`` overrides."""
+    from study.inputs import InputError, check_no_credentials
     from study.tracking import TrackingError, TrainRunLogger, default_tracking_uri
     from trainables.plots import reliability_png
 
     try:
+        check_no_credentials(args.tracking_uri, "--tracking-uri")
         cfg = parse_config(train_settings(args.space, args.sets), where="study train")
         trainer = Trainer(cfg)
         tracker = TrainRunLogger(
             args.tracking_uri or default_tracking_uri(), args.experiment, cfg.model_dump()
         )
-    except (*USER_ERRORS, TrackingError) as err:
+    except (*USER_ERRORS, InputError, TrackingError) as err:
         raise UsageError(str(err)) from None
     print(
         f"study train: {cfg.method} on {cfg.dataset} ({trainer.data.split_size('train')} train, "
@@ -183,12 +200,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _existing_study(args: argparse.Namespace) -> tuple[Any, Any]:
     """The paths and resolved space of the study ``args.name`` (a missing one: exit 2)."""
+    from study.inputs import InputError, check_no_credentials
     from study.runner import load_study_space, study_paths
 
-    paths = study_paths(args.name, args.storage)
     try:
+        check_no_credentials(args.storage, "--storage")
+        paths = study_paths(args.name, args.storage)
         return paths, load_study_space(paths, args.name)
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, InputError) as err:
         raise UsageError(str(err)) from None
 
 
@@ -198,7 +217,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from study.runner import load_tracking
 
     paths, space = _existing_study(args)
-    print(f"report: {write_report(paths, args.name, space, load_tracking(paths) or None)}")
+    try:
+        tracking = load_tracking(paths) or None
+    except SpaceError as err:
+        raise UsageError(str(err)) from None
+    print(f"report: {write_report(paths, args.name, space, tracking)}")
     return 0
 
 
@@ -261,15 +284,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _start_study(space, args.name or space.name or "study", args)
 
 
-def _start_study(space: Any, name: str, args: argparse.Namespace) -> int:
-    from study.runner import (
-        StudyExists,
-        build_tuner,
-        prepare_study,
-        refuse_existing,
-        save_tracking,
-        study_paths,
+def check_study_inputs(space: Any, name: str, args: argparse.Namespace) -> Any:
+    """Everything `study run` checks before it writes a file or starts Ray: the name, the
+    storage, the URIs (no credentials in them), the OOD files and, for a study on this machine,
+    every device and dataset. Returns the study's paths; ``UsageError`` on the first problem."""
+    from study.inputs import InputError, check_no_credentials, check_runs_here, check_storage
+    from study.runner import study_paths
+    from trainables.ood import check_ood_config
+
+    try:
+        check_no_credentials(getattr(args, "tracking_uri", None), "--tracking-uri")
+        check_no_credentials(args.address, "--address")
+        check_storage(args.storage)
+        paths = study_paths(name, args.storage)
+        check_ood_config(space.train_config())
+        if not args.address:
+            check_runs_here(space)
+    except (*USER_ERRORS, InputError) as err:
+        raise UsageError(str(err)) from None
+    return paths
+
+
+def _print_plan(space: Any, name: str, paths: Any) -> None:
+    repeats = f" x {space.repeats} seeds" if space.repeats > 1 else ""
+    print(
+        f"study {name}: {space.samples} configurations{repeats} = {space.trials} trials, "
+        f"{space.concurrency} at a time, would be written to {paths.root}; all inputs are valid "
+        "(dry run: nothing written, nothing started)"
     )
+
+
+def _start_study(space: Any, name: str, args: argparse.Namespace) -> int:
+    from study.lock import StudyLock, StudyLocked
+    from study.runner import StudyExists, build_tuner, prepare_study, refuse_existing, save_tracking
     from study.tracking import (
         MlflowTrialCallback,
         StudyTracker,
@@ -277,34 +324,55 @@ def _start_study(space: Any, name: str, args: argparse.Namespace) -> int:
         default_tracking_uri,
         flatten,
     )
-    from trainables.ood import check_ood_config
 
+    paths = check_study_inputs(space, name, args)
+    if getattr(args, "dry_run", False):
+        _print_plan(space, name, paths)
+        return 0
     tracking_uri = args.tracking_uri or default_tracking_uri()
+    created = _first_missing(paths.root)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    lock = StudyLock(paths.root, name)
     try:
-        check_ood_config(space.train_config())
-        paths = study_paths(name, args.storage)
+        lock.acquire()
         refuse_existing(name, paths)  # before the tracking store is touched
         tracker = StudyTracker(tracking_uri, name)
         prepare_study(space, name, paths)
-    except (*USER_ERRORS, StudyExists, TrackingError) as err:
+    except (*USER_ERRORS, StudyExists, StudyLocked, TrackingError) as err:
+        lock.release()
+        if created:  # nothing of this study was written: leave no directory behind
+            shutil.rmtree(created, ignore_errors=True)
         raise UsageError(str(err)) from None
-    parent = tracker.parent_run(
-        None, flatten(space.model_dump(mode="json")), _study_tags(space, args)
-    )
-    save_tracking(
-        paths,
-        {
-            "tracking_uri": tracking_uri,
-            "experiment_id": tracker.experiment_id,
-            "parent_run_id": parent,
-        },
-    )
-    callback = MlflowTrialCallback(tracking_uri, tracker.experiment_id, parent, paths.data_uri)
-    rc = _fit_and_print(
-        lambda: build_tuner(space, name, paths, [callback]), space, name, paths, args.address
-    )
-    _close_parent(tracker, parent)
+    try:
+        parent = tracker.parent_run(
+            None, flatten(space.model_dump(mode="json")), _study_tags(space, args)
+        )
+        save_tracking(
+            paths,
+            {
+                "tracking_uri": tracking_uri,
+                "experiment_id": tracker.experiment_id,
+                "parent_run_id": parent,
+            },
+        )
+        callback = MlflowTrialCallback(tracking_uri, tracker.experiment_id, parent, paths.data_uri)
+        rc = _fit_and_print(
+            lambda: build_tuner(space, name, paths, [callback]), space, name, paths, args.address
+        )
+        _close_parent(tracker, parent)
+    finally:
+        lock.release()
     return rc
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (None: it exists)."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
@@ -367,22 +435,37 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue an interrupted study from Tune's experiment state and the Optuna storage."""
-    from study.runner import load_study_space, load_tracking, restore_tuner, study_paths
+    from study.inputs import InputError, check_no_credentials, check_runs_here
+    from study.lock import StudyLock, StudyLocked, describe_holder
+    from study.runner import check_resumable, load_tracking, restore_tuner
     from study.tracking import StudyTracker, TrackingError
 
-    paths = study_paths(args.name, args.storage)
+    paths, space = _existing_study(args)
+    lock = StudyLock(paths.root, args.name)
     try:
-        space = load_study_space(paths, args.name)
+        check_no_credentials(args.address, "--address")
         info = load_tracking(paths)
+        check_resumable(paths, args.name)  # before Ray starts
+        if not args.address:
+            check_runs_here(space)
+        lock.acquire()
+        if lock.previous:
+            print(
+                f"taking over the lock of a driver that is gone ({describe_holder(lock.previous)})"
+            )
         tracker = StudyTracker(info["tracking_uri"], args.name) if info else None
-    except (*USER_ERRORS, TrackingError) as err:
+    except (*USER_ERRORS, InputError, StudyLocked, TrackingError) as err:
+        lock.release()
         raise UsageError(str(err)) from None
-    parent = tracker.parent_run(info["parent_run_id"], {}, {}) if tracker else None
-    rc = _fit_and_print(
-        lambda: restore_tuner(space, args.name, paths), space, args.name, paths, args.address
-    )
-    if tracker and parent:
-        _close_parent(tracker, parent)
+    try:
+        parent = tracker.parent_run(info["parent_run_id"], {}, {}) if tracker else None
+        rc = _fit_and_print(
+            lambda: restore_tuner(space, args.name, paths), space, args.name, paths, args.address
+        )
+        if tracker and parent:
+            _close_parent(tracker, parent)
+    finally:
+        lock.release()
     return rc
 
 
@@ -430,7 +513,10 @@ def _fit_and_print(make_tuner: Any, space: Any, name: str, paths: Any, address: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``study`` console script."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, or a one-line parse error (exit 2)
+        return int(exit_.code or 0)
     try:
         return args.handler(args)
     except UsageError as err:

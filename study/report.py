@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -67,6 +66,7 @@ from study.search import (  # noqa: E402
     trial_settings,
 )
 from trainables import calibration  # noqa: E402
+from trainables.atomic import replace_directory  # noqa: E402
 from trainables.config import TrainConfig  # noqa: E402
 from trainables.evidence import open_evidence  # noqa: E402
 from trainables.plots import reliability_axes  # noqa: E402
@@ -882,13 +882,6 @@ def load_view(paths: StudyPaths, name: str, space: Space) -> StudyView:
     return StudyView(name=name, space=space, study=study, completed=completed, evidence=evidence)
 
 
-def _fresh_dir(directory: Path) -> Path:
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    return directory
-
-
 def log_report(report_dir: Path, tracking: dict[str, str]) -> bool:
     """Log the report directory to the study's parent MLflow run; warn (only) on failure."""
     try:
@@ -908,13 +901,21 @@ def write_report(
 ) -> Path:
     """Write ``<study dir>/report/`` (Markdown, JSON numbers, figures) and return report.md's path.
 
-    The directory is replaced as a whole, so figures of an earlier report never linger. With
+    The directory is built beside the old one and swapped in whole (``replace_directory``): a
+    failed write keeps the previous report, and figures of an earlier report never linger. With
     ``tracking`` (what ``runner.load_tracking`` returns), the directory is also logged to the
     study's parent MLflow run under ``report/``; an MLflow failure only prints a warning.
     """
     view = load_view(paths, name, space)
-    report_dir = _fresh_dir(paths.report)
-    data: dict[str, Any] = {"study": name}
+    replace_directory(paths.report, lambda report_dir: _write_files(view, paths, report_dir))
+    if tracking and tracking.get("tracking_uri") and tracking.get("parent_run_id"):
+        log_report(paths.report, tracking)
+    return paths.report / REPORT_FILE
+
+
+def _write_files(view: StudyView, paths: StudyPaths, report_dir: Path) -> None:
+    """Every section and figure of the report, into the (new, empty) ``report_dir``."""
+    data: dict[str, Any] = {"study": view.name}
     sections = [header_section(view, paths, data), front_section(view, data)]
     draw_pareto(view, report_dir / "pareto.png")
     sections.append(comparison_section(view, data))
@@ -927,12 +928,8 @@ def write_report(
     sections.append(ensemble_section(view, data))
     sections.append(importance_section(view, report_dir / "importance.png", data))
     sections.append(sensitivity_section(view, report_dir / "sensitivity.png", data))
-    report = report_dir / REPORT_FILE
-    report.write_text("\n\n".join(sections) + "\n")
+    (report_dir / REPORT_FILE).write_text("\n\n".join(sections) + "\n")
     (report_dir / DATA_FILE).write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    if tracking and tracking.get("tracking_uri") and tracking.get("parent_run_id"):
-        log_report(report_dir, tracking)
-    return report
 
 
 def _json_default(value: Any) -> Any:

@@ -21,7 +21,10 @@ from typing import Any
 import yaml
 
 from search_spaces import SpaceError
+from search_spaces.names import check_study_name
 from search_spaces.schema import Space, check_space
+from study.lock import LOCK_FILE
+from trainables.atomic import atomic_write_text
 
 # The experiment state is what `study resume` continues from: write it often (it is small).
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -93,12 +96,14 @@ class StudyPaths:
 
 
 def study_paths(name: str, storage: str | None) -> StudyPaths:
-    """``<storage>/<name>``, storage defaulting to ``./studies`` (made absolute: trials chdir).
+    """``<storage>/<name>``, storage defaulting to ``./studies`` (made absolute: trials chdir);
+    ``name`` must be a plain name (``SpaceError`` otherwise), so it never leaves the storage.
 
     With an object-store URI (``s3://bucket/prefix``) the data goes to ``<uri>/<name>`` and the
     metadata stays on the driver's machine (the Optuna database is SQLite) in
     ``$SHARPCAL_STATE/studies/<name>``, ``SHARPCAL_STATE`` defaulting to ``~/sharpcal-state``: a
     fixed place, since a Ray job's working directory is temporary."""
+    check_study_name(name)
     if storage and "://" in storage:
         state = Path(os.environ.get("SHARPCAL_STATE", "~/sharpcal-state")).expanduser()
         root = state.resolve() / "studies" / name
@@ -207,7 +212,7 @@ def build_tuner(space: Space, name: str, paths: StudyPaths, callbacks: list[Any]
 
 def refuse_existing(name: str, paths: StudyPaths) -> None:
     """Raise ``StudyExists`` when ``name`` already has a study: `study resume` continues it."""
-    if paths.root.exists() and any(paths.root.iterdir()):
+    if paths.root.exists() and any(p.name != LOCK_FILE for p in paths.root.iterdir()):
         raise StudyExists(
             f"study {name!r} already exists in {paths.root}: continue it with "
             f"'study resume {name}', or choose another --name"
@@ -220,11 +225,12 @@ def prepare_study(space: Space, name: str, paths: StudyPaths) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)
     data = space.model_dump(mode="json")
     data["name"] = name
-    paths.space.write_text(yaml.safe_dump(data, sort_keys=False))
+    atomic_write_text(paths.space, yaml.safe_dump(data, sort_keys=False))
 
 
 def load_study_space(paths: StudyPaths, name: str) -> Space:
-    """The resolved space a study was started with."""
+    """The resolved space a study was started with; ``SpaceError`` when there is no such study
+    (no space file, or no Optuna database: it never got past its start)."""
     from search_spaces import read_space_yaml
 
     if not paths.space.is_file():
@@ -232,12 +238,16 @@ def load_study_space(paths: StudyPaths, name: str) -> Space:
             f"no study {name!r} in {paths.root.parent} (missing {paths.space}); "
             "start one with 'study run'"
         )
+    if not paths.optuna_db.is_file():
+        raise SpaceError(
+            f"study {name!r} has no Optuna database ({paths.optuna_db}): it never started a "
+            f"trial; start it again with 'study run ... --name {name}' after removing {paths.root}"
+        )
     return check_space(read_space_yaml(paths.space), str(paths.space))
 
 
-def restore_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
-    """The Tuner of an interrupted study: finished trials stay, unfinished ones resume (its
-    callbacks, MLflow's included, come back from the saved experiment)."""
+def check_resumable(paths: StudyPaths, name: str) -> None:
+    """``SpaceError`` unless the study has Tune state to resume from (checked without Ray)."""
     from ray import tune
 
     storage_path, storage_filesystem = paths.tune_storage()
@@ -247,8 +257,17 @@ def restore_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
             f"study {name!r} in {paths.root} has no Tune experiment state to resume from; "
             "start it again with 'study run' under a new --name"
         )
+
+
+def restore_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
+    """The Tuner of an interrupted study: finished trials stay, unfinished ones resume (its
+    callbacks, MLflow's included, come back from the saved experiment)."""
+    from ray import tune
+
+    check_resumable(paths, name)
+    storage_path, storage_filesystem = paths.tune_storage()
     return tune.Tuner.restore(
-        tune_path,
+        f"{storage_path}/{TUNE_DIR}",
         storage_filesystem=storage_filesystem,
         trainable=_trainable(space, name, paths),
         resume_unfinished=True,
@@ -258,11 +277,25 @@ def restore_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
 
 def save_tracking(paths: StudyPaths, info: dict[str, str]) -> None:
     """Remember where the study is tracked, for `study resume` and `study report`."""
-    paths.tracking.write_text(json.dumps(info, indent=2))
+    atomic_write_text(paths.tracking, json.dumps(info, indent=2))
 
 
 def load_tracking(paths: StudyPaths) -> dict[str, str]:
-    """What ``save_tracking`` wrote, or {} for a study without tracking."""
+    """What ``save_tracking`` wrote, or {} for a study without tracking; ``SpaceError`` when the
+    file is not what ``save_tracking`` writes."""
     if not paths.tracking.is_file():
         return {}
-    return json.loads(paths.tracking.read_text())
+    try:
+        info = json.loads(paths.tracking.read_text())
+    except (ValueError, OSError) as err:
+        raise SpaceError(
+            f"{paths.tracking}: not readable tracking info ({type(err).__name__}); restore it or "
+            f"delete it to resume without MLflow"
+        ) from None
+    keys = ("tracking_uri", "experiment_id", "parent_run_id")
+    if not isinstance(info, dict) or not all(isinstance(info.get(k), str) for k in keys):
+        raise SpaceError(
+            f"{paths.tracking}: tracking info must hold {', '.join(keys)} as strings; restore it "
+            "or delete it to resume without MLflow"
+        )
+    return info

@@ -14,13 +14,17 @@ from trainables.config import ConfigError
 DIGITS = ["--set", "dataset=digits", "--set", "train_subset=null", "--set", "device=cpu"]
 
 
-def run_study(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_study(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``study ARGS`` in a subprocess (in ``cwd``, with ``env``), its output captured."""
     return subprocess.run(
         [sys.executable, "-m", "study", *args],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=cwd,
+        env=env,
     )
 
 

@@ -49,10 +49,36 @@ def write_fashion(root: Path, n_train: int = 40, n_test: int = 12) -> Path:
     return root
 
 
-def write_pickle(path: Path, images: np.ndarray, labels: np.ndarray, key: bytes) -> None:
-    batch = {b"data": images.reshape(len(images), 3 * 32 * 32), key: labels.tolist()}
+def write_pickle(
+    path: Path, images: np.ndarray, labels: np.ndarray, key: bytes, protocol: int = 2
+) -> None:
+    """A CIFAR batch as the official files hold it (a protocol-2 pickle of a bytes-keyed dict)."""
+    batch = {
+        b"batch_label": b"training batch 1 of 5",
+        b"data": images.reshape(len(images), 3 * 32 * 32),
+        key: labels.tolist(),
+        b"filenames": [f"img_{i}.png".encode() for i in range(len(images))],
+    }
     with open(path, "wb") as f:
-        pickle.dump(batch, f)
+        pickle.dump(batch, f, protocol=protocol)
+
+
+class _CreatesAFile:
+    """Unpickled by plain ``pickle.load``, this opens ``path`` for writing: arbitrary code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def write_crafted_cifar10(root: Path, marker: Path) -> Path:
+    """A CIFAR-10 directory whose first batch runs code when unpickled the usual way."""
+    write_cifar10(root)
+    with open(root / "cifar-10-batches-py" / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": _CreatesAFile(marker), b"labels": [0]}, f, protocol=2)
+    return root
 
 
 def write_cifar10(root: Path, per_batch: int = 6, n_test: int = 8) -> Path:
@@ -158,6 +184,28 @@ def test_cifar10_pickles(tmp_path: Path) -> None:
     # root may also be the batches directory itself
     direct = load_data("cifar10", root=str(tmp_path / "cifar-10-batches-py"))
     assert direct.split_size("test") == 8
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batches_read_from_every_pickle_protocol(tmp_path: Path, protocol: int) -> None:
+    directory = tmp_path / "cifar-100-python"
+    directory.mkdir()
+    for name, n in (("train", 6), ("test", 4)):
+        write_pickle(directory / name, id_images(n, 3, 32), np.arange(n), b"fine_labels", protocol)
+    data = load_data("cifar100", root=str(tmp_path), val_fraction=0.0)
+    assert eval_all(data, "test")[1].tolist() == [0, 1, 2, 3]
+
+
+def test_a_crafted_cifar_batch_runs_no_code(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    with pytest.raises(
+        DataError, match=r"io\.open, which a CIFAR batch never does\); refused without running it"
+    ):
+        load_data("cifar10", root=str(write_crafted_cifar10(tmp_path / "data", marker)))
+    assert not marker.exists()
+    with open(tmp_path / "data" / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+        pickle.load(f)  # the plain unpickler would have run it
+    assert marker.exists()
 
 
 def test_cifar100_fine_labels(tmp_path: Path) -> None:

@@ -86,7 +86,10 @@ def test_perturbed_pass_leaves_batchnorm_running_stats_untouched(digits_settings
 
 
 def test_non_finite_loss_ends_the_run_as_diverged(digits_settings):
-    cfg = parse_config({**digits_settings, "method": "sgd", "lr": 1e6, "epochs": 3})
+    # lr 100 is within the settings' bounds; without BatchNorm it diverges at once.
+    cfg = parse_config(
+        {**digits_settings, "model": "cnn_fc", "method": "sgd", "lr": 100.0, "epochs": 3}
+    )
     result = Trainer(cfg).fit()
     assert result.status == "diverged"
     assert result.final == {}

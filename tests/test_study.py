@@ -95,8 +95,8 @@ def test_pareto_study_on_digits_prints_optunas_front(tmp_path):
 def test_diverging_trial_is_marked_and_the_study_completes(tmp_path):
     path = write_space(
         tmp_path,
-        fixed={"epochs": 2, "method": "sgd"},
-        search={"lr": {"categorical": [1.0e6, 0.1]}},
+        fixed={"epochs": 2, "method": "sgd", "model": "cnn_fc"},  # no BatchNorm: lr 100 diverges
+        search={"lr": {"categorical": [100.0, 0.1]}},
         sampler="grid",
         samples=2,
         concurrency=2,
@@ -105,7 +105,7 @@ def test_diverging_trial_is_marked_and_the_study_completes(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "(2 trials, 0 errored)" in proc.stdout  # a diverged trial is a result, not retried
     trials = {t.params["lr"]: t for t in optuna_study(tmp_path, "div").trials}
-    diverged, healthy = trials[1.0e6], trials[0.1]
+    diverged, healthy = trials[100.0], trials[0.1]
     assert diverged.state == TrialState.COMPLETE
     assert diverged.user_attrs["status"] == "diverged"
     assert diverged.values == [
@@ -240,6 +240,7 @@ def run_and_kill_while_held(
     nth: int = 1,
     env: dict[str, str] | None = None,
     also: Callable[[], bool] = lambda: True,
+    while_held: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Start `study run` with the ``nth`` trial to finish ``epoch`` held there; once it is held
     (and ``also()`` is true), SIGKILL the driver and then the local Ray it started, as a reboot
@@ -257,6 +258,7 @@ def run_and_kill_while_held(
     )
     with environ(env):
         wait_until(lambda: tune_state_settled(tune_uri, held["trial_id"]), driver, "Tune saved it")
+    while_held()
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     os.killpg(driver.pid, signal.SIGKILL)
@@ -268,15 +270,23 @@ def test_study_killed_with_sigkill_resumes_to_exactly_n_trials(tmp_path):
     path = write_space(
         tmp_path, fixed={"epochs": 4}, search=PARETO_SEARCH, samples=4, concurrency=1, seed=5
     )
+
+    def second_drivers_are_refused() -> None:
+        for argv in (["resume", "kill"], ["run", str(path), "--name", "kill"]):
+            proc = run_study(*argv, "--storage", "studies", cwd=tmp_path)
+            (line,) = proc.stderr.strip().splitlines()
+            assert proc.returncode == 2 and "is being run by pid" in line, line
+
     # concurrency 1: trial 1 has finished, trial 2 is held after epoch 2, trials 3-4 not started
     run_and_kill_while_held(
         tmp_path, path, "kill", "studies", epoch=2, nth=2,
-        also=lambda: _complete_count(tmp_path, "kill") >= 1,
+        also=lambda: _complete_count(tmp_path, "kill") >= 1, while_held=second_drivers_are_refused,
     )  # fmt: skip
     assert _complete_count(tmp_path, "kill") == 1
 
     proc = run_study("resume", "kill", "--storage", "studies", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "taking over the lock of a driver that is gone" in proc.stdout  # the SIGKILLed one
 
     study = optuna_study(tmp_path, "kill")
     complete = study.get_trials(states=(TrialState.COMPLETE,))

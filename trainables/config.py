@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.data import check_dataset_name
+from trainables.messages import shown
 from trainables.models import check_model_name
 from trainables.ood import OodSettings
 
 Method = Literal["sgd", "sam", "asam", "csam"]
+MAX_IMAGES = 1_000_000_000  # upper bound of any image count: beyond it a value cannot be meant
+DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 Loss = Literal["ce", "ls", "focal", "flsd53"]
 
 
@@ -21,25 +25,27 @@ class ConfigError(ValueError):
 class TrainConfig(BaseModel):
     """Everything that defines one training run. Unknown keys are rejected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False
+    )
 
     # data
     dataset: str = "fashion_mnist"
     data_root: str | None = None
     download: bool = False
-    train_subset: int | None = Field(5000, gt=1)
-    test_subset: int | None = Field(None, gt=0)
+    train_subset: int | None = Field(5000, gt=1, le=MAX_IMAGES)
+    test_subset: int | None = Field(None, gt=0, le=MAX_IMAGES)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     augment: bool = False  # crop/flip on device; the CIFAR spaces turn it on
-    num_workers: int = Field(2, ge=0)
-    synthetic_size: int = Field(2048, gt=1)
+    num_workers: int = Field(2, ge=0, le=256)
+    synthetic_size: int = Field(2048, gt=1, le=10_000_000)
     # model (cnn_fc for 25 epochs on 4 500 Fashion-MNIST images: the overconfident regime, T ~ 2)
     model: str = "cnn_fc"
     # optimisation
     method: Method = "sam"
-    rho: float = Field(0.1, gt=0.0)
+    rho: float = Field(0.1, gt=0.0, le=10.0)
     gamma: float = Field(1.0, ge=0.0, le=2.0)
-    eta: float = Field(0.01, ge=0.0)
+    eta: float = Field(0.01, ge=0.0, le=10.0)
     # ASAM's T = |w| + eta scales the tensors named "weight" (Kwon et al.'s reference code; biases
     # get T = 1), or every tensor ("all", as pytorch_optimizer and davda54/sam do).
     asam_scale: Literal["weights", "all"] = "weights"
@@ -50,13 +56,13 @@ class TrainConfig(BaseModel):
     ls_epsilon: float = Field(0.1, ge=0.0, lt=1.0)
     focal_gamma: float = Field(3.0, ge=0.0, le=10.0)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0.0)
+    lr: float = Field(0.05, gt=0.0, le=100.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(5e-4, ge=0.0)
+    weight_decay: float = Field(5e-4, ge=0.0, le=10.0)
     schedule: Literal["cosine", "constant"] = "cosine"
-    epochs: int = Field(25, ge=1)
-    batch_size: int = Field(128, ge=2)
-    seed: int = Field(0, ge=0)
+    epochs: int = Field(25, ge=1, le=100_000)
+    batch_size: int = Field(128, ge=2, le=1_000_000)
+    seed: int = Field(0, ge=0, lt=2**32)
     # hardware
     device: str = "auto"
     bf16: bool | None = None  # None: on for CUDA, off for CPU
@@ -70,6 +76,13 @@ class TrainConfig(BaseModel):
     def _known_dataset(cls, name: str) -> str:
         check_dataset_name(name)
         return name
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not DEVICE.fullmatch(device):
+            raise ValueError("use auto, cpu, cuda or cuda:N")
+        return device
 
     @field_validator("model")
     @classmethod
@@ -116,5 +129,5 @@ def describe_validation_error(err: ValidationError, where: str) -> str:
         known = ", ".join(_section_model(first["loc"][:-1]).model_fields)
         return f"{where}: unknown key '{key}' (known keys: {known})"
     value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    return f"{where}: invalid value for '{key}'{shown}: {reason}"
+    got = "" if isinstance(value, dict) else f" (got {shown(value)})"
+    return f"{where}: invalid value for '{key}'{got}: {reason}"

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainables.messages import shown
+
 SPLITS = ("train", "val", "test")
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FASHION_FILES = (
@@ -148,6 +150,28 @@ def _how_to_get(name: str) -> str:
     return f"pass root=DIR holding the {name} files, or --set download=true"
 
 
+# Where each dataset's files live under a root: the subdirectories tried and the files needed.
+_LOCATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "fashion_mnist": (("", "FashionMNIST/raw"), _FASHION_FILES),
+    "cifar10": (("cifar-10-batches-py", ""), (*_CIFAR10_TRAIN, "test_batch")),
+    "cifar100": (("cifar-100-python", ""), ("train", "test")),
+    "svhn": (("",), ("train_32x32.mat", "test_32x32.mat")),
+    "imagefolder": (("",), ("train", "val")),
+}
+
+
+def check_data_available(name: str, root: str | None, download: bool) -> None:
+    """Raise ``DataError`` (one line: what was searched, how to get it) when dataset ``name``
+    cannot be found and will not be downloaded; datasets without files always pass."""
+    if name in _LOCATIONS and not (download and name in DOWNLOADABLE):
+        _locate(name, root)
+
+
+def _locate(name: str, root: str | Path | None) -> Path:
+    subdirs, files = _LOCATIONS[name]
+    return _find_dir(name, root, subdirs, files)
+
+
 def _find_dir(
     name: str, root: str | Path | None, subdirs: Sequence[str], files: Sequence[str]
 ) -> Path:
@@ -187,7 +211,7 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
 
 
 def _read_fashion_mnist(root: str | Path | None, seed: int, synthetic_size: int) -> _Arrays:
-    directory = _find_dir("fashion_mnist", root, ("", "FashionMNIST/raw"), _FASHION_FILES)
+    directory = _locate("fashion_mnist", root)
 
     def part(prefix: str) -> tuple[np.ndarray, np.ndarray]:
         x = _read_idx(directory / f"{prefix}-images-idx3-ubyte.gz", _IDX_IMAGES_MAGIC)
@@ -209,12 +233,43 @@ def _read_digits(root: str | Path | None, seed: int, synthetic_size: int) -> _Ar
     return _Arrays(x[train], y[train], x[test], y[test])
 
 
+# The only globals a CIFAR batch pickle names: NumPy's array reconstruction (``numpy.core`` in
+# the original Python 2 files, ``numpy._core`` in files NumPy 2 wrote).
+_CIFAR_GLOBALS = {
+    (f"numpy.{core}.{module}", name)
+    for core in ("core", "_core")
+    for module, name in (
+        ("multiarray", "_reconstruct"),
+        ("multiarray", "scalar"),
+        ("numeric", "_frombuffer"),  # pickle protocol 5
+    )
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # bytes, protocol < 3
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what a CIFAR batch holds (dicts, lists, bytes, strings,
+    numbers and NumPy arrays): any other global — a function, a class, ``os.system`` — is
+    refused before it is looked up, so a crafted file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"it names {module}.{name}, which a CIFAR batch never does"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict[bytes, Any]:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
-        raise DataError(f"{path}: not a readable CIFAR pickle ({e}); re-fetch the file") from e
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
+        raise DataError(
+            f"{path}: not a CIFAR batch pickle ({e}); refused without running it — re-fetch the file"
+        ) from e
+    if not isinstance(batch, dict):
+        raise DataError(f"{path}: not a CIFAR batch (a {type(batch).__name__}); re-fetch the file")
+    return batch
 
 
 def _cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -230,11 +285,10 @@ def _cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
         ) from e
 
 
-def _read_cifar(
-    name: str, root: str | Path | None, subdir: str, files: Sequence[str], label_key: bytes
-) -> _Arrays:
-    """CIFAR pickles; ``files`` lists the train batches followed by the test batch."""
-    directory = _find_dir(name, root, (subdir, ""), files)
+def _read_cifar(name: str, root: str | Path | None, label_key: bytes) -> _Arrays:
+    """CIFAR pickles: the train batches, then the test batch (``_LOCATIONS`` lists them)."""
+    directory = _locate(name, root)
+    files = _LOCATIONS[name][1]
     parts = [_cifar_batch(directory / f, label_key) for f in files[:-1]]
     test_x, test_y = _cifar_batch(directory / files[-1], label_key)
     train_x = np.concatenate([p[0] for p in parts])
@@ -243,12 +297,11 @@ def _read_cifar(
 
 
 def _read_cifar10(root: str | Path | None, seed: int, synthetic_size: int) -> _Arrays:
-    files = (*_CIFAR10_TRAIN, "test_batch")
-    return _read_cifar("cifar10", root, "cifar-10-batches-py", files, b"labels")
+    return _read_cifar("cifar10", root, b"labels")
 
 
 def _read_cifar100(root: str | Path | None, seed: int, synthetic_size: int) -> _Arrays:
-    return _read_cifar("cifar100", root, "cifar-100-python", ("train", "test"), b"fine_labels")
+    return _read_cifar("cifar100", root, b"fine_labels")
 
 
 def _svhn_part(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -268,7 +321,7 @@ def _svhn_part(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_svhn(root: str | Path | None, seed: int, synthetic_size: int) -> _Arrays:
-    directory = _find_dir("svhn", root, ("",), ("train_32x32.mat", "test_32x32.mat"))
+    directory = _locate("svhn", root)
     train = _svhn_part(directory / "train_32x32.mat")
     return _Arrays(*train, *_svhn_part(directory / "test_32x32.mat"))
 
@@ -563,7 +616,7 @@ class FolderData:
     ) -> None:
         from torchvision import datasets
 
-        directory = _find_dir("imagefolder", root, ("",), ("train", "val"))
+        directory = _locate("imagefolder", root)
         train_set = datasets.ImageFolder(str(directory / "train"))
         test_set = datasets.ImageFolder(str(directory / "val"))
         if train_set.classes != test_set.classes:
@@ -684,7 +737,7 @@ def download_dataset(name: str, root: str | Path | None = None) -> Path:
 def check_dataset_name(name: str) -> None:
     """Raise ``DataError`` unless ``name`` is a known dataset."""
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {shown(name)}; known: {', '.join(DATASETS)}")
 
 
 def load_data(

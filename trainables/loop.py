@@ -7,8 +7,6 @@ the device; the host syncs once per epoch (to check for divergence and to report
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 
 from trainables import calibration
+from trainables.atomic import atomic_write
 from trainables.config import ConfigError, TrainConfig
 from trainables.data import Data, load_data
 from trainables.losses import LossFn, build_loss, cross_entropy, csam_loss
@@ -319,17 +318,7 @@ class RunResult:
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` atomically: a crash mid-write never leaves a truncated checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

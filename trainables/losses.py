@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from trainables.messages import shown
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOSSES = ("ce", "ls", "focal", "flsd53")
 
@@ -83,7 +85,7 @@ def build_loss(name: str, *, ls_epsilon: float = 0.1, focal_gamma: float = 3.0) 
         return focal(focal_gamma)
     if name == "flsd53":
         return flsd53
-    raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
+    raise ValueError(f"unknown loss {shown(name)}: choose one of {', '.join(LOSSES)}")
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:

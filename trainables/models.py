@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from trainables.messages import shown
+
 TIMM_PREFIX = "timm:"
 
 
@@ -55,7 +57,7 @@ def check_model_name(name: str) -> None:
     if name in MODELS or _is_timm_model(name.removeprefix(TIMM_PREFIX)):
         return
     raise ModelError(
-        f"unknown model {name!r}; registered: {', '.join(model_names())}; "
+        f"unknown model {shown(name)}; registered: {', '.join(model_names())}; "
         f"any timm model can be named as {TIMM_PREFIX}<name>"
     )
 
@@ -75,7 +77,7 @@ def _timm_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
         )
     except RuntimeError as e:
         raise ModelError(
-            f"timm model {name!r} cannot be built ({e}); see timm.list_models() for names"
+            f"timm model {shown(name)} cannot be built ({e}); see timm.list_models() for names"
         ) from e
 
 

@@ -41,6 +41,7 @@ from trainables.data import (
     _Normaliser,
     _test_indices,
 )
+from trainables.messages import shown
 
 if TYPE_CHECKING:
     from trainables.config import TrainConfig
@@ -62,7 +63,7 @@ SPLITS = ("ood_svhn", "cifar10_c", "cifar100_c", "imagenet_c")
 class SvhnSettings(BaseModel):
     """SVHN test set as out-of-distribution data for a 32x32 RGB model."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     root: str | None = None  # directory holding test_32x32.mat (default: the svhn data dirs)
     subset: int | None = Field(None, ge=1)  # a seeded choice of this many images; None: all
@@ -71,7 +72,7 @@ class SvhnSettings(BaseModel):
 class CorruptionSettings(BaseModel):
     """A corrupted test set (CIFAR-10-C, CIFAR-100-C or ImageNet-C)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     root: str | None = None
     corruptions: tuple[str, ...] | None = None  # None: every corruption present under root
@@ -87,7 +88,7 @@ class CorruptionSettings(BaseModel):
             raise ValueError("list no corruptions as null (all present), not as an empty list")
         for name in names:
             if not name or "/" in name or name.startswith(".") or name.endswith(".npy"):
-                raise ValueError(f"{name!r} is not a corruption name such as 'gaussian_noise'")
+                raise ValueError(f"{shown(name)} is not a corruption name such as 'gaussian_noise'")
         if len(set(names)) != len(names):
             raise ValueError(f"corruptions {list(names)} lists a name twice")
         return names
@@ -108,7 +109,7 @@ class CorruptionSettings(BaseModel):
 class OodSettings(BaseModel):
     """The ``ood`` section: which OOD / corruption sets to evaluate the final model on."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     svhn: SvhnSettings | None = None
     cifar10_c: CorruptionSettings | None = None
@@ -221,7 +222,7 @@ def _check_cifar_c(split: str, cfg: CorruptionSettings, info: DatasetInfo) -> No
             f"{directory / LABELS_FILE}: need integer labels [5k] (severities 1..5 stacked), got "
             f"{labels_dtype} {labels_shape}; re-fetch the file"
         )
-    labels = np.load(directory / LABELS_FILE)
+    labels = np.load(directory / LABELS_FILE, allow_pickle=False)
     if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):
         raise DataError(
             f"{directory / LABELS_FILE}: labels outside 0..{info.num_classes - 1}; re-fetch it"
@@ -278,7 +279,7 @@ def static_dataset_info(name: str, root: str | None = None, image_size: int = 22
     if name in _SPECS:
         return _SPECS[name].info
     if name != "imagefolder":
-        raise DataError(f"unknown dataset {name!r}")
+        raise DataError(f"unknown dataset {shown(name)}")
     train = _locate("imagefolder", root, ("",), "train") / "train"
     classes = _class_folders(train)
     return DatasetInfo(name, len(classes), 3, image_size, _IMAGENET_MEAN, _IMAGENET_STD)
@@ -407,7 +408,7 @@ def _evaluate_cifar_c(
 ) -> OodResult:
     _check_cifar_c(split, cfg, info)
     directory, names = _cifar_c_files(split, cfg)
-    all_labels = np.load(directory / LABELS_FILE).astype(np.int64)
+    all_labels = np.load(directory / LABELS_FILE, allow_pickle=False).astype(np.int64)
     per_severity = len(all_labels) // 5
     chosen = _test_indices(
         per_severity, seed=SUBSET_SEED, test_subset=cfg.subset_per_severity
@@ -416,7 +417,9 @@ def _evaluate_cifar_c(
     labels = torch.from_numpy(all_labels[rows]).to(trainer.device)
     logits = []
     for name in names:
-        images = np.load(directory / f"{name}.npy", mmap_mode="r")[rows]  # [M, 32, 32, 3]
+        images = np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)[
+            rows
+        ]  # [M, 32, 32, 3]
         x = torch.from_numpy(np.ascontiguousarray(images)).to(trainer.device)
         logits.append(_logits(trainer, info, _tensor_batches(x.permute(0, 3, 1, 2), EVAL_BATCH)))
     groups = [(n, s, len(chosen)) for n in names for s in cfg.severities]

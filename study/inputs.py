@@ -1,0 +1,99 @@
+"""What the driver checks before it writes anything or starts Ray.
+
+Each check raises ``InputError`` with one line (what, where, how to fix); the CLI prints it and
+exits with code 2. Values a user typed are echoed cut to a readable length, and never a password.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from search_spaces.schema import Space
+from trainables.config import TrainConfig
+from trainables.messages import shown
+
+CREDENTIAL_HINTS = {
+    "--tracking-uri": "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+    "--storage": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the machine's IAM role)",
+    "--address": "RAY_AUTH_TOKEN (Ray's token authentication)",
+}
+
+
+class InputError(ValueError):
+    """Bad input found before any work: one line."""
+
+
+def check_no_credentials(uri: str | None, option: str) -> None:
+    """Refuse a URI with user info (``scheme://user:password@host``): credentials in a URI end
+    up in messages, files and Tune's saved state; they belong in environment variables."""
+    if not uri:
+        return
+    scheme, _, rest = uri.partition("://") if "://" in uri else ("", "", uri)
+    rest = rest.split("?", 1)[0].split("#", 1)[0]
+    # A secret may hold '/' (AWS keys do), so any '@' before the path's end counts, unless the
+    # URI has no authority at all (sqlite:////abs/path).
+    if rest.startswith("/") or "@" not in rest:
+        return
+    host = rest.rsplit("@", 1)[1].split("/", 1)[0]
+    redacted = f"{scheme}://***@{host}" if scheme else f"***@{host}"
+    raise InputError(
+        f"{option} {redacted} holds credentials: remove them from the URI and set "
+        f"{CREDENTIAL_HINTS[option]} instead"
+    )
+
+
+def check_storage(storage: str | None) -> None:
+    """A local ``--storage`` must be a directory this user can write, or creatable in one; an
+    object-store URI must carry no credentials."""
+    if storage and "://" in storage:
+        check_no_credentials(storage, "--storage")
+        state = Path(os.environ.get("SHARPCAL_STATE", "~/sharpcal-state")).expanduser()
+        _check_writable_dir(state, "SHARPCAL_STATE (where S3 studies keep their metadata)")
+        return
+    _check_writable_dir(Path(storage or "studies").expanduser(), "--storage")
+
+
+def _check_writable_dir(path: Path, what: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {shown(str(path))} is a file, not a directory; pass a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(
+            f"{what} {shown(str(path))}: {existing} is not a directory this user can write; "
+            "pass a writable directory"
+        )
+
+
+def reachable_configs(space: Space) -> list[TrainConfig]:
+    """The fixed settings, each point, and each value of a searched dataset, data root or device:
+    every combination of the settings that say where a trial reads and runs."""
+    configs = [space.train_config()] + [space.train_config(p) for p in space.points]
+    for key in ("dataset", "data_root", "device", "download"):
+        dist = space.search.get(key)
+        if dist is not None and dist.categorical is not None:
+            configs += [space.train_config({key: value}) for value in dist.categorical]
+    return configs
+
+
+def check_runs_here(space: Space) -> None:
+    """For a study on this machine's local Ray: every device exists and every dataset's files
+    are found (or will be downloaded), before Ray starts."""
+    from trainables.config import ConfigError
+    from trainables.data import DataError, check_data_available
+    from trainables.loop import resolve_device
+
+    seen: set[tuple[Any, ...]] = set()
+    for cfg in reachable_configs(space):
+        key = (cfg.device, cfg.dataset, cfg.data_root, cfg.download)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            resolve_device(cfg.device)
+            check_data_available(cfg.dataset, cfg.data_root, cfg.download)
+        except (ConfigError, DataError) as err:
+            raise InputError(str(err)) from None

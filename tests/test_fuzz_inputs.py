@@ -1,0 +1,135 @@
+"""A property-based fuzz of the input surface of `study run` (hypothesis): generated space
+documents, ``--set`` values and study names go through the same checks `study run` makes before
+it writes anything (``--dry-run``: no Ray, nothing written). Each case must be accepted, or
+refused with exit code 2 and one line; never a traceback, never a file written anywhere."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from search_spaces.schema import Space
+from study.cli import main
+from trainables.config import TrainConfig
+
+BASE = {"dataset": "digits", "train_subset": None, "model": "cnn", "device": "cpu", "epochs": 1}
+KEYS = [*TrainConfig.model_fields, "bogus", "", "name", "ood"]
+WORDS = ["cpu", "cuda", "xpu", "auto", "sgd", "sam", "csam", "asam", "ce", "focal", "digits",
+         "cifar10", "imagefolder", "../x", "/etc", "a\x00b", "é", "*alias", "1e15", ".inf", "~"]  # fmt: skip
+EXAMPLES = 260  # per test; two tests: over 500 cases
+CASES = {"accepted": 0, "refused": 0}
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.sampled_from(WORDS),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+settings_dicts = st.dictionaries(st.sampled_from(KEYS), values, max_size=4)
+distributions = st.fixed_dictionaries(
+    {},
+    optional={
+        kind: st.one_of(st.lists(scalars, max_size=3), scalars)
+        for kind in ("loguniform", "uniform", "int", "categorical", "step", "when")
+    },
+)
+spaces = st.fixed_dictionaries(
+    {"fixed": settings_dicts},
+    optional={
+        "name": scalars,
+        "search": st.dictionaries(st.sampled_from(KEYS), distributions, max_size=3),
+        "points": st.lists(settings_dicts, max_size=3),
+        **{key: values for key in Space.model_fields if key not in ("name", "fixed", "search")},
+        "bogus": values,
+    },
+)
+VALID_SETS = ["lr=0.1", "epochs=2", "method=sgd", "method=csam", "gamma=0.5", "rho=0.2",
+              "loss=focal", "seed=3", "batch_size=32", "samples=3", "concurrency=1", "repeats=2"]  # fmt: skip
+set_items = st.one_of(
+    st.sampled_from(VALID_SETS),
+    st.tuples(
+        st.one_of(st.sampled_from(KEYS), st.text(max_size=8)),
+        st.one_of(st.sampled_from(WORDS), st.text(max_size=20), st.integers().map(str)),
+    ).map(lambda kv: f"{kv[0]}={kv[1]}"),
+)
+names = st.one_of(
+    st.sampled_from(["ok", "run-2.b_c", "..", ".", "../up", "/abs", "a?b", "a b"]), st.text()
+)
+
+
+def dump(doc: dict[str, Any]) -> str:
+    """YAML of a generated document (floats as YAML floats, non-finite ones included)."""
+    doc = {**doc, "fixed": {**BASE, **doc["fixed"]}}
+    return yaml.safe_dump(doc, allow_unicode=True)
+
+
+def check_one(capsys, space_text: str | bytes, extra: list[str]) -> None:
+    """`study run SPACE --dry-run EXTRA` in a fresh sandbox: exit 0 or 2 (one line), no file."""
+    with tempfile.TemporaryDirectory() as outer:
+        sandbox = Path(outer) / "sandbox"
+        sandbox.mkdir()
+        path = sandbox / "space.yaml"
+        path.write_bytes(space_text if isinstance(space_text, bytes) else space_text.encode())
+        with contextlib.chdir(sandbox):
+            rc = main(["run", str(path), "--dry-run", "--storage", "studies", *extra])
+        out, err = capsys.readouterr()
+        assert rc in (0, 2), (rc, out, err)
+        if rc == 2:
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and len(lines[0]) < 600, err[:2000]
+            CASES["refused"] += 1
+        else:
+            assert "dry run" in out and not err.strip(), (out, err)
+            CASES["accepted"] += 1
+        assert [p.name for p in Path(outer).rglob("*")] == ["sandbox", "space.yaml"]
+    assert not ray.is_initialized()
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(doc=spaces, raw=st.one_of(st.none(), st.binary(max_size=64)))
+def test_generated_space_files_are_accepted_or_refused_in_one_line(capsys, doc, raw):
+    check_one(capsys, raw if raw is not None else dump(doc), [])
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(sets=st.lists(set_items, max_size=3), name=st.one_of(st.none(), names))
+def test_generated_sets_and_names_are_accepted_or_refused_in_one_line(capsys, sets, name):
+    extra = [f"--name={name}"] if name is not None else []
+    for item in sets:
+        extra += ["--set", item]
+    check_one(capsys, dump({"fixed": {}, "search": {"lr": {"loguniform": [0.01, 0.1]}}}), extra)
+
+
+def test_the_fuzz_ran_over_500_cases_and_both_outcomes():
+    total = CASES["accepted"] + CASES["refused"]
+    if total == 0:
+        pytest.skip("run with the two fuzz tests above (it counts their cases)")
+    assert total >= 500, CASES
+    assert CASES["accepted"] > 0 and CASES["refused"] > 0
