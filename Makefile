@@ -3,18 +3,22 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
+# The exact versions the tests passed with; `make ... CONSTRAINTS=` installs the newest allowed.
+CONSTRAINTS ?= constraints.txt
+PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: demo test venv test-deps data toolchain lint bench clean gpu-bundle gpu-rehearsal
+.PHONY: demo test test-fast venv test-deps data toolchain lint bench clean gpu-bundle gpu-rehearsal \
+	constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 venv: $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q $(PIN) -e '.[tools]'
 
 test-deps: $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q $(PIN) -e '.[test,tools]'
 
 # Fashion-MNIST: Debian's package where apt is at hand, else torchvision's download.
 data: venv
@@ -38,6 +42,11 @@ demo: venv data
 
 test: test-deps data toolchain
 	$(BIN)/python -m pytest -q -m "not gpu" --timeout 900
+
+# After an upgrade that passed `make test CONSTRAINTS=`: pin what it passed with.
+constraints: venv
+	{ sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^#'; } > constraints.new
+	mv constraints.new constraints.txt
 
 # The GPU check on a bare GPU image (bench/gpu_check.sh): wheels of what the image lacks, pinned to
 # this venv's versions, for GPU_PYTHON (3.12, the lent machine's; e.g. 3.11 for a rehearsal here).

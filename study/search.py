@@ -1,19 +1,20 @@
-"""Optuna behind Ray Tune: the define-by-run space, the sampler, and how finished trials are told.
+"""Optuna behind Ray Tune: the define-by-run space, the sampler, and how trials are asked and told.
 
-Ray's ``OptunaSearch`` tells every trial that ends with a result as COMPLETE. sharpcal tells
-trials stopped early by ASHA as PRUNED (their partial values would mislead the sampler), records
-each trial's status and test metrics as Optuna user attributes, and on restore fails the Optuna
-trials that a killed driver asked for but never handed to Tune.
+``StudySearch`` is a Tune ``Searcher`` written on Optuna's public ask-and-tell API (not on Ray's
+``OptunaSearch``, whose private state it would have to reach into): trials stopped early by ASHA
+are told PRUNED, each trial records its status and test metrics as Optuna user attributes, and
+everything the searcher knows lives in the Optuna database, so a resumed study needs nothing else.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
 from search_spaces.schema import Space
 
@@ -24,6 +25,7 @@ TRIAL_ID_ATTR = "tune_trial_id"
 # Settings a trial takes besides its Optuna params: a point's settings and a repeat's seed.
 SETTINGS_ATTR = "settings"
 REPEAT_OF_ATTR = "repeat_of"  # the Optuna trial number whose configuration this one repeats
+POINT_ATTR = "point"  # the index in the space's ``points`` of the configuration a trial runs
 RECORDED_PREFIXES = ("test_", "val_", "ood_", "cifar10_c_", "cifar100_c_", "imagenet_c_")
 RECORDED_KEYS = ("temperature", "epoch", "train_loss")
 
@@ -59,9 +61,9 @@ def configuration_key(trial: optuna.trial.FrozenTrial) -> tuple[tuple[str, str],
     return tuple(sorted((k, repr(v)) for k, v in trial_settings(trial).items() if k != "seed"))
 
 
-def build_sampler(space: Space) -> optuna.samplers.BaseSampler:
-    """The seeded Optuna sampler named by the space."""
-    seed = space.seed
+def build_sampler(space: Space, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler named by the space, seeded with its seed plus ``offset``."""
+    seed = None if space.seed is None else space.seed + offset
     if space.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
     if space.sampler == "nsga2":
@@ -85,82 +87,157 @@ def trial_status(result: dict[str, Any] | None, error: bool) -> str:
     return "completed"
 
 
-class StudySearch(OptunaSearch):
-    """``OptunaSearch`` that tells ASHA-stopped trials as PRUNED and records status and metrics,
-    runs the space's ``points`` first and repeats every configuration with ``repeats`` seeds.
+class StudySearch(Searcher):
+    """A Tune searcher over Optuna's public ask-and-tell API, the Optuna study being the single
+    source of truth: which Tune trial is which Optuna trial (a user attribute), which ``points``
+    and seed ``repeats`` are still to run, what has been told. Nothing of it lives in this object,
+    so a driver killed at any moment resumes from the database alone, whatever Tune's own saved
+    state holds.
 
-    Points and repeats are enqueued in Optuna (params plus a ``settings`` user attribute) just
-    before they are asked for, so each Tune trial stays one Optuna trial. The queues live in this
-    object, which Tune saves with its experiment state: a resumed study goes on where it was."""
+    Trials stopped early by ASHA are told PRUNED (their partial values would mislead the
+    sampler), failed ones FAIL; every trial records its status and test metrics as user
+    attributes. Points run first, and each configuration is repeated with ``repeats`` seeds right
+    after it is asked for."""
 
-    def __init__(self, space: Space, **kwargs: Any) -> None:
-        super().__init__(space=SpaceSampler(space), **kwargs)
-        self._study_space = space
-        self._points_left: list[dict[str, Any]] = [dict(p) for p in space.points]
-        self._repeats_left: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    def __init__(self, space: Space, study_name: str, storage_url: str) -> None:
+        objective = space.objective
+        pareto = objective.type == "pareto"
+        metric: str | list[str] = list(objective.metrics) if pareto else "objective"
+        mode: str | list[str] = list(objective.modes) if pareto else "max"
+        super().__init__(metric=metric, mode=mode)
+        self._space = space
+        self._study_name = study_name
+        self._storage_url = storage_url
+        self._study: optuna.Study | None = None
+        self._storage: optuna.storages.BaseStorage | None = None
 
-    def _enqueue(self, settings: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-        params = {k: v for k, v in settings.items() if k in self._study_space.search}
-        attrs = {SETTINGS_ATTR: settings, **(extra or {})}
-        self._ot_study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_study=None, _storage=None)  # reopened from the URL where unpickled
+        return state
+
+    @property
+    def study(self) -> optuna.Study:
+        """The Optuna study, created on first use (or loaded: a resumed study)."""
+        if self._study is None:
+            self._storage = optuna.storages.RDBStorage(self._storage_url)
+            modes = self._mode if isinstance(self._mode, list) else [self._mode]
+            self._study = optuna.create_study(
+                storage=self._storage,
+                study_name=self._study_name,
+                sampler=build_sampler(self._space),
+                directions=["maximize" if m == "max" else "minimize" for m in modes],
+                load_if_exists=True,
+            )
+            done = len(self._study.get_trials(deepcopy=False))
+            if done:  # resumed: seeded past what it drew, so it does not draw that again
+                self._study.sampler = build_sampler(self._space, offset=done)
+        return self._study
+
+    def _trials(self) -> list[optuna.trial.FrozenTrial]:
+        return self.study.get_trials(deepcopy=False)
+
+    def _set_attr(self, number: int, key: str, value: Any) -> None:
+        assert self._storage is not None
+        study_id = self._storage.get_study_id_from_name(self._study_name)
+        trial_id = self._storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        self._storage.set_trial_user_attr(trial_id, key, value)
+
+    def _enqueue_next(self, trials: list[optuna.trial.FrozenTrial]) -> None:
+        """Queue the next seed of a repeated configuration, else the next point, unless a
+        queued trial is already waiting."""
+        if any(t.state == TrialState.WAITING for t in trials):
+            return
+        repeat = _next_repeat(trials, self._space)
+        if repeat is not None:
+            settings, attrs = repeat
+        else:
+            asked = {t.user_attrs.get(POINT_ATTR) for t in trials}
+            left = [i for i in range(len(self._space.points)) if i not in asked]
+            if not left:
+                return
+            settings, attrs = dict(self._space.points[left[0]]), {POINT_ATTR: left[0]}
+        params = {k: v for k, v in settings.items() if k in self._space.search}
+        self.study.enqueue_trial(
+            params, user_attrs={SETTINGS_ATTR: settings, **attrs}, skip_if_exists=False
+        )
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if trial_id not in self._ot_trials:
-            if self._repeats_left:
-                self._enqueue(*self._repeats_left.pop(0))
-            elif self._points_left:
-                self._enqueue(self._points_left.pop(0))
-        config = super().suggest(trial_id)
-        ot_trial = self._ot_trials[trial_id]
-        repeats = self._study_space.repeats
-        if repeats > 1 and REPEAT_OF_ATTR not in ot_trial.user_attrs:
-            settings = {**(ot_trial.user_attrs.get(SETTINGS_ATTR) or {}), **ot_trial.params}
-            base_seed = int(config.get("seed", self._study_space.train_config().seed))
-            for k in range(1, repeats):
-                seeded = {**settings, "seed": base_seed + k}
-                self._repeats_left.append((seeded, {REPEAT_OF_ATTR: ot_trial.number}))
-        return config
+        self._enqueue_next(self._trials())
+        trial = self.study.ask()
+        trial.set_user_attr(TRIAL_ID_ATTR, trial_id)
+        constants = SpaceSampler(self._space)(trial)
+        return {**constants, **trial.params}
+
+    def _find(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
+        for trial in reversed(self._trials()):
+            if trial.user_attrs.get(TRIAL_ID_ATTR) == trial_id:
+                return trial
+        return None
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result, error)
-        ot_trial = self._ot_trials[trial_id]
+        trial = self._find(trial_id)
+        if trial is None or trial.state.is_finished():  # told before a driver crash
+            return
         status = trial_status(result, error)
-        try:
-            ot_trial.set_user_attr(STATUS_ATTR, status)
-        except optuna.exceptions.UpdateFinishedTrialError:  # told before a driver crash
-            self._completed_trials.add(trial_id)
-            return None
-        ot_trial.set_user_attr(TRIAL_ID_ATTR, trial_id)
+        self._set_attr(trial.number, STATUS_ATTR, status)
         for key, value in (result or {}).items():
             recorded = key.startswith(RECORDED_PREFIXES) or key in RECORDED_KEYS
             if recorded and isinstance(value, (int, float)):
-                ot_trial.set_user_attr(key, float(value))
+                self._set_attr(trial.number, key, float(value))
+        values = _objective_values(result, self._metric)
         if status == "pruned":
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
-            return None
-        return super().on_trial_complete(trial_id, result, error)
+            self.study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
+        elif status == "failed" or values is None:
+            self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        else:
+            self.study.tell(trial.number, values, skip_if_finished=True)
+
+    def save(self, checkpoint_path: str) -> None:
+        # Tune wants a file; the state is the Optuna study, so it only names it.
+        with open(checkpoint_path, "w") as file:
+            json.dump({"optuna_study": self._study_name}, file)
 
     def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        # The driver may have died after telling Optuna a trial's result but before Tune saved
-        # that: such a trial is done, and Tune's second report of it must not be told again.
-        finished = {
-            t.number for t in self._ot_study.get_trials(deepcopy=False) if t.state.is_finished()
-        }
-        for trial_id, ot_trial in self._ot_trials.items():
-            if ot_trial.number in finished:
-                self._completed_trials.add(trial_id)
-        known = {t.number for t in self._ot_trials.values()}
-        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.number not in known:
-                log.warning(
-                    "failing Optuna trial %d: asked before a crash, never run", trial.number
-                )
-                self._ot_study.tell(trial.number, state=TrialState.FAIL)
+        self._study = None  # everything else comes back from the Optuna storage
+
+
+def _objective_values(
+    result: dict[str, Any] | None, metric: str | list[str] | None
+) -> list[float] | None:
+    """The result's objective value(s) in the study's order, or None where one is missing."""
+    names = metric if isinstance(metric, list) else [metric]
+    values = [(result or {}).get(name) for name in names]
+    if any(not isinstance(v, (int, float)) for v in values):
+        return None
+    return [float(v) for v in values]
+
+
+def _next_repeat(
+    trials: list[optuna.trial.FrozenTrial], space: Space
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The first seed still to run of a repeated configuration, oldest configuration first:
+    its settings and user attributes, or None."""
+    if space.repeats < 2:
+        return None
+    seeds_run: dict[int, set[int]] = {}
+    for trial in trials:
+        base = trial.user_attrs.get(REPEAT_OF_ATTR)
+        if base is not None:
+            seeds_run.setdefault(base, set()).add(int(trial_settings(trial)["seed"]))
+    default_seed = space.train_config().seed  # the fixed section's, or the settings' default
+    for trial in trials:
+        if REPEAT_OF_ATTR in trial.user_attrs:
+            continue
+        settings = trial_settings(trial)
+        base_seed = int(settings.get("seed", default_seed))
+        for k in range(1, space.repeats):
+            if base_seed + k not in seeds_run.get(trial.number, set()):
+                seeded = {**settings, "seed": base_seed + k}
+                return seeded, {REPEAT_OF_ATTR: trial.number}
+    return None
 
 
 def fail_orphans(study: optuna.Study) -> list[int]:
@@ -176,14 +253,4 @@ def fail_orphans(study: optuna.Study) -> list[int]:
 
 def build_search(space: Space, study_name: str, storage_url: str) -> StudySearch:
     """The searcher of a study, its Optuna study persisted in ``storage_url``."""
-    objective = space.objective
-    metric: str | list[str] = objective.metrics if objective.type == "pareto" else "objective"
-    mode: str | list[str] = objective.modes if objective.type == "pareto" else "max"
-    return StudySearch(
-        space,
-        metric=metric,
-        mode=mode,
-        sampler=build_sampler(space),
-        study_name=study_name,
-        storage=optuna.storages.RDBStorage(storage_url),
-    )
+    return StudySearch(space, study_name, storage_url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from study.settings import parse_set
+from tests.conftest import FAST_TIER_ENV
 from trainables.config import ConfigError
 
 DIGITS = ["--set", "dataset=digits", "--set", "train_subset=null", "--set", "device=cpu"]
@@ -18,6 +20,8 @@ def run_study(
     *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``study ARGS`` in a subprocess (in ``cwd``, with ``env``), its output captured."""
+    if os.environ.get(FAST_TIER_ENV):
+        pytest.fail("this test runs `study` in a subprocess: mark it slow")
     return subprocess.run(
         [sys.executable, "-m", "study", *args],
         capture_output=True,
@@ -28,6 +32,7 @@ def run_study(
     )
 
 
+@pytest.mark.slow  # a `study` subprocess
 def test_study_train_prints_epoch_table_and_test_line(tmp_path):
     proc = run_study("train", *DIGITS, "--set", "epochs=2", "--set", "method=csam", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -49,6 +54,7 @@ def test_study_train_prints_epoch_table_and_test_line(tmp_path):
         assert f" {word} " in test_line
 
 
+@pytest.mark.slow  # a `study` subprocess
 def test_study_train_takes_fixed_settings_from_a_space_file(tmp_path):
     space = tmp_path / "tiny.yaml"
     space.write_text(
@@ -59,6 +65,7 @@ def test_study_train_takes_fixed_settings_from_a_space_file(tmp_path):
     assert "sgd on digits" in proc.stdout and "1 epochs" in proc.stdout
 
 
+@pytest.mark.slow  # a `study` subprocess
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -22,6 +22,8 @@ from trainables.config import parse_config
 from trainables.distributed import distribute
 from trainables.loop import Trainer
 
+pytestmark = pytest.mark.slow  # Ray Train workers
+
 GLOBAL_BATCH = 64
 SETTINGS: dict[str, Any] = {**DIGITS_FAST, "method": "sam", "rho": 0.5, "lr": 0.1}
 

@@ -104,6 +104,7 @@ def test_rewriting_an_epoch_replaces_rows_instead_of_duplicating(tmp_path):
     assert open_evidence(root).count_rows() == 200
 
 
+@pytest.mark.slow  # a writer process, killed
 def test_a_writer_killed_mid_write_leaves_no_partial_rows(tmp_path):
     root = tmp_path / "ev"
     logits, labels = _logits()

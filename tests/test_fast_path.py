@@ -146,6 +146,7 @@ def test_plain_curves_tell_the_methods_apart(plain_curves):
     assert sam[-1] < 0.25 * sam[0]  # the task is learnt: CSAM's p > 1/2 branch is exercised
 
 
+@pytest.mark.slow  # torch.compile
 @needs_compiler
 @pytest.mark.parametrize("method", ["sgd", "sam", "csam"])
 def test_compiled_channels_last_path_matches_plain_path(method, plain_curves):

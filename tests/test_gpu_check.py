@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 GPU_CHECK = ROOT / "bench" / "gpu_check.sh"
 
@@ -27,6 +29,7 @@ def test_the_gpu_check_runs_the_gpu_tests_and_three_benchmarks():
     assert "test_fast_path.py" in names and "test_calibration.py" in names
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_what_the_gpu_check_imports_needs_no_ray_optuna_or_mlflow():
     code = f"""
 import importlib.util, sys

@@ -54,6 +54,7 @@ def space(tmp_path: Path) -> Path:
 # -- data files never run code ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # a `study` subprocess
 def test_a_crafted_cifar_batch_is_refused_by_study_train_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     root = write_crafted_cifar10(tmp_path / "data", marker)

@@ -74,6 +74,7 @@ def test_regime_map_trains_sgd_sam_and_csam_in_every_budget_with_three_seeds():
     assert space.repeats == 3
 
 
+@pytest.mark.slow  # a `study` subprocess
 def test_study_spaces_lists_each_space_on_one_line():
     proc = run_study("spaces")
     assert proc.returncode == 0, proc.stderr
@@ -122,6 +123,7 @@ def test_broken_copies_are_rejected_with_file_key_and_reason(case):
     assert "\n" not in message
 
 
+@pytest.mark.slow  # a `study` subprocess
 @pytest.mark.parametrize("case", ["wrong type", "negative rho", "unknown model"])
 def test_cli_rejects_broken_files_with_exit_2_before_ray_starts(tmp_path, case):
     mutate, expected = BROKEN[case]
@@ -157,6 +159,7 @@ def test_set_overrides_move_a_searched_key_to_fixed():
     assert space.fixed["method"] == "sam" and "method" not in space.search
 
 
+@pytest.mark.slow  # a `study` subprocess
 def test_validate_accepts_a_users_file(tmp_path: Path):
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(_default(), sort_keys=False))

@@ -207,28 +207,27 @@ def _tune_state_files(tune_uri: str) -> dict[str, bytes]:
 
 
 def tune_state_settled(tune_uri: str, trial_id: str, period_s: float = 3.0) -> bool:
-    """Whether the Tune state in storage records ``trial_id`` in both its trial list and its
-    searcher, and the searcher's and generator's state stayed the same over ``period_s`` (longer
-    than Tune's snapshot period). Killed after that, the driver leaves a consistent state to
-    resume from: Tune uploads its state files one by one, so a kill during an upload that changes
-    them can leave a trial list and a searcher that disagree (a known Ray limitation)."""
+    """Whether the Tune state in storage records ``trial_id`` in its trial list, and the search
+    generator's state (how many trials Tune has asked for) stayed the same over ``period_s``
+    (longer than Tune's snapshot period). Killed after that, the driver leaves a consistent state
+    to resume from: Tune uploads its state files one by one, so a kill during an upload that
+    changes them can leave a trial list and a trial count that disagree (a known Ray limitation;
+    the searcher's own state is the Optuna database, see study/search.py)."""
 
-    def searcher_state() -> dict[str, bytes] | None:
+    def generator_state() -> dict[str, bytes] | None:
         files = _tune_state_files(tune_uri)
         names = {
             prefix: [n for n in files if n.startswith(prefix)] for prefix in TUNE_STATE_PREFIXES
         }
         if not all(names.values()):
             return None
-        trials = files[max(names["experiment_state-"])]
-        searcher = files[max(names["searcher-state-"])]
-        if trial_id.encode() not in trials or trial_id.encode() not in searcher:
+        if trial_id.encode() not in files[max(names["experiment_state-"])]:
             return None
         return {n: b for n, b in files.items() if not n.startswith("experiment_state-")}
 
-    before = searcher_state()
+    before = generator_state()
     time.sleep(period_s)
-    return before is not None and before == searcher_state()
+    return before is not None and before == generator_state()
 
 
 def run_and_kill_while_held(
