@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from search_spaces.schema import check_space
-from study.runner import build_tuner, init_ray, prepare_study, study_paths
+from study.runner import build_tuner, init_ray, prepare_study
+from trainables.layout import study_paths
 from trainables.loop import Trainer
 
 FIXED = dict(

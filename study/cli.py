@@ -189,7 +189,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(
         f"test: accuracy {f['test_accuracy']:.4f}  ece {f['test_ece']:.4f}  "
-        f"adaptive_ece {f['test_adaece']:.4f}  smece {f['test_smece']:.4f}  "
+        f"adaece {f['test_adaece']:.4f}  smece {f['test_smece']:.4f}  "
         f"overconfidence {f['test_overconfidence']:+.4f}  nll {f['test_nll']:.4f}  "
         f"brier {f['test_brier']:.4f}  ece_ts {f['test_ece_ts']:.4f} (T={f['temperature']:.3f})"
         f"  [{result.seconds:.0f}s]"
@@ -201,7 +201,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _existing_study(args: argparse.Namespace) -> tuple[Any, Any]:
     """The paths and resolved space of the study ``args.name`` (a missing one: exit 2)."""
     from study.inputs import InputError, check_no_credentials
-    from study.runner import load_study_space, study_paths
+    from study.runner import load_study_space
+    from trainables.layout import study_paths
 
     try:
         check_no_credentials(args.storage, "--storage")
@@ -289,7 +290,7 @@ def check_study_inputs(space: Any, name: str, args: argparse.Namespace) -> Any:
     storage, the URIs (no credentials in them), the OOD files and, for a study on this machine,
     every device and dataset. Returns the study's paths; ``UsageError`` on the first problem."""
     from study.inputs import InputError, check_no_credentials, check_runs_here, check_storage
-    from study.runner import study_paths
+    from trainables.layout import study_paths
     from trainables.ood import check_ood_config
 
     try:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-LOCK_FILE = "driver.lock"
+from trainables.layout import LOCK_FILE
 
 
 class StudyLocked(RuntimeError):

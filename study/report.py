@@ -58,7 +58,6 @@ from study.compare import (  # noqa: E402
 )
 from study.front import best_trials, load_optuna_study  # noqa: E402
 from study.regimes import MAP_METRICS, draw_regime_map, regime_text, regimes  # noqa: E402
-from study.runner import StudyPaths  # noqa: E402
 from study.search import (  # noqa: E402
     STATUS_ATTR,
     TRIAL_ID_ATTR,
@@ -69,6 +68,7 @@ from trainables import calibration  # noqa: E402
 from trainables.atomic import replace_directory  # noqa: E402
 from trainables.config import TrainConfig  # noqa: E402
 from trainables.evidence import open_evidence  # noqa: E402
+from trainables.layout import StudyPaths  # noqa: E402
 from trainables.plots import reliability_axes  # noqa: E402
 
 REPORT_FILE = "report.md"
@@ -82,7 +82,7 @@ SENSITIVITY_PARAMS = ("rho", "gamma")
 LOGGED = {
     "accuracy": "test_accuracy",
     "ece": "test_ece",
-    "adaptive_ece": "test_adaece",
+    "adaece": "test_adaece",
     "classwise_ece": "test_classwise_ece",
     "nll": "test_nll",
     "brier": "test_brier",
@@ -93,7 +93,7 @@ LOGGED = {
 METRIC_TITLES = {
     "accuracy": "test accuracy",
     "ece": "ECE",
-    "adaptive_ece": "adaptive ECE",
+    "adaece": "adaptive ECE",
     "classwise_ece": "classwise ECE",
     "nll": "NLL",
     "brier": "Brier",
@@ -220,13 +220,13 @@ def load_test_evidence(root_uri: str, trial_ids: Iterable[str]) -> dict[str, Tri
 
 
 def probs_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """accuracy, ece, adaptive_ece, classwise_ece, nll, brier, overconfidence and smece of
+    """accuracy, ece, adaece, classwise_ece, nll, brier, overconfidence and smece of
     probabilities."""
     logp = probs.clamp_min(TINY).log()  # softmax(log p) == p: log-probs are valid logits
     values = {
         "accuracy": calibration.accuracy(probs, labels),
         "ece": calibration.ece(probs, labels, N_BINS),
-        "adaptive_ece": calibration.adaptive_ece(probs, labels, N_BINS),
+        "adaece": calibration.adaptive_ece(probs, labels, N_BINS),
         "classwise_ece": calibration.classwise_ece(probs, labels, probs.shape[1], N_BINS),
         "nll": calibration.nll(logp, labels),
         "brier": calibration.brier(probs, labels),
@@ -873,12 +873,10 @@ def draw_sensitivity(view: StudyView, params: Sequence[str], path: Path) -> None
 
 def load_view(paths: StudyPaths, name: str, space: Space) -> StudyView:
     """The study, its ranked completed trials and their test evidence."""
-    from trainables.trainable import evidence_uri  # imports Ray: only when reporting
-
     study = load_optuna_study(name, paths.optuna_url)
     completed = ranked_completed(study, space)
     ids = [str(t.user_attrs.get(TRIAL_ID_ATTR, "")) for t in completed]
-    evidence = load_test_evidence(evidence_uri(paths.data_uri), ids)
+    evidence = load_test_evidence(paths.evidence, ids)
     return StudyView(name=name, space=space, study=study, completed=completed, evidence=evidence)
 
 

@@ -1,30 +1,18 @@
-"""Build, run and resume a study: a Ray Tune ``Tuner`` searching with Optuna.
-
-A study directory holds everything a study wrote::
-
-    <storage>/<name>/space.yaml   the resolved space (what `study resume` reruns)
-    <storage>/<name>/optuna.db    the Optuna study (optuna-dashboard sqlite:///.../optuna.db)
-    <storage>/<name>/tune/        Ray Tune's experiment state, trial results and checkpoints
-    <storage>/<name>/mlflow.json  where the study is tracked (tracking URI, experiment, parent run)
-    <storage>/<name>/evidence/    per-sample Parquet evidence (see trainables/evidence.py)
-    <storage>/<name>/trials/<id>/ per-trial figures (reliability.png)
-"""
+"""Build, run and resume a study: a Ray Tune ``Tuner`` searching with Optuna. Where a study
+keeps its files is ``trainables.layout``."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from search_spaces import SpaceError
-from search_spaces.names import check_study_name
 from search_spaces.schema import Space, check_space
-from study.lock import LOCK_FILE
 from trainables.atomic import atomic_write_text
+from trainables.layout import LOCK_FILE, TUNE_DIR, StudyPaths, join
 
 # The experiment state is what `study resume` continues from: write it often (it is small).
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -32,85 +20,11 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 # Each epoch's checkpoint forces a (small) state snapshot on purpose; Tune warns about that.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-TUNE_DIR = "tune"
-SPACE_FILE = "space.yaml"
-OPTUNA_FILE = "optuna.db"
-TRACKING_FILE = "mlflow.json"
 DRIVER_MEMORY = 256 * 1024**2  # what a multi-worker trial's own process reserves
 
 
 class StudyExists(ValueError):
     """`study run` on a name that already has a study."""
-
-
-@dataclass(frozen=True)
-class StudyPaths:
-    """Where a study keeps its files: metadata in a local directory (``root``: the space, the
-    Optuna database, the tracking info, the report) and its data (Tune state and checkpoints,
-    evidence, trial figures) under ``data_uri`` — the same directory, or an ``s3://`` prefix."""
-
-    root: Path
-    data_uri: str
-
-    @property
-    def space(self) -> Path:
-        return self.root / SPACE_FILE
-
-    @property
-    def optuna_db(self) -> Path:
-        return self.root / OPTUNA_FILE
-
-    @property
-    def optuna_url(self) -> str:
-        return f"sqlite:///{self.optuna_db}"
-
-    @property
-    def tune(self) -> str:
-        return f"{self.data_uri}/{TUNE_DIR}"
-
-    @property
-    def evidence(self) -> str:
-        return f"{self.data_uri}/evidence"
-
-    @property
-    def tracking(self) -> Path:
-        return self.root / TRACKING_FILE
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
-
-    @property
-    def remote(self) -> bool:
-        """Whether the data lives in object storage rather than in ``root``."""
-        return "://" in self.data_uri
-
-    def tune_storage(self) -> tuple[str, Any]:
-        """Tune's ``storage_path`` and ``storage_filesystem`` for the study's data."""
-        if not self.remote:
-            return self.data_uri, None
-        import pyarrow.fs as pafs
-
-        fs, path = pafs.FileSystem.from_uri(self.data_uri)
-        return path, fs
-
-
-def study_paths(name: str, storage: str | None) -> StudyPaths:
-    """``<storage>/<name>``, storage defaulting to ``./studies`` (made absolute: trials chdir);
-    ``name`` must be a plain name (``SpaceError`` otherwise), so it never leaves the storage.
-
-    With an object-store URI (``s3://bucket/prefix``) the data goes to ``<uri>/<name>`` and the
-    metadata stays on the driver's machine (the Optuna database is SQLite) in
-    ``$SHARPCAL_STATE/studies/<name>``, ``SHARPCAL_STATE`` defaulting to ``~/sharpcal-state``: a
-    fixed place, since a Ray job's working directory is temporary."""
-    check_study_name(name)
-    if storage and "://" in storage:
-        state = Path(os.environ.get("SHARPCAL_STATE", "~/sharpcal-state")).expanduser()
-        root = state.resolve() / "studies" / name
-        return StudyPaths(root, f"{storage.rstrip('/')}/{name}")
-    base = Path(storage) if storage else Path("studies")
-    root = base.expanduser().resolve() / name
-    return StudyPaths(root, str(root))
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -251,7 +165,7 @@ def check_resumable(paths: StudyPaths, name: str) -> None:
     from ray import tune
 
     storage_path, storage_filesystem = paths.tune_storage()
-    tune_path = f"{storage_path}/{TUNE_DIR}"
+    tune_path = join(storage_path, TUNE_DIR)
     if not tune.Tuner.can_restore(tune_path, storage_filesystem=storage_filesystem):
         raise SpaceError(
             f"study {name!r} in {paths.root} has no Tune experiment state to resume from; "
@@ -267,7 +181,7 @@ def restore_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
     check_resumable(paths, name)
     storage_path, storage_filesystem = paths.tune_storage()
     return tune.Tuner.restore(
-        f"{storage_path}/{TUNE_DIR}",
+        join(storage_path, TUNE_DIR),
         storage_filesystem=storage_filesystem,
         trainable=_trainable(space, name, paths),
         resume_unfinished=True,

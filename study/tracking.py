@@ -18,7 +18,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from trainables.evidence import resolve_fs
+from trainables.layout import resolve_fs, trial_artifacts_uri, trial_evidence_uri
 
 # Fail fast on a dead server: a lost server costs a warning, not minutes of retries per call.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -280,15 +280,13 @@ class MlflowTrialCallback(Callback):
         )
 
     def _log_artifacts(self, run_id: str, trial_id: str) -> None:
-        from trainables.trainable import evidence_uri, trial_artifacts_uri
-
         with tempfile.TemporaryDirectory() as tmp:
             figures = Path(tmp, "figures")
             copy_to_local(trial_artifacts_uri(self.study_uri, trial_id), figures)
             if figures.exists():
                 self.client.log_artifacts(run_id, str(figures))
             rows = Path(tmp, "evidence")
-            copy_to_local(f"{evidence_uri(self.study_uri)}/trial_id={trial_id}", rows)
+            copy_to_local(trial_evidence_uri(self.study_uri, trial_id), rows)
             if rows.exists():
                 self.client.log_artifacts(run_id, str(rows), artifact_path="evidence")
 

@@ -370,7 +370,7 @@ def test_calibration_report():
     assert set(rep) == {
         "accuracy",
         "ece",
-        "adaptive_ece",
+        "adaece",
         "classwise_ece",
         "nll",
         "brier",
@@ -380,7 +380,7 @@ def test_calibration_report():
     assert all(isinstance(v, float) for v in rep.values())
     p = z.softmax(dim=1)
     assert rep["ece"] == pytest.approx(ece(p, labels, 10).item(), abs=1e-12)
-    assert rep["adaptive_ece"] == pytest.approx(adaptive_ece(p, labels, 10).item(), abs=1e-12)
+    assert rep["adaece"] == pytest.approx(adaptive_ece(p, labels, 10).item(), abs=1e-12)
     assert rep["classwise_ece"] == pytest.approx(classwise_ece(p, labels, 5, 10).item(), abs=1e-12)
     assert rep["nll"] == pytest.approx(nll(z, labels).item(), abs=1e-12)
     assert rep["brier"] == pytest.approx(brier(p, labels).item(), abs=1e-12)
@@ -530,7 +530,7 @@ def test_dtypes_and_device(device):
         outs = {
             "accuracy": accuracy(probs, labels),
             "ece": ece(probs, labels),
-            "adaptive_ece": adaptive_ece(probs, labels),
+            "adaece": adaptive_ece(probs, labels),
             "classwise_ece": classwise_ece(probs, labels, 6),
             "nll": nll(logits, labels),
             "brier": brier(probs, labels),

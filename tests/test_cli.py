@@ -44,7 +44,7 @@ def test_study_train_prints_epoch_table_and_test_line(tmp_path):
     for word in (
         "accuracy",
         "ece",
-        "adaptive_ece",
+        "adaece",
         "smece",
         "overconfidence",
         "nll",

@@ -23,8 +23,9 @@ from tests.test_study import (
     write_space,
 )
 from trainables.data import load_data
-from trainables.evidence import open_evidence, resolve_fs
+from trainables.evidence import open_evidence
 from trainables.hold import HOLD_ENV
+from trainables.layout import resolve_fs
 
 pytestmark = pytest.mark.slow
 

@@ -19,10 +19,10 @@ from optuna.trial import TrialState
 from search_spaces.schema import check_space
 from study.front import best_trials, load_optuna_study
 from study.report import StudyView, compute_importances, log_report, rank_score, write_report
-from study.runner import StudyPaths, load_study_space, load_tracking, study_paths
+from study.runner import load_study_space, load_tracking
 from trainables import calibration
 from trainables.evidence import evidence_table, write_evidence
-from trainables.trainable import evidence_uri
+from trainables.layout import StudyPaths, evidence_uri, study_paths
 
 NAME = "rep"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

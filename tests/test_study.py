@@ -20,8 +20,8 @@ import yaml
 from optuna.trial import TrialState
 
 from tests.test_cli import run_study
-from trainables.evidence import resolve_fs
 from trainables.hold import HELD_FILE, HOLD_ENV, RELEASE_FILE
+from trainables.layout import resolve_fs
 
 TUNE_STATE_PREFIXES = ("experiment_state-", "searcher-state-", "search_gen_state-")
 

@@ -594,7 +594,7 @@ def calibration_report(
 ) -> dict[str, float]:
     """All calibration metrics of ``softmax(logits)`` as Python floats.
 
-    Keys: ``accuracy``, ``ece``, ``adaptive_ece``, ``classwise_ece``, ``nll``, ``brier``,
+    Keys: ``accuracy``, ``ece``, ``adaece`` (adaptive ECE), ``classwise_ece``, ``nll``, ``brier``,
     ``overconfidence`` (mean confidence minus accuracy) and ``smece`` (smooth ECE); with
     ``temperature`` given, also ``ece_ts`` and ``nll_ts`` (the metrics of
     ``softmax(logits / temperature)``). Binned metrics use ``n_bins`` bins; equal-width bins are
@@ -621,7 +621,7 @@ def calibration_report(
         metrics = {
             "accuracy": accuracy(z, labels),
             "ece": ece(probs, labels, n_bins),
-            "adaptive_ece": adaptive_ece(probs, labels, n_bins),
+            "adaece": adaptive_ece(probs, labels, n_bins),
             "classwise_ece": classwise_ece(probs, labels, num_classes, n_bins),
             "nll": nll(z, labels),
             "brier": brier(probs, labels),

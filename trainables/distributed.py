@@ -210,7 +210,7 @@ def run_ddp_trial(
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from trainables.trainable import train_storage
+    from trainables.layout import train_storage
 
     storage_path, storage_filesystem = train_storage(ctx.study_uri)
     resources = {"CPU": cpu, **({"GPU": gpu} if gpu else {})}

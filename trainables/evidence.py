@@ -1,7 +1,8 @@
 """Per-sample evidence: one Parquet row per evaluated sample, so calibration can be re-analysed
 without retraining.
 
-Layout: a hive-partitioned dataset ``<study dir>/evidence/trial_id=<id>/split=<split>/`` of
+Layout (``trainables.layout``): a hive-partitioned dataset
+``<study data>/evidence/trial_id=<id>/split=<split>/`` of
 zstd-compressed files ``epoch-<NNNN>.parquet``. The partition keys live in the path, not in the
 files: read with ``open_evidence`` (or DuckDB's ``read_parquet(..., hive_partitioning=true,
 hive_types={'trial_id': VARCHAR, 'split': VARCHAR})``). Each file is written under a hidden name
@@ -22,9 +23,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
+
+from trainables.layout import partition_uri, resolve_fs
 
 SCHEMA_VERSION = "2"
 SCHEMA_KEY = b"sharpcal.evidence.schema_version"
@@ -50,13 +52,6 @@ FILE_SCHEMA = pa.schema(
     ],
     metadata={SCHEMA_KEY: SCHEMA_VERSION.encode()},
 )
-
-
-def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it, for a local path or a URI such as s3://."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), uri
 
 
 def evidence_table(
@@ -117,15 +112,10 @@ def evidence_table(
     return pa.table(columns, schema=FILE_SCHEMA)
 
 
-def partition_dir(root: str, trial_id: str, split: str) -> str:
-    """``<root>/trial_id=<id>/split=<split>``."""
-    return f"{root.rstrip('/')}/trial_id={trial_id}/split={split}"
-
-
 def write_evidence(table: pa.Table, root_uri: str, trial_id: str, split: str, epoch: int) -> str:
     """Write one split's rows atomically; returns the final path (inside its filesystem)."""
     fs, root = resolve_fs(root_uri)
-    directory = partition_dir(root, trial_id, split)
+    directory = partition_uri(root, trial_id, split)
     fs.create_dir(directory, recursive=True)
     final = f"{directory}/epoch-{epoch:04d}.parquet"
     tmp = f"{directory}/_tmp-{uuid.uuid4().hex}.parquet"
@@ -138,14 +128,6 @@ def write_evidence(table: pa.Table, root_uri: str, trial_id: str, split: str, ep
             fs.delete_file(tmp)
         raise
     return final
-
-
-def clear_trial(root_uri: str, trial_id: str) -> None:
-    """Remove a trial's evidence (a trial restarted from scratch rewrites it)."""
-    fs, root = resolve_fs(root_uri)
-    directory = f"{root.rstrip('/')}/trial_id={trial_id}"
-    if fs.get_file_info(directory).type != pafs.FileType.NotFound:
-        fs.delete_dir(directory)
 
 
 def open_evidence(root_uri: str) -> ds.Dataset:

@@ -91,12 +91,6 @@ class EpochRecord:
         return out
 
 
-def metric_dict(report: dict[str, float]) -> dict[str, float]:
-    """Rename calibration_report's keys to sharpcal's short metric names (adaece, ece_ts, ...)."""
-    names = {"adaptive_ece": "adaece"}
-    return {names.get(k, k): v for k, v in report.items()}
-
-
 class Trainer:
     """One run: ``fit()`` trains for ``cfg.epochs`` epochs, resuming from ``load_state_dict``."""
 
@@ -233,10 +227,9 @@ class Trainer:
     def evaluate(self, split: str, temperature: float | None = None) -> dict[str, float]:
         """Calibration metrics of a split (see ``calibration.calibration_report``)."""
         logits, labels = self.predictions(split)
-        report = calibration.calibration_report(
+        return calibration.calibration_report(
             logits, labels, self.data.info.num_classes, temperature=temperature
         )
-        return metric_dict(report)
 
     def fit_temperature(self) -> float:
         """Temperature fitted on val (1.0 when there is no val split)."""

@@ -15,6 +15,7 @@ from ray import tune
 from trainables import evidence
 from trainables.config import parse_config
 from trainables.hold import hold_if_asked
+from trainables.layout import evidence_uri, resolve_fs, trial_artifacts_uri
 from trainables.loop import EpochRecord, Trainer, load_checkpoint, save_checkpoint
 from trainables.ood import evaluate_ood, ood_evidence_table
 from trainables.plots import reliability_png
@@ -42,27 +43,6 @@ class TrialContext:
     gpus_per_worker: float = 0.0
 
 
-def evidence_uri(study_uri: str) -> str:
-    """Where a study's Parquet evidence lives."""
-    return f"{study_uri.rstrip('/')}/evidence"
-
-
-def trial_artifacts_uri(study_uri: str, trial_id: str) -> str:
-    """Where a trial's figures live (the driver logs them to MLflow)."""
-    return f"{study_uri.rstrip('/')}/trials/{trial_id}"
-
-
-def train_storage(study_uri: str) -> tuple[str | None, Any]:
-    """Ray Train's ``storage_path`` and ``storage_filesystem`` for multi-worker trials' runs."""
-    if not study_uri:
-        return None, None
-    uri = f"{study_uri.rstrip('/')}/train"
-    if "://" not in uri:
-        return uri, None
-    fs, path = evidence.resolve_fs(uri)
-    return path, fs
-
-
 def write_trial_files(
     trainer: Trainer, record: EpochRecord, ctx: TrialContext, trial_id: str
 ) -> None:
@@ -82,7 +62,7 @@ def write_trial_files(
     if last:
         logits, labels = trainer.predictions("test")
         png = reliability_png(logits, labels, temperature, title="test")
-        fs, root = evidence.resolve_fs(trial_artifacts_uri(ctx.study_uri, trial_id))
+        fs, root = resolve_fs(trial_artifacts_uri(ctx.study_uri, trial_id))
         fs.create_dir(root, recursive=True)
         with fs.open_output_stream(f"{root}/{RELIABILITY_FILE}") as out:
             out.write(png)
