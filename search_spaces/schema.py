@@ -2,7 +2,9 @@
 
 A space has fixed settings (any ``TrainConfig`` key), a ``search`` section of distributions with
 optional conditions, an objective, and how to run the study. Every value a distribution can take is
-checked against ``TrainConfig``, so a space that validates can only produce valid trials.
+checked against ``TrainConfig``, and so is every combination the search can reach (each
+combination of categorical choices allowed by the ``when`` conditions, with each numeric setting at
+both of its bounds), so a space that validates produces valid trials.
 """
 
 from __future__ import annotations
@@ -235,7 +237,56 @@ def check_space(data: dict[str, Any], source: str) -> Space:
                 reason = str(err).split(": ", 1)[-1]
                 raise SpaceError(f"{where}: value {value!r} is not allowed: {reason}") from None
         seen.add(name)
+    _check_combinations(space, source)
     return space
+
+
+MAX_COMBINATIONS = 100_000  # configurations checked at most; beyond it a space cannot be meant
+
+
+def reachable_combinations(space: Space) -> list[dict[str, Any]]:
+    """The searched settings of every configuration to check: each combination of categorical
+    choices reachable under the ``when`` conditions, and in each, the numeric settings all at
+    their low bounds, all at their high bounds, and each at its other bound alone."""
+    combos: list[dict[str, Any]] = [{}]
+    for name, dist in space.search.items():
+        grown = []
+        for combo in combos:
+            if not dist.applies({**space.fixed, **combo}):
+                grown.append(combo)
+            elif dist.categorical is not None:
+                grown += [{**combo, name: v} for v in dist.categorical]
+            else:
+                grown.append({**combo, name: dist.bounds[0]})  # type: ignore[index]
+        combos = grown
+        if len(combos) > MAX_COMBINATIONS:
+            raise SpaceError(f"more than {MAX_COMBINATIONS} categorical combinations")
+    out = []
+    for low in combos:  # the categorical choices, numeric settings at their low bounds
+        high = {n: space.search[n].bounds[1] for n in low if space.search[n].categorical is None}  # type: ignore[index]
+        out.append(low)
+        if high:
+            out.append({**low, **high})
+        if len(high) > 1:
+            out += [{**low, name: value} for name, value in high.items()]
+    return out
+
+
+def _check_combinations(space: Space, source: str) -> None:
+    try:
+        combos = reachable_combinations(space)
+    except SpaceError as err:
+        raise SpaceError(f"{source}: 'search': {err}; split it into several spaces") from None
+    for combo in combos:
+        try:
+            space.train_config(combo)
+        except ConfigError as err:
+            reason = str(err).split(": ", 1)[-1]
+            shown_combo = ", ".join(f"{k}={v!r}" for k, v in combo.items())
+            raise SpaceError(
+                f"{source}: 'search': the combination {shown_combo} is not allowed: {reason}; "
+                "restrict it with 'when'"
+            ) from None
 
 
 def _check_points(space: Space, source: str) -> None:

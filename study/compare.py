@@ -25,10 +25,19 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces.schema import Space
 from study.search import STATUS_ATTR, configuration_key, trial_settings
+from study.tables import latex_table, markdown_table
 from trainables.config import TrainConfig
 
 Format = Literal["markdown", "latex", "csv"]
 MAX_ROWS = 12  # more configurations than this: the best one per method and loss
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value; NaN for none)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
 @dataclass(frozen=True)
@@ -61,16 +70,6 @@ OOD_SPLITS = ("cifar10_c", "cifar100_c", "imagenet_c")
 METHOD_NAMES = {"sam": "SAM", "asam": "ASAM", "csam": "CSAM"}
 BASE_NAMES = {"sgd": "SGD", "adamw": "AdamW"}
 LOSS_NAMES = {"ls": "LS", "focal": "Focal", "flsd53": "FLSD-53"}
-LATEX_ESCAPES = (
-    ("_", r"\_"),
-    ("%", r"\%"),
-    ("&", r"\&"),
-    ("#", r"\#"),
-    ("ρ", r"$\rho$"),
-    ("γ", r"$\gamma$"),
-    ("ε", r"$\varepsilon$"),
-    ("Δ", r"$\Delta$"),
-)
 # settings already named by the label's method and loss parts
 DESCRIBED = {"method", "loss", "rho", "gamma", "focal_gamma", "ls_epsilon", "optimizer", "seed"}
 
@@ -101,11 +100,8 @@ class Configuration:
         return [float(v) for v in found if isinstance(v, (int, float))]
 
     def mean_std(self, metric: str) -> tuple[float, float]:
-        """Mean and sample standard deviation (0 for one seed; NaN when not logged)."""
-        arr = np.asarray(self.values(metric), dtype=np.float64)
-        if arr.size == 0:
-            return math.nan, math.nan
-        return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+        """Mean and sample standard deviation over seeds (see ``mean_std``)."""
+        return mean_std(self.values(metric))
 
     def score(self, space: Space) -> float:
         return float(np.mean([rank_score(t, space) for t in self.trials]))
@@ -230,12 +226,6 @@ def _title(column: Column) -> str:
     return f"{column.title} (%)" if column.percent else column.title
 
 
-def _latex_escape(text: str) -> str:
-    for char, escaped in LATEX_ESCAPES:
-        text = text.replace(char, escaped)
-    return text
-
-
 def render(table: Table, style: Format) -> str:
     """The table as GitHub Markdown, a LaTeX ``tabular`` or CSV (means and stds as numbers)."""
     best = table.best()
@@ -266,22 +256,10 @@ def render(table: Table, style: Format) -> str:
 
 
 def _text_table(headers: list[str], rows: list[list[str]], style: Format) -> str:
-    """Rows under headers as a LaTeX ``tabular`` or GitHub Markdown (first column left-aligned)."""
+    """Rows under headers as a LaTeX ``tabular`` or GitHub Markdown (numbers right-aligned)."""
     if style == "latex":
-        header = " & ".join(_latex_escape(h) for h in headers)
-        body = [" & ".join([_latex_escape(r[0]), *r[1:]]) + r" \\" for r in rows]
-        spec = "l" + "r" * (len(headers) - 1)
-        return "\n".join(
-            [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", header + r" \\", r"\midrule"]
-            + body
-            + [r"\bottomrule", r"\end{tabular}"]
-        )
-    lines = [
-        "| " + " | ".join([headers[0].lower(), headers[1].lower(), *headers[2:]]) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|",
-    ]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+        return latex_table(headers, rows)
+    return markdown_table([h.lower() for h in headers[:2]] + headers[2:], rows, right_from=1)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from study.compare import (  # noqa: E402
     describe,
     grouped,
     is_completed,
+    mean_std,
     paired_table,
     rank_score,
     render,
@@ -64,6 +65,7 @@ from study.search import (  # noqa: E402
     configuration_key,
     trial_settings,
 )
+from study.tables import markdown_table  # noqa: E402
 from trainables import calibration  # noqa: E402
 from trainables.atomic import replace_directory  # noqa: E402
 from trainables.config import TrainConfig  # noqa: E402
@@ -245,13 +247,6 @@ def evidence_metrics(ev: TrialEvidence) -> dict[str, float]:
     return out
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    arr = np.asarray(values, dtype=np.float64)
-    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-    return float(arr.mean()), std
-
-
 def repeat_group(trial: FrozenTrial, trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     """``trial`` and the other trials of its configuration (its repeat seeds)."""
     mine = configuration_key(trial)
@@ -280,15 +275,6 @@ def fmt(value: Any, digits: int = 4) -> str:
 def fmt_param(value: Any) -> str:
     """A hyperparameter value: floats to 4 significant digits."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table (cells already strings or formatted with ``fmt``)."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    for row in rows:
-        cells = [c if isinstance(c, str) else fmt(c) for c in row]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines)
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -370,7 +356,7 @@ def header_section(view: StudyView, paths: StudyPaths, data: dict[str, Any]) -> 
     lines = [f"# Study report: {view.name}"]
     if space.description:
         lines.append(space.description)
-    lines.append(md_table(["setting", "value"], rows))
+    lines.append(markdown_table(["setting", "value"], rows, cell=fmt))
     return "\n\n".join(lines)
 
 
@@ -411,7 +397,7 @@ def front_section(view: StudyView, data: dict[str, Any]) -> str:
         if view.pareto
         else "The trial with the highest weighted objective; test metrics as logged."
     )
-    body = md_table(headers, rows) if rows else "No completed trial."
+    body = markdown_table(headers, rows, cell=fmt) if rows else "No completed trial."
     parts = [title, intro, body, "![](pareto.png)"]
     done = {t.number for t in view.completed}
     left_out = [t for t in view.study.get_trials(deepcopy=False) if t.number not in done]
@@ -526,7 +512,7 @@ def methods_section(view: StudyView, data: dict[str, Any]) -> str:
         "parameters with other seeds, cells show mean ± std over them. ECE after TS scales the "
         "probs with the trial's val-fitted temperature T: probs^(1/T), renormalised."
     )
-    parts.append(md_table(headers, rows))
+    parts.append(markdown_table(headers, rows, cell=fmt))
     if gaps:
         parts.append(
             f"Largest difference between these recomputed metrics and the ones the trials logged: "
@@ -616,7 +602,11 @@ def trial_intervals_section(view: StudyView, data: dict[str, Any]) -> str:
         "shows that); the binned ECE is biased upwards for a nearly calibrated model, which the "
         "interval inherits, and the smooth ECE beside it is the less biased estimate."
     )
-    parts.append(md_table(["trial", "configuration", "ECE", "95% interval", "smooth ECE"], rows))
+    parts.append(
+        markdown_table(
+            ["trial", "configuration", "ECE", "95% interval", "smooth ECE"], rows, cell=fmt
+        )
+    )
     return "\n\n".join(parts)
 
 
@@ -668,7 +658,7 @@ def regime_section(view: StudyView, path: Path, data: dict[str, Any]) -> str:
             "after temperature scaling minus SGD's, paired by seed, mean [95% Student-t "
             "interval] in percentage points, bold where the interval excludes 0 (negative: "
             "better calibrated than SGD).",
-            md_table(headers, rows),
+            markdown_table(headers, rows, cell=fmt),
             "![](regimes.png)",
         ]
     )
@@ -735,7 +725,9 @@ def ensemble_section(view: StudyView, data: dict[str, Any]) -> str:
         f"The {k} best trials by the same ranking; their stored test probs are averaged per "
         f"sample ({common.size} test samples), without retraining."
     )
-    parts.append(md_table(["model", *(METRIC_TITLES[m] for m in ENSEMBLE_METRICS)], rows))
+    parts.append(
+        markdown_table(["model", *(METRIC_TITLES[m] for m in ENSEMBLE_METRICS)], rows, cell=fmt)
+    )
     return "\n\n".join(parts)
 
 
@@ -800,7 +792,7 @@ def importance_section(view: StudyView, path: Path, data: dict[str, Any]) -> str
         "Optuna holds as complete (diverged ones included, with their worst-case values); "
         "with few trials these are rough."
     )
-    parts.append(md_table(["parameter", *found], rows))
+    parts.append(markdown_table(["parameter", *found], rows, cell=fmt))
     parts.append("![](importance.png)")
     draw_importance(found, path)
     return "\n\n".join(parts)

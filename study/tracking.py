@@ -150,7 +150,7 @@ def copy_to_local(uri: str, directory: Path) -> list[Path]:
 
 
 class StudyTracker:
-    """The study's experiment and parent run; ``trial_callback()`` logs the trials under it."""
+    """The study's experiment and parent run; ``MlflowTrialCallback`` logs the trials under it."""
 
     def __init__(self, tracking_uri: str, study: str) -> None:
         self.tracking_uri = tracking_uri

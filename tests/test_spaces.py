@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from search_spaces import BUNDLED_DIR, SpaceError, bundled_names
-from search_spaces.schema import check_space, load_space
+from search_spaces.schema import check_space, load_space, reachable_combinations
 from study.search import SpaceSampler
 from tests.test_cli import run_study
 
@@ -166,3 +166,37 @@ def test_validate_accepts_a_users_file(tmp_path: Path):
     proc = run_study("spaces", "validate", str(path))
     assert proc.returncode == 0, proc.stderr
     assert "valid" in proc.stdout
+
+
+def test_a_combination_no_trial_could_run_is_refused_before_any_trial():
+    data = {
+        "fixed": {"dataset": "digits"},
+        "search": {
+            "method": {"categorical": ["sam", "csam"]},
+            "loss": {"categorical": ["ce", "focal"]},
+        },
+    }
+    with pytest.raises(SpaceError) as err:
+        check_space(copy.deepcopy(data), "mine.yaml")
+    (line,) = str(err.value).splitlines()
+    assert line.startswith("mine.yaml: 'search': the combination method='csam', loss='focal'")
+    assert "restrict it with 'when'" in line
+    data["search"]["loss"]["when"] = {"method": ["sam"]}
+    check_space(data, "mine.yaml")  # CSAM keeps its own loss: every reachable trial is valid
+
+
+def test_reachable_combinations_follow_when_and_put_numbers_at_both_bounds():
+    space = load_space("default")
+    combos = reachable_combinations(space)
+    methods = {c["method"] for c in combos}
+    assert methods == {"sgd", "sam", "csam"}
+    for combo in combos:
+        assert ("rho" in combo) == (combo["method"] != "sgd")
+        assert ("gamma" in combo) == (combo["method"] == "csam")
+        for name in ("lr", "rho", "gamma"):
+            if name in combo:
+                assert combo[name] in space.search[name].bounds
+    csam = [c for c in combos if c["method"] == "csam"]
+    assert {(c["lr"], c["rho"], c["gamma"]) for c in csam} >= {(0.03, 0.02, 0.0), (0.15, 0.3, 2.0)}
+    for combo in combos:
+        space.train_config(combo)  # what the schema promises
