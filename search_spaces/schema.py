@@ -24,6 +24,7 @@ from pydantic import (
 from search_spaces import SpaceError, read_space_yaml, resolve_space
 from search_spaces.names import check_study_name
 from trainables.config import ConfigError, TrainConfig, parse_config
+from trainables.messages import first_problem
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
 
@@ -192,22 +193,13 @@ class Space(BaseModel):
         return parse_config({**self.fixed, **(sampled or {})}, where="space")
 
 
-def _loc(err: ValidationError) -> tuple[str, str]:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"] if p != "__root__") or "(top level)"
-    reason = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        reason = "unknown key"
-    return key, reason
-
-
 def check_space(data: dict[str, Any], source: str) -> Space:
     """Validate a parsed space; raise ``SpaceError`` naming the file, the key and the reason."""
     try:
         space = Space(**data)
     except ValidationError as err:
-        key, reason = _loc(err)
-        raise SpaceError(f"{source}: '{key}': {reason}") from None
+        problem = first_problem(err)
+        raise SpaceError(f"{source}: '{problem.key('(top level)')}': {problem.reason}") from None
     fields = TrainConfig.model_fields
     for key in space.fixed:
         if key not in fields:
@@ -321,12 +313,18 @@ def load_space(name_or_file: str, overrides: dict[str, Any] | None = None) -> Sp
     path = resolve_space(name_or_file)
     data = read_space_yaml(path)
     data.setdefault("name", Path(path).stem)
-    for key, value in (overrides or {}).items():
+    return check_space(apply_overrides(data, overrides or {}), str(path))
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A parsed space with ``overrides`` applied: study keys (``samples``...) replace the
+    space's, any other key becomes a fixed setting (and leaves ``search``)."""
+    data = dict(data)
+    for key, value in overrides.items():
         if key in Space.model_fields:
             data[key] = value
         else:
-            data.setdefault("fixed", {})
-            data["fixed"] = {**(data["fixed"] or {}), key: value}
+            data["fixed"] = {**(data.get("fixed") or {}), key: value}
             if key in (data.get("search") or {}):
                 data["search"] = {k: v for k, v in data["search"].items() if k != key}
-    return check_space(data, str(path))
+    return data

@@ -5,24 +5,15 @@ spaces)."""
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 from search_spaces import SpaceError, bundled_names, read_space_yaml, resolve_space
+from study.api import USER_ERRORS, Study, StudyInputError, check_inputs, resolve, user_errors
 from study.settings import parse_sets
-from trainables.config import ConfigError, parse_config
-from trainables.data import DataError
+from trainables.config import parse_config
 from trainables.loop import EpochRecord, Trainer
-from trainables.models import ModelError
-
-USER_ERRORS = (ConfigError, DataError, ModelError, SpaceError)
-
-
-class UsageError(Exception):
-    """Bad input detected before any work starts: printed as one line, exit code 2."""
 
 
 def _add_sets(parser: argparse.ArgumentParser) -> None:
@@ -163,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.tracking_uri or default_tracking_uri(), args.experiment, cfg.model_dump()
         )
     except (*USER_ERRORS, InputError, TrackingError) as err:
-        raise UsageError(str(err)) from None
+        raise StudyInputError(str(err)) from None
     print(
         f"study train: {cfg.method} on {cfg.dataset} ({trainer.data.split_size('train')} train, "
         f"{trainer.data.split_size('val')} val, {trainer.data.split_size('test')} test), "
@@ -198,31 +189,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _existing_study(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The paths and resolved space of the study ``args.name`` (a missing one: exit 2)."""
-    from study.inputs import InputError, check_no_credentials
-    from study.runner import load_study_space
-    from trainables.layout import study_paths
-
-    try:
-        check_no_credentials(args.storage, "--storage")
-        paths = study_paths(args.name, args.storage)
-        return paths, load_study_space(paths, args.name)
-    except (*USER_ERRORS, InputError) as err:
-        raise UsageError(str(err)) from None
+def _load(args: argparse.Namespace) -> Study:
+    """The existing study ``args.name`` (in ``args.storage``)."""
+    return Study.load(args.name, args.storage or "studies")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write (or rewrite) a study's report from its Optuna storage, results and evidence."""
-    from study.report import write_report
-    from study.runner import load_tracking
-
-    paths, space = _existing_study(args)
-    try:
-        tracking = load_tracking(paths) or None
-    except SpaceError as err:
-        raise UsageError(str(err)) from None
-    print(f"report: {write_report(paths, args.name, space, tracking)}")
+    print(f"report: {_load(args).report()}")
     return 0
 
 
@@ -232,11 +206,13 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 
     if args.action == "validate":
         if not args.file:
-            raise UsageError("spaces validate needs a FILE: study spaces validate my_space.yaml")
+            raise StudyInputError(
+                "spaces validate needs a FILE: study spaces validate my_space.yaml"
+            )
         try:
             space = load_space(args.file)
         except SpaceError as err:
-            raise UsageError(str(err)) from None
+            raise StudyInputError(str(err)) from None
         repeats = f" x {space.repeats} seeds" if space.repeats > 1 else ""
         print(
             f"{args.file}: valid ({len(space.search)} searched settings, {len(space.points)} "
@@ -251,169 +227,51 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_run_space(args: argparse.Namespace) -> Any:
-    from search_spaces.schema import load_space
-
-    overrides: dict[str, Any] = parse_sets(args.sets)
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validate everything, create the study, run it, print the front."""
+    with user_errors():
+        overrides: dict[str, Any] = parse_sets(args.sets)
     for key in ("samples", "repeats", "concurrency"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    return load_space(args.space, overrides)
-
-
-def _study_tags(space: Any, args: argparse.Namespace) -> dict[str, str]:
-    from study.tracking import git_commit
-
-    tags = {
-        "space": str(args.space),
-        "sampler": space.sampler,
-        "objective": space.objective.type,
-        "sharpcal.kind": "study",
-    }
-    commit = git_commit()
-    if commit:
-        tags["git_commit"] = commit
-    return tags
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """Validate the space and the tracking store, create the study, run it, print the front."""
-    try:
-        space = _load_run_space(args)
-    except USER_ERRORS as err:
-        raise UsageError(str(err)) from None
-    return _start_study(space, args.name or space.name or "study", args)
-
-
-def check_study_inputs(space: Any, name: str, args: argparse.Namespace) -> Any:
-    """Everything `study run` checks before it writes a file or starts Ray: the name, the
-    storage, the URIs (no credentials in them), the OOD files and, for a study on this machine,
-    every device and dataset. Returns the study's paths; ``UsageError`` on the first problem."""
-    from study.inputs import InputError, check_no_credentials, check_runs_here, check_storage
-    from trainables.layout import study_paths
-    from trainables.ood import check_ood_config
-
-    try:
-        check_no_credentials(getattr(args, "tracking_uri", None), "--tracking-uri")
-        check_no_credentials(args.address, "--address")
-        check_storage(args.storage)
-        paths = study_paths(name, args.storage)
-        check_ood_config(space.train_config())
-        if not args.address:
-            check_runs_here(space)
-    except (*USER_ERRORS, InputError) as err:
-        raise UsageError(str(err)) from None
-    return paths
-
-
-def _print_plan(space: Any, name: str, paths: Any) -> None:
-    repeats = f" x {space.repeats} seeds" if space.repeats > 1 else ""
-    print(
-        f"study {name}: {space.samples} configurations{repeats} = {space.trials} trials, "
-        f"{space.concurrency} at a time, would be written to {paths.root}; all inputs are valid "
-        "(dry run: nothing written, nothing started)"
-    )
-
-
-def _start_study(space: Any, name: str, args: argparse.Namespace) -> int:
-    from study.lock import StudyLock, StudyLocked
-    from study.runner import StudyExists, build_tuner, prepare_study, refuse_existing, save_tracking
-    from study.tracking import (
-        MlflowTrialCallback,
-        StudyTracker,
-        TrackingError,
-        default_tracking_uri,
-        flatten,
-    )
-
-    paths = check_study_inputs(space, name, args)
-    if getattr(args, "dry_run", False):
-        _print_plan(space, name, paths)
+    space = resolve(args.space, overrides)
+    name = args.name or space.name or "study"
+    paths = check_inputs(space, name, args.storage, args.tracking_uri, args.address)
+    if args.dry_run:
+        print(
+            f"{_plan(space, name)}, would be written to {paths.root}; all inputs are valid "
+            "(dry run: nothing written, nothing started)"
+        )
         return 0
-    tracking_uri = args.tracking_uri or default_tracking_uri()
-    created = _first_missing(paths.root)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    lock = StudyLock(paths.root, name)
-    try:
-        lock.acquire()
-        refuse_existing(name, paths)  # before the tracking store is touched
-        tracker = StudyTracker(tracking_uri, name)
-        prepare_study(space, name, paths)
-    except (*USER_ERRORS, StudyExists, StudyLocked, TrackingError) as err:
-        lock.release()
-        if created:  # nothing of this study was written: leave no directory behind
-            shutil.rmtree(created, ignore_errors=True)
-        raise UsageError(str(err)) from None
-    try:
-        parent = tracker.parent_run(
-            None, flatten(space.model_dump(mode="json")), _study_tags(space, args)
-        )
-        save_tracking(
-            paths,
-            {
-                "tracking_uri": tracking_uri,
-                "experiment_id": tracker.experiment_id,
-                "parent_run_id": parent,
-            },
-        )
-        callback = MlflowTrialCallback(tracking_uri, tracker.experiment_id, parent, paths.data_uri)
-        rc = _fit_and_print(
-            lambda: build_tuner(space, name, paths, [callback]), space, name, paths, args.address
-        )
-        _close_parent(tracker, parent)
-    finally:
-        lock.release()
-    return rc
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The outermost directory of ``path`` that does not exist yet (None: it exists)."""
-    missing = None
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            break
-        missing = candidate
-    return missing
+    study = Study.create(space, name, args.storage, args.tracking_uri, tags={"space": args.space})
+    return _run_and_print(study, study.run, args.address)
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     """A new study running the ``--top`` best configurations of a finished one, ``--seeds`` each."""
-    from search_spaces.schema import check_space
-    from study.compare import top_configurations
-    from study.front import load_optuna_study
+    study = _load(args).rerun(
+        args.top,
+        args.seeds,
+        args.new_name,
+        args.concurrency,
+        storage=args.storage,
+        tracking_uri=args.tracking_uri,
+    )
+    return _run_and_print(study, study.run, args.address)
 
-    if args.top < 1 or args.seeds < 1:
-        raise UsageError(f"--top and --seeds must be >= 1 (got {args.top}, {args.seeds})")
-    paths, space = _existing_study(args)
-    try:
-        best = top_configurations(load_optuna_study(args.name, paths.optuna_url), space, args.top)
-        if not best:
-            raise SpaceError(f"study {args.name!r} has no completed trial to rerun")
-        name = args.new_name or f"{args.name}-rerun"
-        data = space.model_dump(mode="json")
-        data.update(
-            name=name,
-            description=f"the {len(best)} best configurations of {args.name}, {args.seeds} seeds",
-            points=best,
-            samples=len(best),
-            repeats=args.seeds,
-            scheduler="none",
-            concurrency=args.concurrency or space.concurrency,
-        )
-        rerun = check_space(data, f"rerun of {args.name}")
-    except USER_ERRORS as err:
-        raise UsageError(str(err)) from None
-    args.space = f"rerun of {args.name}"
-    return _start_study(rerun, name, args)
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue an interrupted study from Tune's experiment state and the Optuna storage."""
+    study = _load(args)
+    return _run_and_print(study, study.resume, args.address)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Print the study's comparison table(s) as Markdown, LaTeX or CSV."""
     from study.compare import comparison_tables, find_row, paired_table, render, render_paired
-    from study.front import load_optuna_study
 
-    paths, space = _existing_study(args)
-    tables = comparison_tables(load_optuna_study(args.name, paths.optuna_url), space)
+    study = _load(args)
+    tables = comparison_tables(study.optuna(), study.space)
     if not tables[0].confs:
         print(f"study {args.name}: no completed trial to compare", file=sys.stderr)
         return 1
@@ -422,8 +280,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         try:
             baseline = find_row(tables[0].confs, args.baseline)
         except ValueError as err:
-            raise UsageError(str(err)) from None
-        paired = paired_table(tables[0].confs, baseline, space)
+            raise StudyInputError(str(err)) from None
+        paired = paired_table(tables[0].confs, baseline, study.space)
         if args.format != "csv":
             blocks.append(
                 f"Difference to {paired.baseline.label}, paired by seed: mean [95% Student-t "
@@ -434,81 +292,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_resume(args: argparse.Namespace) -> int:
-    """Continue an interrupted study from Tune's experiment state and the Optuna storage."""
-    from study.inputs import InputError, check_no_credentials, check_runs_here
-    from study.lock import StudyLock, StudyLocked, describe_holder
-    from study.runner import check_resumable, load_tracking, restore_tuner
-    from study.tracking import StudyTracker, TrackingError
-
-    paths, space = _existing_study(args)
-    lock = StudyLock(paths.root, args.name)
-    try:
-        check_no_credentials(args.address, "--address")
-        info = load_tracking(paths)
-        check_resumable(paths, args.name)  # before Ray starts
-        if not args.address:
-            check_runs_here(space)
-        lock.acquire()
-        if lock.previous:
-            print(
-                f"taking over the lock of a driver that is gone ({describe_holder(lock.previous)})"
-            )
-        tracker = StudyTracker(info["tracking_uri"], args.name) if info else None
-    except (*USER_ERRORS, InputError, StudyLocked, TrackingError) as err:
-        lock.release()
-        raise UsageError(str(err)) from None
-    try:
-        parent = tracker.parent_run(info["parent_run_id"], {}, {}) if tracker else None
-        rc = _fit_and_print(
-            lambda: restore_tuner(space, args.name, paths), space, args.name, paths, args.address
-        )
-        if tracker and parent:
-            _close_parent(tracker, parent)
-    finally:
-        lock.release()
-    return rc
-
-
-def _close_parent(tracker: Any, parent: str) -> None:
-    try:
-        tracker.finish(parent)
-    except Exception as err:  # the study is done and on disk; only the run's status is lost
-        print(f"warning: could not close MLflow run {parent}: {err}", file=sys.stderr)
-
-
-def _fit_and_print(make_tuner: Any, space: Any, name: str, paths: Any, address: str | None) -> int:
-    from study.front import format_table, front_rows, load_optuna_study
-    from study.runner import init_ray
-    from study.search import fail_orphans
-
+def _plan(space: Any, name: str) -> str:
     repeats = f" x {space.repeats} seeds" if space.repeats > 1 else ""
-    print(
+    return (
         f"study {name}: {space.samples} configurations{repeats} = {space.trials} trials, "
-        f"{space.concurrency} at a time, in {paths.root}"
+        f"{space.concurrency} at a time"
     )
-    init_ray(address)
-    try:
-        tuner = make_tuner()
-    except SpaceError as err:
-        raise UsageError(str(err)) from None
-    results = tuner.fit()
-    study = load_optuna_study(name, paths.optuna_url)
-    if len(results) >= space.trials and all(r.metrics or r.error for r in results):
-        fail_orphans(study)  # the study is over: nothing can still be running
-    title = "Pareto front" if space.objective.type == "pareto" else "best trial"
-    print(f"\n{title} of study {name} ({len(results)} trials, {results.num_errors} errored):")
-    print(format_table(front_rows(study, space)))
+
+
+def _run_and_print(study: Study, run: Any, address: str | None) -> int:
+    """Run (or resume) ``study`` with its plan before and its front, paths and report after."""
+    from study.front import format_table, front_rows
+
+    print(f"{_plan(study.space, study.name)}, in {study.paths.root}", flush=True)
+    summary = run(address)
+    paths = study.paths
+    title = "Pareto front" if study.space.objective.type == "pareto" else "best trial"
+    print(f"\n{title} of study {study.name} ({summary.trials} trials, {summary.errors} errored):")
+    print(format_table(front_rows(study.optuna(), study.space)))
     print(f"\nstudy directory: {paths.root}")
     print(f"optuna storage:  {paths.optuna_url}  (optuna-dashboard {paths.optuna_url})")
     print(f"tune experiment: {paths.tune}")
     print(f"evidence:        {paths.evidence}")
-    if len(results) == results.num_errors:
+    if summary.report is None:
         return 1
-    from study.report import write_report
-    from study.runner import load_tracking
-
-    print(f"report:          {write_report(paths, name, space, load_tracking(paths) or None)}")
+    print(f"report:          {summary.report}")
     return 0
 
 
@@ -520,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         return args.handler(args)
-    except UsageError as err:
+    except StudyInputError as err:
         print(f"study {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search_spaces.schema import Space
 from study.search import STATUS_ATTR, configuration_key, trial_settings
 from study.tables import latex_table, markdown_table
-from trainables.config import TrainConfig
+from trainables.config import OOD_SPLITS, TrainConfig, ood_section_key
 
 Format = Literal["markdown", "latex", "csv"]
 MAX_ROWS = 12  # more configurations than this: the best one per method and loss
@@ -66,7 +66,6 @@ PAIRED_COLUMNS: dict[str, Column] = {
     "test_ece_ts": Column("Δ ECE (TS)", "min"),
 }
 CONFIDENCE_LEVEL = 0.95
-OOD_SPLITS = ("cifar10_c", "cifar100_c", "imagenet_c")
 METHOD_NAMES = {"sam": "SAM", "asam": "ASAM", "csam": "CSAM"}
 BASE_NAMES = {"sgd": "SGD", "adamw": "AdamW"}
 LOSS_NAMES = {"ls": "LS", "focal": "Focal", "flsd53": "FLSD-53"}
@@ -171,11 +170,13 @@ def ood_columns(confs: Sequence[Configuration]) -> dict[str, Column]:
     """The OOD / corruption metrics any configuration logged, as table columns."""
     logged = {k for c in confs for t in c.trials for k in t.user_attrs}
     columns: dict[str, Column] = {}
-    if "ood_svhn_auroc" in logged:
-        columns["ood_svhn_auroc"] = Column("SVHN AUROC", "max")
     for split in OOD_SPLITS:
-        title = split.replace("_c", "-C").upper().replace("IMAGENET", "ImageNet")
-        for metric, name, better in (("accuracy", "acc", "max"), ("ece", "ECE", "min")):
+        title = ood_section_key(split).replace("_c", "-C").upper().replace("IMAGENET", "ImageNet")
+        for metric, name, better in (
+            ("auroc", "AUROC", "max"),
+            ("accuracy", "acc", "max"),
+            ("ece", "ECE", "min"),
+        ):
             if f"{split}_{metric}" in logged:
                 columns[f"{split}_{metric}"] = Column(f"{title} {name}", better)
     return columns

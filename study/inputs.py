@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from search_spaces.schema import Space
+from search_spaces.schema import Space, reachable_combinations
 from trainables.config import TrainConfig
 from trainables.messages import shown
 
@@ -69,14 +69,10 @@ def _check_writable_dir(path: Path, what: str) -> None:
 
 
 def reachable_configs(space: Space) -> list[TrainConfig]:
-    """The fixed settings, each point, and each value of a searched dataset, data root or device:
-    every combination of the settings that say where a trial reads and runs."""
-    configs = [space.train_config()] + [space.train_config(p) for p in space.points]
-    for key in ("dataset", "data_root", "device", "download"):
-        dist = space.search.get(key)
-        if dist is not None and dist.categorical is not None:
-            configs += [space.train_config({key: value}) for value in dist.categorical]
-    return configs
+    """The fixed settings, each point and every combination the search can reach
+    (``reachable_combinations``): among them, every place a trial reads from and runs on."""
+    settings = [{}, *space.points, *reachable_combinations(space)]
+    return [space.train_config(s) for s in settings]
 
 
 def check_runs_here(space: Space) -> None:

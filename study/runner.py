@@ -45,7 +45,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 def _trainable(space: Space, name: str, paths: StudyPaths) -> Any:
     from ray import tune
 
-    from trainables.trainable import TrialContext, train_trial
+    from trainables.reporting import TrialContext
+    from trainables.trainable import train_trial
 
     weight = space.objective.weight if space.objective.type == "weighted" else None
     ctx = TrialContext(
@@ -143,8 +144,7 @@ def prepare_study(space: Space, name: str, paths: StudyPaths) -> None:
 
 
 def load_study_space(paths: StudyPaths, name: str) -> Space:
-    """The resolved space a study was started with; ``SpaceError`` when there is no such study
-    (no space file, or no Optuna database: it never got past its start)."""
+    """The resolved space a study was created with; ``SpaceError`` when there is no such study."""
     from search_spaces import read_space_yaml
 
     if not paths.space.is_file():
@@ -152,21 +152,21 @@ def load_study_space(paths: StudyPaths, name: str) -> Space:
             f"no study {name!r} in {paths.root.parent} (missing {paths.space}); "
             "start one with 'study run'"
         )
-    if not paths.optuna_db.is_file():
-        raise SpaceError(
-            f"study {name!r} has no Optuna database ({paths.optuna_db}): it never started a "
-            f"trial; start it again with 'study run ... --name {name}' after removing {paths.root}"
-        )
     return check_space(read_space_yaml(paths.space), str(paths.space))
 
 
-def check_resumable(paths: StudyPaths, name: str) -> None:
-    """``SpaceError`` unless the study has Tune state to resume from (checked without Ray)."""
+def has_tune_state(paths: StudyPaths) -> bool:
+    """Whether the study's trials have started: Tune saved an experiment state (no Ray needed)."""
     from ray import tune
 
     storage_path, storage_filesystem = paths.tune_storage()
     tune_path = join(storage_path, TUNE_DIR)
-    if not tune.Tuner.can_restore(tune_path, storage_filesystem=storage_filesystem):
+    return tune.Tuner.can_restore(tune_path, storage_filesystem=storage_filesystem)
+
+
+def check_resumable(paths: StudyPaths, name: str) -> None:
+    """``SpaceError`` unless the study has Tune state to resume from (checked without Ray)."""
+    if not has_tune_state(paths):
         raise SpaceError(
             f"study {name!r} in {paths.root} has no Tune experiment state to resume from; "
             "start it again with 'study run' under a new --name"

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from search_spaces.schema import Space
+from trainables.config import OOD_SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ TRIAL_ID_ATTR = "tune_trial_id"
 SETTINGS_ATTR = "settings"
 REPEAT_OF_ATTR = "repeat_of"  # the Optuna trial number whose configuration this one repeats
 POINT_ATTR = "point"  # the index in the space's ``points`` of the configuration a trial runs
-RECORDED_PREFIXES = ("test_", "val_", "ood_", "cifar10_c_", "cifar100_c_", "imagenet_c_")
+RECORDED_PREFIXES = ("test_", "val_", *(f"{split}_" for split in OOD_SPLITS))
 RECORDED_KEYS = ("temperature", "epoch", "train_loss")
 
 

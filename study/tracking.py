@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +172,25 @@ class StudyTracker:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         """Close the parent run."""
         self.client.set_terminated(run_id, status=status)
+
+
+@contextmanager
+def parent_run_open(info: dict[str, str], study: str) -> Iterator[None]:
+    """The study's MLflow parent run (``info`` as in mlflow.json; {} without tracking) marked
+    running inside the block and finished after it. Unreachable tracking at the start is a
+    ``TrackingError``; at the end only a warning (the study is done and on disk)."""
+    if not info:
+        yield
+        return
+    tracker = StudyTracker(info["tracking_uri"], study)
+    tracker.parent_run(info["parent_run_id"], {}, {})
+    yield
+    try:
+        tracker.finish(info["parent_run_id"])
+    except Exception as err:
+        print(
+            f"warning: could not close MLflow run {info['parent_run_id']}: {err}", file=sys.stderr
+        )
 
 
 class MlflowTrialCallback(Callback):

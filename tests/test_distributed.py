@@ -19,7 +19,7 @@ from tests.conftest import DIGITS_FAST
 from tests.test_cli import run_study
 from tests.test_study import DIGITS, optuna_study, run_and_kill_while_held, write_space
 from trainables.config import parse_config
-from trainables.distributed import distribute
+from trainables.distributed import DataParallel
 from trainables.loop import Trainer
 
 pytestmark = pytest.mark.slow  # Ray Train workers
@@ -29,7 +29,8 @@ SETTINGS: dict[str, Any] = {**DIGITS_FAST, "method": "sam", "rho": 0.5, "lr": 0.
 
 
 def _global_batch(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-    return next(iter(trainer.data.train_batches(GLOBAL_BATCH, epoch_seed=7)))
+    """The first global batch, or this replica's slice of it."""
+    return next(iter(trainer.data.train_batches(GLOBAL_BATCH, epoch_seed=7, augment=True)))
 
 
 def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -40,10 +41,9 @@ def _one_ddp_step(config: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    trainer = Trainer(parse_config(config))
-    x, y = _global_batch(trainer)
-    distribute(trainer, rank, world)
-    trainer.train_step(x.tensor_split(world)[rank], y.tensor_split(world)[rank])
+    cfg = parse_config(config)
+    trainer = Trainer(cfg, parallel=DataParallel(rank, world, cfg.sync_perturbation))
+    trainer.train_step(*_global_batch(trainer))
     return {k: v.numpy() for k, v in _state(trainer).items()}
 
 

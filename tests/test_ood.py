@@ -17,14 +17,19 @@ from sklearn.metrics import roc_auc_score
 
 from tests.test_data import write_cifar10, write_image_folder
 from trainables import calibration
-from trainables.config import ConfigError, parse_config
-from trainables.data import _SPECS, DataError, DatasetInfo
-from trainables.evidence import SCHEMA_KEY, evidence_table, open_evidence, write_evidence
-from trainables.loop import EpochRecord, Trainer
-from trainables.ood import (
+from trainables.config import (
+    OOD_SPLITS,
+    ConfigError,
     CorruptionSettings,
     OodSettings,
     SvhnSettings,
+    ood_section_key,
+    parse_config,
+)
+from trainables.data import DATASET_INFO, DataError, DatasetInfo
+from trainables.evidence import SCHEMA_KEY, evidence_table, open_evidence, write_evidence
+from trainables.loop import EpochRecord, Trainer
+from trainables.ood import (
     auroc,
     check_ood,
     check_ood_config,
@@ -32,11 +37,11 @@ from trainables.ood import (
     max_softmax,
     ood_metric_names,
 )
-from trainables.trainable import TrialContext, epoch_metrics, run_ood
+from trainables.reporting import TrialContext, epoch_metrics, run_ood
 
 PER_SEVERITY = 6  # CIFAR-C images per severity
 CORRUPTIONS = ("fog", "gaussian_noise")
-CIFAR10 = _SPECS["cifar10"].info
+CIFAR10 = DATASET_INFO["cifar10"]
 
 # ----------------------------------------------------------------------------- file writers
 
@@ -370,8 +375,8 @@ def test_incompatible_models_are_refused(files: Path) -> None:
         "100 classes.*cifar10 \\(10 classes\\)",
     )
     svhn = OodSettings(svhn=SvhnSettings(root=str(files / "svhn")))
-    _one_line_error(svhn, _SPECS["fashion_mnist"].info, "3-channel 32x32.*1-channel 28x28")
-    _one_line_error(svhn, _SPECS["svhn"].info, "not OOD")
+    _one_line_error(svhn, DATASET_INFO["fashion_mnist"], "3-channel 32x32.*1-channel 28x28")
+    _one_line_error(svhn, DATASET_INFO["svhn"], "not OOD")
     imagenet_c = OodSettings(imagenet_c=CorruptionSettings(root=str(files / "imagenet_c")))
     _one_line_error(imagenet_c, CIFAR10, "imagefolder")
     three_classes = DatasetInfo("imagefolder", 3, 3, 224, (0.5,) * 3, (0.2,) * 3)
@@ -416,3 +421,9 @@ def test_bad_settings_are_one_line_config_errors(section: dict[str, Any], match:
     with pytest.raises(ConfigError, match=match) as err:
         parse_config(dict(ood=section))
     assert "\n" not in str(err.value)
+
+
+def test_the_ood_section_has_one_key_per_split_in_evaluation_order() -> None:
+    assert tuple(OodSettings.model_fields) == tuple(ood_section_key(s) for s in OOD_SPLITS)
+    settings = OodSettings(svhn=SvhnSettings(), imagenet_c=CorruptionSettings())
+    assert [s for s in OOD_SPLITS if settings.section(s) is not None] == ["ood_svhn", "imagenet_c"]

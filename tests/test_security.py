@@ -237,13 +237,14 @@ def _half_study(tmp_path: Path, *, optuna_db: bool, tracking: str | None) -> Pat
     if optuna_db:
         import optuna
 
-        optuna.create_study(study_name="half", storage=f"sqlite:///{root / 'optuna.db'}")
+        half = optuna.create_study(study_name="half", storage=f"sqlite:///{root / 'optuna.db'}")
+        half.ask()  # a trial was asked for: the study started, Tune's state is what is missing
     if tracking is not None:
         write(root / "mlflow.json", tracking)
     return root
 
 
-@pytest.mark.parametrize("command", ["compare", "report", "resume"])
+@pytest.mark.parametrize("command", ["compare", "report"])
 def test_a_study_without_optuna_db_is_one_line_and_none_is_created(capsys, tmp_path, command):
     root = _half_study(tmp_path, optuna_db=False, tracking=None)
     line = refused(capsys, tmp_path, command, "half", "--storage", "studies")

@@ -1,4 +1,6 @@
-"""Studies on a real local Ray with a real Optuna storage: run, front, divergence, ASHA, resume."""
+"""Studies on a real local Ray with a real Optuna storage: run, front, divergence, ASHA, resume
+(through the `study` command where its output or a kill matters, in-process through the API
+elsewhere)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from study import Study
 from tests.test_cli import run_study
 from trainables.hold import HELD_FILE, HOLD_ENV, RELEASE_FILE
 from trainables.layout import resolve_fs
@@ -92,33 +95,48 @@ def test_pareto_study_on_digits_prints_optunas_front(tmp_path):
     assert "study resume front" in again.stderr
 
 
-def test_diverging_trial_is_marked_and_the_study_completes(tmp_path):
-    path = write_space(
-        tmp_path,
+@pytest.fixture
+def api_study(tmp_path: Path) -> Iterator[Callable[..., Study]]:
+    """``make(name, **space)``: a study on digits created in-process through the API (tracked in
+    ``tmp_path``'s MLflow store); Ray is shut down after the test."""
+    import ray
+
+    def make(name: str, **space: Any) -> Study:
+        space["fixed"] = {**DIGITS, **space.get("fixed", {})}
+        return Study.create(
+            space,
+            name=name,
+            storage=str(tmp_path / "studies"),
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        )
+
+    yield make
+    ray.shutdown()
+
+
+def test_diverging_trial_is_marked_and_the_study_completes(api_study):
+    study = api_study(
+        "div",
         fixed={"epochs": 2, "method": "sgd", "model": "cnn_fc"},  # no BatchNorm: lr 100 diverges
         search={"lr": {"categorical": [100.0, 0.1]}},
         sampler="grid",
         samples=2,
         concurrency=2,
     )
-    proc = run_study("run", str(path), "--name", "div", "--storage", "studies", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "(2 trials, 0 errored)" in proc.stdout  # a diverged trial is a result, not retried
-    trials = {t.params["lr"]: t for t in optuna_study(tmp_path, "div").trials}
+    summary = study.run()
+    assert (summary.trials, summary.errors) == (2, 0)  # a diverged trial is a result, not retried
+    trials = {t.params["lr"]: t for t in study.optuna().trials}
     diverged, healthy = trials[100.0], trials[0.1]
     assert diverged.state == TrialState.COMPLETE
     assert diverged.user_attrs["status"] == "diverged"
-    assert diverged.values == [
-        0.0,
-        1.0,
-    ]  # the worst accuracy and ECE: the sampler learns to avoid it
+    assert diverged.values == [0.0, 1.0]  # the worst accuracy and ECE: the sampler avoids it
     assert healthy.user_attrs["status"] == "completed"
     assert healthy.values[0] > 0.5
 
 
-def test_weighted_study_with_asha_tells_stopped_trials_as_pruned(tmp_path):
-    path = write_space(
-        tmp_path,
+def test_weighted_study_with_asha_tells_stopped_trials_as_pruned(api_study):
+    study = api_study(
+        "asha",
         fixed={"epochs": 4, "method": "sgd"},
         search={"lr": {"categorical": [0.1, 1.0e-5]}},
         objective={"type": "weighted", "weight": 1.0},
@@ -128,15 +146,14 @@ def test_weighted_study_with_asha_tells_stopped_trials_as_pruned(tmp_path):
         concurrency=1,
         seed=6,  # the random sampler then draws lr 0.1, 0.1, 1e-5, 0.1: the third is stopped early
     )
-    proc = run_study("run", str(path), "--name", "asha", "--storage", "studies", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    study = optuna_study(tmp_path, "asha")
-    pruned = study.get_trials(states=(TrialState.PRUNED,))
-    assert pruned, [(t.params, t.state, t.user_attrs) for t in study.trials]
+    study.run()
+    trials = study.optuna()
+    pruned = trials.get_trials(states=(TrialState.PRUNED,))
+    assert pruned, [(t.params, t.state, t.user_attrs) for t in trials.trials]
     for trial in pruned:
         assert trial.user_attrs["status"] == "pruned"
         assert trial.user_attrs["epoch"] < 4
-    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+    for trial in trials.get_trials(states=(TrialState.COMPLETE,)):
         assert trial.user_attrs["epoch"] == 4
 
 

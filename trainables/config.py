@@ -8,18 +8,89 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.data import check_dataset_name
-from trainables.messages import shown
+from trainables.messages import first_problem, shown
 from trainables.models import check_model_name
-from trainables.ood import OodSettings
 
 Method = Literal["sgd", "sam", "asam", "csam"]
 MAX_IMAGES = 1_000_000_000  # upper bound of any image count: beyond it a value cannot be meant
 DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 Loss = Literal["ce", "ls", "focal", "flsd53"]
+# The OOD splits in evaluation order (trainables/ood.py): each names its evidence split and
+# prefixes its metrics; its key in the ``ood`` section is ``ood_section_key(split)``.
+OOD_SPLITS = ("ood_svhn", "cifar10_c", "cifar100_c", "imagenet_c")
+SEVERITIES = (1, 2, 3, 4, 5)
 
 
 class ConfigError(ValueError):
     """A setting is unknown, of the wrong type or out of range. The message is one line."""
+
+
+def ood_section_key(split: str) -> str:
+    """The key of OOD split ``split`` (one of ``OOD_SPLITS``) in the ``ood`` section."""
+    return split.removeprefix("ood_")
+
+
+class SvhnSettings(BaseModel):
+    """SVHN test set as out-of-distribution data for a 32x32 RGB model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    root: str | None = None  # directory holding test_32x32.mat (default: the svhn data dirs)
+    subset: int | None = Field(None, ge=1)  # a seeded choice of this many images; None: all
+
+
+class CorruptionSettings(BaseModel):
+    """A corrupted test set (CIFAR-10-C, CIFAR-100-C or ImageNet-C)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    root: str | None = None
+    corruptions: tuple[str, ...] | None = None  # None: every corruption present under root
+    severities: tuple[int, ...] = SEVERITIES
+    subset_per_severity: int | None = Field(None, ge=1)  # same seeded images at every severity
+
+    @field_validator("corruptions")
+    @classmethod
+    def _corruption_names(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if names is None:
+            return None
+        if not names:
+            raise ValueError("list no corruptions as null (all present), not as an empty list")
+        for name in names:
+            if not name or "/" in name or name.startswith(".") or name.endswith(".npy"):
+                raise ValueError(f"{shown(name)} is not a corruption name such as 'gaussian_noise'")
+        if len(set(names)) != len(names):
+            raise ValueError(f"corruptions {list(names)} lists a name twice")
+        return names
+
+    @field_validator("severities")
+    @classmethod
+    def _severity_levels(cls, levels: tuple[int, ...]) -> tuple[int, ...]:
+        if not levels:
+            raise ValueError("give at least one severity out of 1..5")
+        bad = [s for s in levels if s not in SEVERITIES]
+        if bad:
+            raise ValueError(f"severities {bad} are outside 1..5")
+        if len(set(levels)) != len(levels):
+            raise ValueError(f"severities {list(levels)} lists a level twice")
+        return tuple(sorted(levels))
+
+
+class OodSettings(BaseModel):
+    """The ``ood`` section: which OOD / corruption sets to evaluate the final model on.
+
+    One key per split of ``OOD_SPLITS`` (``ood_section_key``), in the same order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    svhn: SvhnSettings | None = None
+    cifar10_c: CorruptionSettings | None = None
+    cifar100_c: CorruptionSettings | None = None
+    imagenet_c: CorruptionSettings | None = None
+
+    def section(self, split: str) -> SvhnSettings | CorruptionSettings | None:
+        """The settings of OOD split ``split`` (one of ``OOD_SPLITS``); None when not asked for."""
+        return getattr(self, ood_section_key(split))
 
 
 class TrainConfig(BaseModel):
@@ -120,14 +191,10 @@ def _section_model(loc: tuple[Any, ...]) -> type[BaseModel]:
 
 def describe_validation_error(err: ValidationError, where: str) -> str:
     """One line naming the first bad key, its value and the reason."""
-    first = err.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(settings)"
-    reason = first["msg"]
-    if first["type"] == "value_error" and "error" in first.get("ctx", {}):
-        reason = str(first["ctx"]["error"])
-    if first["type"] == "extra_forbidden":
-        known = ", ".join(_section_model(first["loc"][:-1]).model_fields)
+    problem = first_problem(err)
+    key = problem.key("(settings)")
+    if problem.unknown_key:
+        known = ", ".join(_section_model(problem.loc[:-1]).model_fields)
         return f"{where}: unknown key '{key}' (known keys: {known})"
-    value = first.get("input")
-    got = "" if isinstance(value, dict) else f" (got {shown(value)})"
-    return f"{where}: invalid value for '{key}'{got}: {reason}"
+    got = "" if isinstance(problem.value, dict) else f" (got {shown(problem.value)})"
+    return f"{where}: invalid value for '{key}'{got}: {problem.reason}"

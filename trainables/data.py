@@ -10,7 +10,7 @@ import gzip
 import os
 import pickle
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,7 +63,10 @@ class DatasetInfo:
 class Data(Protocol):
     """What the training loop uses; both ``InMemoryData`` and ``FolderData`` satisfy it."""
 
-    info: DatasetInfo
+    @property
+    def info(self) -> DatasetInfo:
+        """The dataset's static description."""
+        ...
 
     def split_size(self, split: str) -> int:
         """Number of samples in ``split`` (one of ``SPLITS``)."""
@@ -120,6 +123,8 @@ _SPECS: dict[str, _Spec] = {
     # Uniform uint8 noise: mean 127.5/255, std sqrt((256**2 - 1) / 12) / 255.
     "synthetic": _Spec(DatasetInfo("synthetic", 10, 3, 32, (0.5,) * 3, (0.2898,) * 3), True, ""),
 }
+# Static description of every dataset but imagefolder (whose classes are its class folders).
+DATASET_INFO: Mapping[str, DatasetInfo] = {name: spec.info for name, spec in _SPECS.items()}
 DATASETS: tuple[str, ...] = (*_SPECS, "imagefolder")
 DOWNLOADABLE = ("fashion_mnist", "cifar10", "cifar100", "svhn")
 
@@ -135,6 +140,13 @@ def _default_roots(name: str) -> list[Path]:
         roots.append(Path(os.environ["SHARPCAL_DATA"]) / dir_name)
     roots.append(Path.home() / ".cache" / "sharpcal" / dir_name)
     return roots
+
+
+def search_dirs(name: str, root: str | Path | None, subdirs: Sequence[str]) -> list[Path]:
+    """The directories searched for ``name``'s files, most preferred first: each
+    ``<root>/<subdir>`` of the given root, or of every default root when ``root`` is None."""
+    roots = [Path(root).expanduser()] if root is not None else _default_roots(name)
+    return [r / sub if sub else r for r in roots for sub in subdirs]
 
 
 def default_download_root(name: str) -> Path:
@@ -176,8 +188,7 @@ def _find_dir(
     name: str, root: str | Path | None, subdirs: Sequence[str], files: Sequence[str]
 ) -> Path:
     """First ``<candidate root>/<subdir>`` that holds all ``files``; DataError naming the search."""
-    roots = [Path(root).expanduser()] if root is not None else _default_roots(name)
-    searched = [r / sub if sub else r for r in roots for sub in subdirs]
+    searched = search_dirs(name, root, subdirs)
     for directory in searched:
         if all((directory / f).exists() for f in files):
             return directory
@@ -304,7 +315,9 @@ def _read_cifar100(root: str | Path | None, seed: int, synthetic_size: int) -> _
     return _read_cifar("cifar100", root, b"fine_labels")
 
 
-def _svhn_part(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (uint8 [N, 3, 32, 32]) and labels (int64 [N], digit 0 as class 0) of an SVHN
+    ``.mat`` file; DataError when it is malformed."""
     from scipy.io import loadmat
     from scipy.io.matlab import MatReadError
 
@@ -322,8 +335,8 @@ def _svhn_part(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_svhn(root: str | Path | None, seed: int, synthetic_size: int) -> _Arrays:
     directory = _locate("svhn", root)
-    train = _svhn_part(directory / "train_32x32.mat")
-    return _Arrays(*train, *_svhn_part(directory / "test_32x32.mat"))
+    train = read_svhn_mat(directory / "train_32x32.mat")
+    return _Arrays(*train, *read_svhn_mat(directory / "test_32x32.mat"))
 
 
 def _read_synthetic(root: str | Path | None, seed: int, synthetic_size: int) -> _Arrays:
@@ -400,11 +413,14 @@ def _split_indices(
     return chosen[n_val:], chosen[:n_val].sort().values
 
 
-def _test_indices(n_test: int, *, seed: int, test_subset: int | None = None) -> Tensor:
-    """Seeded choice of ``test_subset`` official test images (all of them when None), sorted."""
-    if test_subset is None:
-        return torch.arange(n_test)
-    chosen = _permutation(n_test, seed)[: _subset_size("test_subset", test_subset, n_test)]
+def subset_indices(
+    n: int, *, seed: int, subset: int | None = None, what: str = "test_subset"
+) -> Tensor:
+    """Seeded choice of ``subset`` of ``n`` images (all of them when None), sorted: the test split
+    and the OOD sets are chosen with it. ``what`` names the setting when ``subset`` < 1."""
+    if subset is None:
+        return torch.arange(n)
+    chosen = _permutation(n, seed)[: _subset_size(what, subset, n)]
     return chosen.sort().values
 
 
@@ -450,7 +466,7 @@ def random_crop_flip(x: Tensor, pad: int, flip: bool, generator: torch.Generator
     return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-class _Normaliser:
+class Normaliser:
     """uint8 [B,C,H,W] -> float32 (x/255 - mean)/std in the requested memory format."""
 
     def __init__(self, info: DatasetInfo, device: torch.device, channels_last: bool) -> None:
@@ -485,7 +501,7 @@ class InMemoryData:
             s: (x.to(self.device).contiguous(), y.to(self.device, torch.int64))
             for s, (x, y) in splits.items()
         }
-        self._normalise = _Normaliser(info, self.device, channels_last)
+        self._normalise = Normaliser(info, self.device, channels_last)
 
     def split_size(self, split: str) -> int:
         """Number of samples in ``split``."""
@@ -532,7 +548,7 @@ def _in_memory(
     train, val = _split_indices(
         len(arrays.train_y), val_fraction=val_fraction, seed=seed, train_subset=train_subset
     )
-    test = _test_indices(len(arrays.test_y), seed=seed, test_subset=test_subset)
+    test = subset_indices(len(arrays.test_y), seed=seed, subset=test_subset)
 
     def take(x: np.ndarray, y: np.ndarray, idx: Tensor) -> tuple[Tensor, Tensor]:
         i = idx.numpy()
@@ -624,15 +640,13 @@ class FolderData:
                 f"imagefolder: class folders of {directory / 'train'} and {directory / 'val'} "
                 "differ; give both the same class subfolders"
             )
-        self.info = DatasetInfo(
-            "imagefolder", len(train_set.classes), 3, image_size, _IMAGENET_MEAN, _IMAGENET_STD
-        )
+        self.info = imagefolder_info(len(train_set.classes), image_size)
         self.device = torch.device(device)
         self.num_workers = num_workers
         train, val = _split_indices(
             len(train_set), val_fraction=val_fraction, seed=seed, train_subset=train_subset
         )
-        test = _test_indices(len(test_set), seed=seed, test_subset=test_subset)
+        test = subset_indices(len(test_set), seed=seed, subset=test_subset)
         self._subsets = {
             "train": torch.utils.data.Subset(train_set, train.tolist()),
             "val": torch.utils.data.Subset(train_set, val.tolist()),
@@ -640,7 +654,7 @@ class FolderData:
         }
         self._train_tf, self._eval_tf = _folder_transforms(image_size)
         self._loaders: dict[tuple[str, int, bool], torch.utils.data.DataLoader] = {}
-        self._normalise = _Normaliser(self.info, self.device, channels_last)
+        self._normalise = Normaliser(self.info, self.device, channels_last)
 
     def split_size(self, split: str) -> int:
         """Number of samples in ``split``."""
@@ -690,6 +704,12 @@ class FolderData:
             return
         for batch in self._loader(split, batch_size, False):
             yield self._to_device(batch)
+
+
+def imagefolder_info(num_classes: int, image_size: int) -> DatasetInfo:
+    """``DatasetInfo`` of an ImageNet-style folder of ``num_classes`` RGB classes (ImageNet's
+    mean and std), its images resized to ``image_size``."""
+    return DatasetInfo("imagefolder", num_classes, 3, image_size, _IMAGENET_MEAN, _IMAGENET_STD)
 
 
 def _folder_transforms(image_size: int) -> tuple[Callable[[Any], Tensor], Callable[[Any], Tensor]]:

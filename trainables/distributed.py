@@ -25,8 +25,24 @@ from torch import Tensor, nn
 from torch.distributed import _functional_collectives as funcol
 from torch.nn.parallel import DistributedDataParallel
 
-from trainables.data import Data
-from trainables.loop import EpochRecord, Trainer
+from trainables.config import parse_config
+from trainables.data import Data, DatasetInfo
+from trainables.hold import hold_if_asked
+from trainables.layout import train_storage
+from trainables.loop import (
+    EpochRecord,
+    Parallelism,
+    Replica,
+    Trainer,
+    load_checkpoint,
+    save_checkpoint,
+)
+from trainables.reporting import (
+    CHECKPOINT_FILE,
+    TrialContext,
+    epoch_metrics,
+    record_epoch_outputs,
+)
 
 
 def _sum_over_replicas(t: Tensor) -> Tensor:
@@ -117,41 +133,55 @@ class ShardedData:
     world: int
 
     @property
-    def info(self) -> Any:
+    def info(self) -> DatasetInfo:
+        """The whole dataset's static description."""
         return self.data.info
 
     def split_size(self, split: str) -> int:
+        """Number of samples in the whole ``split``."""
         return self.data.split_size(split)
 
     def train_batches(
         self, batch_size: int, epoch_seed: int, augment: bool = False
     ) -> Iterator[tuple[Tensor, Tensor]]:
+        """This worker's slice of each global batch of ``batch_size``; a global batch smaller
+        than the number of workers is skipped."""
         for x, y in self.data.train_batches(batch_size, epoch_seed, augment=augment):
             if x.shape[0] < self.world:
                 continue
             yield x.tensor_split(self.world)[self.rank], y.tensor_split(self.world)[self.rank]
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The whole ``split`` in fixed order, as in one process."""
         return self.data.eval_batches(split, batch_size)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.data, name)
 
+@dataclass(frozen=True)
+class DataParallel(Parallelism):
+    """A ``Trainer`` as replica ``rank`` of ``world`` (``Trainer(cfg, parallel=DataParallel(...))``;
+    the process group must exist): DDP over the model with BatchNorm over the global batch, and
+    this worker's slice of every global batch. Without ``sync_perturbation`` SAM's ascent
+    gradient stays local to the replica (``no_sync``)."""
 
-def distribute(trainer: Trainer, rank: int, world: int) -> DistributedDataParallel:
-    """Make ``trainer`` one replica of a data-parallel run (the process group must exist)."""
-    device = trainer.device
-    global_batchnorm(trainer.model, device.type)
-    ddp = DistributedDataParallel(
-        trainer.model,
-        device_ids=[device] if device.type == "cuda" else None,
-        broadcast_buffers=False,  # running statistics are global, hence equal on every replica
-    )
-    trainer.forward = torch.compile(ddp) if trainer.use_compile else ddp
-    if not trainer.cfg.sync_perturbation:
-        trainer.ascent_sync = ddp.no_sync
-    trainer.data = ShardedData(trainer.data, rank, world)  # type: ignore[assignment]
-    return ddp
+    rank: int
+    world: int
+    sync_perturbation: bool
+
+    def shard(self, data: Data) -> ShardedData:
+        """This worker's slice of every global training batch of ``data``."""
+        return ShardedData(data, self.rank, self.world)
+
+    def replicate(self, model: nn.Module, device: torch.device) -> Replica:
+        """Global BatchNorm in ``model`` (in place), and DDP around it."""
+        global_batchnorm(model, device.type)
+        ddp = DistributedDataParallel(
+            model,
+            device_ids=[device] if device.type == "cuda" else None,
+            broadcast_buffers=False,  # running statistics are global, hence equal on every replica
+        )
+        if self.sync_perturbation:
+            return Replica(ddp)
+        return Replica(ddp, ascent_sync=ddp.no_sync)
 
 
 def _worker_device() -> None:
@@ -167,22 +197,18 @@ def ddp_worker_loop(loop_config: dict[str, Any]) -> None:
     import ray
     import ray.train
 
-    from trainables.config import parse_config
-    from trainables.hold import hold_if_asked
-    from trainables.loop import load_checkpoint, save_checkpoint
-    from trainables.trainable import CHECKPOINT_FILE, epoch_metrics, record_epoch_outputs
-
-    ctx, trial_id = loop_config["ctx"], loop_config["trial_id"]
+    ctx: TrialContext = loop_config["ctx"]
+    trial_id: str = loop_config["trial_id"]
     torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))
     _worker_device()
     train_ctx = ray.train.get_context()
     rank, world = train_ctx.get_world_rank(), train_ctx.get_world_size()
-    trainer = Trainer(parse_config(loop_config["settings"], where=f"trial {trial_id}"))
+    cfg = parse_config(loop_config["settings"], where=f"trial {trial_id}")
+    trainer = Trainer(cfg, parallel=DataParallel(rank, world, cfg.sync_perturbation))
     checkpoint = ray.train.get_checkpoint()  # the run's latest, also after a restarted trial
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.load_state_dict(load_checkpoint(Path(directory) / CHECKPOINT_FILE))
-    distribute(trainer, rank, world)
     node_id = ray.get_runtime_context().get_node_id()
 
     def report(trainer: Trainer, record: EpochRecord) -> None:
@@ -201,7 +227,7 @@ def ddp_worker_loop(loop_config: dict[str, Any]) -> None:
 
 
 def run_ddp_trial(
-    settings: dict[str, Any], ctx: Any, trial_id: str, workers: int, cpu: float, gpu: float
+    settings: dict[str, Any], ctx: TrialContext, trial_id: str, workers: int, cpu: float, gpu: float
 ) -> None:
     """Inside a Tune trial: train with ``workers`` DDP replicas through Ray Train, forwarding
     every epoch's metrics to Tune. The Train run is named after the trial, so a restarted trial
@@ -209,8 +235,6 @@ def run_ddp_trial(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from trainables.layout import train_storage
 
     storage_path, storage_filesystem = train_storage(ctx.study_uri)
     resources = {"CPU": cpu, **({"GPU": gpu} if gpu else {})}

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -74,6 +74,33 @@ def sam_param_groups(model: nn.Module, asam: bool, scale: str = "weights") -> li
     return [g for g in groups if g["params"]]
 
 
+@dataclass(frozen=True)
+class Replica:
+    """The model as the train step calls it when it is one replica of a data-parallel run.
+
+    ``forward`` wraps the model (e.g. in ``DistributedDataParallel``); the train step calls it
+    (compiled when the config asks), evaluation calls the bare model. SAM's ascent pass runs inside
+    ``ascent_sync()`` (e.g. DDP's ``no_sync``, for a per-replica perturbation).
+    """
+
+    forward: nn.Module
+    ascent_sync: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+
+
+class Parallelism(Protocol):
+    """How a ``Trainer`` becomes one replica of a data-parallel run (``Trainer(cfg,
+    parallel=...)``; implemented by ``trainables.distributed.DataParallel``)."""
+
+    def shard(self, data: Data) -> Data:
+        """This replica's view of the run's data."""
+        ...
+
+    def replicate(self, model: nn.Module, device: torch.device) -> Replica:
+        """Make ``model`` (built and moved to ``device``) this replica's; its modules may be
+        replaced in place as long as its parameters stay the same objects."""
+        ...
+
+
 @dataclass
 class EpochRecord:
     """What one epoch produced: its number (1-based), mean train loss and val metrics."""
@@ -92,16 +119,23 @@ class EpochRecord:
 
 
 class Trainer:
-    """One run: ``fit()`` trains for ``cfg.epochs`` epochs, resuming from ``load_state_dict``."""
+    """One run: ``fit()`` trains for ``cfg.epochs`` epochs, resuming from ``load_state_dict``.
 
-    def __init__(self, cfg: TrainConfig, data: Data | None = None) -> None:
+    ``data`` replaces the data ``cfg`` names; with ``parallel`` the run is one replica of a
+    data-parallel run: the trainer uses ``parallel.shard``'s view of the data and trains through
+    ``parallel.replicate``'s ``Replica`` of the model.
+    """
+
+    def __init__(
+        self, cfg: TrainConfig, data: Data | None = None, parallel: Parallelism | None = None
+    ) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         on_cuda = self.device.type == "cuda"
         self.bf16 = on_cuda if cfg.bf16 is None else cfg.bf16
         self.channels_last = on_cuda if cfg.channels_last is None else cfg.channels_last
         torch.manual_seed(cfg.seed)
-        self.data = (
+        data = (
             data
             if data is not None
             else load_data(
@@ -118,17 +152,21 @@ class Trainer:
                 channels_last=self.channels_last,
             )
         )
+        self.data: Data = parallel.shard(data) if parallel is not None else data
         info = self.data.info
         self.model = build_model(cfg.model, info.num_classes, info.in_channels, info.image_size)
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model.to(self.device, memory_format=memory_format)
-        use_compile = on_cuda if cfg.compile is None else cfg.compile
-        self.use_compile = use_compile
-        self.forward: nn.Module = torch.compile(self.model) if use_compile else self.model
-        # Under DDP, the context of SAM's ascent pass (``no_sync`` for a per-replica perturbation).
-        self.ascent_sync: Callable[[], contextlib.AbstractContextManager[Any]] = (
-            contextlib.nullcontext
+        replica = (
+            parallel.replicate(self.model, self.device)
+            if parallel is not None
+            else Replica(self.model)
         )
+        self.use_compile = on_cuda if cfg.compile is None else cfg.compile
+        self.forward: nn.Module = (
+            torch.compile(replica.forward) if self.use_compile else replica.forward
+        )
+        self.ascent_sync = replica.ascent_sync
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)

@@ -1,6 +1,12 @@
-"""One-line user messages: how a value the user typed is echoed back."""
+"""One-line user messages: how a value the user typed is echoed back, and what pydantic found."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 MAX_SHOWN = 60  # characters of a bad value echoed back in a message
 
@@ -9,3 +15,27 @@ def shown(value: object) -> str:
     """``repr(value)`` cut to a readable length, for messages that echo user input."""
     text = repr(value)
     return text if len(text) <= MAX_SHOWN else f"{text[: MAX_SHOWN - 3]}... ({len(text)} chars)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The first error of a pydantic validation: where (the key path), why (one line), the
+    value given, and whether the key is unknown."""
+
+    loc: tuple[str | int, ...]
+    reason: str
+    value: Any
+    unknown_key: bool
+
+    def key(self, empty: str) -> str:
+        """The dotted key path, or ``empty`` for the whole document."""
+        return ".".join(str(part) for part in self.loc) or empty
+
+
+def first_problem(err: ValidationError) -> Problem:
+    """The one problem a message about ``err`` names: its first error."""
+    first = err.errors()[0]
+    unknown = first["type"] == "extra_forbidden"
+    reason = "unknown key" if unknown else first["msg"].removeprefix("Value error, ")
+    loc = tuple(part for part in first["loc"] if part != "__root__")
+    return Problem(loc, reason, first.get("input"), unknown)

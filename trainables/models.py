@@ -295,8 +295,3 @@ def wrn28_10(
 ) -> nn.Module:
     """Wide ResNet 28-10 (36.5M parameters), dropout 0 by default."""
     return WideResNet(28, 10, num_classes, in_channels, dropout)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,4 +1,5 @@
-"""Out-of-distribution and corruption evaluation of a trained model (the optional ``ood`` section).
+"""Out-of-distribution and corruption evaluation of a trained model (the optional ``ood`` section,
+whose settings are ``trainables.config.OodSettings``).
 
 Four splits, each evaluated once on the final model and written as its own evidence split:
 
@@ -27,107 +28,47 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
 from trainables import calibration, evidence
+from trainables.config import (
+    OOD_SPLITS,
+    CorruptionSettings,
+    OodSettings,
+    SvhnSettings,
+    TrainConfig,
+    ood_section_key,
+)
 from trainables.data import (
-    _IMAGENET_MEAN,
-    _IMAGENET_STD,
-    _SPECS,
+    DATASET_INFO,
     DataError,
     DatasetInfo,
-    _default_roots,
-    _Normaliser,
-    _test_indices,
+    Normaliser,
+    imagefolder_info,
+    read_svhn_mat,
+    search_dirs,
+    subset_indices,
 )
 from trainables.messages import shown
 
 if TYPE_CHECKING:
-    from trainables.config import TrainConfig
     from trainables.loop import Trainer
 
-SEVERITIES = (1, 2, 3, 4, 5)
 SUBSET_SEED = 0  # the same OOD images for every trial, so trials compare on equal footing
 SVHN_FILE = "test_32x32.mat"
 LABELS_FILE = "labels.npy"
 EVAL_BATCH = 1024
+_SVHN, _CIFAR10_C, _CIFAR100_C, _IMAGENET_C = OOD_SPLITS
 # C split -> (the training dataset whose label space it uses, subfolder of the official archive)
-_CIFAR_C = {"cifar10_c": ("cifar10", "CIFAR-10-C"), "cifar100_c": ("cifar100", "CIFAR-100-C")}
-SPLITS = ("ood_svhn", "cifar10_c", "cifar100_c", "imagenet_c")
-
-
-# ----------------------------------------------------------------------------- settings
-
-
-class SvhnSettings(BaseModel):
-    """SVHN test set as out-of-distribution data for a 32x32 RGB model."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    root: str | None = None  # directory holding test_32x32.mat (default: the svhn data dirs)
-    subset: int | None = Field(None, ge=1)  # a seeded choice of this many images; None: all
-
-
-class CorruptionSettings(BaseModel):
-    """A corrupted test set (CIFAR-10-C, CIFAR-100-C or ImageNet-C)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    root: str | None = None
-    corruptions: tuple[str, ...] | None = None  # None: every corruption present under root
-    severities: tuple[int, ...] = SEVERITIES
-    subset_per_severity: int | None = Field(None, ge=1)  # same seeded images at every severity
-
-    @field_validator("corruptions")
-    @classmethod
-    def _corruption_names(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if names is None:
-            return None
-        if not names:
-            raise ValueError("list no corruptions as null (all present), not as an empty list")
-        for name in names:
-            if not name or "/" in name or name.startswith(".") or name.endswith(".npy"):
-                raise ValueError(f"{shown(name)} is not a corruption name such as 'gaussian_noise'")
-        if len(set(names)) != len(names):
-            raise ValueError(f"corruptions {list(names)} lists a name twice")
-        return names
-
-    @field_validator("severities")
-    @classmethod
-    def _severity_levels(cls, levels: tuple[int, ...]) -> tuple[int, ...]:
-        if not levels:
-            raise ValueError("give at least one severity out of 1..5")
-        bad = [s for s in levels if s not in SEVERITIES]
-        if bad:
-            raise ValueError(f"severities {bad} are outside 1..5")
-        if len(set(levels)) != len(levels):
-            raise ValueError(f"severities {list(levels)} lists a level twice")
-        return tuple(sorted(levels))
-
-
-class OodSettings(BaseModel):
-    """The ``ood`` section: which OOD / corruption sets to evaluate the final model on."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    svhn: SvhnSettings | None = None
-    cifar10_c: CorruptionSettings | None = None
-    cifar100_c: CorruptionSettings | None = None
-    imagenet_c: CorruptionSettings | None = None
+_CIFAR_C = {_CIFAR10_C: ("cifar10", "CIFAR-10-C"), _CIFAR100_C: ("cifar100", "CIFAR-100-C")}
 
 
 # ----------------------------------------------------------------------------- locating files
 
 
-def _candidates(name: str, root: str | None, subdirs: Iterable[str]) -> list[Path]:
-    roots = [Path(root).expanduser()] if root is not None else _default_roots(name)
-    return [r / sub if sub else r for r in roots for sub in subdirs]
-
-
 def _locate(what: str, root: str | None, subdirs: tuple[str, ...], marker: str) -> Path:
     """First candidate directory holding ``marker`` (a file, or "" for the directory itself)."""
-    searched = _candidates(what, root, subdirs)
+    searched = search_dirs(what, root, subdirs)
     for directory in searched:
         if (directory / marker).exists() if marker else directory.is_dir():
             return directory
@@ -168,10 +109,10 @@ def _cifar_c_files(split: str, cfg: CorruptionSettings) -> tuple[Path, list[str]
 
 
 def _imagenet_c_dirs(cfg: CorruptionSettings) -> tuple[Path, list[str]]:
-    directory = _locate("imagenet_c", cfg.root, ("",), "")
+    directory = _locate(_IMAGENET_C, cfg.root, ("",), "")
     present = sorted(p.name for p in directory.iterdir() if p.is_dir())
     return directory, _chosen(
-        "imagenet_c", cfg, present, directory, "corruption folder", "corruption folder {}"
+        _IMAGENET_C, cfg, present, directory, "corruption folder", "corruption folder {}"
     )
 
 
@@ -194,10 +135,13 @@ def _require_rgb32(what: str, info: DatasetInfo) -> None:
 def _check_svhn(cfg: SvhnSettings, info: DatasetInfo) -> Path:
     from scipy.io import whosmat
 
-    _require_rgb32("svhn", info)
+    key = ood_section_key(_SVHN)
+    _require_rgb32(key, info)
     if info.name == "svhn":
-        raise DataError("ood svhn: the model is trained on svhn, so it is not OOD; remove ood.svhn")
-    path = _locate("svhn", cfg.root, ("",), SVHN_FILE) / SVHN_FILE
+        raise DataError(
+            f"ood {key}: the model is trained on svhn, so it is not OOD; remove ood.{key}"
+        )
+    path = _locate(key, cfg.root, ("",), SVHN_FILE) / SVHN_FILE
     try:
         shapes = {name: shape for name, shape, _ in whosmat(path)}
     except (OSError, ValueError, TypeError) as e:
@@ -212,7 +156,7 @@ def _check_cifar_c(split: str, cfg: CorruptionSettings, info: DatasetInfo) -> No
     dataset = _CIFAR_C[split][0]
     if info.name != dataset:
         raise DataError(
-            f"ood {split}: uses {dataset}'s {_SPECS[dataset].info.num_classes} classes, but the "
+            f"ood {split}: uses {dataset}'s {DATASET_INFO[dataset].num_classes} classes, but the "
             f"model is trained on {info.name} ({info.num_classes} classes); remove ood.{split}"
         )
     directory, names = _cifar_c_files(split, cfg)
@@ -237,21 +181,22 @@ def _check_cifar_c(split: str, cfg: CorruptionSettings, info: DatasetInfo) -> No
 
 
 def _check_imagenet_c(cfg: CorruptionSettings, info: DatasetInfo) -> None:
+    split = _IMAGENET_C
     if info.name != "imagefolder" or info.in_channels != 3:
         raise DataError(
-            f"ood imagenet_c: needs a model trained on an ImageNet imagefolder, but it is "
-            f"trained on {info.name}; remove ood.imagenet_c"
+            f"ood {split}: needs a model trained on an ImageNet imagefolder, but it is "
+            f"trained on {info.name}; remove ood.{split}"
         )
     directory, names = _imagenet_c_dirs(cfg)
     for name in names:
         for severity in cfg.severities:
             level = directory / name / str(severity)
             if not level.is_dir():
-                raise DataError(f"ood imagenet_c: {level} is missing; fix ood.imagenet_c")
+                raise DataError(f"ood {split}: {level} is missing; fix ood.{split}")
             classes = _class_folders(level)
             if len(classes) != info.num_classes:
                 raise DataError(
-                    f"ood imagenet_c: {level} has {len(classes)} class folders but the model has "
+                    f"ood {split}: {level} has {len(classes)} class folders but the model has "
                     f"{info.num_classes} classes; train on the matching classes"
                 )
 
@@ -263,26 +208,25 @@ def check_ood(settings: OodSettings, info: DatasetInfo) -> None:
     their images and label space fit the model trained on ``info``. Reads file headers and
     directory listings only (and CIFAR-C's small ``labels.npy``).
     """
-    if settings.svhn is not None:
-        _check_svhn(settings.svhn, info)
-    for split in _CIFAR_C:
-        cfg = getattr(settings, split)
-        if cfg is not None:
+    for split in OOD_SPLITS:
+        cfg = settings.section(split)
+        if isinstance(cfg, SvhnSettings):
+            _check_svhn(cfg, info)
+        elif cfg is not None and split in _CIFAR_C:
             _check_cifar_c(split, cfg, info)
-    if settings.imagenet_c is not None:
-        _check_imagenet_c(settings.imagenet_c, info)
+        elif cfg is not None:
+            _check_imagenet_c(cfg, info)
 
 
 def static_dataset_info(name: str, root: str | None = None, image_size: int = 224) -> DatasetInfo:
     """``DatasetInfo`` of a training dataset without reading its images (imagefolder: lists
     the class folders of ``<root>/train``)."""
-    if name in _SPECS:
-        return _SPECS[name].info
+    if name in DATASET_INFO:
+        return DATASET_INFO[name]
     if name != "imagefolder":
         raise DataError(f"unknown dataset {shown(name)}")
     train = _locate("imagefolder", root, ("",), "train") / "train"
-    classes = _class_folders(train)
-    return DatasetInfo(name, len(classes), 3, image_size, _IMAGENET_MEAN, _IMAGENET_STD)
+    return imagefolder_info(len(_class_folders(train)), image_size)
 
 
 def check_ood_config(cfg: TrainConfig) -> None:
@@ -373,7 +317,7 @@ def corruption_metrics(
 def _logits(trainer: Trainer, info: DatasetInfo, batches: Iterable[Tensor]) -> Tensor:
     """Float32 logits of uint8 [B,C,H,W] batches, normalised with ``info``; no host sync."""
     trainer.model.eval()
-    normalise = _Normaliser(info, trainer.device, trainer.channels_last)
+    normalise = Normaliser(info, trainer.device, trainer.channels_last)
     out = []
     for x in batches:
         x = x.to(trainer.device, non_blocking=True)
@@ -388,18 +332,16 @@ def _tensor_batches(x: Tensor, batch_size: int) -> Iterator[Tensor]:
 
 
 def _evaluate_svhn(trainer: Trainer, cfg: SvhnSettings, info: DatasetInfo) -> OodResult:
-    from trainables.data import _svhn_part
-
     path = _check_svhn(cfg, info)
-    x, y = _svhn_part(path)
-    chosen = _test_indices(len(y), seed=SUBSET_SEED, test_subset=cfg.subset).numpy()
+    x, y = read_svhn_mat(path)
+    chosen = subset_indices(len(y), seed=SUBSET_SEED, subset=cfg.subset).numpy()
     images = torch.from_numpy(np.ascontiguousarray(x[chosen])).to(trainer.device)
     logits = _logits(trainer, info, _tensor_batches(images, EVAL_BATCH))
     labels = torch.from_numpy(y[chosen]).to(trainer.device)
     in_logits, _ = trainer.predictions("test")
     value = auroc(max_softmax(in_logits).cpu(), max_softmax(logits).cpu())
     return OodResult(
-        "ood_svhn", logits, labels, chosen.astype(np.int64), metrics={"ood_svhn_auroc": value}
+        _SVHN, logits, labels, chosen.astype(np.int64), metrics={f"{_SVHN}_auroc": value}
     )
 
 
@@ -410,9 +352,7 @@ def _evaluate_cifar_c(
     directory, names = _cifar_c_files(split, cfg)
     all_labels = np.load(directory / LABELS_FILE, allow_pickle=False).astype(np.int64)
     per_severity = len(all_labels) // 5
-    chosen = _test_indices(
-        per_severity, seed=SUBSET_SEED, test_subset=cfg.subset_per_severity
-    ).numpy()
+    chosen = subset_indices(per_severity, seed=SUBSET_SEED, subset=cfg.subset_per_severity).numpy()
     rows = np.concatenate([(s - 1) * per_severity + chosen for s in cfg.severities])
     labels = torch.from_numpy(all_labels[rows]).to(trainer.device)
     logits = []
@@ -444,8 +384,8 @@ def _evaluate_imagenet_c(
     for name in names:
         for severity in cfg.severities:
             images = datasets.ImageFolder(str(directory / name / str(severity)), transform)
-            chosen = _test_indices(
-                len(images), seed=SUBSET_SEED, test_subset=cfg.subset_per_severity
+            chosen = subset_indices(
+                len(images), seed=SUBSET_SEED, subset=cfg.subset_per_severity
             ).tolist()
             loader = torch.utils.data.DataLoader(
                 torch.utils.data.Subset(images, chosen),
@@ -458,7 +398,7 @@ def _evaluate_imagenet_c(
             groups.append((name, severity, len(chosen)))
             ids.append(np.asarray(chosen, dtype=np.int64))
     return _corruption_result(
-        "imagenet_c",
+        _IMAGENET_C,
         torch.cat(logits),
         torch.cat(labels).to(trainer.device),
         groups,
@@ -495,7 +435,7 @@ def _corruption_result(
 def evaluate_ood(
     trainer: Trainer, settings: OodSettings, temperature: float | None = None
 ) -> list[OodResult]:
-    """Evaluate the trainer's current model on every configured OOD split, in ``SPLITS`` order.
+    """Evaluate the trainer's current model on every configured OOD split, in ``OOD_SPLITS`` order.
 
     Images are normalised with the training dataset's mean/std, run in batches of
     ``EVAL_BATCH`` on the trainer's device under its autocast. ``temperature`` (default: fitted
@@ -505,23 +445,25 @@ def evaluate_ood(
     if temperature is None:
         temperature = trainer.fit_temperature()
     results = []
-    if settings.svhn is not None:
-        results.append(_evaluate_svhn(trainer, settings.svhn, info))
-    for split in _CIFAR_C:
-        cfg = getattr(settings, split)
-        if cfg is not None:
+    for split in OOD_SPLITS:
+        cfg = settings.section(split)
+        if isinstance(cfg, SvhnSettings):
+            results.append(_evaluate_svhn(trainer, cfg, info))
+        elif cfg is not None and split in _CIFAR_C:
             results.append(_evaluate_cifar_c(trainer, split, cfg, info, temperature))
-    if settings.imagenet_c is not None:
-        results.append(_evaluate_imagenet_c(trainer, settings.imagenet_c, info, temperature))
+        elif cfg is not None:
+            results.append(_evaluate_imagenet_c(trainer, cfg, info, temperature))
     return results
 
 
 def ood_metric_names(settings: OodSettings) -> list[str]:
     """The metric names ``evaluate_ood`` reports for ``settings`` (for report columns)."""
-    names = ["ood_svhn_auroc"] if settings.svhn is not None else []
-    for split in ("cifar10_c", "cifar100_c", "imagenet_c"):
-        cfg = getattr(settings, split)
-        if cfg is not None:
+    names = []
+    for split in OOD_SPLITS:
+        cfg = settings.section(split)
+        if isinstance(cfg, SvhnSettings):
+            names.append(f"{split}_auroc")
+        elif cfg is not None:
             names += [f"{split}_accuracy", f"{split}_ece", f"{split}_ece_ts"]
             for s in cfg.severities:
                 names += [f"{split}_s{s}_accuracy", f"{split}_s{s}_ece"]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,106 +10,10 @@ import ray
 import torch
 from ray import tune
 
-from trainables import evidence
 from trainables.config import parse_config
 from trainables.hold import hold_if_asked
-from trainables.layout import evidence_uri, resolve_fs, trial_artifacts_uri
 from trainables.loop import EpochRecord, Trainer, load_checkpoint, save_checkpoint
-from trainables.ood import evaluate_ood, ood_evidence_table
-from trainables.plots import reliability_png
-
-CHECKPOINT_FILE = "state.pt"
-RELIABILITY_FILE = "reliability.png"
-EVIDENCE_SPLITS = ("val", "test")
-# What a diverged trial reports: the worst value of each objective metric, so that Optuna's
-# samplers rank its region last instead of ignoring it (as they would ignore a FAIL).
-DIVERGED_METRICS = {"val_accuracy": 0.0, "val_ece": 1.0, "val_adaece": 1.0}
-
-
-@dataclass(frozen=True)
-class TrialContext:
-    """Study-level facts a trial needs, fixed for the whole study."""
-
-    study: str
-    objective_weight: float | None  # None for a Pareto study
-    cpus_per_trial: float
-    study_uri: str = ""  # the study directory (local path or s3://...); "" writes no files
-    evidence: str = "last"  # per-sample evidence of the last epoch only, or of "every" epoch
-    workers: int = (
-        1  # >1: data-parallel over that many Ray Train workers (trainables/distributed.py)
-    )
-    gpus_per_worker: float = 0.0
-
-
-def write_trial_files(
-    trainer: Trainer, record: EpochRecord, ctx: TrialContext, trial_id: str
-) -> None:
-    """Evidence of val and test for this epoch and, after the last one, the reliability diagram."""
-    last = bool(record.final)
-    if not ctx.study_uri or trainer.diverged or not (last or ctx.evidence == "every"):
-        return
-    temperature = record.final.get("temperature") or trainer.fit_temperature()
-    for split in EVIDENCE_SPLITS:
-        if trainer.data.split_size(split) == 0:
-            continue
-        logits, labels = trainer.predictions(split)
-        table = evidence.evidence_table(
-            logits, labels, study=ctx.study, epoch=record.epoch, temperature=temperature
-        )
-        evidence.write_evidence(table, evidence_uri(ctx.study_uri), trial_id, split, record.epoch)
-    if last:
-        logits, labels = trainer.predictions("test")
-        png = reliability_png(logits, labels, temperature, title="test")
-        fs, root = resolve_fs(trial_artifacts_uri(ctx.study_uri, trial_id))
-        fs.create_dir(root, recursive=True)
-        with fs.open_output_stream(f"{root}/{RELIABILITY_FILE}") as out:
-            out.write(png)
-
-
-def run_ood(trainer: Trainer, record: EpochRecord, ctx: TrialContext, trial_id: str) -> None:
-    """After the last epoch, evaluate the ``ood`` section once: its metrics join ``record.final``
-    (so the trial reports them) and each OOD split's evidence is written."""
-    if trainer.cfg.ood is None or trainer.diverged or not record.final:
-        return
-    temperature = record.final["temperature"]
-    for result in evaluate_ood(trainer, trainer.cfg.ood, temperature):
-        record.final.update(result.metrics)
-        if ctx.study_uri:
-            table = ood_evidence_table(
-                result, study=ctx.study, epoch=record.epoch, temperature=temperature
-            )
-            uri = evidence_uri(ctx.study_uri)
-            evidence.write_evidence(table, uri, trial_id, result.split, record.epoch)
-
-
-def record_epoch_outputs(
-    trainer: Trainer, record: EpochRecord, ctx: TrialContext, trial_id: str
-) -> None:
-    """After an epoch: OOD evaluation (last epoch; its metrics join ``record.final``), evidence
-    and figures. Done by the one process that writes (rank 0 of a multi-worker trial)."""
-    run_ood(trainer, record, ctx, trial_id)
-    write_trial_files(trainer, record, ctx, trial_id)
-
-
-def objective_value(metrics: dict[str, Any], weight: float) -> float:
-    """The weighted objective ``val_accuracy - weight * val_ece``."""
-    return metrics["val_accuracy"] - weight * metrics["val_ece"]
-
-
-def epoch_metrics(trainer: Trainer, record: EpochRecord, ctx: TrialContext) -> dict[str, Any]:
-    """What a trial reports after an epoch (test metrics too, after the last one)."""
-    metrics: dict[str, Any] = record.flat()
-    metrics["epochs_total"] = trainer.cfg.epochs
-    metrics["diverged"] = trainer.diverged
-    if trainer.diverged:
-        metrics.update(DIVERGED_METRICS)
-        metrics["train_loss"] = (
-            math.inf if not math.isfinite(record.train_loss) else record.train_loss
-        )
-    metrics.update(record.final)
-    if ctx.objective_weight is not None:
-        metrics["objective"] = objective_value(metrics, ctx.objective_weight)
-    return metrics
+from trainables.reporting import CHECKPOINT_FILE, TrialContext, epoch_metrics, record_epoch_outputs
 
 
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:

@@ -1,0 +1,413 @@
+"""sharpcal's studies as a Python library; the ``study`` command is argument parsing and printing
+over it.
+
+    from study import Study
+
+    s = Study.create("default", name="first", overrides={"samples": 4})
+    s.run()                       # trials on a private local Ray (or run(address="auto"))
+    s.front()                     # the Pareto front (or best trial), a DataFrame
+    s.compare(baseline="SGD")     # per configuration, mean/std over seeds (+ paired differences)
+    s.evidence().to_table()       # the per-sample Parquet evidence (a pyarrow dataset)
+    s.report()                    # writes <study>/report/, returns its path
+    Study.load("first").resume()  # after a crash, Ctrl-C or reboot
+
+Every bad input raises ``StudyInputError`` (one line: what, where, how to fix) before anything is
+written or started.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from search_spaces import SpaceError
+from search_spaces.schema import Space, check_space, load_space
+from trainables.config import ConfigError
+from trainables.data import DataError
+from trainables.layout import StudyPaths, study_paths
+from trainables.models import ModelError
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+    import pyarrow.dataset as pads
+
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, ModelError, SpaceError)
+
+
+class StudyInputError(ValueError):
+    """Bad input, found before any work starts: one line saying what, where and how to fix it."""
+
+
+@contextmanager
+def user_errors(*more: type[Exception]) -> Iterator[None]:
+    """Turn the project's input errors (and ``more``) into ``StudyInputError``."""
+    from study.inputs import InputError
+
+    try:
+        yield
+    except (*USER_ERRORS, InputError, *more) as err:
+        raise StudyInputError(str(err)) from None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """How a run or resume ended: trials Tune ran this time, how many errored, and the report
+    (None when every trial errored)."""
+
+    trials: int
+    errors: int
+    report: Path | None
+
+
+def resolve(
+    space: str | Path | dict[str, Any] | Space, overrides: dict[str, Any] | None = None
+) -> Space:
+    """A validated space from a bundled name, a YAML file, a dict or a ``Space``, with
+    ``overrides`` (``--set``-style settings or study keys such as ``samples``) applied."""
+    with user_errors():
+        if isinstance(space, Space):
+            space = space.model_dump(mode="json")
+        if isinstance(space, dict):
+            from search_spaces.schema import apply_overrides
+
+            return check_space(apply_overrides(dict(space), overrides or {}), "space")
+        return load_space(str(space), overrides)
+
+
+def check_inputs(
+    space: Space,
+    name: str,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    runs_here: bool | None = None,
+) -> StudyPaths:
+    """Everything a study's start checks before it writes a file or starts Ray: the name, the
+    storage, the URIs (no credentials in them), the OOD files and, for a study that runs on this
+    machine (``runs_here``, default: no ``address``), every device and dataset. Returns the
+    study's paths."""
+    from study.inputs import check_no_credentials, check_runs_here, check_storage
+    from trainables.ood import check_ood_config
+
+    with user_errors():
+        check_no_credentials(tracking_uri, "--tracking-uri")
+        check_no_credentials(address, "--address")
+        check_storage(storage)
+        paths = study_paths(name, storage)
+        check_ood_config(space.train_config())
+        if runs_here if runs_here is not None else not address:
+            check_runs_here(space)
+    return paths
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (None: it exists)."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+class Study:
+    """One study: its name, where it lives (``paths``) and its resolved ``space``."""
+
+    def __init__(self, name: str, paths: StudyPaths, space: Space) -> None:
+        self.name = name
+        self.paths = paths
+        self.space = space
+        self._address: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Study({self.name!r}, root={str(self.paths.root)!r})"
+
+    # ---------------------------------------------------------------------------------------
+    # Making and finding studies
+    # ---------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        space: str | Path | dict[str, Any] | Space,
+        name: str | None = None,
+        storage: str | None = "studies",
+        tracking_uri: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> Study:
+        """Validate everything, then create the study (its directory, resolved space and MLflow
+        parent run); ``run()`` starts its trials. ``name`` defaults to the space's name; a name
+        that already has a study is refused (``Study.load(name).resume()`` continues it)."""
+        resolved = resolve(space, overrides)
+        name = name or resolved.name or "study"
+        paths = check_inputs(resolved, name, storage, tracking_uri, runs_here=False)
+        source = space if isinstance(space, (str, Path)) else "a dict"
+        _create(resolved, name, paths, tracking_uri, {"space": str(source), **(tags or {})})
+        return cls(name, paths, resolved.model_copy(update={"name": name}))  # as saved
+
+    @classmethod
+    def load(cls, name: str, storage: str | None = "studies") -> Study:
+        """An existing study by name."""
+        from study.inputs import check_no_credentials
+        from study.runner import load_study_space
+
+        with user_errors():
+            check_no_credentials(storage, "--storage")
+            paths = study_paths(name, storage)
+            return cls(name, paths, load_study_space(paths, name))
+
+    # ---------------------------------------------------------------------------------------
+    # Running
+    # ---------------------------------------------------------------------------------------
+
+    def run(self, address: str | None = None) -> RunSummary:
+        """Run the study's trials (on a private local Ray, or the cluster at ``address``) and
+        write its report. A study whose trials already started is resumed with ``resume()``."""
+        from study.runner import build_tuner, has_tune_state
+        from study.tracking import MlflowTrialCallback
+
+        with self._driving(address):
+            if has_tune_state(self.paths):
+                raise StudyInputError(
+                    f"study {self.name!r} has already started its trials; continue it with "
+                    f"'study resume {self.name}'"
+                )
+            info = self.tracking()
+            callbacks = []
+            if info:
+                callbacks.append(
+                    MlflowTrialCallback(
+                        info["tracking_uri"],
+                        info["experiment_id"],
+                        info["parent_run_id"],
+                        self.paths.data_uri,
+                    )
+                )
+            return self._fit(lambda: build_tuner(self.space, self.name, self.paths, callbacks))
+
+    def resume(self, address: str | None = None) -> RunSummary:
+        """Continue an interrupted study from Tune's experiment state and the Optuna database:
+        finished trials stay, interrupted ones restart from their last epoch checkpoint. A study
+        whose start failed before any trial was asked for runs from the beginning."""
+        from study.runner import check_resumable, has_tune_state, restore_tuner
+
+        self.tracking()  # readable, before Ray starts
+        if not has_tune_state(self.paths) and not self._asked_any():
+            return self.run(address)
+        with user_errors():
+            check_resumable(self.paths, self.name)
+        with self._driving(address):
+            return self._fit(lambda: restore_tuner(self.space, self.name, self.paths))
+
+    def _asked_any(self) -> bool:
+        """Whether any trial was ever asked of the Optuna study."""
+        if not self.paths.optuna_db.is_file():
+            return False
+        try:
+            return bool(self.optuna().get_trials(deepcopy=False))
+        except KeyError:  # the database exists, the study in it does not
+            return False
+
+    @contextmanager
+    def _driving(self, address: str | None) -> Iterator[None]:
+        """Hold the study's driver lock, after checking what can be checked without Ray."""
+        from study.inputs import check_no_credentials, check_runs_here
+        from study.lock import StudyLock, StudyLocked, describe_holder
+        from study.tracking import TrackingError, parent_run_open
+
+        info = self.tracking()
+        lock = StudyLock(self.paths.root, self.name)
+        with user_errors(StudyLocked):
+            check_no_credentials(address, "--address")
+            if not address:
+                check_runs_here(self.space)
+            lock.acquire()
+        try:
+            if lock.previous:
+                holder = describe_holder(lock.previous)
+                print(f"taking over the lock of a driver that is gone ({holder})")
+            with ExitStack() as parent_run:
+                with user_errors(TrackingError):
+                    parent_run.enter_context(parent_run_open(info, self.name))
+                self._address = address
+                yield
+        finally:
+            lock.release()
+
+    def _fit(self, make_tuner: Callable[[], Any]) -> RunSummary:
+        from study.runner import init_ray
+        from study.search import fail_orphans
+
+        init_ray(self._address)
+        with user_errors():
+            tuner = make_tuner()
+        results = tuner.fit()
+        if len(results) >= self.space.trials and all(r.metrics or r.error for r in results):
+            fail_orphans(self.optuna())  # the study is over: nothing can still be running
+        report = None if len(results) == results.num_errors else self.report()
+        return RunSummary(trials=len(results), errors=results.num_errors, report=report)
+
+    def rerun(
+        self,
+        top: int = 3,
+        seeds: int = 3,
+        name: str | None = None,
+        concurrency: int | None = None,
+        storage: str | None = None,
+        tracking_uri: str | None = None,
+    ) -> Study:
+        """A new study (created, not run) of this study's ``top`` best configurations with
+        ``seeds`` seeds each; ``name`` defaults to ``<name>-rerun``."""
+        from study.compare import top_configurations
+
+        if top < 1 or seeds < 1:
+            raise StudyInputError(f"top and seeds must be >= 1 (got {top}, {seeds})")
+        best = top_configurations(self.optuna(), self.space, top)
+        if not best:
+            raise StudyInputError(f"study {self.name!r} has no completed trial to rerun")
+        new_name = name or f"{self.name}-rerun"
+        data = self.space.model_dump(mode="json")
+        data.update(
+            name=new_name,
+            description=f"the {len(best)} best configurations of {self.name}, {seeds} seeds",
+            points=best,
+            samples=len(best),
+            repeats=seeds,
+            scheduler="none",
+            concurrency=concurrency or self.space.concurrency,
+        )
+        with user_errors():
+            space = check_space(data, f"rerun of {self.name}")
+        storage = storage if storage is not None else str(self.paths.root.parent)
+        return Study.create(
+            space, new_name, storage, tracking_uri, tags={"space": f"rerun of {self.name}"}
+        )
+
+    # ---------------------------------------------------------------------------------------
+    # Results
+    # ---------------------------------------------------------------------------------------
+
+    def optuna(self) -> optuna.Study:
+        """The Optuna study (read from its database; never created by reading)."""
+        from study.front import load_optuna_study
+
+        if not self.paths.optuna_db.is_file():
+            raise StudyInputError(
+                f"study {self.name!r} has no Optuna database ({self.paths.optuna_db}): none of its "
+                f"trials has started; start them with 'study resume {self.name}'"
+            )
+        return load_optuna_study(self.name, self.paths.optuna_url)
+
+    def tracking(self) -> dict[str, str]:
+        """Where the study is tracked in MLflow ({} without tracking)."""
+        from study.runner import load_tracking
+
+        with user_errors():
+            return load_tracking(self.paths)
+
+    def front(self) -> pd.DataFrame:
+        """The Pareto front (or the best trial): one row per trial with its Tune id, status,
+        hyperparameters, val and test metrics."""
+        import pandas as pd
+
+        from study.front import front_rows
+
+        return pd.DataFrame(front_rows(self.optuna(), self.space))
+
+    def compare(self, baseline: str | int | None = None) -> pd.DataFrame:
+        """One row per configuration: seeds, and each metric's mean and std over seeds (as
+        logged: fractions, not percent). With ``baseline`` (a configuration's label or row
+        number), each metric's paired difference to it: mean and 95% Student-t interval."""
+        import pandas as pd
+
+        from study.compare import comparison_tables, find_row, paired_table
+
+        tables = comparison_tables(self.optuna(), self.space)
+        confs = tables[0].confs
+        rows: list[dict[str, Any]] = []
+        for conf in confs:
+            row: dict[str, Any] = {"configuration": conf.label, "seeds": len(conf.trials)}
+            for table in tables:
+                for metric in table.columns:
+                    row[f"{metric}_mean"], row[f"{metric}_std"] = conf.mean_std(metric)
+            rows.append(row)
+        if baseline is not None and confs:
+            with user_errors():
+                index = find_row(confs, str(baseline))
+            paired = paired_table(confs, index, self.space)
+            by_label = {conf.label: diffs for conf, diffs in paired.rows}
+            for row in rows:
+                for metric, d in by_label.get(row["configuration"], {}).items():
+                    row[f"{metric}_diff"] = d.mean
+                    row[f"{metric}_diff_low"], row[f"{metric}_diff_high"] = d.low, d.high
+        return pd.DataFrame(rows)
+
+    def evidence(self) -> pads.Dataset:
+        """The per-sample evidence of every trial (``trial_id`` and ``split`` as strings)."""
+        from trainables.evidence import open_evidence
+
+        return open_evidence(self.paths.evidence)
+
+    def report(self) -> Path:
+        """Write (or rewrite) the study's report (``<study>/report/``); returns report.md's path."""
+        from study.report import write_report
+
+        self.optuna()  # a study with no trials has nothing to report
+        return write_report(self.paths, self.name, self.space, self.tracking() or None)
+
+
+def _create(
+    space: Space, name: str, paths: StudyPaths, tracking_uri: str | None, tags: dict[str, str]
+) -> None:
+    """Create the study's directory, space file and MLflow parent run under the driver lock;
+    on any failure leave nothing of it behind."""
+    from study.lock import StudyLock, StudyLocked
+    from study.runner import StudyExists, prepare_study, refuse_existing, save_tracking
+    from study.tracking import (
+        StudyTracker,
+        TrackingError,
+        default_tracking_uri,
+        flatten,
+        git_commit,
+    )
+
+    tracking_uri = tracking_uri or default_tracking_uri()
+    created = _first_missing(paths.root)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    lock = StudyLock(paths.root, name)
+    try:
+        with user_errors(StudyExists, StudyLocked, TrackingError):
+            lock.acquire()
+            refuse_existing(name, paths)  # before the tracking store is touched
+            tracker = StudyTracker(tracking_uri, name)
+            prepare_study(space, name, paths)
+        run_tags = {
+            "sampler": space.sampler,
+            "objective": space.objective.type,
+            "sharpcal.kind": "study",
+            **tags,
+        }
+        commit = git_commit()
+        if commit:
+            run_tags["git_commit"] = commit
+        parent = tracker.parent_run(None, flatten(space.model_dump(mode="json")), run_tags)
+        save_tracking(
+            paths,
+            {
+                "tracking_uri": tracking_uri,
+                "experiment_id": tracker.experiment_id,
+                "parent_run_id": parent,
+            },
+        )
+    except BaseException:
+        if created:  # nothing of this study may stay: a new start must find the name free
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
