@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -30,6 +32,23 @@ def run_study(
         cwd=cwd,
         env=env,
     )
+
+
+def study_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``study ARGS`` run by ``study.cli.main`` in this process, in ``cwd``, its output captured:
+    the CLI over the Python API, without a new interpreter; a study leaves its local Ray running
+    for the next one (use the ``ray_shut_down_after_module`` fixture)."""
+    from study import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(list(args))
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess(["study", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.mark.slow  # a `study` subprocess

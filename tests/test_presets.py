@@ -1,4 +1,5 @@
-"""Presets, repeats, rerun and compare on real studies (local Ray, Optuna, MLflow on sqlite)."""
+"""Presets, repeats, rerun and compare on real studies (local Ray, Optuna, MLflow on sqlite), run
+by the CLI in-process (``study.cli.main`` over the Python API)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
 
-from tests.test_cli import run_study
+from tests.test_cli import study_in_process as run_study
 from tests.test_data import write_cifar10
 from tests.test_ood import write_cifar_c, write_svhn_test
 from tests.test_study import DIGITS, optuna_study, write_space
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_shut_down_after_module")]
 
 LOSS_LABELS = {"ce": "", "ls": " + LS (ε=0.1)", "focal": " + Focal (γ=3)", "flsd53": " + FLSD-53"}
 METHOD_LABELS = {"sgd": "SGD", "sam": "SAM (ρ=0.05)", "asam": "ASAM (ρ=0.05)"}

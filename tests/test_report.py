@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import optuna
@@ -17,6 +15,7 @@ import yaml
 from optuna.trial import TrialState
 
 from search_spaces.schema import check_space
+from study import Study
 from study.front import best_trials, load_optuna_study
 from study.report import StudyView, compute_importances, log_report, rank_score, write_report
 from study.runner import load_study_space, load_tracking
@@ -50,19 +49,22 @@ SPACE = {
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """A 4-trial digits study, then its report (over a stale report directory)."""
+    """A 4-trial digits study run in-process, then its report (over a stale report directory)."""
+    import ray
+
     root = tmp_path_factory.mktemp("report")
     space_file = root / "space.yaml"
     space_file.write_text(yaml.safe_dump(SPACE, sort_keys=False))
-    proc = subprocess.run(
-        [sys.executable, "-m", "study", "run", str(space_file), "--name", NAME]
-        + ["--storage", "studies"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    try:
+        study = Study.create(
+            str(space_file),
+            name=NAME,
+            storage=str(root / "studies"),
+            tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        )
+        assert study.run().errors == 0
+    finally:
+        ray.shutdown()
     paths = study_paths(NAME, str(root / "studies"))
     paths.report.mkdir(exist_ok=True)  # `study run` may have written one already
     (paths.report / "stale.png").write_bytes(b"from an earlier report")

@@ -18,7 +18,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.test_cli import run_study
+from tests.test_cli import run_study, study_in_process
 from tests.test_study import (
     PARETO_SEARCH,
     held_trial,
@@ -99,8 +99,8 @@ DIGITS_VAL, DIGITS_TEST = _digits.split_size("val"), _digits.split_size("test")
 
 
 @pytest.fixture(scope="module")
-def tracked_study(tmp_path_factory):
-    """A 3-trial study on digits, tracked by a real MLflow server over HTTP."""
+def tracked_study(tmp_path_factory, ray_shut_down_after_module):
+    """A 3-trial study on digits run in-process, tracked by a real MLflow server over HTTP."""
     work = tmp_path_factory.mktemp("tracked")
     with mlflow_server(work / "server") as (url, _):
         path = write_space(
@@ -111,7 +111,7 @@ def tracked_study(tmp_path_factory):
             concurrency=2,
             seed=3,
         )
-        proc = run_study(
+        proc = study_in_process(
             "run",
             str(path),
             "--name",
@@ -196,7 +196,7 @@ def test_evidence_has_every_sample_once_and_reproduces_logged_ece(tracked_study)
 def test_unreachable_tracking_server_is_a_clear_error_before_any_trial(tmp_path):
     path = write_space(tmp_path, fixed={"epochs": 1}, search=PARETO_SEARCH, samples=1)
     url = f"http://127.0.0.1:{free_port()}"
-    proc = run_study(
+    proc = study_in_process(
         "run", str(path), "--name", "x", "--storage", "studies", "--tracking-uri", url, cwd=tmp_path
     )
     assert proc.returncode == 2
