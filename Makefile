@@ -7,7 +7,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 CONSTRAINTS ?= constraints.txt
 PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: demo test test-fast venv test-deps data toolchain lint bench clean gpu-bundle gpu-rehearsal \
+.PHONY: demo test test-fast venv test-deps data toolchain browser lint bench clean gpu-bundle gpu-rehearsal \
 	constraints
 
 $(BIN)/python:
@@ -40,7 +40,15 @@ toolchain:
 demo: venv data
 	$(BIN)/study run default --name demo-$$(date +%Y%m%d-%H%M%S)
 
-test: test-deps data toolchain
+# Headless Chromium and its driver for the report-in-the-MLflow-UI test, from apt where at hand.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)); } || \
+	  echo "no Chromium and no apt: the MLflow UI report test will be skipped"
+
+test: test-deps data toolchain browser
 	$(BIN)/python -m pytest -q -m "not gpu" --timeout 900
 
 # After an upgrade that passed `make test CONSTRAINTS=`: pin what it passed with.

@@ -100,6 +100,13 @@ class Objective(BaseModel):
         return ["val_accuracy", "val_ece"] if self.type == "pareto" else ["objective"]
 
     @property
+    def names(self) -> list[str]:
+        """What each objective is called where users read it (optuna-dashboard's axes)."""
+        if self.type == "pareto":
+            return self.metrics
+        return [f"val_accuracy - {self.weight:g} * val_ece"]
+
+    @property
     def modes(self) -> list[str]:
         """max/min per metric."""
         return ["max", "min"] if self.type == "pareto" else ["max"]

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow.dataset as pads
 
+    from study.status import StudyStatus
+
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, ModelError, SpaceError)
 
 
@@ -166,9 +168,13 @@ class Study:
     # Running
     # ---------------------------------------------------------------------------------------
 
-    def run(self, address: str | None = None) -> RunSummary:
+    def run(self, address: str | None = None, verbose: bool = False) -> RunSummary:
         """Run the study's trials (on a private local Ray, or the cluster at ``address``) and
-        write its report. A study whose trials already started is resumed with ``resume()``."""
+        write its report. A study whose trials already started is resumed with ``resume()``.
+
+        Prints one line per trial event and a progress line; Ray's and Tune's own output goes
+        to ``<study>/driver.log`` (``verbose``: to the console, as Ray prints it)."""
+        from study.events import TrialEvents
         from study.runner import build_tuner, has_tune_state
         from study.tracking import MlflowTrialCallback
 
@@ -179,7 +185,7 @@ class Study:
                     f"'study resume {self.name}'"
                 )
             info = self.tracking()
-            callbacks = []
+            callbacks: list[Any] = [TrialEvents(self.space, self.name, self.paths.optuna_url)]
             if info:
                 callbacks.append(
                     MlflowTrialCallback(
@@ -187,11 +193,14 @@ class Study:
                         info["experiment_id"],
                         info["parent_run_id"],
                         self.paths.data_uri,
+                        optuna_study=(self.paths.optuna_url, self.name),
                     )
                 )
-            return self._fit(lambda: build_tuner(self.space, self.name, self.paths, callbacks))
+            return self._fit(
+                lambda: build_tuner(self.space, self.name, self.paths, callbacks), verbose
+            )
 
-    def resume(self, address: str | None = None) -> RunSummary:
+    def resume(self, address: str | None = None, verbose: bool = False) -> RunSummary:
         """Continue an interrupted study from Tune's experiment state and the Optuna database:
         finished trials stay, interrupted ones restart from their last epoch checkpoint. A study
         whose start failed before any trial was asked for runs from the beginning."""
@@ -199,11 +208,11 @@ class Study:
 
         self.tracking()  # readable, before Ray starts
         if not has_tune_state(self.paths) and not self._asked_any():
-            return self.run(address)
+            return self.run(address, verbose)
         with user_errors():
             check_resumable(self.paths, self.name)
         with self._driving(address):
-            return self._fit(lambda: restore_tuner(self.space, self.name, self.paths))
+            return self._fit(lambda: restore_tuner(self.space, self.name, self.paths), verbose)
 
     def _asked_any(self) -> bool:
         """Whether any trial was ever asked of the Optuna study."""
@@ -240,18 +249,80 @@ class Study:
         finally:
             lock.release()
 
-    def _fit(self, make_tuner: Callable[[], Any]) -> RunSummary:
-        from study.runner import init_ray
-        from study.search import fail_orphans
+    def _fit(self, make_tuner: Callable[[], Any], verbose: bool) -> RunSummary:
+        """Fit the tuner, then fail orphans and write the report, inside the study's console; a
+        Ray started here is stopped here (so nothing of it prints after the summary)."""
+        import ray
 
-        init_ray(self._address)
-        with user_errors():
-            tuner = make_tuner()
-        results = tuner.fit()
-        if len(results) >= self.space.trials and all(r.metrics or r.error for r in results):
-            fail_orphans(self.optuna())  # the study is over: nothing can still be running
-        report = None if len(results) == results.num_errors else self.report()
+        from study.output import console
+        from study.runner import init_ray
+        from study.trials import fail_orphans
+
+        with console(self.paths.log, self.space.trials, verbose):
+            started_here = not ray.is_initialized()
+            try:
+                init_ray(self._address)
+                with user_errors():
+                    tuner = make_tuner()
+                results = tuner.fit()
+                if len(results) >= self.space.trials and all(r.metrics or r.error for r in results):
+                    fail_orphans(self.optuna())  # the study is over: nothing can still be running
+                report = None if len(results) == results.num_errors else self.report()
+                if report is not None:
+                    self._log_front_models()
+            finally:
+                if started_here:
+                    ray.shutdown()
         return RunSummary(trials=len(results), errors=results.num_errors, report=report)
+
+    def _log_front_models(self) -> None:
+        """Log the final model of every front trial (or the best trial) on its MLflow run; a
+        model that cannot be logged is a warning (the study itself is done and on disk)."""
+        from study.front import best_trials
+        from study.models import log_trial_model, trial_run_id
+        from study.output import warn
+
+        info = self.tracking()
+        if not info:
+            return
+        for trial in best_trials(self.optuna()):
+            try:
+                run_id = trial_run_id(info["tracking_uri"], info["experiment_id"], trial)
+                log_trial_model(self.paths, trial, info["tracking_uri"], run_id)
+            except Exception as err:  # noqa: BLE001 - MLflow, storage or data: say it, go on
+                reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+                warn(f"the model of trial {trial.number} was not logged to MLflow: {reason}")
+
+    def register(self, model_name: str, trial: int | None = None) -> Any:
+        """Register a trial's model in MLflow's Model Registry as a new version of
+        ``model_name`` (tagged with its test metrics and temperature); returns the
+        ``ModelVersion``. ``trial``: an Optuna trial number; default the best trial (under a
+        Pareto objective, the front trial with the highest ``val_accuracy - val_ece``)."""
+        from study.compare import rank_score
+        from study.front import best_trials
+        from study.models import register_trial_model
+
+        info = self.tracking()
+        if not info:
+            raise StudyInputError(
+                f"study {self.name!r} is not tracked in MLflow: nothing to register"
+            )
+        study = self.optuna()
+        if trial is None:
+            front = best_trials(study)
+            if not front:
+                raise StudyInputError(f"study {self.name!r} has no completed trial to register")
+            chosen = max(front, key=lambda t: rank_score(t, self.space))
+        else:
+            numbers = {t.number: t for t in study.get_trials(deepcopy=False)}
+            if trial not in numbers or not numbers[trial].state.is_finished():
+                raise StudyInputError(
+                    f"study {self.name!r} has no finished trial {trial}; 'study status "
+                    f"{self.name}' lists its trials"
+                )
+            chosen = numbers[trial]
+        with user_errors(LookupError):
+            return register_trial_model(self.paths, chosen, info, model_name)
 
     def rerun(
         self,
@@ -347,6 +418,14 @@ class Study:
                     row[f"{metric}_diff"] = d.mean
                     row[f"{metric}_diff_low"], row[f"{metric}_diff_high"] = d.low, d.high
         return pd.DataFrame(rows)
+
+    def status(self) -> StudyStatus:
+        """Where the study stands, from its storage alone (works while another process runs it):
+        trials by state, the driver, elapsed time, the best trials so far, the MLflow run."""
+        from study.status import study_status
+
+        study = self.optuna() if self._asked_any() else None
+        return study_status(self.name, self.paths, self.space, study, self.tracking())
 
     def evidence(self) -> pads.Dataset:
         """The per-sample evidence of every trial (``trial_id`` and ``split`` as strings)."""

@@ -59,7 +59,23 @@ def _parser() -> argparse.ArgumentParser:
         help="check everything (space, name, storage, devices, data) and say what would run; "
         "write nothing, start nothing",
     )
+    run.add_argument(
+        "--register",
+        metavar="MODEL",
+        help="after the study, register its best trial's model as MODEL in MLflow's registry",
+    )
     run.set_defaults(handler=cmd_run)
+
+    register = sub.add_parser(
+        "register", help="register a trial's model in MLflow's Model Registry"
+    )
+    register.add_argument("name", help="the study's name")
+    register.add_argument("model", help="the registered model's name")
+    register.add_argument(
+        "--trial", type=int, help="the Optuna trial number (default: the best trial)"
+    )
+    register.add_argument("--storage", help="directory holding studies (default: ./studies)")
+    register.set_defaults(handler=cmd_register)
 
     rerun = sub.add_parser(
         "rerun", help="a new study re-running a finished study's best configurations with seeds"
@@ -97,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--storage", help="directory holding studies (default: ./studies)")
     report.set_defaults(handler=cmd_report)
 
+    status = sub.add_parser(
+        "status", help="where a running or finished study stands (from its storage; no Ray)"
+    )
+    status.add_argument("name", help="the study's name")
+    status.add_argument("--storage", help="directory holding studies (default: ./studies)")
+    status.set_defaults(handler=cmd_status)
+
     spaces = sub.add_parser("spaces", help="list bundled search spaces, or validate a file")
     spaces.add_argument("action", nargs="?", choices=["list", "validate"], default="list")
     spaces.add_argument("file", nargs="?", help="with validate: the YAML file to check")
@@ -108,6 +131,11 @@ def _add_storage_and_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", help="directory (or URI) holding studies (default: ./studies)")
     parser.add_argument(
         "--address", help="Ray cluster to join, e.g. 'auto' (default: a private local Ray)"
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print Ray's and Tune's own output too (default: it goes to <study>/driver.log)",
     )
 
 
@@ -130,13 +158,22 @@ def train_settings(space: str | None, sets: list[str] | None) -> dict[str, Any]:
     return settings
 
 
-def _print_epoch(_: Trainer, record: EpochRecord) -> None:
+def epoch_bar(trainer: Trainer) -> Any:
+    """A tqdm bar over one epoch's batches, on a terminal only (None elsewhere)."""
+    if not sys.stdout.isatty():
+        return None
+    from tqdm import tqdm
+
+    size, batch = trainer.data.split_size("train"), trainer.cfg.batch_size
+    return tqdm(total=-(-size // batch), unit="batch", leave=False, file=sys.stdout)
+
+
+def _epoch_line(_: Trainer, record: EpochRecord) -> str:
     val = record.val
-    print(
+    return (
         f"{record.epoch:>5}  {record.train_loss:>10.4f}  {val.get('accuracy', float('nan')):>7.4f}"
         f"  {val.get('ece', float('nan')):>7.4f}  {val.get('nll', float('nan')):>7.4f}"
-        f"  {record.seconds:>6.1f}s",
-        flush=True,
+        f"  {record.seconds:>6.1f}s"
     )
 
 
@@ -164,11 +201,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{'epoch':>5}  {'train_loss':>10}  {'val_acc':>7}  {'val_ece':>7}  {'val_nll':>7}  {'time':>7}"
     )
 
+    bar = epoch_bar(trainer)
+
     def on_epoch(trainer: Trainer, record: EpochRecord) -> None:
-        _print_epoch(trainer, record)
+        if bar is not None:
+            bar.reset()
+        if bar is not None:
+            bar.write(_epoch_line(trainer, record), file=sys.stdout)
+        else:
+            print(_epoch_line(trainer, record), flush=True)
         tracker.epoch({**record.flat(), **record.final}, record.epoch)
 
-    result = trainer.fit(on_epoch=on_epoch)
+    try:
+        result = trainer.fit(on_epoch=on_epoch, on_batch=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
     if result.status == "diverged":
         tracker.finish("diverged", {})
         print(f"diverged: the training loss became non-finite in epoch {trainer.epochs_done}")
@@ -197,6 +245,15 @@ def _load(args: argparse.Namespace) -> Study:
 def cmd_report(args: argparse.Namespace) -> int:
     """Write (or rewrite) a study's report from its Optuna storage, results and evidence."""
     print(f"report: {_load(args).report()}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print trial counts, the driver, elapsed time, the best so far and the MLflow run."""
+    from study.status import format_status
+
+    study = _load(args)
+    print(format_status(study.status(), study.space))
     return 0
 
 
@@ -244,7 +301,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 0
     study = Study.create(space, name, args.storage, args.tracking_uri, tags={"space": args.space})
-    return _run_and_print(study, study.run, args.address)
+    code = _run_and_print(study, study.run, args)
+    if code == 0 and args.register:
+        _print_registered(study.register(args.register))
+    return code
+
+
+def _print_registered(version: Any) -> None:
+    print(
+        f"registered: models:/{version.name}/{version.version} (trial {version.tags['trial']}, "
+        f"test ECE {version.tags.get('test_ece', '?')}, T {version.tags.get('temperature', '?')})"
+    )
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    """Register a finished trial's model in the Model Registry."""
+    _print_registered(_load(args).register(args.model, args.trial))
+    return 0
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
@@ -257,13 +330,13 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         storage=args.storage,
         tracking_uri=args.tracking_uri,
     )
-    return _run_and_print(study, study.run, args.address)
+    return _run_and_print(study, study.run, args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue an interrupted study from Tune's experiment state and the Optuna storage."""
     study = _load(args)
-    return _run_and_print(study, study.resume, args.address)
+    return _run_and_print(study, study.resume, args)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -300,12 +373,18 @@ def _plan(space: Any, name: str) -> str:
     )
 
 
-def _run_and_print(study: Study, run: Any, address: str | None) -> int:
+def _run_and_print(study: Study, run: Any, args: argparse.Namespace) -> int:
     """Run (or resume) ``study`` with its plan before and its front, paths and report after."""
     from study.front import format_table, front_rows
 
-    print(f"{_plan(study.space, study.name)}, in {study.paths.root}", flush=True)
-    summary = run(address)
+    space = getattr(args, "space", None)
+    source = f" (space {space})" if space else ""
+    print(f"{_plan(study.space, study.name)}{source}", flush=True)
+    print(f"  files: {study.paths.root}  (Ray's and Tune's output: {study.paths.log.name})")
+    info = study.tracking()
+    if info:
+        print(f"  mlflow: {info['tracking_uri']}, run {info['parent_run_id']}", flush=True)
+    summary = run(args.address, args.verbose)
     paths = study.paths
     title = "Pareto front" if study.space.objective.type == "pareto" else "best trial"
     print(f"\n{title} of study {study.name} ({summary.trials} trials, {summary.errors} errored):")

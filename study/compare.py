@@ -24,8 +24,8 @@ import scipy.stats
 from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces.schema import Space
-from study.search import STATUS_ATTR, configuration_key, trial_settings
 from study.tables import latex_table, markdown_table
+from study.trials import STATUS_ATTR, configuration_key, trial_settings
 from trainables.config import OOD_SPLITS, TrainConfig, ood_section_key
 
 Format = Literal["markdown", "latex", "csv"]

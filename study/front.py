@@ -9,7 +9,7 @@ import optuna
 
 from search_spaces.schema import Space
 from study.compare import describe
-from study.search import STATUS_ATTR, TRIAL_ID_ATTR, trial_settings
+from study.trials import STATUS_ATTR, TRIAL_ID_ATTR, trial_settings
 
 METRIC_COLUMNS = ("val_accuracy", "val_ece", "test_accuracy", "test_ece", "test_ece_ts")
 

@@ -82,6 +82,24 @@ def _describe(record: dict[str, Any]) -> str:
     return f"pid {record.get('pid')} on {record.get('host')} since {since}"
 
 
+def held_by(directory: Path) -> str | None:
+    """Who holds the driver lock in ``directory`` ("pid ... on ... since ..."), or None when no
+    driver does. A shared lock taken and dropped at once: it never blocks a driver for long."""
+    path = directory / LOCK_FILE
+    if not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _describe(_read(fd))
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def describe_holder(record: dict[str, Any] | None) -> str:
     """A stale lock's former holder, for the message that it was taken over."""
     return _describe(record or {})

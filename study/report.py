@@ -4,6 +4,7 @@ The report lives in ``<study dir>/report/``::
 
     report.md        settings, Pareto front (or best trial), best trial per method, ensemble,
                      importances, with links to the figures below
+    report.html      the same, one self-contained page (figures embedded; the MLflow UI shows it)
     report.json      the numbers of the tables at full precision
     pareto.png       val accuracy against val ECE of every completed trial, the front ringed
     reliability.png  test reliability diagrams of each method's best trial, before/after scaling,
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -58,14 +58,16 @@ from study.compare import (  # noqa: E402
     render_paired,
 )
 from study.front import best_trials, load_optuna_study  # noqa: E402
+from study.output import warn  # noqa: E402
 from study.regimes import MAP_METRICS, draw_regime_map, regime_text, regimes  # noqa: E402
-from study.search import (  # noqa: E402
+from study.report_html import HTML_FILE, report_html  # noqa: E402
+from study.tables import markdown_table  # noqa: E402
+from study.trials import (  # noqa: E402
     STATUS_ATTR,
     TRIAL_ID_ATTR,
     configuration_key,
     trial_settings,
 )
-from study.tables import markdown_table  # noqa: E402
 from trainables import calibration  # noqa: E402
 from trainables.atomic import replace_directory  # noqa: E402
 from trainables.config import TrainConfig  # noqa: E402
@@ -881,7 +883,7 @@ def log_report(report_dir: Path, tracking: dict[str, str]) -> bool:
         client.log_artifacts(tracking["parent_run_id"], str(report_dir), artifact_path="report")
     except Exception as err:  # the files on disk are the report; MLflow only mirrors them
         reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        print(f"warning: could not log the report to MLflow: {reason}", file=sys.stderr)
+        warn(f"could not log the report to MLflow: {reason}")
         return False
     return True
 
@@ -918,7 +920,10 @@ def _write_files(view: StudyView, paths: StudyPaths, report_dir: Path) -> None:
     sections.append(ensemble_section(view, data))
     sections.append(importance_section(view, report_dir / "importance.png", data))
     sections.append(sensitivity_section(view, report_dir / "sensitivity.png", data))
-    (report_dir / REPORT_FILE).write_text("\n\n".join(sections) + "\n")
+    text = "\n\n".join(sections) + "\n"
+    (report_dir / REPORT_FILE).write_text(text)
+    page = report_html(text, report_dir, f"Study report: {view.name}")
+    (report_dir / HTML_FILE).write_text(page)
     (report_dir / DATA_FILE).write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
 
 

@@ -8,9 +8,10 @@ on disk stays complete.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from study.output import warn
+from study.trials import MLFLOW_RUN_ATTR, TRIAL_ID_ATTR
 from trainables.layout import resolve_fs, trial_artifacts_uri, trial_evidence_uri
 
 # Fail fast on a dead server: a lost server costs a warning, not minutes of retries per call.
@@ -28,13 +31,12 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 TRIAL_TAG = "sharpcal.trial_id"
+
+# A new sqlite store announces its table creation at INFO on stderr: not news to a user.
+for _chatty in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
 STATUS_TAG = "status"
 PARENT_TAG = "mlflow.parentRunId"
-
-
-def warn(message: str) -> None:
-    """A one-line warning on stderr (the driver's logging belongs to Ray)."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class TrackingError(RuntimeError):
@@ -188,9 +190,47 @@ def parent_run_open(info: dict[str, str], study: str) -> Iterator[None]:
     try:
         tracker.finish(info["parent_run_id"])
     except Exception as err:
-        print(
-            f"warning: could not close MLflow run {info['parent_run_id']}: {err}", file=sys.stderr
-        )
+        warn(f"could not close MLflow run {info['parent_run_id']}: {err}")
+
+
+def log_dataset(client: Any, run_id: str, dataset: dict[str, Any]) -> None:
+    """Log a trial's data set (``trainables.reporting.dataset_input``) as the run's training
+    input: name, digest, source and split sizes, as the MLflow UI's Dataset column shows them;
+    not again when the run already has it (a resumed trial)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    have = client.get_run(run_id).inputs.dataset_inputs
+    if any(d.dataset.digest == dataset["digest"][:36] for d in have):
+        return
+    sizes = {split: dataset[split] for split in ("train", "val", "test") if split in dataset}
+    entity = Dataset(
+        name=dataset["name"],
+        digest=dataset["digest"][:36],
+        source_type="local",
+        source=json.dumps({"uri": dataset["source"]}),
+        profile=json.dumps({"num_rows": sizes.get("train"), "splits": sizes}),
+    )
+    tags = [InputTag(key="mlflow.data.context", value="training")]
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=tags)])
+
+
+def set_trial_attr(url: str, study_name: str, tune_trial_id: str, key: str, value: Any) -> None:
+    """Set a user attribute of the unfinished Optuna trial that runs Tune's ``tune_trial_id``."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+        for trial in reversed(storage.get_all_trials(study_id, deepcopy=False)):
+            if (
+                trial.user_attrs.get(TRIAL_ID_ATTR) == tune_trial_id
+                and not trial.state.is_finished()
+            ):
+                row = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+                storage.set_trial_user_attr(row, key, value)
+                return
+    finally:
+        storage.remove_session()
 
 
 class MlflowTrialCallback(Callback):
@@ -201,20 +241,33 @@ class MlflowTrialCallback(Callback):
     """
 
     def __init__(
-        self, tracking_uri: str, experiment_id: str, parent_run_id: str, study_uri: str
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        study_uri: str,
+        optuna_study: tuple[str, str] | None = None,
     ) -> None:
+        """``optuna_study``: (storage URL, study name) of the Optuna study whose trials get their
+        MLflow run id as a user attribute."""
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.study_uri = study_uri
+        self.optuna_study = optuna_study
         self._client: Any = None
         self._runs: dict[str, str] = {}
         self._warned: set[str] = set()
+        self._inputs: set[str] = set()  # trials whose dataset input is logged
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_client"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A study saved by an earlier version lacks the newer attributes.
+        self.__dict__.update({"optuna_study": None, "_inputs": set(), **state})
 
     @property
     def client(self) -> Any:
@@ -262,7 +315,14 @@ class MlflowTrialCallback(Callback):
             if run_id is None:
                 return None
             self._runs[trial.trial_id] = run_id
+            self._safely("run id", trial.trial_id, self._record_run_id, trial.trial_id, run_id)
         return self._runs[trial.trial_id]
+
+    def _record_run_id(self, trial_id: str, run_id: str) -> None:
+        """Set ``run_id`` on the running Optuna trial that Tune's ``trial_id`` names."""
+        if self.optuna_study is None:
+            return
+        set_trial_attr(*self.optuna_study, trial_id, MLFLOW_RUN_ATTR, run_id)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._run_id(trial)
@@ -271,6 +331,10 @@ class MlflowTrialCallback(Callback):
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
         run_id = self._run_id(trial)
+        dataset = result.get("dataset")
+        if run_id is not None and isinstance(dataset, dict) and trial.trial_id not in self._inputs:
+            self._safely("dataset", trial.trial_id, log_dataset, self.client, run_id, dataset)
+            self._inputs.add(trial.trial_id)
         if run_id is not None:
             step = int(result.get("epoch", result.get("training_iteration", 0)))
             self._safely(
@@ -284,7 +348,7 @@ class MlflowTrialCallback(Callback):
             )
 
     def _finish(self, trial: Any, error: bool) -> None:
-        from study.search import trial_status
+        from study.trials import trial_status
 
         run_id = self._run_id(trial)
         if run_id is None:

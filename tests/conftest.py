@@ -45,13 +45,3 @@ def _fast_tier_starts_no_ray() -> Iterator[None]:
         import ray
 
         assert not ray.is_initialized(), "this test starts Ray: mark it slow"
-
-
-@pytest.fixture(scope="module")
-def ray_shut_down_after_module() -> Iterator[None]:
-    """For modules that run studies in-process: one local Ray serves them all, then stops."""
-    yield
-    if "ray" in sys.modules:
-        import ray
-
-        ray.shutdown()

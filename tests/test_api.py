@@ -3,18 +3,22 @@ MLflow store and Parquet evidence: create, run, front, compare, evidence, report
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import optuna
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
 from optuna.trial import TrialState
 
 from study import RunSummary, Study, StudyInputError
-from study.search import trial_settings
+from study.trials import trial_settings
 from tests.test_study import DIGITS
 
 pytestmark = pytest.mark.slow
@@ -44,13 +48,17 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def finished(workdir: Path) -> tuple[Study, RunSummary]:
+def finished(workdir: Path) -> tuple[Study, RunSummary, str, str]:
+    """The module's study, run in-process; with what it printed on stdout and stderr."""
     study = Study.create(SPACE, name="api", storage=str(workdir / "studies"))
-    return study, study.run()
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        summary = study.run()
+    return study, summary, out.getvalue(), err.getvalue()
 
 
 def test_a_study_runs_from_a_dict_and_reports(finished):
-    study, summary = finished
+    study, summary, *_ = finished
     assert summary == RunSummary(trials=4, errors=0, report=study.paths.report / "report.md")
     assert summary.report.is_file()
     trials = study.optuna().get_trials()
@@ -58,7 +66,7 @@ def test_a_study_runs_from_a_dict_and_reports(finished):
 
 
 def test_front_is_optunas_best_trials_as_a_dataframe(finished):
-    study, _ = finished
+    study, *_ = finished
     front = study.front()
     best = sorted(study.optuna().best_trials, key=lambda t: t.number)
     assert front["trial"].tolist() == [t.number for t in best]
@@ -66,7 +74,7 @@ def test_front_is_optunas_best_trials_as_a_dataframe(finished):
 
 
 def test_compare_gives_means_over_seeds_and_paired_differences(finished):
-    study, _ = finished
+    study, *_ = finished
     table = study.compare(baseline="SGD")
     assert table["configuration"].tolist() == ["SGD", "SAM (ρ=0.05)"]
     assert table["seeds"].tolist() == [2, 2]
@@ -81,8 +89,44 @@ def test_compare_gives_means_over_seeds_and_paired_differences(finished):
     assert diff["test_ece_diff_low"] <= diff["test_ece_diff"] <= diff["test_ece_diff_high"]
 
 
+def test_the_console_shows_each_trials_events_and_ray_writes_to_the_log(finished):
+    study, _, out, err = finished
+    lines = out.splitlines()
+    ids = {t.user_attrs["tune_trial_id"] for t in study.optuna().get_trials()}
+    started = [line.split()[2] for line in lines if line.split()[3:4] == ["started"]]
+    ended = [line.split()[2] for line in lines if line.split()[3:4] == ["completed"]]
+    assert sorted(started) == sorted(ended) == sorted(ids)
+    assert len(lines) == 2 * len(ids) and err == ""  # nothing else: Ray's output is in the log
+    assert "method=sgd" in out and "seed=1" in out  # the settings each trial runs with
+    assert "(4/4 done, 0 running, 0 pending, " in lines[-1]
+    assert ", nothing left, front " in lines[-1]
+    assert "\x1b" not in out
+    log = study.paths.log.read_text()
+    assert "trial_" in log and "TERMINATED" in log  # Tune's own table
+
+
+def test_objectives_are_named_and_trials_carry_their_mlflow_run(finished):
+    study, *_ = finished
+    optuna_study = study.optuna()
+    assert optuna_study.metric_names == ["val_accuracy", "val_ece"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(study.tracking()["tracking_uri"])
+    for trial in optuna_study.get_trials():
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags["sharpcal.trial_id"] == trial.user_attrs["tune_trial_id"]
+
+
+def test_status_of_the_finished_study(finished):
+    study, *_ = finished
+    status = study.status()
+    assert status.counts["completed"] == 4 and sum(status.counts.values()) == 4
+    assert status.driver is None and status.elapsed_s > 0
+    assert [row["trial"] for row in status.best] == study.front()["trial"].tolist()
+
+
 def test_evidence_is_a_dataset_with_every_sample_of_every_trial(finished):
-    study, _ = finished
+    study, *_ = finished
     dataset = study.evidence()
     assert isinstance(dataset, pads.Dataset)
     table = dataset.to_table(columns=["trial_id", "split"])
@@ -91,7 +135,7 @@ def test_evidence_is_a_dataset_with_every_sample_of_every_trial(finished):
 
 
 def test_load_finds_the_study_and_a_second_run_is_refused(finished, workdir):
-    study, _ = finished
+    study, *_ = finished
     again = Study.load("api", storage=str(workdir / "studies"))
     assert again.space == study.space and again.paths == study.paths
     with pytest.raises(StudyInputError, match="resume api"):
@@ -101,7 +145,7 @@ def test_load_finds_the_study_and_a_second_run_is_refused(finished, workdir):
 
 
 def test_rerun_creates_a_new_study_of_the_best_configurations(finished, workdir):
-    study, _ = finished
+    study, *_ = finished
     rerun = study.rerun(top=1, seeds=2, name="api-best")
     assert rerun.paths.root == workdir / "studies" / "api-best"
     assert rerun.space.samples == 1 and rerun.space.repeats == 2
@@ -124,3 +168,59 @@ def test_bad_input_is_one_line_and_leaves_nothing(workdir):
     with pytest.raises(StudyInputError, match="name"):
         Study.create(SPACE, name="../out", storage=str(workdir / "fresh"))
     assert not (workdir / "fresh").exists()
+
+
+def test_front_models_are_logged_and_a_registered_model_gives_calibrated_probabilities(
+    finished, workdir
+):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from study.front import best_trials
+    from study.models import MODEL_URI_TAG
+    from trainables.data import load_data
+
+    study, *_ = finished
+    uri = study.tracking()["tracking_uri"]
+    client = MlflowClient(uri)
+    front = best_trials(study.optuna())
+    for trial in study.optuna().get_trials():
+        tags = client.get_run(trial.user_attrs["mlflow_run_id"]).data.tags
+        assert (MODEL_URI_TAG in tags) == (trial.number in {t.number for t in front})
+
+    version = study.register("api-model")
+    trial = study.optuna().trials[int(version.tags["trial"])]
+    assert float(version.tags["temperature"]) == pytest.approx(trial.user_attrs["temperature"])
+    assert float(version.tags["test_ece"]) == pytest.approx(trial.user_attrs["test_ece"], rel=1e-5)
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/api-model/{version.version}")
+    data = load_data("digits")
+    x = np.concatenate([b[0].numpy() for b in data.eval_batches("test", 128)])
+    predicted = model.predict(x)
+    rows = (
+        study.evidence()
+        .to_table(
+            filter=(pc.field("trial_id") == trial.user_attrs["tune_trial_id"])
+            & (pc.field("split") == "test")
+        )
+        .to_pandas()
+        .sort_values("sample_id")
+    )
+    stored = np.stack(rows.probs.to_list()).astype(np.float64)  # float16, before scaling
+    scaled = stored ** (1 / trial.user_attrs["temperature"])
+    scaled /= scaled.sum(axis=1, keepdims=True)
+    assert predicted.shape == scaled.shape == (data.split_size("test"), 10)
+    assert np.abs(predicted - scaled).max() < 2e-3  # float16 storage of the evidence
+
+
+def test_register_by_trial_number_and_its_one_line_errors(finished, capsys, monkeypatch):
+    from study.cli import main
+
+    study, *_ = finished
+    monkeypatch.chdir(study.paths.root.parent.parent)
+    assert main(["register", "api", "api-model", "--trial", "0"]) == 0
+    assert "registered: models:/api-model/" in capsys.readouterr().out
+    assert main(["register", "api", "api-model", "--trial", "99"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "no finished trial 99" in line

@@ -36,8 +36,8 @@ def run_study(
 
 def study_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """``study ARGS`` run by ``study.cli.main`` in this process, in ``cwd``, its output captured:
-    the CLI over the Python API, without a new interpreter; a study leaves its local Ray running
-    for the next one (use the ``ray_shut_down_after_module`` fixture)."""
+    the CLI over the Python API, without a new interpreter (a study stops the local Ray it
+    started before it returns)."""
     from study import cli
 
     out, err = io.StringIO(), io.StringIO()

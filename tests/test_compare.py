@@ -21,7 +21,7 @@ from study.compare import (
     render,
     render_paired,
 )
-from study.search import SETTINGS_ATTR, STATUS_ATTR
+from study.trials import SETTINGS_ATTR, STATUS_ATTR
 
 SPACE = check_space(
     {

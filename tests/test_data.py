@@ -19,6 +19,7 @@ from trainables.data import (
     DataError,
     FolderData,
     InMemoryData,
+    dataset_source,
     load_data,
     main,
     random_crop_flip,
@@ -433,3 +434,18 @@ def test_real_fashion_mnist_subset() -> None:
     test_x, test_y = eval_all(data, "test", batch_size=2500)
     assert abs(test_x.mean().item()) < 0.1 and abs(test_x.std().item() - 1) < 0.1
     assert torch.bincount(test_y).tolist() == [1000] * 10
+
+
+def test_dataset_source_digests_the_files_and_sees_a_change(tmp_path):
+    root = write_cifar10(tmp_path / "c10", per_batch=4, n_test=4)
+    source, digest = dataset_source("cifar10", str(root))
+    assert Path(source).is_dir() and len(digest) == 64
+    copy = write_cifar10(tmp_path / "again", per_batch=4, n_test=4)
+    assert dataset_source("cifar10", str(copy))[1] == digest  # same bytes, same digest
+    batch = Path(source) / "test_batch"
+    data = bytearray(batch.read_bytes())
+    data[-2] ^= 0xFF
+    batch.write_bytes(bytes(data))
+    assert dataset_source("cifar10", str(root))[1] != digest
+    assert dataset_source("synthetic", seed=1)[1] != dataset_source("synthetic", seed=2)[1]
+    assert dataset_source("digits")[0].endswith("digits.csv.gz")

@@ -1,6 +1,7 @@
 """The module graph, read from the source: no import circles between the project's modules (top
 level or inside functions; imports for type checkers only do not count), and the study layout
-and lock importable without torch or Ray."""
+and lock importable without torch or Ray, and a study's readers (status, front, compare,
+report) without Ray."""
 
 from __future__ import annotations
 
@@ -69,14 +70,25 @@ def test_no_import_circles_between_the_projects_modules():
         walk(module, [])
 
 
+def top_level_closure(start: str) -> set[str]:
+    """Every module imported, transitively, when ``start`` is imported (top-level imports)."""
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        if module in MODULES:
+            todo += imports(module, top_level_only=True)
+    return seen
+
+
 def test_the_layout_and_the_lock_need_neither_torch_nor_ray():
     for start in ("trainables.layout", "study.lock"):
-        seen, todo = set(), [start]
-        while todo:
-            module = todo.pop()
-            if module in seen:
-                continue
-            seen.add(module)
-            if module in MODULES:
-                todo += imports(module, top_level_only=True)
+        seen = top_level_closure(start)
         assert not seen & {"torch", "ray", "pydantic"}, (start, sorted(seen))
+
+
+def test_the_readers_of_a_study_need_no_ray():
+    for start in ("study.status", "study.front", "study.compare", "study.report", "study.trials"):
+        assert "ray" not in top_level_closure(start), start

@@ -18,7 +18,7 @@ from tests.test_data import write_cifar10
 from tests.test_ood import write_cifar_c, write_svhn_test
 from tests.test_study import DIGITS, optuna_study, write_space
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_shut_down_after_module")]
+pytestmark = pytest.mark.slow
 
 LOSS_LABELS = {"ce": "", "ls": " + LS (ε=0.1)", "focal": " + Focal (γ=3)", "flsd53": " + FLSD-53"}
 METHOD_LABELS = {"sgd": "SGD", "sam": "SAM (ρ=0.05)", "asam": "ASAM (ρ=0.05)"}

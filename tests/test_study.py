@@ -89,6 +89,12 @@ def test_pareto_study_on_digits_prints_optunas_front(tmp_path):
         assert float(row["val_ece"]) == pytest.approx(trial.values[1], rel=1e-3, abs=1e-6)
         assert row["method"] == trial.params["method"]
     assert "optuna-dashboard sqlite:///" in proc.stdout
+    # The console, piped: a 3-line header, 2 lines per trial, the front and the paths; no ANSI
+    # codes and nothing on stderr (Ray's and Tune's output is in the study's driver.log).
+    assert proc.stdout.startswith("study front: 4 configurations = 4 trials, 2 at a time")
+    assert len(proc.stdout.splitlines()) <= 3 + 2 * 4 + 3 + len(front) + 7
+    assert "\x1b" not in proc.stdout and proc.stderr == ""
+    assert "TERMINATED" in (tmp_path / "studies" / "front" / "driver.log").read_text()
 
     again = run_study("run", str(path), "--name", "front", "--storage", "studies", cwd=tmp_path)
     assert again.returncode == 2
@@ -114,7 +120,7 @@ def api_study(tmp_path: Path) -> Iterator[Callable[..., Study]]:
     ray.shutdown()
 
 
-def test_diverging_trial_is_marked_and_the_study_completes(api_study):
+def test_diverging_trial_is_marked_and_the_study_completes(api_study, capsys):
     study = api_study(
         "div",
         fixed={"epochs": 2, "method": "sgd", "model": "cnn_fc"},  # no BatchNorm: lr 100 diverges
@@ -132,9 +138,12 @@ def test_diverging_trial_is_marked_and_the_study_completes(api_study):
     assert diverged.values == [0.0, 1.0]  # the worst accuracy and ECE: the sampler avoids it
     assert healthy.user_attrs["status"] == "completed"
     assert healthy.values[0] > 0.5
+    tune_id = diverged.user_attrs["tune_trial_id"]
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if f"] {tune_id} diverged" in x]
+    assert "(loss not finite at epoch 1)" in line  # the console says why
 
 
-def test_weighted_study_with_asha_tells_stopped_trials_as_pruned(api_study):
+def test_weighted_study_with_asha_tells_stopped_trials_as_pruned(api_study, capsys):
     study = api_study(
         "asha",
         fixed={"epochs": 4, "method": "sgd"},
@@ -155,6 +164,12 @@ def test_weighted_study_with_asha_tells_stopped_trials_as_pruned(api_study):
         assert trial.user_attrs["epoch"] < 4
     for trial in trials.get_trials(states=(TrialState.COMPLETE,)):
         assert trial.user_attrs["epoch"] == 4
+    out = capsys.readouterr().out
+    for trial in pruned:
+        epoch = int(trial.user_attrs["epoch"])
+        assert f"{trial.user_attrs['tune_trial_id']} pruned" in out
+        assert f"(stopped by ASHA after epoch {epoch} of 4)" in out
+    assert trials.metric_names == ["val_accuracy - 1 * val_ece"]
 
 
 def _complete_count(tmp_path: Path, name: str) -> int:
@@ -318,7 +333,7 @@ def test_study_killed_with_sigkill_resumes_to_exactly_n_trials(tmp_path):
 
 
 def test_trials_left_running_by_a_killed_driver_are_failed_once_the_study_is_over():
-    from study.search import fail_orphans
+    from study.trials import fail_orphans
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     done = study.ask()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -30,7 +31,7 @@ from tests.test_study import (
     write_space,
 )
 from trainables import calibration
-from trainables.data import load_data
+from trainables.data import dataset_source, load_data
 from trainables.evidence import open_evidence
 
 pytestmark = pytest.mark.slow
@@ -95,11 +96,11 @@ def stop_server(proc: subprocess.Popen) -> None:
 SAMPLES = 3
 EPOCHS = 2
 _digits = load_data("digits")
-DIGITS_VAL, DIGITS_TEST = _digits.split_size("val"), _digits.split_size("test")
+DIGITS_TRAIN, DIGITS_VAL, DIGITS_TEST = (_digits.split_size(s) for s in ("train", "val", "test"))
 
 
 @pytest.fixture(scope="module")
-def tracked_study(tmp_path_factory, ray_shut_down_after_module):
+def tracked_study(tmp_path_factory):
     """A 3-trial study on digits run in-process, tracked by a real MLflow server over HTTP."""
     work = tmp_path_factory.mktemp("tracked")
     with mlflow_server(work / "server") as (url, _):
@@ -132,6 +133,7 @@ def tracked_study(tmp_path_factory, ray_shut_down_after_module):
                 {a.path for a in client.list_artifacts(run.info.run_id)},
                 {a.path for a in client.list_artifacts(run.info.run_id, "evidence")},
                 [m.step for m in client.get_metric_history(run.info.run_id, "val_ece")],
+                [d.dataset for d in client.get_run(run.info.run_id).inputs.dataset_inputs],
             )
             for run in runs
         }
@@ -150,7 +152,7 @@ def test_one_parent_and_one_nested_child_per_trial(tracked_study):
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert len({c.info.run_name for c in children}) == SAMPLES
     for child in children:
-        _, artifacts, evidence, steps = details[child.info.run_id]
+        _, artifacts, evidence, steps, datasets = details[child.info.run_id]
         assert child.data.tags["status"] == "completed"
         assert child.info.run_name == child.data.tags["sharpcal.trial_id"]
         assert steps == list(range(1, EPOCHS + 1))  # per-epoch metrics, step = epoch
@@ -158,6 +160,10 @@ def test_one_parent_and_one_nested_child_per_trial(tracked_study):
         assert child.data.params["dataset"] == "digits"
         assert "reliability.png" in artifacts and "evidence" in artifacts
         assert {"evidence/split=val", "evidence/split=test"} <= evidence
+        (dataset,) = datasets  # logged once, though every epoch reports it
+        assert (dataset.name, dataset.digest) == ("digits", dataset_source("digits")[1][:36])
+        splits = json.loads(dataset.profile)["splits"]
+        assert splits == {"train": DIGITS_TRAIN, "val": DIGITS_VAL, "test": DIGITS_TEST}
 
 
 def test_evidence_has_every_sample_once_and_reproduces_logged_ece(tracked_study):

@@ -6,7 +6,9 @@ whole batches; ImageNet-style folders stream through a seeded ``DataLoader``.
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
 import os
 import pickle
 import sys
@@ -752,6 +754,48 @@ def download_dataset(name: str, root: str | Path | None = None) -> Path:
     except (OSError, RuntimeError) as e:
         raise DataError(f"{name}: download into {target} failed ({e}); check the network") from e
     return target
+
+
+@functools.lru_cache(maxsize=16)
+def _files_digest(files: tuple[tuple[str, int, int], ...], contents: bool) -> str:
+    """sha256 over each file's name and size and, with ``contents``, its bytes (the stats in
+    ``files`` — path, size, mtime — key the cache, so a changed file is hashed again)."""
+    digest = hashlib.sha256()
+    for path, size, _ in files:
+        digest.update(f"{Path(path).name}:{size}\n".encode())
+        if contents:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def _stats(paths: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+
+
+def dataset_source(
+    name: str, root: str | None = None, seed: int = 0, synthetic_size: int = 2048
+) -> tuple[str, str]:
+    """Where dataset ``name`` is read from and a digest of its source files (sha256 hex): of
+    their bytes, or for ``imagefolder`` of its file listing (names and sizes: hashing a whole
+    ImageNet per trial would cost minutes). ``synthetic`` has no files: its generator's settings.
+    For an MLflow dataset input."""
+    check_dataset_name(name)
+    if name == "synthetic":
+        spec = f"synthetic:seed={seed}:size={synthetic_size}"
+        return spec, hashlib.sha256(spec.encode()).hexdigest()
+    if name == "digits":
+        from sklearn import datasets
+
+        path = Path(datasets.__file__).parent / "data" / "digits.csv.gz"
+        return str(path), _files_digest(_stats([path]), True)
+    directory = _locate(name, root)
+    if name == "imagefolder":
+        files = sorted(p for p in directory.rglob("*") if p.is_file())
+        return str(directory), _files_digest(_stats(files), False)
+    files = [directory / f for f in _LOCATIONS[name][1]]
+    return str(directory), _files_digest(_stats(files), True)
 
 
 def check_dataset_name(name: str) -> None:

@@ -8,6 +8,7 @@ when the data lives in object storage)::
     optuna.db     the Optuna study (optuna-dashboard sqlite:///.../optuna.db)
     mlflow.json   where the study is tracked (tracking URI, experiment, parent run)
     driver.lock   held by the one driver running the study
+    driver.log    what Ray and Tune printed while the study ran (the console shows its events)
     report/       what `study report` writes
 
 Data, under ``data_uri`` (the same directory, or ``s3://bucket/prefix/<name>``)::
@@ -31,6 +32,7 @@ SPACE_FILE = "space.yaml"
 OPTUNA_FILE = "optuna.db"
 TRACKING_FILE = "mlflow.json"
 LOCK_FILE = "driver.lock"
+LOG_FILE = "driver.log"
 REPORT_DIR = "report"
 TUNE_DIR = "tune"
 EVIDENCE_DIR = "evidence"
@@ -115,6 +117,10 @@ class StudyPaths:
     @property
     def lock(self) -> Path:
         return self.root / LOCK_FILE
+
+    @property
+    def log(self) -> Path:
+        return self.root / LOG_FILE
 
     @property
     def report(self) -> Path:

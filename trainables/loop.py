@@ -118,6 +118,25 @@ class EpochRecord:
         return out
 
 
+def config_data(
+    cfg: TrainConfig, device: str | torch.device = "cpu", channels_last: bool = False
+) -> Data:
+    """The data set ``cfg`` trains on: its splits, seeded as in the trial, on ``device``."""
+    return load_data(
+        cfg.dataset,
+        root=cfg.data_root,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        train_subset=cfg.train_subset,
+        test_subset=cfg.test_subset,
+        device=device,
+        download=cfg.download,
+        num_workers=cfg.num_workers,
+        synthetic_size=cfg.synthetic_size,
+        channels_last=channels_last,
+    )
+
+
 class Trainer:
     """One run: ``fit()`` trains for ``cfg.epochs`` epochs, resuming from ``load_state_dict``.
 
@@ -135,23 +154,8 @@ class Trainer:
         self.bf16 = on_cuda if cfg.bf16 is None else cfg.bf16
         self.channels_last = on_cuda if cfg.channels_last is None else cfg.channels_last
         torch.manual_seed(cfg.seed)
-        data = (
-            data
-            if data is not None
-            else load_data(
-                cfg.dataset,
-                root=cfg.data_root,
-                val_fraction=cfg.val_fraction,
-                seed=cfg.seed,
-                train_subset=cfg.train_subset,
-                test_subset=cfg.test_subset,
-                device=self.device,
-                download=cfg.download,
-                num_workers=cfg.num_workers,
-                synthetic_size=cfg.synthetic_size,
-                channels_last=self.channels_last,
-            )
-        )
+        if data is None:
+            data = config_data(cfg, self.device, self.channels_last)
         self.data: Data = parallel.shard(data) if parallel is not None else data
         info = self.data.info
         self.model = build_model(cfg.model, info.num_classes, info.in_channels, info.image_size)
@@ -217,8 +221,9 @@ class Trainer:
             return self._sam_step(x, y)
         return self._sgd_step(x, y)
 
-    def train_epoch(self) -> EpochRecord:
-        """Train one epoch; a non-finite loss sets ``self.diverged`` (checked once, at the end)."""
+    def train_epoch(self, on_batch: Callable[[], None] | None = None) -> EpochRecord:
+        """Train one epoch, calling ``on_batch`` after each step; a non-finite loss sets
+        ``self.diverged`` (checked once, at the end)."""
         cfg = self.cfg
         start = time.perf_counter()
         self.model.train()
@@ -231,6 +236,8 @@ class Trainer:
             total += loss
             finite &= torch.isfinite(loss)
             batches += 1
+            if on_batch is not None:
+                on_batch()
         if self.scheduler is not None:
             self.scheduler.step()
         self.epochs_done += 1
@@ -284,12 +291,17 @@ class Trainer:
         out["temperature"] = temperature
         return out
 
-    def fit(self, on_epoch: Callable[[Trainer, EpochRecord], None] | None = None) -> RunResult:
-        """Train the remaining epochs, calling ``on_epoch`` after each, then evaluate on test."""
+    def fit(
+        self,
+        on_epoch: Callable[[Trainer, EpochRecord], None] | None = None,
+        on_batch: Callable[[], None] | None = None,
+    ) -> RunResult:
+        """Train the remaining epochs, calling ``on_batch`` after each step and ``on_epoch``
+        after each epoch, then evaluate on test."""
         start = time.perf_counter()
         final: dict[str, float] = {}
         while self.epochs_done < self.cfg.epochs and not self.diverged:
-            record = self.train_epoch()
+            record = self.train_epoch(on_batch)
             if not self.diverged and self.data.split_size("val") > 0:
                 record.val = self.evaluate("val")
             if not self.diverged and self.epochs_done == self.cfg.epochs:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables import evidence
+from trainables.data import SPLITS, dataset_source
 from trainables.layout import evidence_uri, resolve_fs, trial_artifacts_uri
 from trainables.loop import EpochRecord, Trainer
 from trainables.ood import evaluate_ood, ood_evidence_table
@@ -94,9 +95,20 @@ def objective_value(metrics: dict[str, Any], weight: float) -> float:
     return metrics["val_accuracy"] - weight * metrics["val_ece"]
 
 
+def dataset_input(trainer: Trainer) -> dict[str, Any]:
+    """The trial's data set: name, source, digest of its source files and split sizes (what the
+    driver logs as the MLflow run's dataset input)."""
+    cfg = trainer.cfg
+    source, digest = dataset_source(cfg.dataset, cfg.data_root, cfg.seed, cfg.synthetic_size)
+    sizes = {split: trainer.data.split_size(split) for split in SPLITS}
+    return {"name": cfg.dataset, "source": source, "digest": digest, **sizes}
+
+
 def epoch_metrics(trainer: Trainer, record: EpochRecord, ctx: TrialContext) -> dict[str, Any]:
-    """What a trial reports after an epoch (test metrics too, after the last one)."""
+    """What a trial reports after an epoch (test metrics too, after the last one) and the data
+    set it trains on (its digest is computed once per process)."""
     metrics: dict[str, Any] = record.flat()
+    metrics["dataset"] = dataset_input(trainer)
     metrics["epochs_total"] = trainer.cfg.epochs
     metrics["diverged"] = trainer.diverged
     if trainer.diverged:

@@ -1,0 +1,120 @@
+"""The Tune callback that reports a study's trials on the console (``study.output``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+from search_spaces.schema import Space
+from study import output
+from study.output import duration
+from study.trials import trial_status
+
+_DONE_STATUSES = ("TERMINATED", "ERROR")
+
+
+def _value(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+class TrialEvents(Callback):
+    """A Tune callback printing each trial's start (its sampled settings), its end (val accuracy,
+    val ECE, status, seconds; the reason when pruned, diverged or failed) and the progress: done,
+    running and pending trials, elapsed and estimated time left, the size of the current front.
+
+    It holds no stream (Tune pickles its callbacks into the experiment state, and a resumed study
+    gets them back): it prints through the display that ``console()`` opened, if any."""
+
+    def __init__(self, space: Space, study_name: str, optuna_url: str) -> None:
+        self.space = space
+        self.study_name = study_name
+        self.optuna_url = optuna_url
+        self._started = time.time()
+
+    def setup(self, **info: Any) -> None:
+        self._started = time.time()
+        self._refreshed = 0.0
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        # The live line between events: its clock and counts, every 2 s (terminal only).
+        display = output.current()
+        live = display is not None and display.bar is not None
+        if live and time.time() - getattr(self, "_refreshed", 0.0) >= 2.0:
+            self._refreshed = time.time()
+            display.progress(self._progress(trials, None))
+
+    def _shown_settings(self, config: dict[str, Any]) -> str:
+        keys = list(self.space.search) + [k for p in self.space.points for k in p]
+        if self.space.repeats > 1:
+            keys.append("seed")
+        shown = dict.fromkeys(k for k in keys if k in config)
+        return " ".join(f"{k}={_value(config[k])}" for k in shown) or "(fixed settings)"
+
+    def _elapsed(self) -> str:
+        return duration(time.time() - self._started)
+
+    def _progress(self, trials: list[Any], ended: Any) -> str:
+        from study.front import best_trials, load_optuna_study
+
+        study = load_optuna_study(self.study_name, self.optuna_url)
+        finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+        done = len(finished)
+        running = sum(t.status == "RUNNING" and t is not ended for t in trials)
+        pending = max(0, self.space.trials - done - running)
+        elapsed = time.time() - self._started
+        this_run = sum(t.status in _DONE_STATUSES or t is ended for t in trials)
+        left = "?"
+        if not pending + running:
+            left = "nothing"
+        elif this_run and elapsed > 0:
+            left = "~" + duration(elapsed / this_run * (pending + running / 2))
+        front = "front" if self.space.objective.type == "pareto" else "best"
+        return (
+            f"{done}/{self.space.trials} done, {running} running, {pending} pending, "
+            f"{duration(elapsed)} elapsed, {left} left, {front} {len(best_trials(study))}"
+        )
+
+    def _show(self, text: str, trials: list[Any] | None = None, ended: Any = None) -> None:
+        display = output.current()
+        if display is None:
+            return
+        line = f"[{self._elapsed():>6}] {text}"
+        if trials is None:
+            display.line(line)
+            return
+        progress = self._progress(trials, ended)
+        display.line(line if display.bar is not None else f"{line}  ({progress})")
+        display.progress(progress)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._show(f"{trial.trial_id} started   {self._shown_settings(dict(trial.config))}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        status = trial_status(result, error=False)
+        text = (
+            f"{trial.trial_id} {status:<9} val_accuracy {result.get('val_accuracy', float('nan')):.4f}"
+            f"  val_ece {result.get('val_ece', float('nan')):.4f}"
+            f"  {result.get('time_total_s', 0):.0f} s"
+        )
+        epoch, total = result.get("epoch", 0), result.get("epochs_total", 0)
+        if status == "pruned":
+            text += f"  (stopped by ASHA after epoch {epoch} of {total})"
+        elif status == "diverged":
+            text += f"  (loss not finite at epoch {epoch})"
+        self._show(text, trials, trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._show(f"{trial.trial_id} failed    {_error_line(trial)}", trials, trial)
+
+
+def _error_line(trial: Any) -> str:
+    """The last line of a failed trial's error (its exception), or where to read it."""
+    try:
+        error = trial.get_error()
+    except Exception:  # noqa: BLE001 - an unreadable error file must not stop the study
+        error = None
+    lines = [line for line in str(error or "").splitlines() if line.strip()]
+    return lines[-1].strip()[:200] if lines else "see the study's driver.log"

@@ -1,0 +1,112 @@
+"""`study status` on a study's storage alone: counts by state, the driver from the lock, elapsed
+time, the best so far and the MLflow run; no Ray (see also test_modules)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import optuna
+import yaml
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+from search_spaces.schema import check_space
+from study import Study
+from study.cli import main
+from study.lock import StudyLock
+from study.status import STATES
+from study.trials import STATUS_ATTR, name_objectives
+from trainables.layout import study_paths
+
+SPACE = {
+    "fixed": {"dataset": "digits", "train_subset": None, "epochs": 1},
+    "search": {"lr": {"loguniform": [0.01, 0.1]}},
+    "samples": 8,
+}
+T0 = dt.datetime(2026, 11, 1, 8, 0, 0)  # in the past: elapsed "to now" exceeds 5 minutes
+
+
+def _trial(state: TrialState, status: str | None, accuracy: float, minutes: int):
+    done = state != TrialState.RUNNING
+    return optuna.trial.create_trial(
+        state=state,
+        params={"lr": 0.05},
+        distributions={"lr": FloatDistribution(0.01, 0.1, log=True)},
+        values=[accuracy, 1 - accuracy] if state == TrialState.COMPLETE else None,
+        user_attrs={STATUS_ATTR: status} if status else {},
+    ), (
+        T0 + dt.timedelta(minutes=minutes),
+        T0 + dt.timedelta(minutes=minutes + 1) if done else None,
+    )
+
+
+def _make_study(tmp_path) -> Study:
+    """A study directory as `study run` leaves it: space, Optuna database, tracking file; 6 of
+    its 8 trials asked (2 completed, 1 diverged, 1 pruned, 1 failed, 1 unfinished)."""
+    paths = study_paths("st", str(tmp_path / "studies"))
+    paths.root.mkdir(parents=True)
+    space = check_space(dict(SPACE), "test")
+    paths.space.write_text(yaml.safe_dump({**space.model_dump(mode="json"), "name": "st"}))
+    paths.tracking.write_text(
+        '{"tracking_uri": "sqlite:///m.db", "experiment_id": "3", "parent_run_id": "abc123"}'
+    )
+    study = optuna.create_study(
+        study_name="st", storage=paths.optuna_url, directions=["maximize", "minimize"]
+    )
+    name_objectives(study, space)
+    made = [
+        _trial(TrialState.COMPLETE, "completed", 0.9, 0),
+        _trial(TrialState.COMPLETE, "completed", 0.8, 1),
+        _trial(TrialState.COMPLETE, "diverged", 0.1, 2),
+        _trial(TrialState.PRUNED, "pruned", 0.0, 3),
+        _trial(TrialState.FAIL, "failed", 0.0, 4),
+        _trial(TrialState.RUNNING, None, 0.0, 5),
+    ]
+    for trial, (start, end) in made:
+        trial.datetime_start, trial.datetime_complete = start, end
+        study.add_trial(trial)
+    return Study.load("st", str(tmp_path / "studies"))
+
+
+def test_counts_by_state_elapsed_best_and_mlflow_without_a_driver(tmp_path):
+    status = _make_study(tmp_path).status()
+    assert set(status.counts) == set(STATES)
+    assert status.counts == {
+        "completed": 2, "diverged": 1, "pruned": 1, "failed": 1,
+        "running": 0, "interrupted": 1, "pending": 2,
+    }  # fmt: skip
+    assert status.driver is None
+    assert status.elapsed_s == 5 * 60  # first start 08:00, last end 08:05 on that day
+    assert [row["trial"] for row in status.best] == [0]
+    assert status.tracking["parent_run_id"] == "abc123"
+
+
+def test_an_unfinished_trial_is_running_while_a_driver_holds_the_study(tmp_path):
+    study = _make_study(tmp_path)
+    with StudyLock(study.paths.root, "st"):
+        status = study.status()
+    assert status.counts["running"] == 1 and status.counts["interrupted"] == 0
+    assert status.driver is not None and "pid" in status.driver
+    assert status.elapsed_s > 5 * 60  # to now: the study is still running
+
+
+def test_the_command_prints_the_counts_and_the_front(tmp_path, capsys, monkeypatch):
+    _make_study(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["status", "st"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("study st: 5/8 trials finished (2 completed, 1 diverged, 1 pruned, ")
+    assert "1 interrupted, 2 pending" in out and "study resume st" in out
+    assert "elapsed: 5m 00s" in out and "run abc123" in out
+    assert "Pareto front so far:" in out
+    assert main(["status", "nope"]) == 2
+    assert "no study 'nope'" in capsys.readouterr().err
+
+
+def test_objectives_are_named_for_optuna_dashboard(tmp_path):
+    study = _make_study(tmp_path).optuna()
+    assert study.metric_names == ["val_accuracy", "val_ece"]
+    weighted = check_space({**SPACE, "objective": {"type": "weighted", "weight": 2}}, "test")
+    single = optuna.create_study(direction="maximize")
+    name_objectives(single, weighted)
+    assert single.metric_names == ["val_accuracy - 2 * val_ece"]
