@@ -90,5 +90,6 @@ gpu-rehearsal:
 lint: test-deps
 	$(BIN)/ruff check .
 
+# Everything `make demo` and `make test` made: the venv, the studies, the default MLflow store.
 clean:
-	rm -rf $(VENV) studies .pytest_cache $(GPU_BUNDLE) $(REHEARSAL)
+	rm -rf $(VENV) studies mlflow.db mlruns .pytest_cache $(GPU_BUNDLE) $(REHEARSAL)

@@ -9,6 +9,7 @@ both of its bounds), so a space that validates produces valid trials.
 
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +39,8 @@ class Distribution(BaseModel):
 
     loguniform: tuple[float, float] | None = None
     uniform: tuple[float, float] | None = None
-    int: tuple[int, int] | None = None
+    # ``builtins.int``: inside the class body the name ``int`` is this field (its default None)
+    int: tuple[builtins.int, builtins.int] | None = None
     categorical: list[Any] | None = Field(None, min_length=1)
     step: float | None = Field(None, gt=0)
     when: dict[str, list[Any]] = Field(default_factory=dict)
@@ -216,6 +218,7 @@ def check_space(data: dict[str, Any], source: str) -> Space:
     except ConfigError as err:
         raise SpaceError(f"{source}: 'fixed': {str(err).removeprefix('space: ')}") from None
     _check_batch_fits_workers(space, source)
+    _check_bsam_on_one_worker(space, source)
     _check_points(space, source)
     seen: set[str] = set(space.fixed)
     for name, dist in space.search.items():
@@ -315,6 +318,20 @@ def _check_batch_fits_workers(space: Space, source: str) -> None:
         )
 
 
+def _check_bsam_on_one_worker(space: Space, source: str) -> None:
+    """bSAM draws its weight noise per process: data-parallel replicas would drift apart."""
+    if space.resources.workers == 1:
+        return
+    methods = {space.train_config().method, *(p.get("method") for p in space.points)}
+    if "method" in space.search:
+        methods |= {str(v) for v in space.search["method"].categorical or []}
+    if "bsam" in methods:
+        raise SpaceError(
+            f"{source}: 'resources.workers': method bsam trains on one worker (its posterior "
+            f"noise is drawn per process); set workers: 1 or leave bsam out"
+        )
+
+
 def load_space(name_or_file: str, overrides: dict[str, Any] | None = None) -> Space:
     """Read, apply top-level ``overrides`` (e.g. samples from the command line) and validate."""
     path = resolve_space(name_or_file)
@@ -332,6 +349,8 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
             data[key] = value
         else:
             data["fixed"] = {**(data.get("fixed") or {}), key: value}
+            if key == "ood":  # the top-level section too, or it would come back over the override
+                data.pop("ood", None)
             if key in (data.get("search") or {}):
                 data["search"] = {k: v for k, v in data["search"].items() if k != key}
     return data

@@ -58,12 +58,14 @@ def user_errors(*more: type[Exception]) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """How a run or resume ended: trials Tune ran this time, how many errored, and the report
-    (None when every trial errored)."""
+    """How a run or resume ended: trials Tune ran this time, how many errored, the report (None
+    when every trial errored) and, when it was interrupted (Ctrl-C), how many of the study's
+    trials had finished (None: it was not)."""
 
     trials: int
     errors: int
     report: Path | None
+    interrupted_at: int | None = None
 
 
 def resolve(
@@ -93,12 +95,13 @@ def check_inputs(
     storage, the URIs (no credentials in them), the OOD files and, for a study that runs on this
     machine (``runs_here``, default: no ``address``), every device and dataset. Returns the
     study's paths."""
-    from study.inputs import check_no_credentials, check_runs_here, check_storage
+    from study.inputs import check_address, check_no_credentials, check_runs_here, check_storage
     from trainables.ood import check_ood_config
 
     with user_errors():
         check_no_credentials(tracking_uri, "--tracking-uri")
         check_no_credentials(address, "--address")
+        check_address(address)
         check_storage(storage)
         paths = study_paths(name, storage)
         check_ood_config(space.train_config())
@@ -226,7 +229,7 @@ class Study:
     @contextmanager
     def _driving(self, address: str | None) -> Iterator[None]:
         """Hold the study's driver lock, after checking what can be checked without Ray."""
-        from study.inputs import check_no_credentials, check_runs_here
+        from study.inputs import check_address, check_no_credentials, check_runs_here
         from study.lock import StudyLock, StudyLocked, describe_holder
         from study.tracking import TrackingError, parent_run_open
 
@@ -234,6 +237,7 @@ class Study:
         lock = StudyLock(self.paths.root, self.name)
         with user_errors(StudyLocked):
             check_no_credentials(address, "--address")
+            check_address(address)
             if not address:
                 check_runs_here(self.space)
             lock.acquire()
@@ -267,13 +271,16 @@ class Study:
                 results = tuner.fit()
                 if len(results) >= self.space.trials and all(r.metrics or r.error for r in results):
                     fail_orphans(self.optuna())  # the study is over: nothing can still be running
+                trials = self.optuna().get_trials(deepcopy=False)
+                finished = sum(t.state.is_finished() for t in trials)
+                interrupted = finished if finished < self.space.trials else None
                 report = None if len(results) == results.num_errors else self.report()
                 if report is not None:
                     self._log_front_models()
             finally:
                 if started_here:
                     ray.shutdown()
-        return RunSummary(trials=len(results), errors=results.num_errors, report=report)
+        return RunSummary(len(results), results.num_errors, report, interrupted)
 
     def _log_front_models(self) -> None:
         """Log the final model of every front trial (or the best trial) on its MLflow run; a
@@ -356,6 +363,17 @@ class Study:
         with user_errors():
             space = check_space(data, f"rerun of {self.name}")
         storage = storage if storage is not None else str(self.paths.root.parent)
+        from study.runner import StudyExists, refuse_existing
+
+        with user_errors():
+            target = study_paths(new_name, storage)
+        try:
+            refuse_existing(new_name, target)
+        except StudyExists:
+            raise StudyInputError(
+                f"study {new_name!r} already exists in {target.root}: give the rerun another "
+                f"name with --new-name (name= in the API)"
+            ) from None
         return Study.create(
             space, new_name, storage, tracking_uri, tags={"space": f"rerun of {self.name}"}
         )
@@ -391,20 +409,24 @@ class Study:
 
         return pd.DataFrame(front_rows(self.optuna(), self.space))
 
-    def compare(self, baseline: str | int | None = None) -> pd.DataFrame:
+    def compare(self, baseline: str | int | None = None, ensembles: bool = False) -> pd.DataFrame:
         """One row per configuration: seeds, and each metric's mean and std over seeds (as
         logged: fractions, not percent). With ``baseline`` (a configuration's label or row
-        number), each metric's paired difference to it: mean and 95% Student-t interval."""
+        number), each metric's paired difference to it: mean and 95% Student-t interval. With
+        ``ensembles``, a row per configuration with several seeds: their deep ensemble, from
+        the stored probabilities (std 0)."""
         import pandas as pd
 
         from study.compare import comparison_tables, find_row, paired_table
+        from study.ensembles import with_ensembles
 
         tables = comparison_tables(self.optuna(), self.space)
         confs = tables[0].confs
+        shown = with_ensembles(tables, self.paths.evidence) if ensembles else tables
         rows: list[dict[str, Any]] = []
-        for conf in confs:
+        for conf in shown[0].confs:
             row: dict[str, Any] = {"configuration": conf.label, "seeds": len(conf.trials)}
-            for table in tables:
+            for table in shown:
                 for metric in table.columns:
                     row[f"{metric}_mean"], row[f"{metric}_std"] = conf.mean_std(metric)
             rows.append(row)
@@ -464,7 +486,8 @@ def _create(
         with user_errors(StudyExists, StudyLocked, TrackingError):
             lock.acquire()
             refuse_existing(name, paths)  # before the tracking store is touched
-            tracker = StudyTracker(tracking_uri, name)
+            # a local store keeps the study's artifacts in the study (an S3 study's metadata dir)
+            tracker = StudyTracker(tracking_uri, name, paths.mlflow_artifacts)
             prepare_study(space, name, paths)
         run_tags = {
             "sampler": space.sampler,

@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
         help="add each configuration's difference to this row (its label or row number), "
         "paired by seed, with 95%% intervals",
     )
+    compare.add_argument(
+        "--ensembles",
+        action="store_true",
+        help="add a row per configuration run with several seeds: the deep ensemble of its "
+        "seeds, from the stored probabilities",
+    )
     compare.add_argument("--storage", help="directory holding studies (default: ./studies)")
     compare.set_defaults(handler=cmd_compare)
 
@@ -266,10 +272,11 @@ def cmd_spaces(args: argparse.Namespace) -> int:
             raise StudyInputError(
                 "spaces validate needs a FILE: study spaces validate my_space.yaml"
             )
-        try:
+        from trainables.ood import check_ood_config
+
+        with user_errors():
             space = load_space(args.file)
-        except SpaceError as err:
-            raise StudyInputError(str(err)) from None
+            check_ood_config(space.train_config())  # its files, as `study run` checks them
         repeats = f" x {space.repeats} seeds" if space.repeats > 1 else ""
         print(
             f"{args.file}: valid ({len(space.search)} searched settings, {len(space.points)} "
@@ -348,7 +355,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not tables[0].confs:
         print(f"study {args.name}: no completed trial to compare", file=sys.stderr)
         return 1
-    blocks = [render(table, args.format) for table in tables]
+    shown = tables
+    if args.ensembles:
+        from study.ensembles import with_ensembles
+
+        shown = with_ensembles(tables, study.paths.evidence)
+    blocks = [render(table, args.format) for table in shown]
     if args.baseline is not None:
         try:
             baseline = find_row(tables[0].confs, args.baseline)
@@ -373,6 +385,9 @@ def _plan(space: Any, name: str) -> str:
     )
 
 
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C
+
+
 def _run_and_print(study: Study, run: Any, args: argparse.Namespace) -> int:
     """Run (or resume) ``study`` with its plan before and its front, paths and report after."""
     from study.front import format_table, front_rows
@@ -393,10 +408,16 @@ def _run_and_print(study: Study, run: Any, args: argparse.Namespace) -> int:
     print(f"optuna storage:  {paths.optuna_url}  (optuna-dashboard {paths.optuna_url})")
     print(f"tune experiment: {paths.tune}")
     print(f"evidence:        {paths.evidence}")
-    if summary.report is None:
-        return 1
-    print(f"report:          {summary.report}")
-    return 0
+    if summary.report is not None:
+        print(f"report:          {summary.report}")
+    if summary.interrupted_at is not None:
+        print(
+            f"study {study.name} interrupted: {summary.interrupted_at} of {study.space.trials} "
+            f"trials finished (the report is partial); continue with 'study resume {study.name}'",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
+    return 0 if summary.report is not None else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

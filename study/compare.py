@@ -58,6 +58,8 @@ CALIBRATION_COLUMNS: dict[str, Column] = {
     "test_ece_ts": Column("ECE (TS)", "min"),
     "test_overconfidence": Column("Over-conf.", None),  # signed: > 0 overconfident
     "temperature": Column("T", None, percent=False),
+    "test_nll": Column("NLL", "min", percent=False),
+    "test_brier": Column("Brier", "min", percent=False),
 }
 # Paired differences to a baseline row: these metrics, in percentage points.
 PAIRED_COLUMNS: dict[str, Column] = {
@@ -66,11 +68,12 @@ PAIRED_COLUMNS: dict[str, Column] = {
     "test_ece_ts": Column("Δ ECE (TS)", "min"),
 }
 CONFIDENCE_LEVEL = 0.95
-METHOD_NAMES = {"sam": "SAM", "asam": "ASAM", "csam": "CSAM"}
+METHOD_NAMES = {"sam": "SAM", "asam": "ASAM", "csam": "CSAM", "bsam": "bSAM"}
 BASE_NAMES = {"sgd": "SGD", "adamw": "AdamW"}
 LOSS_NAMES = {"ls": "LS", "focal": "Focal", "flsd53": "FLSD-53"}
 # settings already named by the label's method and loss parts
 DESCRIBED = {"method", "loss", "rho", "gamma", "focal_gamma", "ls_epsilon", "optimizer", "seed"}
+DESCRIBED |= {"dropout", "mc_samples"}
 
 
 def is_completed(trial: FrozenTrial) -> bool:
@@ -130,6 +133,12 @@ def describe(settings: dict[str, Any], space: Space) -> str:
         label += f" + LS (ε={full.ls_epsilon:g})"
     elif full.loss == "flsd53":
         label += " + FLSD-53"
+    elif full.loss == "adafocal":
+        label += " + AdaFocal"
+    if full.dropout > 0 and full.mc_samples > 1:
+        label += f" + MC dropout (p={full.dropout:g}, {full.mc_samples} passes)"
+    elif full.dropout > 0:
+        label += f" + dropout (p={full.dropout:g})"
     default = TrainConfig.model_fields
     others = [
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -155,14 +164,14 @@ def grouped(study: optuna.Study, space: Space) -> list[Configuration]:
 
 def configurations(study: optuna.Study, space: Space) -> list[Configuration]:
     """``grouped``; with more than ``MAX_ROWS`` configurations, the best one (by mean rank
-    score) per method and loss."""
+    score) per method and loss (MC dropout apart from a single pass)."""
     found = grouped(study, space)
     if len(found) <= MAX_ROWS:
         return found
-    best: dict[tuple[str, str], Configuration] = {}
+    best: dict[tuple[str, str, bool], Configuration] = {}
     for conf in sorted(found, key=lambda c: -c.score(space)):
         full = space.train_config(conf.settings)
-        best.setdefault((full.method, full.loss), conf)
+        best.setdefault((full.method, full.loss, full.mc_samples > 1), conf)
     return [c for c in found if c in best.values()]
 
 
@@ -228,12 +237,14 @@ def _title(column: Column) -> str:
 
 
 def render(table: Table, style: Format) -> str:
-    """The table as GitHub Markdown, a LaTeX ``tabular`` or CSV (means and stds as numbers)."""
+    """The table as GitHub Markdown, a LaTeX ``tabular`` or CSV (means and stds as numbers, in
+    percent where the other formats show percent; ``trials`` a count, ``trial_numbers`` the
+    Optuna trials)."""
     best = table.best()
     if style == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        header = ["configuration", "seeds", "trials"]
+        header = ["configuration", "seeds", "trials", "trial_numbers"]
         for metric in table.columns:
             header += [f"{metric}_mean", f"{metric}_std"]
         writer.writerow([*header, "best"])
@@ -241,10 +252,12 @@ def render(table: Table, style: Format) -> str:
             row: list[Any] = [
                 conf.label,
                 len(conf.trials),
+                len(conf.trials),
                 " ".join(str(t.number) for t in conf.trials),
             ]
-            for metric in table.columns:
-                row += [f"{v:.6g}" for v in conf.mean_std(metric)]
+            for metric, column in table.columns.items():
+                scale = 100.0 if column.percent else 1.0  # as the Markdown and LaTeX tables
+                row += [f"{scale * v:.6g}" for v in conf.mean_std(metric)]
             writer.writerow([*row, " ".join(m for m, j in best.items() if j == i)])
         return out.getvalue().rstrip("\n")
     titles = [_title(c) for c in table.columns.values()]

@@ -46,11 +46,16 @@ class TrialEvents(Callback):
             display.progress(self._progress(trials, None))
 
     def _shown_settings(self, config: dict[str, Any]) -> str:
-        keys = list(self.space.search) + [k for p in self.space.points for k in p]
+        """The searched settings, a point's settings where they differ from the fixed ones (or
+        the defaults), and the seed of a repeated study."""
+        base = self.space.train_config().model_dump()
+        pointed = dict.fromkeys(k for p in self.space.points for k in p)
+        shown = [k for k in self.space.search if k in config]
+        shown += [k for k in pointed if k in config and k not in shown and config[k] != base[k]]
         if self.space.repeats > 1:
-            keys.append("seed")
-        shown = dict.fromkeys(k for k in keys if k in config)
-        return " ".join(f"{k}={_value(config[k])}" for k in shown) or "(fixed settings)"
+            shown.append("seed")
+        settings = {**base, **config}
+        return " ".join(f"{k}={_value(settings[k])}" for k in shown) or "(fixed settings)"
 
     def _elapsed(self) -> str:
         return duration(time.time() - self._started)

@@ -7,6 +7,7 @@ exits with code 2. Values a user typed are echoed cut to a readable length, and 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,43 @@ def check_no_credentials(uri: str | None, option: str) -> None:
         f"{option} {redacted} holds credentials: remove them from the URI and set "
         f"{CREDENTIAL_HINTS[option]} instead"
     )
+
+
+def _recorded_cluster() -> str | None:
+    """The address `ray start` recorded on this machine (what Ray's ``auto`` reads), if any."""
+    recorded = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray")) / "ray_current_cluster"
+    try:
+        return recorded.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def check_address(address: str | None, timeout: float = 3.0) -> None:
+    """A Ray address that can be joined, checked without Ray (which would hang on an address
+    where nothing listens): ``auto`` needs a running cluster on this machine (``RAY_ADDRESS`` or
+    the one `ray start` recorded); ``HOST:PORT`` or ``ray://HOST:PORT`` something answering."""
+    if not address or address == "local":
+        return
+    target = address
+    if address == "auto":
+        target = os.environ.get("RAY_ADDRESS") or _recorded_cluster() or ""
+        if not target:
+            raise InputError(
+                "--address auto: no running Ray cluster on this machine (no RAY_ADDRESS, nothing "
+                "started by `ray start`); start one with `ray start --head`, or leave --address "
+                "out for a private local Ray"
+            )
+    host, sep, port = target.split("://", 1)[-1].split("/", 1)[0].rpartition(":")
+    if not sep or not port.isdigit():
+        raise InputError(f"--address {shown(address)}: give HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise InputError(
+            f"--address {shown(address)}: nothing answers at {host}:{port} "
+            f"({err.strerror or type(err).__name__}); start the cluster (`ray start --head`) or "
+            "fix the address"
+        ) from None
 
 
 def check_storage(storage: str | None) -> None:

@@ -33,15 +33,25 @@ EXAMPLE_SIZE = 2  # images in the input example
 
 
 class CalibratedClassifier(nn.Module):
-    """A classifier whose output is ``softmax(logits / temperature)``: calibrated probabilities."""
+    """A classifier whose output is ``softmax(log(p) / temperature)``: calibrated probabilities,
+    ``p`` being its softmax or, with ``mc_samples > 1``, the mean softmax of that many passes
+    with dropout on (MC dropout, as the trial evaluated it; the masks are not seeded here)."""
 
-    def __init__(self, model: nn.Module, temperature: float) -> None:
+    def __init__(self, model: nn.Module, temperature: float, mc_samples: int = 1) -> None:
         super().__init__()
         self.model = model
+        self.mc_samples = mc_samples
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x).float() / self.temperature, dim=1)
+        if self.mc_samples <= 1:
+            return torch.softmax(self.model(x).float() / self.temperature, dim=1)
+        for module in self.model.modules():
+            if isinstance(module, nn.Dropout):
+                module.train()
+        passes = [self.model(x).float().softmax(dim=1) for _ in range(self.mc_samples)]
+        mean = torch.stack(passes).mean(dim=0).clamp_min(1e-12)
+        return torch.softmax(mean.log() / self.temperature, dim=1)
 
 
 def last_checkpoint(paths: StudyPaths, tune_trial_id: str) -> dict[str, Any] | None:
@@ -67,10 +77,10 @@ def calibrated_model(state: dict[str, Any], temperature: float) -> tuple[nn.Modu
     cfg = parse_config({**state["config"], "device": "cpu", "compile": False}, where="a model")
     data = config_data(cfg)
     info = data.info
-    model = build_model(cfg.model, info.num_classes, info.in_channels, info.image_size)
+    model = build_model(cfg.model, info.num_classes, info.in_channels, info.image_size, cfg.dropout)
     weights = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
     model.load_state_dict(weights)
-    return CalibratedClassifier(model, temperature).eval(), data
+    return CalibratedClassifier(model, temperature, cfg.mc_samples).eval(), data
 
 
 @contextmanager

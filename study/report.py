@@ -57,6 +57,7 @@ from study.compare import (  # noqa: E402
     render,
     render_paired,
 )
+from study.ensembles import with_ensembles  # noqa: E402
 from study.front import best_trials, load_optuna_study  # noqa: E402
 from study.output import warn  # noqa: E402
 from study.regimes import MAP_METRICS, draw_regime_map, regime_text, regimes  # noqa: E402
@@ -524,10 +525,16 @@ def methods_section(view: StudyView, data: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def comparison_section(view: StudyView, data: dict[str, Any]) -> str:
+def comparison_section(view: StudyView, data: dict[str, Any], evidence: str) -> str:
     """Every configuration (best per method and loss when there are many), mean ± std over its
-    seeds, as ``study compare`` prints it; OOD and corruption metrics in a second table."""
+    seeds, and the deep ensemble of each configuration's seeds (from the ``evidence``), as
+    ``study compare --ensembles`` prints them; OOD and corruption metrics in a second table."""
     tables = comparison_tables(view.study, view.space)
+    shown = with_ensembles(tables, evidence) if tables[0].confs else tables
+    data["ensembles"] = [
+        {"configuration": e.label, "trials": [t.number for t in e.trials], **e.metrics}
+        for e in shown[0].confs[len(tables[0].confs) :]
+    ]
     data["comparison"] = [
         {
             "configuration": conf.label,
@@ -539,12 +546,15 @@ def comparison_section(view: StudyView, data: dict[str, Any]) -> str:
     ]
     parts = [
         "## Comparison",
-        "Each configuration with its seeds (`study compare`): test metrics in percent as the "
-        "trials logged them, mean ± std over seeds, the best mean of each column in bold.",
+        "Each configuration with its seeds (`study compare --ensembles`): test metrics in "
+        "percent as the trials logged them, mean ± std over seeds, the best mean of each column "
+        "in bold; a configuration run with several seeds also as their deep ensemble "
+        '("ensemble x K": the seeds\' stored probabilities averaged, its temperature fitted on '
+        "their averaged val probabilities).",
     ]
     if not tables[0].confs:
         return "\n\n".join([*parts, "No completed trial."])
-    parts.append(render(tables[0], "markdown"))
+    parts.append(render(shown[0], "markdown"))
     baseline = sgd_baseline(tables[0].confs, view.space)
     if baseline is not None:
         paired = paired_table(tables[0].confs, baseline, view.space)
@@ -564,7 +574,7 @@ def comparison_section(view: StudyView, data: dict[str, Any]) -> str:
             "the max-softmax confidence, test set vs SVHN; -C sets: mean over every corruption "
             "and severity; per corruption and severity in the evidence splits):"
         )
-        parts.append(render(tables[1], "markdown"))
+        parts.append(render(shown[1], "markdown"))
     return "\n\n".join(parts)
 
 
@@ -905,12 +915,29 @@ def write_report(
     return paths.report / REPORT_FILE
 
 
+def partial_notice(view: StudyView, data: dict[str, Any]) -> str | None:
+    """A warning at the top of the report of a study that has not finished all its trials."""
+    finished = sum(t.state.is_finished() for t in view.study.get_trials(deepcopy=False))
+    data["partial"] = finished < view.space.trials
+    data["trials_finished"] = finished
+    if not data["partial"]:
+        return None
+    return (
+        f"> **Partial report:** {finished} of {view.space.trials} trials finished (the study was "
+        f"interrupted or is still running); `study resume {view.name}` completes it."
+    )
+
+
 def _write_files(view: StudyView, paths: StudyPaths, report_dir: Path) -> None:
     """Every section and figure of the report, into the (new, empty) ``report_dir``."""
     data: dict[str, Any] = {"study": view.name}
-    sections = [header_section(view, paths, data), front_section(view, data)]
+    sections = [header_section(view, paths, data)]
+    notice = partial_notice(view, data)
+    if notice:
+        sections.append(notice)
+    sections.append(front_section(view, data))
     draw_pareto(view, report_dir / "pareto.png")
-    sections.append(comparison_section(view, data))
+    sections.append(comparison_section(view, data, paths.evidence))
     sections.append(methods_section(view, data))
     draw_reliability(view, report_dir / "reliability.png")
     sections.append(trial_intervals_section(view, data))

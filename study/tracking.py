@@ -49,10 +49,16 @@ def default_tracking_uri() -> str:
 
 
 def git_commit() -> str | None:
-    """The commit of the working directory, when it is a git checkout."""
+    """The commit of the sharpcal code that runs (None when it is not a git checkout, e.g. an
+    installed wheel) — not of the directory the user runs it from."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -100,10 +106,19 @@ def make_client(tracking_uri: str) -> Any:
     return client
 
 
-def experiment_id(client: Any, name: str) -> str:
-    """The id of experiment ``name``, created if needed."""
+def experiment_id(client: Any, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created if needed (its artifacts in ``artifact_location``,
+    or where the tracking store puts them)."""
     found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name)
+    if found:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def is_local_store(tracking_uri: str) -> bool:
+    """A tracking store in a local file (sqlite or a directory), not a server."""
+    scheme = tracking_uri.split("://", 1)[0] if "://" in tracking_uri else "file"
+    return scheme in ("sqlite", "file")
 
 
 def log_metrics(client: Any, run_id: str, metrics: dict[str, float], step: int) -> None:
@@ -156,11 +171,14 @@ def copy_to_local(uri: str, directory: Path) -> list[Path]:
 class StudyTracker:
     """The study's experiment and parent run; ``MlflowTrialCallback`` logs the trials under it."""
 
-    def __init__(self, tracking_uri: str, study: str) -> None:
+    def __init__(self, tracking_uri: str, study: str, artifacts: Path | None = None) -> None:
+        """``artifacts``: the directory of a new experiment's artifacts when the tracking store
+        is local (a server keeps its own)."""
         self.tracking_uri = tracking_uri
         self.study = study
         self.client = make_client(tracking_uri)
-        self.experiment_id = experiment_id(self.client, study)
+        location = artifacts.as_uri() if artifacts and is_local_store(tracking_uri) else None
+        self.experiment_id = experiment_id(self.client, study, location)
 
     def parent_run(self, existing: str | None, params: dict[str, str], tags: dict[str, str]) -> str:
         """Reuse the parent run of a resumed study, or start one."""

@@ -63,6 +63,10 @@ def test_a_study_runs_from_a_dict_and_reports(finished):
     assert summary.report.is_file()
     trials = study.optuna().get_trials()
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    # issue 17, item 9: MLflow's artifacts live in the study, nothing beside the store
+    artifacts = [p for p in study.paths.mlflow_artifacts.rglob("*") if p.is_file()]
+    assert any(p.name == "reliability.png" for p in artifacts)
+    assert not (study.paths.root.parent.parent / "mlruns").exists()
 
 
 def test_front_is_optunas_best_trials_as_a_dataframe(finished):

@@ -55,6 +55,7 @@ def study_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_study_train_prints_epoch_table_and_test_line(tmp_path):
     proc = run_study("train", *DIGITS, "--set", "epochs=2", "--set", "method=csam", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # issue 17, item 12: no library notices (a new MLflow store's INFO)
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["epoch", "train_loss"])
     rows = [line.split() for line in lines[header + 1 : header + 3]]
@@ -122,3 +123,20 @@ def test_set_values_are_parsed_never_evaluated():
     )
     with pytest.raises(ConfigError):
         parse_set("=3")
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [["loss=adafocal"], ["dropout=0.2", "mc_samples=3"], ["method=bsam", "bsam_samples=2"]],
+    ids=["adafocal", "mc_dropout", "bsam"],
+)
+def test_the_baselines_train_through_study_train(sets, tmp_path, monkeypatch, capsys):
+    from study.cli import main
+
+    monkeypatch.chdir(tmp_path)  # its MLflow store
+    argv = ["train", *DIGITS, "--set", "epochs=2"]
+    for setting in sets:
+        argv += ["--set", setting]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "test: accuracy" in out and out.count("\n") >= 4

@@ -113,3 +113,16 @@ def test_baseline_by_label_or_row_number_and_its_paired_table():
     (row,) = csv.DictReader(io.StringIO(render_paired(paired, "csv")))
     assert row["pairs"] == "3" and row["excludes_zero"] == "test_ece test_ece_ts"
     assert float(row["test_ece_diff_low"]) == pytest.approx(100 * ece.low, rel=1e-5)
+
+
+def test_csv_is_in_percent_like_the_tables_and_counts_the_trials():
+    """Issue 17, item 7."""
+    (table,) = comparison_tables(_study(), SPACE)[:1]
+    rows = list(csv.DictReader(io.StringIO(render(table, "csv"))))
+    first = rows[0]
+    assert first["trials"] == "3" and len(first["trial_numbers"].split()) == 3
+    ece = sum(ECE[0.01].values()) / 3
+    assert float(first["test_ece_mean"]) == pytest.approx(100 * ece, rel=1e-5)
+    assert float(first["temperature_mean"]) == pytest.approx(0.8)  # T is not a percentage
+    markdown = render(table, "markdown")
+    assert f"{100 * ece:.2f}" in markdown

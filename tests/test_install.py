@@ -47,3 +47,24 @@ def test_the_tools_the_readme_names_are_in_the_tools_extra_that_make_installs():
     assert "-e '.[tools]'" in makefile and "-e '.[test,tools]'" in makefile
     readme = (ROOT / "README.md").read_text()
     assert "optuna-dashboard sqlite:///" in readme and "duckdb" in readme.lower()
+
+
+def test_make_demo_installs_the_tools_the_readme_tells_users_to_run():
+    """Issue 17, item 10: optuna-dashboard and duckdb come with `make demo` (the tools extra)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    tools = {
+        canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["tools"]
+    }
+    assert {"optuna-dashboard", "duckdb"} <= tools
+    makefile = (ROOT / "Makefile").read_text()
+    venv_recipe = makefile.split("\nvenv:", 1)[1].split("\n\n", 1)[0]
+    assert "'.[tools]'" in venv_recipe and "demo: venv" in makefile
+    for tool in ("optuna-dashboard", "duckdb"):
+        assert metadata.version(tool)  # installed here by the same extra
+
+
+def test_make_clean_removes_what_make_demo_made():
+    """Issue 17, item 9: the studies, the default MLflow store (its artifacts are in the studies)."""
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\nclean:", 1)[1].split("\n\n", 1)[0]
+    assert {"studies", "mlflow.db", "mlruns", "$(VENV)"} <= set(recipe.split())

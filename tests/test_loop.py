@@ -19,8 +19,18 @@ def _params(trainer: Trainer) -> list[torch.Tensor]:
     return [p.detach().clone() for p in trainer.model.state_dict().values()]
 
 
-def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, digits_settings):
-    cfg = parse_config({**digits_settings, "epochs": 3, "method": "sam"})
+@pytest.mark.parametrize(
+    "mc",
+    [
+        {},
+        {"dropout": 0.3, "mc_samples": 3},
+        {"loss": "adafocal"},
+        {"method": "bsam", "bsam_samples": 2},
+    ],
+    ids=["plain", "mc_dropout", "adafocal", "bsam"],
+)
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, digits_settings, mc):
+    cfg = parse_config({**digits_settings, "epochs": 3, "method": "sam", **mc})
     straight = Trainer(cfg)
     expected = straight.fit()
 

@@ -9,6 +9,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
@@ -37,19 +38,25 @@ def test_paper_digits_runs_every_method_and_loss_and_compare_prints_them(tmp_pat
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     trials = optuna_study(tmp_path, "pd").trials
-    assert len(trials) == 13 and all(t.user_attrs["status"] == "completed" for t in trials)
+    assert len(trials) == 16 and all(t.user_attrs["status"] == "completed" for t in trials)
 
     shown = run_study("compare", "pd", "--storage", "studies", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     rows = _markdown_rows(shown.stdout)
     expected = {METHOD_LABELS[m] + LOSS_LABELS[loss] for m in METHOD_LABELS for loss in LOSS_LABELS}
-    assert set(rows) == expected | {"CSAM (ρ=0.05, γ=1)"}
+    assert set(rows) == expected | {
+        "CSAM (ρ=0.05, γ=1)",
+        "SGD + MC dropout (p=0.2, 10 passes)",
+        "SGD + AdaFocal",
+        "bSAM (ρ=0.01) [lr=0.5]",
+    }
     by_label = {r["configuration"]: r for r in _csv(tmp_path, "pd")}
     for trial in trials:
-        label = next(k for k, r in by_label.items() if r["trials"] == str(trial.number))
+        label = next(k for k, r in by_label.items() if r["trial_numbers"] == str(trial.number))
+        assert by_label[label]["trials"] == "1"  # a count (issue 17, item 7)
         assert float(by_label[label]["test_ece_mean"]) == pytest.approx(
-            trial.user_attrs["test_ece"], rel=1e-5
-        )
+            100 * trial.user_attrs["test_ece"], rel=1e-5
+        )  # percent, as the Markdown table
         assert rows[label][2].strip("*") == f"{100 * trial.user_attrs['test_ece']:.2f}"
     best_ece = min(by_label.values(), key=lambda r: float(r["test_ece_mean"]))
     assert "test_ece" in best_ece["best"].split()
@@ -88,12 +95,14 @@ def test_repeats_run_each_configuration_with_seeds_and_rerun_reproduces_the_best
     assert [r["seeds"] for r in rows] == ["2", "2"]
     for row in rows:
         values = [
-            t.user_attrs["test_accuracy"] for t in trials if str(t.number) in row["trials"].split()
+            t.user_attrs["test_accuracy"]
+            for t in trials
+            if str(t.number) in row["trial_numbers"].split()
         ]
         mean = sum(values) / 2
         std = math.sqrt(sum((v - mean) ** 2 for v in values))  # ddof=1 with two values
-        assert float(row["test_accuracy_mean"]) == pytest.approx(mean, rel=1e-5)
-        assert float(row["test_accuracy_std"]) == pytest.approx(std, rel=1e-4, abs=1e-7)
+        assert float(row["test_accuracy_mean"]) == pytest.approx(100 * mean, rel=1e-5)
+        assert float(row["test_accuracy_std"]) == pytest.approx(100 * std, rel=1e-4, abs=1e-5)
 
     paired = run_study("compare", "rep", "--storage", "studies", "--baseline", "1", cwd=tmp_path)
     assert paired.returncode == 0, paired.stderr
@@ -101,6 +110,28 @@ def test_repeats_run_each_configuration_with_seeds_and_rerun_reproduces_the_best
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "2"  # two seeds paired: an interval in each difference cell
     assert len(cells) == 5 and all(" [" in c and c.endswith("]") for c in cells[2:])
+    shown = run_study("compare", "rep", "--storage", "studies", "--ensembles", cwd=tmp_path)
+    ensembles = {k: v for k, v in _markdown_rows(shown.stdout).items() if "ensemble x 2" in k}
+    assert len(ensembles) == 2
+    evidence = pads.dataset(tmp_path / "studies" / "rep" / "evidence", partitioning="hive")
+    frame = evidence.to_table(filter=pc.field("split") == "test").to_pandas()
+    for row in rows:  # the ensemble's accuracy, recomputed from the Parquet evidence
+        ids = [
+            t.user_attrs["tune_trial_id"]
+            for t in trials
+            if str(t.number) in row["trial_numbers"].split()
+        ]
+        probs = [
+            np.stack(frame[frame.trial_id == i].sort_values("sample_id").probs.to_list())
+            for i in ids
+        ]
+        labels = frame[frame.trial_id == ids[0]].sort_values("sample_id").label.to_numpy()
+        mean = np.mean(
+            [p.astype(np.float64) / p.astype(np.float64).sum(1, keepdims=True) for p in probs],
+            axis=0,
+        )
+        accuracy = f"{100 * (mean.argmax(1) == labels).mean():.2f}"
+        assert ensembles[f"{row['configuration']} ensemble x 2"][1].strip("*") == accuracy
     bad = run_study("compare", "rep", "--storage", "studies", "--baseline", "x", cwd=tmp_path)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "names no row" in bad.stderr
@@ -109,6 +140,8 @@ def test_repeats_run_each_configuration_with_seeds_and_rerun_reproduces_the_best
         "rerun", "rep", "--top", "1", "--seeds", "2", "--storage", "studies", cwd=tmp_path
     )
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    twice = run_study("rerun", "rep", "--top", "1", "--storage", "studies", cwd=tmp_path)
+    assert twice.returncode == 2 and "--new-name" in twice.stderr  # issue 17, item 5
     reruns = optuna_study(tmp_path, "rep-rerun").trials
     best_lr = max(by_lr, key=lambda lr: _mean_score(trials, lr))
     assert {t.params["lr"] for t in reruns} == {best_lr}

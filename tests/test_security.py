@@ -321,3 +321,18 @@ def test_a_second_lock_names_the_holder_and_a_dead_holders_lock_is_taken_over(tm
     assert lock.previous and lock.previous["pid"] == holder.pid
     lock.release()
     assert json.loads((tmp_path / "driver.lock").read_text() or "{}") == {}
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_before_anything(
+    capsys, tmp_path, space, monkeypatch
+):
+    """Issue 17, item 4: no hang on a dead address, no traceback, no study directory."""
+    import time
+
+    start = time.monotonic()
+    line = refused(capsys, tmp_path, "run", str(space), "--address", "127.0.0.1:1")
+    assert "nothing answers at 127.0.0.1:1" in line and time.monotonic() - start < 30
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "no-ray"))  # no cluster recorded here
+    line = refused(capsys, tmp_path, "run", str(space), "--address", "auto")
+    assert "no running Ray cluster" in line and "ray start --head" in line

@@ -38,11 +38,20 @@ PAPER_RHO = {
 def test_paper_presets_follow_the_papers_protocol(name):
     space = load_space(name)
     configs = [space.train_config(point) for point in space.points]
-    assert {c.rho for c in configs} == {PAPER_RHO[name]}
+    assert {c.rho for c in configs if c.method != "bsam"} == {PAPER_RHO[name]}
     assert sorted(c.gamma for c in configs if c.method == "csam") == [0.5, 1.0, 2.0]
     rows = {(c.method, c.loss) for c in configs}
     assert {("sgd", "ce"), ("sgd", "ls"), ("sgd", "focal"), ("sam", "ce"), ("csam", "ce")} <= rows
     assert space.repeats == (5 if name == "paper-fashion-mnist" else 3)
+    if name != "paper-fashion-mnist-short":  # the paper's other baselines
+        assert ("sgd", "adafocal") in rows
+        assert any(c.dropout > 0 and c.mc_samples > 1 for c in configs)
+        bsams = [c for c in configs if c.method == "bsam"]
+        if space.resources.workers == 1:  # bSAM runs on one worker (see the schema)
+            (bsam,) = bsams
+            assert (bsam.lr, bsam.rho, bsam.bsam_prior_precision) == (0.5, 0.01, 10)
+        else:
+            assert not bsams
     assert space.samples == len(space.points)
     for c in configs:
         assert c.schedule == "cosine" and (c.optimizer, c.momentum) in {
@@ -200,3 +209,50 @@ def test_reachable_combinations_follow_when_and_put_numbers_at_both_bounds():
     assert {(c["lr"], c["rho"], c["gamma"]) for c in csam} >= {(0.03, 0.02, 0.0), (0.15, 0.3, 2.0)}
     for combo in combos:
         space.train_config(combo)  # what the schema promises
+
+
+def test_bsam_on_several_workers_is_refused_in_one_line():
+    data = {
+        "fixed": {"dataset": "digits", "train_subset": None},
+        "search": {"method": {"categorical": ["sam", "bsam"]}},
+        "resources": {"workers": 2, "cpu": 1},
+    }
+    with pytest.raises(SpaceError) as err:
+        check_space(data, "s.yaml")
+    assert len(str(err.value).splitlines()) == 1 and "bsam" in str(err.value)
+    check_space({**data, "resources": {"workers": 1, "cpu": 1}}, "s.yaml")
+
+
+def test_an_int_distribution_validates_and_bad_bounds_are_one_line():
+    """README promise (issue 17, item 1): ``{int: [low, high]}`` searches integers."""
+    base = {"fixed": {"dataset": "digits", "train_subset": None}}
+    space = check_space({**base, "search": {"epochs": {"int": [1, 2]}}}, "s.yaml")
+    assert space.search["epochs"].int == (1, 2)
+    with pytest.raises(SpaceError) as err:
+        check_space({**base, "search": {"epochs": {"int": [None, None]}}}, "s.yaml")
+    assert str(err.value).count("\n") == 0 and "search.epochs.int" in str(err.value)
+
+
+def test_set_ood_null_skips_a_presets_top_level_ood_section():
+    """README promise (issue 17, item 2): ``--set ood=null`` skips the OOD evaluation."""
+    assert load_space("paper-cifar10-resnet18").train_config().ood is not None
+    assert load_space("paper-cifar10-resnet18", {"ood": None}).train_config().ood is None
+
+
+def test_spaces_validate_checks_the_ood_files_as_run_does(tmp_path, capsys):
+    """Issue 17, item 6: a space whose OOD files are missing is not called valid."""
+    from study.cli import main
+
+    path = tmp_path / "ood.yaml"
+    nowhere = tmp_path / "nowhere"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "fixed": {"dataset": "cifar10", "data_root": str(tmp_path)},
+                "ood": {"svhn": {"root": str(nowhere)}},
+            }
+        )
+    )
+    assert main(["spaces", "validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(nowhere) in err

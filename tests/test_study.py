@@ -139,8 +139,11 @@ def test_diverging_trial_is_marked_and_the_study_completes(api_study, capsys):
     assert healthy.user_attrs["status"] == "completed"
     assert healthy.values[0] > 0.5
     tune_id = diverged.user_attrs["tune_trial_id"]
-    (line,) = [x for x in capsys.readouterr().out.splitlines() if f"] {tune_id} diverged" in x]
+    shown = capsys.readouterr()
+    (line,) = [x for x in shown.out.splitlines() if f"] {tune_id} diverged" in x]
     assert "(loss not finite at epoch 1)" in line  # the console says why
+    assert shown.err == ""  # issue 17, item 12: libraries' notices go to driver.log
+    assert "NaN or Inf" not in shown.out
 
 
 def test_weighted_study_with_asha_tells_stopped_trials_as_pruned(api_study, capsys):
@@ -343,3 +346,24 @@ def test_trials_left_running_by_a_killed_driver_are_failed_once_the_study_is_ove
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.COMPLETE, TrialState.FAIL]
     assert fail_orphans(study) == []
+
+
+def test_ctrl_c_stops_the_study_with_130_a_partial_report_and_the_resume_hint(tmp_path):
+    """Issue 17, item 3: an interrupted run is not a success."""
+    path = write_space(
+        tmp_path, fixed={"epochs": 3}, search={"lr": {"loguniform": [0.02, 0.2]}}, samples=4,
+        concurrency=1, seed=5,
+    )  # fmt: skip
+    hold_dir = tmp_path / "hold"  # the second trial waits after epoch 1: one finished, one running
+    driver = start_study_run(
+        tmp_path, path, "stop", "studies", env=hold_env(hold_dir, epoch=1, nth=2),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_until(lambda: held_trial(hold_dir) is not None, driver, "the second trial was held")
+    driver.send_signal(signal.SIGINT)
+    release_hold(hold_dir)
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 130, out[-2000:] + err[-2000:]
+    assert "interrupted: 1 of 4 trials finished" in err and "study resume stop" in err
+    report = (tmp_path / "studies" / "stop" / "report" / "report.md").read_text()
+    assert "**Partial report:** 1 of 4 trials finished" in report

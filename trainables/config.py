@@ -11,10 +11,10 @@ from trainables.data import check_dataset_name
 from trainables.messages import first_problem, shown
 from trainables.models import check_model_name
 
-Method = Literal["sgd", "sam", "asam", "csam"]
+Method = Literal["sgd", "sam", "asam", "csam", "bsam"]
 MAX_IMAGES = 1_000_000_000  # upper bound of any image count: beyond it a value cannot be meant
 DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
-Loss = Literal["ce", "ls", "focal", "flsd53"]
+Loss = Literal["ce", "ls", "focal", "flsd53", "adafocal"]
 # The OOD splits in evaluation order (trainables/ood.py): each names its evidence split and
 # prefixes its metrics; its key in the ``ood`` section is ``ood_section_key(split)``.
 OOD_SPLITS = ("ood_svhn", "cifar10_c", "cifar100_c", "imagenet_c")
@@ -112,6 +112,10 @@ class TrainConfig(BaseModel):
     synthetic_size: int = Field(2048, gt=1, le=10_000_000)
     # model (cnn_fc for 25 epochs on 4 500 Fashion-MNIST images: the overconfident regime, T ~ 2)
     model: str = "cnn_fc"
+    # MC dropout (Gal & Ghahramani 2016): dropout before the classifier, kept on at evaluation for
+    # ``mc_samples`` passes whose softmax is averaged (1: a single deterministic pass)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    mc_samples: int = Field(1, ge=1, le=1000)
     # optimisation
     method: Method = "sam"
     rho: float = Field(0.1, gt=0.0, le=10.0)
@@ -123,9 +127,24 @@ class TrainConfig(BaseModel):
     # With several workers (DDP): all-reduce SAM's ascent gradient, so every replica takes the same
     # perturbation (the global-batch SAM); off = per-replica perturbation, as in the original SAM.
     sync_perturbation: bool = False
+    # bSAM (trainables/bsam.py): lr is its alpha, momentum its beta1, rho its rho; these are its
+    # own, the defaults those of its authors' code (the weight decay is prior_precision / N)
+    bsam_prior_precision: float = Field(25.0, gt=0.0, le=1e6)
+    bsam_data_factor: float = Field(1.0, gt=0.0, le=1e3)  # N = train size x this (``dafactor``)
+    bsam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    bsam_damping: float = Field(0.1, ge=0.0, le=100.0)
+    bsam_s_init: float = Field(1.0, gt=0.0, le=1e6)
+    bsam_samples: int = Field(32, ge=1, le=1000)  # posterior samples averaged at evaluation
     loss: Loss = "ce"
     ls_epsilon: float = Field(0.1, ge=0.0, lt=1.0)
     focal_gamma: float = Field(3.0, ge=0.0, le=10.0)
+    # AdaFocal (trainables/adafocal.py); the defaults are its authors'
+    adafocal_lambda: float = Field(1.0, ge=0.0, le=100.0)
+    adafocal_gamma: float = Field(1.0, ge=-20.0, le=20.0)  # every bin's initial gamma
+    adafocal_gamma_min: float = Field(-2.0, ge=-20.0, le=20.0)
+    adafocal_gamma_max: float = Field(20.0, ge=-20.0, le=100.0)
+    adafocal_switch: float = Field(0.2, ge=0.0, le=10.0)
+    adafocal_bins: int = Field(15, ge=1, le=1000)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0.0, le=100.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
@@ -167,6 +186,15 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 "method=csam defines its own descent loss; use loss=ce (or method=sam with "
                 f"loss={self.loss})"
+            )
+        if self.loss == "adafocal" and self.val_fraction == 0:
+            raise ValueError(
+                "loss=adafocal updates its gammas from the validation split; set val_fraction > 0"
+            )
+        if self.adafocal_gamma_min >= self.adafocal_gamma_max:
+            raise ValueError(
+                f"adafocal_gamma_min ({self.adafocal_gamma_min}) must be below adafocal_gamma_max "
+                f"({self.adafocal_gamma_max})"
             )
         return self
 

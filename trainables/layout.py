@@ -7,6 +7,7 @@ when the data lives in object storage)::
     space.yaml    the resolved space (what `study resume` reruns)
     optuna.db     the Optuna study (optuna-dashboard sqlite:///.../optuna.db)
     mlflow.json   where the study is tracked (tracking URI, experiment, parent run)
+    mlflow/       the MLflow artifacts of its runs, when the tracking store is local
     driver.lock   held by the one driver running the study
     driver.log    what Ray and Tune printed while the study ran (the console shows its events)
     report/       what `study report` writes
@@ -31,6 +32,7 @@ from search_spaces.names import check_study_name
 SPACE_FILE = "space.yaml"
 OPTUNA_FILE = "optuna.db"
 TRACKING_FILE = "mlflow.json"
+MLFLOW_ARTIFACTS_DIR = "mlflow"
 LOCK_FILE = "driver.lock"
 LOG_FILE = "driver.log"
 REPORT_DIR = "report"
@@ -113,6 +115,10 @@ class StudyPaths:
     @property
     def tracking(self) -> Path:
         return self.root / TRACKING_FILE
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / MLFLOW_ARTIFACTS_DIR
 
     @property
     def lock(self) -> Path:

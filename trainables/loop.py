@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from trainables import calibration
+from trainables.adafocal import AdaFocalBins, adafocal_loss, update_bins
 from trainables.atomic import atomic_write
+from trainables.bsam import BSAM
 from trainables.config import ConfigError, TrainConfig
 from trainables.data import Data, load_data
 from trainables.losses import LossFn, build_loss, cross_entropy, csam_loss
@@ -26,6 +28,8 @@ from trainables.sam import SAM, frozen_batchnorm_stats
 
 SAM_METHODS = ("sam", "asam", "csam")
 EVAL_BATCH = 1024
+MC_SEED_OFFSET = 7_919  # MC dropout's masks: seeded from the run's seed, apart from training's
+MC_TINY = 1e-12  # floor of an averaged probability before its log
 
 
 def resolve_device(name: str) -> torch.device:
@@ -43,8 +47,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The base optimizer (SGD with momentum or AdamW), wrapped in SAM for the SAM family."""
+def build_optimizer(cfg: TrainConfig, model: nn.Module, n_train: int = 1) -> torch.optim.Optimizer:
+    """The base optimizer (SGD with momentum or AdamW), wrapped in SAM for the SAM family; bSAM
+    (its own optimizer) for ``bsam``, N being ``n_train`` times ``bsam_data_factor``."""
+    if cfg.method == "bsam":
+        return BSAM(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=cfg.lr,
+            beta1=cfg.momentum,
+            beta2=cfg.bsam_beta2,
+            rho=cfg.rho,
+            prior_precision=cfg.bsam_prior_precision,
+            n_data=n_train * cfg.bsam_data_factor,
+            damping=cfg.bsam_damping,
+            s_init=cfg.bsam_s_init,
+        )
     if cfg.optimizer == "sgd":
         base_cls: type[torch.optim.Optimizer] = torch.optim.SGD
         kwargs: dict[str, Any] = dict(
@@ -158,7 +175,9 @@ class Trainer:
             data = config_data(cfg, self.device, self.channels_last)
         self.data: Data = parallel.shard(data) if parallel is not None else data
         info = self.data.info
-        self.model = build_model(cfg.model, info.num_classes, info.in_channels, info.image_size)
+        self.model = build_model(
+            cfg.model, info.num_classes, info.in_channels, info.image_size, cfg.dropout
+        )
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model.to(self.device, memory_format=memory_format)
         replica = (
@@ -171,13 +190,18 @@ class Trainer:
             torch.compile(replica.forward) if self.use_compile else replica.forward
         )
         self.ascent_sync = replica.ascent_sync
-        self.optimizer = build_optimizer(cfg, self.model)
+        self.optimizer = build_optimizer(cfg, self.model, self.data.split_size("train"))
         self.scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
             if cfg.schedule == "cosine"
             else None
         )
-        loss = build_loss(cfg.loss, ls_epsilon=cfg.ls_epsilon, focal_gamma=cfg.focal_gamma)
+        self.adafocal: AdaFocalBins | None = None
+        if cfg.loss == "adafocal":
+            self.adafocal = AdaFocalBins.initial(cfg.adafocal_bins, cfg.adafocal_gamma)
+            loss: LossFn = self._adafocal_loss
+        else:
+            loss = build_loss(cfg.loss, ls_epsilon=cfg.ls_epsilon, focal_gamma=cfg.focal_gamma)
         self.ascent_loss: LossFn = cross_entropy if cfg.method == "csam" else loss
         self.descent_loss: LossFn = csam_loss(cfg.gamma) if cfg.method == "csam" else loss
         self.epochs_done = 0
@@ -186,6 +210,25 @@ class Trainer:
         self._predictions: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
 
     # -- training -------------------------------------------------------------------------------
+
+    def _adafocal_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        assert self.adafocal is not None
+        return adafocal_loss(logits, labels, self.adafocal)
+
+    def update_adafocal(self) -> None:
+        """AdaFocal's per-bin gammas, updated from this epoch's validation calibration."""
+        assert self.adafocal is not None
+        logits, labels = self.predictions("val")
+        cfg = self.cfg
+        self.adafocal = update_bins(
+            self.adafocal,
+            logits.float().softmax(dim=1),
+            labels,
+            lam=cfg.adafocal_lambda,
+            switch=cfg.adafocal_switch,
+            gamma_min=cfg.adafocal_gamma_min,
+            gamma_max=cfg.adafocal_gamma_max,
+        )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.bf16:
@@ -215,8 +258,26 @@ class Trainer:
         optimizer.second_step(zero_grad=True)
         return loss.detach()
 
+    def _bsam_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        optimizer = self.optimizer
+        assert isinstance(optimizer, BSAM)
+        optimizer.add_noise()
+        with self._autocast():
+            loss = self.ascent_loss(self.forward(x), y)
+        loss.backward()
+        optimizer.perturb()
+        with frozen_batchnorm_stats(self.model):
+            with self._autocast():
+                perturbed_loss = self.descent_loss(self.forward(x), y)
+            perturbed_loss.backward()
+        optimizer.step()
+        return loss.detach()
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One optimisation step on a batch; returns the clean-weights loss (a device tensor)."""
+        """One optimisation step on a batch; returns the loss at the weights it started from (a
+        device tensor; for bSAM, at its noisy sample of them)."""
+        if self.cfg.method == "bsam":
+            return self._bsam_step(x, y)
         if self.cfg.method in SAM_METHODS:
             return self._sam_step(x, y)
         return self._sgd_step(x, y)
@@ -247,15 +308,61 @@ class Trainer:
 
     # -- evaluation -----------------------------------------------------------------------------
 
+    @property
+    def eval_passes(self) -> int:
+        """Stochastic passes averaged per prediction: bSAM's posterior samples, MC dropout's
+        ``mc_samples``, or 1 (one deterministic pass)."""
+        return self.cfg.bsam_samples if self.cfg.method == "bsam" else self.cfg.mc_samples
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """The model in eval mode for predictions. With several passes (``eval_passes``) the
+        random state is seeded from the run's seed inside the block and restored after it, so
+        each evaluation draws the same dropout masks and weight samples (a rerun is identical on
+        CPU) and training's random stream is untouched; with ``mc_samples > 1`` the dropout
+        layers stay stochastic (BatchNorm does not)."""
+        self.model.eval()
+        if self.eval_passes <= 1:
+            yield
+            return
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.cfg.seed + MC_SEED_OFFSET)
+            if self.cfg.mc_samples > 1:
+                for module in self.model.modules():
+                    if isinstance(module, nn.Dropout):
+                        module.train()
+            try:
+                yield
+            finally:
+                self.model.eval()
+
+    def _pass(self, x: torch.Tensor) -> torch.Tensor:
+        """One stochastic pass's probabilities (bSAM: at a sample of its posterior)."""
+        if isinstance(self.optimizer, BSAM):
+            with self.optimizer.sampled_weights():
+                return self.model(x).float().softmax(dim=1)
+        return self.model(x).float().softmax(dim=1)
+
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of a normalised batch, inside ``evaluating()``: one pass, or the log of
+        the mean softmax of ``eval_passes`` stochastic ones (logits whose softmax is the
+        average, so every metric, the temperature and the evidence use it)."""
+        with self._autocast():
+            if self.eval_passes <= 1:
+                return self.model(x).float()
+            passes = [self._pass(x) for _ in range(self.eval_passes)]
+        return torch.stack(passes).mean(dim=0).clamp_min(MC_TINY).log()
+
     @torch.inference_mode()
     def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float32 logits and labels of a whole split, in the split's fixed order, on the device."""
-        self.model.eval()
+        """Float32 logits and labels of a whole split, in the split's fixed order, on the device
+        (``eval_logits``: MC dropout's averaged ones when ``mc_samples > 1``)."""
         logits, labels = [], []
-        for x, y in self.data.eval_batches(split, EVAL_BATCH):
-            with self._autocast():
-                logits.append(self.model(x).float())
-            labels.append(y)
+        with self.evaluating():
+            for x, y in self.data.eval_batches(split, EVAL_BATCH):
+                logits.append(self.eval_logits(x))
+                labels.append(y)
         if not logits:
             raise ValueError(f"split {split!r} is empty")
         result = torch.cat(logits), torch.cat(labels)
@@ -304,6 +411,8 @@ class Trainer:
             record = self.train_epoch(on_batch)
             if not self.diverged and self.data.split_size("val") > 0:
                 record.val = self.evaluate("val")
+                if self.adafocal is not None:
+                    self.update_adafocal()
             if not self.diverged and self.epochs_done == self.cfg.epochs:
                 final = record.final = self.final_metrics()
             self.history.append(record.flat())
@@ -328,6 +437,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "config": self.cfg.model_dump(),
         }
+        if self.adafocal is not None:
+            state["adafocal"] = self.adafocal.state_dict()
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
@@ -344,6 +455,8 @@ class Trainer:
         self.epochs_done = state["epochs_done"]
         self.diverged = state["diverged"]
         self.history = list(state["history"])
+        if self.adafocal is not None:
+            self.adafocal = AdaFocalBins.from_state(state["adafocal"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])

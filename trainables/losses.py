@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from trainables.messages import shown
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-LOSSES = ("ce", "ls", "focal", "flsd53")
+LOSSES = ("ce", "ls", "focal", "flsd53")  # and "adafocal", stateful: trainables/adafocal.py
 
 
 def _true_class_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

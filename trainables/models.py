@@ -38,18 +38,34 @@ def model_names() -> list[str]:
 
 
 def build_model(
-    name: str, num_classes: int, in_channels: int = 3, image_size: int = 32
+    name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, dropout: float = 0.0
 ) -> nn.Module:
-    """Construct model ``name`` (registered, ``timm:<name>`` or a bare timm name), untrained."""
+    """Construct model ``name`` (registered, ``timm:<name>`` or a bare timm name), untrained;
+    ``dropout`` > 0 puts a dropout layer of that rate before its classifier (``with_dropout``)."""
     if num_classes < 1 or in_channels < 1 or image_size < 1:
         raise ModelError(
             f"model {name!r}: num_classes={num_classes}, in_channels={in_channels} and "
             f"image_size={image_size} must all be >= 1"
         )
     if name in MODELS:
-        return MODELS[name](num_classes, in_channels, image_size)
-    check_model_name(name)
-    return _timm_model(name.removeprefix(TIMM_PREFIX), num_classes, in_channels)
+        model = MODELS[name](num_classes, in_channels, image_size)
+    else:
+        check_model_name(name)
+        model = _timm_model(name.removeprefix(TIMM_PREFIX), num_classes, in_channels)
+    return with_dropout(model, dropout) if dropout > 0 else model
+
+
+def with_dropout(model: nn.Module, rate: float) -> nn.Module:
+    """``model`` with its classifier (its last ``nn.Linear``) preceded by ``nn.Dropout(rate)``:
+    the same place for every registered and timm model (timm's own ``drop_rate`` sits there too,
+    but not every architecture takes it)."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise ModelError(f"dropout={rate}: the model has no linear classifier to put it before")
+    parent_name, _, child = names[-1].rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, nn.Sequential(nn.Dropout(rate), getattr(parent, child)))
+    return model
 
 
 def check_model_name(name: str) -> None:

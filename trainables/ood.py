@@ -316,13 +316,11 @@ def corruption_metrics(
 @torch.inference_mode()
 def _logits(trainer: Trainer, info: DatasetInfo, batches: Iterable[Tensor]) -> Tensor:
     """Float32 logits of uint8 [B,C,H,W] batches, normalised with ``info``; no host sync."""
-    trainer.model.eval()
     normalise = Normaliser(info, trainer.device, trainer.channels_last)
     out = []
-    for x in batches:
-        x = x.to(trainer.device, non_blocking=True)
-        with trainer._autocast():
-            out.append(trainer.model(normalise(x)).float())
+    with trainer.evaluating():
+        for x in batches:
+            out.append(trainer.eval_logits(normalise(x.to(trainer.device, non_blocking=True))))
     return torch.cat(out)
 
 
