@@ -359,7 +359,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.ensembles:
         from study.ensembles import with_ensembles
 
-        shown = with_ensembles(tables, study.paths.evidence)
+        skipped: list[str] = []
+        shown = with_ensembles(tables, study.paths.evidence, skipped)
+        for reason in skipped:
+            print(f"note: {reason}", file=sys.stderr)
     blocks = [render(table, args.format) for table in shown]
     if args.baseline is not None:
         try:

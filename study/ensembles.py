@@ -4,7 +4,10 @@ evidence: float16, renormalised in float64 as the report does).
 
 The ensemble's probabilities are the mean of its members' on every stored split. On test:
 accuracy, ECE, adaptive ECE, smooth ECE, NLL, Brier score, signed over-confidence, and ECE after
-temperature scaling with one temperature fitted on the ensemble's val probabilities. On the OOD
+temperature scaling with one temperature fitted on the ensemble's val probabilities. Averaging
+needs the members to hold the same samples: a test split drawn per seed (``test_subset``) gives no
+ensemble (the reason is reported), a val split drawn per seed (the usual case: val is held out of
+train with the run's seed) no temperature (``T`` and ``ECE (TS)`` are n/a). On the OOD
 splits: the SVHN AUROC (max probability, test as the positive class) and, for the corruption sets,
 accuracy, ECE and ECE after scaling averaged over corruption x severity, as a trial computes them.
 """
@@ -96,16 +99,27 @@ def mean_probs(members: Sequence[SplitProbs]) -> SplitProbs:
     return SplitProbs(keys, labels, torch.stack(stacked).mean(dim=0))
 
 
+def same_samples(members: Sequence[SplitProbs]) -> bool:
+    """Whether every member holds the same samples (keys) with the same labels: a split drawn
+    per seed (a ``test_subset``, the val split) differs, and its rows cannot be averaged."""
+    first = members[0]
+    return all(m.keys == first.keys and torch.equal(m.labels, first.labels) for m in members[1:])
+
+
+class EnsembleUnavailable(ValueError):
+    """A configuration's seeds cannot be ensembled (one line: which and why)."""
+
+
 def _scaled(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return (probs.clamp_min(TINY).log() / temperature).softmax(dim=1)
 
 
 def calibration_metrics(test: SplitProbs, val: SplitProbs | None) -> dict[str, float]:
-    """The test metrics of probabilities (``test_*``), ``temperature`` fitted on ``val`` (1
-    without val) and ``test_ece_ts``."""
+    """The test metrics of probabilities (``test_*``), ``temperature`` fitted on ``val`` and
+    ``test_ece_ts`` (both NaN without a shared val split)."""
     p, y = test.probs, test.labels
     logp = p.clamp_min(TINY).log()
-    temperature = 1.0
+    temperature = math.nan
     if val is not None:
         temperature = calibration.fit_temperature(
             val.probs.clamp_min(TINY).log().float(), val.labels
@@ -117,9 +131,10 @@ def calibration_metrics(test: SplitProbs, val: SplitProbs | None) -> dict[str, f
         "test_nll": calibration.nll(logp, y),
         "test_brier": calibration.brier(p, y),
         "test_overconfidence": calibration.overconfidence(p, y),
-        "test_ece_ts": calibration.ece(_scaled(p, temperature), y, N_BINS),
     }
-    metrics = {k: float(v) for k, v in out.items()}
+    if val is not None:
+        out["test_ece_ts"] = calibration.ece(_scaled(p, temperature), y, N_BINS)
+    metrics = {"test_ece_ts": math.nan, **{k: float(v) for k, v in out.items()}}
     metrics["test_smece"] = float(calibration.smooth_ece(p, y))
     metrics["temperature"] = float(temperature)
     return metrics
@@ -137,7 +152,9 @@ def ood_metrics(split: str, probs: SplitProbs, test: SplitProbs, temperature: fl
             (
                 float(calibration.accuracy(p, y)),
                 float(calibration.ece(p, y, N_BINS)),
-                float(calibration.ece(_scaled(p, temperature), y, N_BINS)),
+                float(calibration.ece(_scaled(p, temperature), y, N_BINS))
+                if math.isfinite(temperature)
+                else math.nan,
             )
         )
     acc, ece, ece_ts = (float(np.mean(c)) for c in zip(*cells, strict=True))
@@ -151,13 +168,19 @@ def ensemble_of(conf: Configuration, evidence: str) -> Ensemble | None:
     members = [(i, s) for i, s in zip(ids, tests, strict=True) if s is not None]
     if len(members) < 2:
         return None
+    if not same_samples([s for _, s in members]):
+        raise EnsembleUnavailable(
+            f"no ensemble of {conf.label}: its seeds were tested on different samples (a "
+            "test_subset drawn per seed), so their predictions cannot be averaged"
+        )
     test = mean_probs([s for _, s in members])
     vals = [read_split(evidence, i, "val") for i, _ in members]
-    val = mean_probs(vals) if all(v is not None for v in vals) else None  # type: ignore[arg-type]
+    shared = all(v is not None for v in vals) and same_samples(vals)  # type: ignore[arg-type]
+    val = mean_probs(vals) if shared else None  # type: ignore[arg-type]
     metrics = calibration_metrics(test, val)
     for split in OOD_SPLITS:
         parts = [read_split(evidence, i, split) for i, _ in members]
-        if all(p is not None for p in parts):
+        if all(p is not None for p in parts) and same_samples(parts):  # type: ignore[arg-type]
             metrics.update(ood_metrics(split, mean_probs(parts), test, metrics["temperature"]))  # type: ignore[arg-type]
     used = {i for i, _ in members}
     trials = [t for t in conf.trials if str(t.user_attrs.get(TRIAL_ID_ATTR, "")) in used]
@@ -165,13 +188,29 @@ def ensemble_of(conf: Configuration, evidence: str) -> Ensemble | None:
     return Ensemble(label, conf.settings, trials, metrics)
 
 
-def ensembles(confs: Sequence[Configuration], evidence: str) -> list[Ensemble]:
-    """The ensemble of every configuration with two seeds or more, in the table's order."""
-    found = (ensemble_of(conf, evidence) for conf in confs if len(conf.trials) >= 2)
-    return [e for e in found if e is not None]
+def ensembles(
+    confs: Sequence[Configuration], evidence: str, skipped: list[str] | None = None
+) -> list[Ensemble]:
+    """The ensemble of every configuration with two seeds or more, in the table's order; why a
+    configuration has none goes to ``skipped``."""
+    found = []
+    for conf in confs:
+        if len(conf.trials) < 2:
+            continue
+        try:
+            ensemble = ensemble_of(conf, evidence)
+        except EnsembleUnavailable as why:
+            if skipped is not None:
+                skipped.append(str(why))
+            continue
+        if ensemble is not None:
+            found.append(ensemble)
+    return found
 
 
-def with_ensembles(tables: Sequence[Table], evidence: str) -> list[Table]:
+def with_ensembles(
+    tables: Sequence[Table], evidence: str, skipped: list[str] | None = None
+) -> list[Table]:
     """``tables`` (``comparison_tables``) with a row per configuration's ensemble appended."""
-    found = ensembles(tables[0].confs, evidence)
+    found = ensembles(tables[0].confs, evidence, skipped)
     return [Table([*table.confs, *found], table.columns) for table in tables]

@@ -530,7 +530,9 @@ def comparison_section(view: StudyView, data: dict[str, Any], evidence: str) -> 
     seeds, and the deep ensemble of each configuration's seeds (from the ``evidence``), as
     ``study compare --ensembles`` prints them; OOD and corruption metrics in a second table."""
     tables = comparison_tables(view.study, view.space)
-    shown = with_ensembles(tables, evidence) if tables[0].confs else tables
+    skipped: list[str] = []
+    shown = with_ensembles(tables, evidence, skipped) if tables[0].confs else tables
+    data["ensembles_skipped"] = skipped
     data["ensembles"] = [
         {"configuration": e.label, "trials": [t.number for t in e.trials], **e.metrics}
         for e in shown[0].confs[len(tables[0].confs) :]
@@ -575,6 +577,7 @@ def comparison_section(view: StudyView, data: dict[str, Any], evidence: str) -> 
             "and severity; per corruption and severity in the evidence splits):"
         )
         parts.append(render(shown[1], "markdown"))
+    parts += [f"Note: {reason}." for reason in skipped]
     return "\n\n".join(parts)
 
 
@@ -702,6 +705,9 @@ def draw_reliability(view: StudyView, path: Path) -> bool:
 def ensemble_section(view: StudyView, data: dict[str, Any]) -> str:
     """Averaged test probs of the top-k trials against the best single trial (evidence only)."""
     ranked = [t for t in view.completed if view.evidence_of(t) is not None]
+    if ranked:  # only trials tested on the best one's samples (a test_subset is drawn per seed)
+        first = view.evidence_of(ranked[0])
+        ranked = [t for t in ranked if _same_samples(view.evidence_of(t), first)]
     k = min(TOP_K, len(ranked))
     parts = [f"## Ensemble of the top-{k}"]
     if k == 0:
@@ -734,13 +740,21 @@ def ensemble_section(view: StudyView, data: dict[str, Any]) -> str:
         "ensemble": ensemble,
     }
     parts.append(
-        f"The {k} best trials by the same ranking; their stored test probs are averaged per "
-        f"sample ({common.size} test samples), without retraining."
+        f"The {k} best trials by the same ranking that were tested on the same samples; their "
+        f"stored test probs are averaged per sample ({common.size} test samples), without "
+        "retraining."
     )
     parts.append(
         markdown_table(["model", *(METRIC_TITLES[m] for m in ENSEMBLE_METRICS)], rows, cell=fmt)
     )
     return "\n\n".join(parts)
+
+
+def _same_samples(ev: TrialEvidence | None, other: TrialEvidence | None) -> bool:
+    """The same test samples (ids and labels) in both: their probabilities can be averaged."""
+    if ev is None or other is None:
+        return False
+    return np.array_equal(ev.sample_ids, other.sample_ids) and torch.equal(ev.labels, other.labels)
 
 
 def _select(ev: TrialEvidence, sample_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -142,3 +142,48 @@ def test_compare_shows_ensemble_rows_after_the_configurations(tmp_path):
     ood = render(tables[1], "csv").splitlines()
     assert ood[0].startswith("configuration,seeds,trials,trial_numbers,ood_svhn_auroc_mean")
     assert sum("ensemble x 2" in line for line in ood) == 2
+
+
+def _two_seeds(root: str, same_test: bool, same_val: bool) -> optuna.Study:
+    """One configuration, two seeds, whose test (and val) samples are shared or not."""
+    g = torch.Generator().manual_seed(3)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    base = {s: torch.randint(0, CLASSES, (n,), generator=g) for s, n in (("test", 50), ("val", 40))}
+    for seed in (0, 1):
+        for split, same in (("test", same_test), ("val", same_val)):
+            labels = base[split] if same or seed == 0 else (base[split] + 1) % CLASSES
+            table = evidence_table(
+                torch.randn(len(labels), CLASSES, generator=g), labels, study="e", epoch=1,
+                temperature=1.0,
+            )  # fmt: skip
+            write_evidence(table, root, f"s{seed}", split, 1)
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": 0.05},
+                distributions={"lr": FloatDistribution(0.01, 0.1, log=True)},
+                values=[0.9, 0.05],
+                user_attrs={
+                    STATUS_ATTR: "completed",
+                    SETTINGS_ATTR: {"seed": seed},
+                    TRIAL_ID_ATTR: f"s{seed}",
+                },  # fmt: skip
+            )
+        )
+    return study
+
+
+def test_seeds_tested_on_different_samples_give_no_ensemble_and_say_why(tmp_path):
+    root = str(tmp_path / "evidence")
+    confs = comparison_tables(_two_seeds(root, same_test=False, same_val=True), SPACE)[0].confs
+    skipped: list[str] = []
+    assert ensembles(confs, root, skipped) == []
+    (reason,) = skipped
+    assert "tested on different samples" in reason and "test_subset" in reason
+
+
+def test_a_val_split_drawn_per_seed_gives_no_temperature(tmp_path):
+    root = str(tmp_path / "evidence")
+    confs = comparison_tables(_two_seeds(root, same_test=True, same_val=False), SPACE)[0].confs
+    (ensemble,) = ensembles(confs, root)
+    assert np.isnan(ensemble.metrics["temperature"]) and np.isnan(ensemble.metrics["test_ece_ts"])
+    assert 0 <= ensemble.metrics["test_ece"] <= 1

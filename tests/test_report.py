@@ -191,8 +191,9 @@ def _synthetic_trial(
     trial.set_user_attr("val_accuracy", 0.0 if diverged else value + 0.1)
     trial.set_user_attr("val_ece", 1.0 if diverged else 0.1)
     if not diverged:
+        # one test set for every trial (the same samples: an ensemble can average them)
+        labels = torch.randint(0, 10, (60,), generator=torch.Generator().manual_seed(7))
         gen = torch.Generator().manual_seed(int(value * 1000))
-        labels = torch.randint(0, 10, (60,), generator=gen)
         for epoch in (1, 2):  # only the last epoch counts
             logits = 3 * torch.randn(60, 10, generator=gen)
             table = evidence_table(logits, labels, study="w", epoch=epoch, temperature=1.5)
