@@ -30,7 +30,6 @@ from trainables.evidence import open_evidence
 from trainables.ood import auroc
 
 N_BINS = 15
-TINY = 1e-12  # floor of a probability before its log
 _KEY = ("corruption", "severity", "sample_id")
 SVHN = "ood_svhn"
 
@@ -110,19 +109,15 @@ class EnsembleUnavailable(ValueError):
     """A configuration's seeds cannot be ensembled (one line: which and why)."""
 
 
-def _scaled(probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    return (probs.clamp_min(TINY).log() / temperature).softmax(dim=1)
-
-
 def calibration_metrics(test: SplitProbs, val: SplitProbs | None) -> dict[str, float]:
     """The test metrics of probabilities (``test_*``), ``temperature`` fitted on ``val`` and
     ``test_ece_ts`` (both NaN without a shared val split)."""
     p, y = test.probs, test.labels
-    logp = p.clamp_min(TINY).log()
+    logp = p.clamp_min(calibration.PROB_FLOOR).log()
     temperature = math.nan
     if val is not None:
         temperature = calibration.fit_temperature(
-            val.probs.clamp_min(TINY).log().float(), val.labels
+            val.probs.clamp_min(calibration.PROB_FLOOR).log().float(), val.labels
         )
     out = {
         "test_accuracy": calibration.accuracy(p, y),
@@ -133,7 +128,7 @@ def calibration_metrics(test: SplitProbs, val: SplitProbs | None) -> dict[str, f
         "test_overconfidence": calibration.overconfidence(p, y),
     }
     if val is not None:
-        out["test_ece_ts"] = calibration.ece(_scaled(p, temperature), y, N_BINS)
+        out["test_ece_ts"] = calibration.ece(calibration.scale_probs(p, temperature), y, N_BINS)
     metrics = {"test_ece_ts": math.nan, **{k: float(v) for k, v in out.items()}}
     metrics["test_smece"] = float(calibration.smooth_ece(p, y))
     metrics["temperature"] = float(temperature)
@@ -152,7 +147,7 @@ def ood_metrics(split: str, probs: SplitProbs, test: SplitProbs, temperature: fl
             (
                 float(calibration.accuracy(p, y)),
                 float(calibration.ece(p, y, N_BINS)),
-                float(calibration.ece(_scaled(p, temperature), y, N_BINS))
+                float(calibration.ece(calibration.scale_probs(p, temperature), y, N_BINS))
                 if math.isfinite(temperature)
                 else math.nan,
             )

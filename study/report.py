@@ -80,7 +80,6 @@ REPORT_FILE = "report.md"
 DATA_FILE = "report.json"
 TOP_K = 5
 N_BINS = 15
-TINY = 1e-12  # floor of a probability before its log (float16 evidence rounds tiny ones to 0)
 EVIDENCE_COLUMNS = ["trial_id", "epoch", "sample_id", "label", "probs", "temperature"]
 SENSITIVITY_PARAMS = ("rho", "gamma")
 # Recomputed metric -> the user attribute the trial logged (see Trainer.final_metrics).
@@ -126,7 +125,7 @@ class TrialEvidence:
 
     def scaled_probs(self) -> torch.Tensor:
         """``probs ** (1 / T)`` renormalised: the temperature-scaled probabilities."""
-        return scale_probs(self.probs, self.temperature)
+        return calibration.scale_probs(self.probs, self.temperature)
 
 
 @dataclass(frozen=True)
@@ -174,11 +173,6 @@ def ranked_completed(study: optuna.Study, space: Space) -> list[FrozenTrial]:
     return sorted(trials, key=lambda t: (-rank_score(t, space), t.number))
 
 
-def scale_probs(probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``softmax(log(probs) / T)``, the probabilities of logits divided by ``T``."""
-    return (probs.clamp_min(TINY).log() / temperature).softmax(dim=1)
-
-
 # --------------------------------------------------------------------------------------------
 # Evidence and metrics
 # --------------------------------------------------------------------------------------------
@@ -198,7 +192,7 @@ def _trial_rows(table: pa.Table, trial_id: str) -> TrialEvidence | None:
     if flat.size == 0 or flat.size % n:
         return None
     probs = torch.from_numpy(flat.reshape(n, -1))
-    probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(TINY)
+    probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(calibration.PROB_FLOOR)
     return TrialEvidence(
         sample_ids=rows["sample_id"].to_numpy(),
         labels=torch.from_numpy(rows["label"].to_numpy().astype(np.int64)),
@@ -227,7 +221,9 @@ def load_test_evidence(root_uri: str, trial_ids: Iterable[str]) -> dict[str, Tri
 def probs_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """accuracy, ece, adaece, classwise_ece, nll, brier, overconfidence and smece of
     probabilities."""
-    logp = probs.clamp_min(TINY).log()  # softmax(log p) == p: log-probs are valid logits
+    logp = probs.clamp_min(
+        calibration.PROB_FLOOR
+    ).log()  # softmax(log p) == p: log-probs are valid logits
     values = {
         "accuracy": calibration.accuracy(probs, labels),
         "ece": calibration.ece(probs, labels, N_BINS),

@@ -497,6 +497,14 @@ def _fit_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+PROB_FLOOR = 1e-12  # floor of a probability before its log (float16 evidence rounds tiny ones to 0)
+
+
+def scale_probs(probs: Tensor, temperature: float) -> Tensor:
+    """``softmax(log(probs) / T)``: the probabilities of logits divided by ``T``."""
+    return (probs.clamp_min(PROB_FLOOR).log() / temperature).softmax(dim=1)
+
+
 def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 50) -> float:
     """Fit a temperature ``T`` minimising the NLL of ``softmax(logits / T)``.
 

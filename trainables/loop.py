@@ -29,7 +29,6 @@ from trainables.sam import SAM, frozen_batchnorm_stats
 SAM_METHODS = ("sam", "asam", "csam")
 EVAL_BATCH = 1024
 MC_SEED_OFFSET = 7_919  # MC dropout's masks: seeded from the run's seed, apart from training's
-MC_TINY = 1e-12  # floor of an averaged probability before its log
 
 
 def resolve_device(name: str) -> torch.device:
@@ -352,7 +351,7 @@ class Trainer:
             if self.eval_passes <= 1:
                 return self.model(x).float()
             passes = [self._pass(x) for _ in range(self.eval_passes)]
-        return torch.stack(passes).mean(dim=0).clamp_min(MC_TINY).log()
+        return torch.stack(passes).mean(dim=0).clamp_min(calibration.PROB_FLOOR).log()
 
     @torch.inference_mode()
     def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
