@@ -51,6 +51,9 @@ browser:
 test: test-deps data toolchain browser
 	$(BIN)/python -m pytest -q -m "not gpu" --timeout 900
 
+test-fast: test-deps data
+	$(BIN)/python -m pytest -q -m "not slow and not gpu" --timeout 900
+
 # After an upgrade that passed `make test CONSTRAINTS=`: pin what it passed with.
 constraints: venv
 	{ sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^#'; } > constraints.new

@@ -5,9 +5,9 @@ evidence: float16, renormalised in float64 as the report does).
 The ensemble's probabilities are the mean of its members' on every stored split. On test:
 accuracy, ECE, adaptive ECE, smooth ECE, NLL, Brier score, signed over-confidence, and ECE after
 temperature scaling with one temperature fitted on the ensemble's val probabilities. Averaging
-needs the members to hold the same samples: a test split drawn per seed (``test_subset``) gives no
-ensemble (the reason is reported), a val split drawn per seed (the usual case: val is held out of
-train with the run's seed) no temperature (``T`` and ``ECE (TS)`` are n/a). On the OOD
+needs the members to hold the same samples, which ``data_seed`` gives (the splits drawn once for
+every seed): without it a test split drawn per seed (``test_subset``) gives no ensemble (the reason
+is reported) and a val split drawn per seed no temperature (``T`` and ``ECE (TS)`` are n/a). On the OOD
 splits: the SVHN AUROC (max probability, test as the positive class) and, for the corruption sets,
 accuracy, ECE and ECE after scaling averaged over corruption x severity, as a trial computes them.
 """
@@ -166,7 +166,8 @@ def ensemble_of(conf: Configuration, evidence: str) -> Ensemble | None:
     if not same_samples([s for _, s in members]):
         raise EnsembleUnavailable(
             f"no ensemble of {conf.label}: its seeds were tested on different samples (a "
-            "test_subset drawn per seed), so their predictions cannot be averaged"
+            "test_subset drawn per seed), so their predictions cannot be averaged; set data_seed "
+            "to draw the splits once for every seed"
         )
     test = mean_probs([s for _, s in members])
     vals = [read_split(evidence, i, "val") for i, _ in members]

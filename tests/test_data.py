@@ -287,6 +287,31 @@ def test_test_subset_and_tiny_val(tmp_path: Path) -> None:
     assert ids(other, "test") != ids(data, "test")
 
 
+def test_data_seed_shares_the_splits_across_seeds_and_leaves_training_to_the_seed(
+    tmp_path: Path,
+) -> None:
+    from trainables.config import parse_config
+    from trainables.loop import Trainer
+
+    root = str(write_fashion(tmp_path, n_train=60))
+    fixed = dict(
+        dataset="fashion_mnist", data_root=root, train_subset=40, test_subset=6, model="cnn_fc"
+    )
+
+    def trainer(**settings: int) -> Trainer:
+        return Trainer(parse_config({**fixed, **settings}))
+
+    def splits(t: Trainer) -> tuple[list[int], ...]:
+        return ids(t.data, "test"), ids(t.data, "val"), sorted(ids(t.data, "train"))
+
+    a, b = trainer(seed=0, data_seed=7), trainer(seed=1, data_seed=7)
+    assert splits(a) == splits(b) == splits(trainer(seed=7))  # data_seed is the splits' seed
+    assert splits(trainer(seed=0)) != splits(trainer(seed=1))  # None: the run's seed draws them
+    weights = [next(t.model.parameters()).detach() for t in (a, b)]
+    assert not torch.equal(*weights)  # the training seed still gives each repeat its own init
+    assert torch.equal(weights[0], next(trainer(seed=0).model.parameters()).detach())
+
+
 @pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])
 def test_bad_val_fraction(fraction: float) -> None:
     with pytest.raises(DataError, match="val_fraction"):

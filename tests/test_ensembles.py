@@ -179,6 +179,7 @@ def test_seeds_tested_on_different_samples_give_no_ensemble_and_say_why(tmp_path
     assert ensembles(confs, root, skipped) == []
     (reason,) = skipped
     assert "tested on different samples" in reason and "test_subset" in reason
+    assert "set data_seed" in reason
 
 
 def test_a_val_split_drawn_per_seed_gives_no_temperature(tmp_path):

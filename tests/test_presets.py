@@ -76,7 +76,7 @@ def _csv(tmp_path: Path, name: str) -> list[dict[str, str]]:
 def test_repeats_run_each_configuration_with_seeds_and_rerun_reproduces_the_best(tmp_path):
     space = write_space(
         tmp_path,
-        fixed={"epochs": 1, "method": "sam"},
+        fixed={"epochs": 1, "method": "sam", "data_seed": 0},  # both seeds on the same val split
         search={"lr": {"loguniform": [0.02, 0.2]}},
         samples=2,
         repeats=2,
@@ -113,6 +113,9 @@ def test_repeats_run_each_configuration_with_seeds_and_rerun_reproduces_the_best
     shown = run_study("compare", "rep", "--storage", "studies", "--ensembles", cwd=tmp_path)
     ensembles = {k: v for k, v in _markdown_rows(shown.stdout).items() if "ensemble x 2" in k}
     assert len(ensembles) == 2
+    header = next(line for line in shown.stdout.splitlines() if line.startswith("| "))
+    t_column = [c.strip() for c in header.strip("|").split("|")].index("T") - 1
+    assert all(float(cells[t_column]) > 0 for cells in ensembles.values())  # val shared: a T
     evidence = pads.dataset(tmp_path / "studies" / "rep" / "evidence", partitioning="hive")
     frame = evidence.to_table(filter=pc.field("split") == "test").to_pandas()
     for row in rows:  # the ensemble's accuracy, recomputed from the Parquet evidence

@@ -78,6 +78,14 @@ def test_every_study_subcommand_and_flag_the_readme_names_exists():
     assert used <= flags, used - flags
 
 
+def test_every_make_target_the_readme_names_exists():
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, flags=re.M))
+    named = set(re.findall(r"\bmake ([a-z][a-z-]*)", README))
+    assert {"demo", "test", "test-fast"} <= named
+    assert named <= targets, f"the README names make targets the Makefile lacks: {named - targets}"
+
+
 def test_the_example_space_is_the_default_space_it_names():
     """Issue 17, item 11: the README's space example is ``search_spaces/default.yaml``."""
     from search_spaces import read_space_yaml, resolve_space

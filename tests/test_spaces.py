@@ -44,12 +44,16 @@ def test_paper_presets_follow_the_papers_protocol(name):
     assert {("sgd", "ce"), ("sgd", "ls"), ("sgd", "focal"), ("sam", "ce"), ("csam", "ce")} <= rows
     assert space.repeats == (5 if name == "paper-fashion-mnist" else 3)
     if name != "paper-fashion-mnist-short":  # the paper's other baselines
+        assert {c.data_seed for c in configs} == {0}  # the seeds' deep ensemble needs shared splits
         assert ("sgd", "adafocal") in rows
         assert any(c.dropout > 0 and c.mc_samples > 1 for c in configs)
         bsams = [c for c in configs if c.method == "bsam"]
         if space.resources.workers == 1:  # bSAM runs on one worker (see the schema)
             (bsam,) = bsams
-            assert (bsam.lr, bsam.rho, bsam.bsam_prior_precision) == (0.5, 0.01, 10)
+            settings = (bsam.lr, bsam.rho, bsam.bsam_prior_precision, bsam.bsam_data_factor)
+            # the authors' CIFAR settings; without augmentation N is the train size and rho SAM's
+            cifar = (0.5, 0.01, 10, 4) if bsam.augment else (0.5, PAPER_RHO[name], 10, 1)
+            assert settings == cifar
         else:
             assert not bsams
     assert space.samples == len(space.points)

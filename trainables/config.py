@@ -110,6 +110,10 @@ class TrainConfig(BaseModel):
     augment: bool = False  # crop/flip on device; the CIFAR spaces turn it on
     num_workers: int = Field(2, ge=0, le=256)
     synthetic_size: int = Field(2048, gt=1, le=10_000_000)
+    # the seed of the data: the val split, the train/test subsets and synthetic images (None: the
+    # run's seed). Set it so repeats differ only in training (init, batch order, dropout) and share
+    # their test and val samples, which a deep ensemble of the repeats needs.
+    data_seed: int | None = Field(None, ge=0, lt=2**32)
     # model (cnn_fc for 25 epochs on 4 500 Fashion-MNIST images: the overconfident regime, T ~ 2)
     model: str = "cnn_fc"
     # MC dropout (Gal & Ghahramani 2016): dropout before the classifier, kept on at evaluation for
@@ -160,6 +164,11 @@ class TrainConfig(BaseModel):
     compile: bool | None = None  # None: on for CUDA where it pays (see BENCHMARKS.md)
     # evaluation of the final model on OOD / corrupted sets (trainables/ood.py)
     ood: OodSettings | None = None
+
+    @property
+    def split_seed(self) -> int:
+        """The seed the data are drawn with: ``data_seed``, else the run's ``seed``."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     @field_validator("dataset")
     @classmethod

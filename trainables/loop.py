@@ -142,7 +142,7 @@ def config_data(
         cfg.dataset,
         root=cfg.data_root,
         val_fraction=cfg.val_fraction,
-        seed=cfg.seed,
+        seed=cfg.split_seed,
         train_subset=cfg.train_subset,
         test_subset=cfg.test_subset,
         device=device,

@@ -99,7 +99,7 @@ def dataset_input(trainer: Trainer) -> dict[str, Any]:
     """The trial's data set: name, source, digest of its source files and split sizes (what the
     driver logs as the MLflow run's dataset input)."""
     cfg = trainer.cfg
-    source, digest = dataset_source(cfg.dataset, cfg.data_root, cfg.seed, cfg.synthetic_size)
+    source, digest = dataset_source(cfg.dataset, cfg.data_root, cfg.split_seed, cfg.synthetic_size)
     sizes = {split: trainer.data.split_size(split) for split in SPLITS}
     return {"name": cfg.dataset, "source": source, "digest": digest, **sizes}
 
