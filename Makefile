@@ -49,7 +49,7 @@ browser:
 	  echo "no Chromium and no apt: the MLflow UI report test will be skipped"
 
 test: test-deps data toolchain browser
-	$(BIN)/python -m pytest -q -m "not gpu" --timeout 900
+	$(BIN)/python -m pytest -q -m "not gpu" --timeout 900 --durations 15
 
 test-fast: test-deps data
 	$(BIN)/python -m pytest -q -m "not slow and not gpu" --timeout 900
