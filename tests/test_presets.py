@@ -109,7 +109,7 @@ def test_repeats_run_each_configuration_with_seeds_and_rerun_reproduces_the_best
     (row,) = [line for line in paired.stdout.splitlines()[-3:] if line.startswith("| ")][-1:]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "2"  # two seeds paired: an interval in each difference cell
-    assert len(cells) == 5 and all(" [" in c and c.endswith("]") for c in cells[2:])
+    assert len(cells) == 5 and all(" [" in c and c.strip("*").endswith("]") for c in cells[2:])
     shown = run_study("compare", "rep", "--storage", "studies", "--ensembles", cwd=tmp_path)
     ensembles = {k: v for k, v in _markdown_rows(shown.stdout).items() if "ensemble x 2" in k}
     assert len(ensembles) == 2
