@@ -250,12 +250,17 @@ class Trainer:
                 loss = self.ascent_loss(self.forward(x), y)
             loss.backward()
         optimizer.first_step()
-        with frozen_batchnorm_stats(self.model):
-            with self._autocast():
-                perturbed_loss = self.descent_loss(self.forward(x), y)
-            perturbed_loss.backward()
+        self._perturbed_backward(x, y)
         optimizer.second_step(zero_grad=True)
         return loss.detach()
+
+    def _perturbed_backward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The second pass of SAM and bSAM: the descent loss's gradient at the perturbed weights,
+        with BatchNorm's running statistics frozen (the first pass already updated them)."""
+        with frozen_batchnorm_stats(self.model):
+            with self._autocast():
+                loss = self.descent_loss(self.forward(x), y)
+            loss.backward()
 
     def _bsam_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         optimizer = self.optimizer
@@ -265,10 +270,7 @@ class Trainer:
             loss = self.ascent_loss(self.forward(x), y)
         loss.backward()
         optimizer.perturb()
-        with frozen_batchnorm_stats(self.model):
-            with self._autocast():
-                perturbed_loss = self.descent_loss(self.forward(x), y)
-            perturbed_loss.backward()
+        self._perturbed_backward(x, y)
         optimizer.step()
         return loss.detach()
 
