@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from study.trials import TRIAL_ID_ATTR
+from trainables import calibration
 from trainables.layout import StudyPaths, join, resolve_fs
 from trainables.reporting import CHECKPOINT_FILE
 
@@ -50,8 +51,7 @@ class CalibratedClassifier(nn.Module):
             if isinstance(module, nn.Dropout):
                 module.train()
         passes = [self.model(x).float().softmax(dim=1) for _ in range(self.mc_samples)]
-        mean = torch.stack(passes).mean(dim=0).clamp_min(1e-12)
-        return torch.softmax(mean.log() / self.temperature, dim=1)
+        return torch.softmax(calibration.log_mean_probs(passes) / self.temperature, dim=1)
 
 
 def last_checkpoint(paths: StudyPaths, tune_trial_id: str) -> dict[str, Any] | None:

@@ -7,6 +7,11 @@ over-confidence say where the regime lies (T < 1 underconfident, T > 1 overconfi
 other method's ECE (and ECE after temperature scaling) is compared with it, paired by seed, with a
 Student-t 95% interval (``study.compare.paired_difference``). The map plots those differences
 against SGD's T, one curve per method.
+
+A fit that stopped on a bound of the temperature (``trainables.calibration.temperature_at_bound``:
+a separable val split sends T to 0, one the logits do not predict to infinity) is no verdict: such
+a seed is left out of SGD's T, the regime's text says how many seeds were, and a regime with no
+SGD fit off the bounds is left out of the map.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from search_spaces.schema import Space  # noqa: E402
 from study.compare import Configuration, PairedDifference, describe, paired_difference  # noqa: E402
+from trainables.calibration import temperature_at_bound  # noqa: E402
 
 # The settings that define a method (its row in the paper's tables); all others define a regime.
 METHOD_KEYS = ("method", "rho", "gamma", "eta", "asam_scale", "loss", "focal_gamma", "ls_epsilon")
@@ -38,8 +44,13 @@ class Regime:
     methods: dict[str, Configuration]  # method label -> configuration
 
     def temperature(self) -> float:
-        """SGD's mean fitted temperature in this regime."""
-        return float(np.mean(self.baseline.values("temperature") or [np.nan]))
+        """SGD's mean fitted temperature in this regime, over the seeds whose fit did not stop
+        on a bound (NaN when none did)."""
+        return float(np.mean(_fitted_temperatures(self.baseline)[0] or [np.nan]))
+
+    def fits_at_bound(self) -> int:
+        """How many of SGD's seeds have a temperature fit that stopped on a bound."""
+        return len(_fitted_temperatures(self.baseline)[1])
 
     def overconfidence(self) -> float:
         """SGD's mean signed over-confidence (mean confidence − accuracy)."""
@@ -56,14 +67,28 @@ class Regime:
         }
 
 
+def _fitted_temperatures(conf: Configuration) -> tuple[list[float], list[float]]:
+    """The temperatures its trials logged: those inside the bounds and those on one (flagged by
+    the trial, or beyond the bounds as a fit from before them could be)."""
+    inside: list[float] = []
+    bound: list[float] = []
+    for trial in conf.trials:
+        value = trial.user_attrs.get("temperature")
+        if not isinstance(value, (int, float)):
+            continue
+        flagged = bool(trial.user_attrs.get("temperature_at_bound"))
+        (bound if flagged or temperature_at_bound(value) else inside).append(float(value))
+    return inside, bound
+
+
 def method_label(conf: Configuration, space: Space) -> str:
     """The configuration's label from its method settings alone (``SAM (ρ=0.1)``, ``CSAM ...``)."""
     return describe({k: v for k, v in conf.settings.items() if k in METHOD_KEYS}, space)
 
 
 def regimes(confs: list[Configuration], space: Space) -> list[Regime]:
-    """The study's regimes that have an SGD + cross-entropy baseline and another method, ordered
-    by SGD's fitted temperature."""
+    """The study's regimes that have an SGD + cross-entropy baseline, with a temperature fit off
+    the bounds, and another method, ordered by SGD's fitted temperature."""
     groups: dict[tuple[tuple[str, str], ...], list[Configuration]] = {}
     for conf in confs:
         own = {k: v for k, v in conf.settings.items() if k not in METHOD_KEYS}
@@ -73,15 +98,21 @@ def regimes(confs: list[Configuration], space: Space) -> list[Regime]:
         full = [space.train_config(c.settings) for c in members]
         base = [c for c, f in zip(members, full) if f.method == "sgd" and f.loss == "ce"]
         others = {method_label(c, space): c for c, f in zip(members, full) if c not in base}
-        if base and others:
+        if base and others and _fitted_temperatures(base[0])[0]:
             settings = {k: v for k, v in members[0].settings.items() if k not in METHOD_KEYS}
             found.append(Regime(settings, base[0], others))
     return sorted(found, key=lambda r: r.temperature())
 
 
 def regime_text(regime: Regime) -> str:
-    """``epochs=15, train_subset=10000`` (or ``fixed settings`` when the regime sets none)."""
-    return ", ".join(f"{k}={v}" for k, v in sorted(regime.settings.items())) or "fixed settings"
+    """``epochs=15, train_subset=10000`` (or ``fixed settings`` when the regime sets none), and
+    ``(SGD's T on a bound in 1 of 3 seeds, not counted)`` when some seeds' fits were."""
+    text = ", ".join(f"{k}={v}" for k, v in sorted(regime.settings.items())) or "fixed settings"
+    bound = regime.fits_at_bound()
+    if bound:
+        seeds = bound + len(_fitted_temperatures(regime.baseline)[0])
+        text += f" (SGD's T on a bound in {bound} of {seeds} seeds, not counted)"
+    return text
 
 
 def draw_regime_map(found: list[Regime], space: Space, path: Path) -> None:

@@ -15,10 +15,11 @@ The report lives in ``<study dir>/report/``::
     sensitivity.png  val ECE and val accuracy against rho and gamma (the searched ones)
 
 Test metrics of the per-method table and of the ensemble are recomputed with
-``trainables.calibration`` from the per-sample Parquet evidence (its float16 ``probs``, renormalised
-in float64), not copied from what the trials logged; the report says how far the two differ.
-Temperature scaling uses the evidence's ``temperature`` (fitted on val by the trial): the scaled
-probabilities are ``probs ** (1 / T)`` renormalised, i.e. ``softmax(log(probs) / T)``.
+``trainables.calibration`` from the per-sample Parquet evidence (``study.stored`` reads it: each
+metric from its exact float32 column where one exists, Brier and classwise ECE from the float16
+``probs``), not copied from what the trials logged; the report says how far the two differ.
+Temperature scaling uses the evidence's ``temperature`` (fitted on val by the trial). The sections
+are assembled here; the figures are drawn by ``study.report_figures``.
 """
 
 from __future__ import annotations
@@ -31,21 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker as ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
-import pyarrow.dataset as ds  # noqa: E402
-import torch  # noqa: E402
-from optuna.trial import FrozenTrial, TrialState  # noqa: E402
-
-from search_spaces.schema import Space  # noqa: E402
-from study.compare import (  # noqa: E402
+from search_spaces.schema import Space
+from study.compare import (
     Configuration,
     comparison_tables,
     describe,
@@ -57,30 +49,42 @@ from study.compare import (  # noqa: E402
     render,
     render_paired,
 )
-from study.ensembles import with_ensembles  # noqa: E402
-from study.front import best_trials, load_optuna_study  # noqa: E402
-from study.output import warn  # noqa: E402
-from study.regimes import MAP_METRICS, draw_regime_map, regime_text, regimes  # noqa: E402
-from study.report_html import HTML_FILE, report_html  # noqa: E402
-from study.tables import markdown_table  # noqa: E402
-from study.trials import (  # noqa: E402
+from study.ensembles import with_ensembles
+from study.front import best_trials, load_optuna_study
+from study.output import warn
+from study.regimes import MAP_METRICS, draw_regime_map, regime_text, regimes
+from study.report_figures import (
+    draw_importance,
+    draw_pareto,
+    draw_reliability,
+    draw_sensitivity,
+    trial_value,
+)
+from study.report_html import HTML_FILE, report_html
+from study.stored import (
+    N_BINS,
+    NO_PROBS,
+    StoredSplit,
+    mean_split,
+    read_splits,
+    same_samples,
+    split_metrics,
+)
+from study.tables import markdown_table
+from study.trials import (
     STATUS_ATTR,
     TRIAL_ID_ATTR,
     configuration_key,
     trial_settings,
 )
-from trainables import calibration  # noqa: E402
-from trainables.atomic import replace_directory  # noqa: E402
-from trainables.config import TrainConfig  # noqa: E402
-from trainables.evidence import open_evidence  # noqa: E402
-from trainables.layout import StudyPaths  # noqa: E402
-from trainables.plots import reliability_axes  # noqa: E402
+from trainables import calibration
+from trainables.atomic import replace_directory
+from trainables.config import TrainConfig
+from trainables.layout import StudyPaths
 
 REPORT_FILE = "report.md"
 DATA_FILE = "report.json"
 TOP_K = 5
-N_BINS = 15
-EVIDENCE_COLUMNS = ["trial_id", "epoch", "sample_id", "label", "probs", "temperature"]
 SENSITIVITY_PARAMS = ("rho", "gamma")
 # Recomputed metric -> the user attribute the trial logged (see Trainer.final_metrics).
 LOGGED = {
@@ -115,20 +119,6 @@ ENSEMBLE_METRICS = ("accuracy", "ece", "nll", "brier")
 
 
 @dataclass(frozen=True)
-class TrialEvidence:
-    """The test rows of one trial's last evaluated epoch, ordered by ``sample_id``."""
-
-    sample_ids: np.ndarray
-    labels: torch.Tensor  # (N,) int64
-    probs: torch.Tensor  # (N, C) float64, rows renormalised
-    temperature: float
-
-    def scaled_probs(self) -> torch.Tensor:
-        """``probs ** (1 / T)`` renormalised: the temperature-scaled probabilities."""
-        return calibration.scale_probs(self.probs, self.temperature)
-
-
-@dataclass(frozen=True)
 class StudyView:
     """A study as the report sees it: its trials, how they rank, and their evidence."""
 
@@ -136,7 +126,7 @@ class StudyView:
     space: Space
     study: optuna.Study
     completed: list[FrozenTrial]  # COMPLETE and not diverged, best first
-    evidence: dict[str, TrialEvidence]  # Tune trial id -> test evidence
+    evidence: dict[str, StoredSplit]  # Tune trial id -> its stored test split
 
     @property
     def pareto(self) -> bool:
@@ -148,7 +138,7 @@ class StudyView:
     def score(self, trial: FrozenTrial) -> float:
         return rank_score(trial, self.space)
 
-    def evidence_of(self, trial: FrozenTrial) -> TrialEvidence | None:
+    def evidence_of(self, trial: FrozenTrial) -> StoredSplit | None:
         return self.evidence.get(str(trial.user_attrs.get(TRIAL_ID_ATTR, "")))
 
     def methods(self) -> list[str]:
@@ -171,79 +161,6 @@ def ranked_completed(study: optuna.Study, space: Space) -> list[FrozenTrial]:
     """Completed trials, best first by ``rank_score`` (ties: lower number first)."""
     trials = [t for t in study.get_trials(deepcopy=False) if is_completed(t)]
     return sorted(trials, key=lambda t: (-rank_score(t, space), t.number))
-
-
-# --------------------------------------------------------------------------------------------
-# Evidence and metrics
-# --------------------------------------------------------------------------------------------
-
-
-def _trial_rows(table: pa.Table, trial_id: str) -> TrialEvidence | None:
-    rows = table.filter(pc.equal(table["trial_id"], trial_id))
-    if rows.num_rows == 0:
-        return None
-    last = pc.max(rows["epoch"]).as_py()
-    rows = rows.filter(pc.equal(rows["epoch"], last)).sort_by("sample_id")
-    column = rows["probs"].combine_chunks()
-    n = rows.num_rows
-    if column.null_count:  # too many classes to store probs (see evidence.MAX_PROBS_CLASSES)
-        return None
-    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
-    if flat.size == 0 or flat.size % n:
-        return None
-    probs = torch.from_numpy(flat.reshape(n, -1))
-    probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(calibration.PROB_FLOOR)
-    return TrialEvidence(
-        sample_ids=rows["sample_id"].to_numpy(),
-        labels=torch.from_numpy(rows["label"].to_numpy().astype(np.int64)),
-        probs=probs,
-        temperature=float(rows["temperature"][0].as_py()),
-    )
-
-
-def load_test_evidence(root_uri: str, trial_ids: Iterable[str]) -> dict[str, TrialEvidence]:
-    """Test evidence of each trial (its last evaluated epoch); trials without any are left out."""
-    ids = sorted({i for i in trial_ids if i})
-    if not ids:
-        return {}
-    try:
-        dataset = open_evidence(root_uri)
-        table = dataset.to_table(
-            columns=EVIDENCE_COLUMNS,
-            filter=(ds.field("split") == "test") & ds.field("trial_id").isin(ids),
-        )
-    except (FileNotFoundError, pa.ArrowException):
-        return {}
-    found = {i: _trial_rows(table, i) for i in ids}
-    return {i: ev for i, ev in found.items() if ev is not None}
-
-
-def probs_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """accuracy, ece, adaece, classwise_ece, nll, brier, overconfidence and smece of
-    probabilities."""
-    logp = probs.clamp_min(
-        calibration.PROB_FLOOR
-    ).log()  # softmax(log p) == p: log-probs are valid logits
-    values = {
-        "accuracy": calibration.accuracy(probs, labels),
-        "ece": calibration.ece(probs, labels, N_BINS),
-        "adaece": calibration.adaptive_ece(probs, labels, N_BINS),
-        "classwise_ece": calibration.classwise_ece(probs, labels, probs.shape[1], N_BINS),
-        "nll": calibration.nll(logp, labels),
-        "brier": calibration.brier(probs, labels),
-        "overconfidence": calibration.overconfidence(probs, labels),
-    }
-    out = {k: float(v) for k, v in values.items()}
-    out["smece"] = calibration.smooth_ece(probs, labels)
-    return out
-
-
-def evidence_metrics(ev: TrialEvidence) -> dict[str, float]:
-    """``probs_metrics`` of a trial's test evidence plus ``ece_ts`` and ``temperature``."""
-    out = probs_metrics(ev.probs, ev.labels)
-    out["ece_ts"] = float(calibration.ece(ev.scaled_probs(), ev.labels, N_BINS))
-    out["temperature"] = ev.temperature
-    return out
 
 
 def repeat_group(trial: FrozenTrial, trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
@@ -274,22 +191,6 @@ def fmt(value: Any, digits: int = 4) -> str:
 def fmt_param(value: Any) -> str:
     """A hyperparameter value: floats to 4 significant digits."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=90)
-    plt.close(fig)
-
-
-def _method_colors(methods: Sequence[str]) -> dict[str, Any]:
-    cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(methods)}
-
-
-def _val(trial: FrozenTrial, key: str) -> float:
-    value = trial.user_attrs.get(key)
-    return float(value) if isinstance(value, (int, float)) else math.nan
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,8 +276,8 @@ def front_section(view: StudyView, data: dict[str, Any]) -> str:
             view.method(trial),
         ]
         row += [fmt_param(trial.params.get(p, "-")) for p in params]
-        row += [_val(trial, "val_accuracy"), _val(trial, "val_ece")]
-        row += [_val(trial, k) for k in metric_keys]
+        row += [trial_value(trial, "val_accuracy"), trial_value(trial, "val_ece")]
+        row += [trial_value(trial, k) for k in metric_keys]
         if not view.pareto:
             row.append(float(trial.values[0]))
         rows.append(row)
@@ -408,50 +309,7 @@ def front_section(view: StudyView, data: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def draw_pareto(view: StudyView, path: Path) -> None:
-    """Val accuracy against val ECE of every completed trial, the front ringed and joined."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    methods = view.methods()
-    colors = _method_colors(methods)
-    for method in methods:
-        trials = [t for t in view.completed if view.method(t) == method]
-        ax.scatter(
-            [_val(t, "val_ece") for t in trials],
-            [_val(t, "val_accuracy") for t in trials],
-            color=colors[method],
-            label=method,
-            s=36,
-            zorder=3,
-        )
-    done = {t.number for t in view.completed}
-    front = sorted(
-        (t for t in best_trials(view.study) if t.number in done), key=lambda t: _val(t, "val_ece")
-    )
-    if front:
-        xs, ys = [_val(t, "val_ece") for t in front], [_val(t, "val_accuracy") for t in front]
-        label = "Pareto front" if view.pareto else "best trial"
-        ax.scatter(
-            xs,
-            ys,
-            s=160,
-            facecolors="none",
-            edgecolors="black",
-            linewidths=1.5,
-            label=label,
-            zorder=4,
-        )
-        if view.pareto and len(front) > 1:
-            ax.plot(xs, ys, "k--", linewidth=1, zorder=2)
-        for t, x, y in zip(front, xs, ys):
-            ax.annotate(f"#{t.number}", (x, y), textcoords="offset points", xytext=(6, 6))
-    ax.set(xlabel="val ECE", ylabel="val accuracy", title=f"{view.name}: completed trials")
-    if methods:
-        ax.legend(loc="best")
-    ax.grid(alpha=0.3)
-    _save(fig, path)
-
-
-def _method_best(view: StudyView) -> dict[str, FrozenTrial]:
+def method_best(view: StudyView) -> dict[str, FrozenTrial]:
     """The best trial of each method among those with test evidence."""
     best: dict[str, FrozenTrial] = {}
     for trial in view.completed:  # best first
@@ -467,18 +325,18 @@ def _cell(values: Sequence[float]) -> str:
 
 def methods_section(view: StudyView, data: dict[str, Any]) -> str:
     """Best trial per method: test metrics recomputed from the evidence (mean ± std over seeds)."""
-    best = _method_best(view)
+    best = method_best(view)
     keys = list(METRIC_TITLES)
     headers = ["method", "trial", "seeds", *METRIC_TITLES.values(), "T"]
     rows, records, gaps = [], {}, []
     for method, trial in best.items():
         group = [t for t in repeat_group(trial, view.completed) if view.evidence_of(t)]
-        metrics = [evidence_metrics(view.evidence_of(t)) for t in group]  # type: ignore[arg-type]
+        metrics = [split_metrics(view.evidence_of(t)) for t in group]  # type: ignore[arg-type]
         for t, m in zip(group, metrics):
             gaps += [
                 abs(m[k] - float(t.user_attrs[a]))
                 for k, a in LOGGED.items()
-                if isinstance(t.user_attrs.get(a), (int, float))
+                if isinstance(t.user_attrs.get(a), (int, float)) and math.isfinite(m[k])
             ]
         columns = {k: [m[k] for m in metrics] for k in [*keys, "temperature"]}
         trials = ", ".join(f"#{t.number}" for t in group)
@@ -506,16 +364,18 @@ def methods_section(view: StudyView, data: dict[str, Any]) -> str:
         parts.append("No completed trial has test evidence to recompute metrics from.")
         return "\n\n".join(parts)
     parts.append(
-        "Test metrics recomputed from the Parquet evidence (float16 probs, renormalised) with "
-        f"`trainables.calibration` ({N_BINS} bins). Where trials repeat the best trial's "
-        "parameters with other seeds, cells show mean ± std over them. ECE after TS scales the "
-        "probs with the trial's val-fitted temperature T: probs^(1/T), renormalised."
+        "Test metrics recomputed from the Parquet evidence with `trainables.calibration` "
+        f"({N_BINS} bins): accuracy, the ECEs, over-confidence and NLL from the float32 columns "
+        "(correct, confidence, confidence after the trial's val-fitted temperature T, the "
+        "label's probability); Brier and classwise ECE from the float16 probability vectors "
+        f"(n/a where the {NO_PROBS}). Where trials repeat the best trial's parameters with other "
+        "seeds, cells show mean ± std over them."
     )
     parts.append(markdown_table(headers, rows, cell=fmt))
     if gaps:
         parts.append(
             f"Largest difference between these recomputed metrics and the ones the trials logged: "
-            f"{max(gaps):.1e} (float16 storage of the probs)."
+            f"{max(gaps):.1e} (float16 storage of the probability vectors)."
         )
     parts.append("![](reliability.png)")
     return "\n\n".join(parts)
@@ -594,11 +454,12 @@ def trial_intervals_section(view: StudyView, data: dict[str, Any]) -> str:
         ev = view.evidence_of(trial)
         if ev is None:
             continue
-        value = float(calibration.ece(ev.probs, ev.labels, N_BINS))
+        scores, labels = ev.top_label()
+        value = float(calibration.ece(scores, labels, N_BINS))
         low, high = calibration.bootstrap_ece(
-            ev.probs, ev.labels, BOOTSTRAP_RESAMPLES, N_BINS, seed=trial.number
+            scores, labels, BOOTSTRAP_RESAMPLES, N_BINS, seed=trial.number
         )
-        smece = calibration.smooth_ece(ev.probs, ev.labels)
+        smece = calibration.smooth_ece(scores, labels)
         label = describe_trial(trial, view.space)
         rows.append([f"#{trial.number}", label, value, f"[{fmt(low)}, {fmt(high)}]", smece])
         records[trial.number] = {"ece": value, "low": low, "high": high, "smece": smece}
@@ -682,28 +543,12 @@ def _interval_cell(d: Any) -> str:
     return f"**{text}**" if d.excludes_zero else text
 
 
-def draw_reliability(view: StudyView, path: Path) -> bool:
-    """Test reliability diagrams of each method's best trial, raw and temperature-scaled."""
-    best = _method_best(view)
-    if not best:
-        return False
-    fig, axes = plt.subplots(len(best), 2, figsize=(9, 4.2 * len(best)), squeeze=False)
-    for row, (method, trial) in zip(axes, best.items()):
-        ev = view.evidence_of(trial)
-        assert ev is not None
-        title = f"{method} #{trial.number}"
-        reliability_axes(row[0], ev.probs, ev.labels, title)
-        reliability_axes(row[1], ev.scaled_probs(), ev.labels, f"{title}, T={ev.temperature:.2f}")
-    _save(fig, path)
-    return True
-
-
 def ensemble_section(view: StudyView, data: dict[str, Any]) -> str:
     """Averaged test probs of the top-k trials against the best single trial (evidence only)."""
     ranked = [t for t in view.completed if view.evidence_of(t) is not None]
     if ranked:  # only trials tested on the best one's samples (a test_subset is drawn per seed)
         first = view.evidence_of(ranked[0])
-        ranked = [t for t in ranked if _same_samples(view.evidence_of(t), first)]
+        ranked = [t for t in ranked if same_samples([view.evidence_of(t), first])]
     k = min(TOP_K, len(ranked))
     parts = [f"## Ensemble of the top-{k}"]
     if k == 0:
@@ -711,56 +556,38 @@ def ensemble_section(view: StudyView, data: dict[str, Any]) -> str:
         parts.append("No completed trial has test evidence: no ensemble.")
         return "\n\n".join(parts)
     members = ranked[:k]
-    evs = [view.evidence_of(t) for t in members]
-    common = evs[0].sample_ids  # type: ignore[union-attr]
-    for ev in evs[1:]:
-        common = np.intersect1d(common, ev.sample_ids)  # type: ignore[union-attr]
-    aligned = [_select(ev, common) for ev in evs]  # type: ignore[arg-type]
-    labels = aligned[0][1]
-    single = _ensemble_metrics(aligned[0][0], labels)
-    ensemble = _ensemble_metrics(torch.stack([p for p, _ in aligned]).mean(dim=0), labels)
-    singles = [_ensemble_metrics(p, labels) for p, _ in aligned]
+    splits: list[StoredSplit] = [view.evidence_of(t) for t in members]  # type: ignore[misc]
+    numbers = [t.number for t in members]
+    if any(s.probs is None for s in splits):
+        refused = f"no ensemble of the top-{k}: {NO_PROBS}"
+        data["ensemble"] = {"k": k, "trials": numbers, "refused": refused}
+        return "\n\n".join([*parts, f"{refused[0].upper()}{refused[1:]}."])
+    singles = [split_metrics(s, ENSEMBLE_METRICS) for s in splits]
     mean_single = {m: float(np.mean([s[m] for s in singles])) for m in ENSEMBLE_METRICS}
-    numbers = ", ".join(f"#{t.number}" for t in members)
+    ensemble = split_metrics(mean_split(splits), ENSEMBLE_METRICS)
     rows = [
-        [f"best single (#{members[0].number})", *(single[m] for m in ENSEMBLE_METRICS)],
+        [f"best single (#{numbers[0]})", *(singles[0][m] for m in ENSEMBLE_METRICS)],
         [f"mean of the {k} members", *(mean_single[m] for m in ENSEMBLE_METRICS)],
-        [f"ensemble ({numbers})", *(ensemble[m] for m in ENSEMBLE_METRICS)],
+        [f"ensemble ({', '.join(f'#{n}' for n in numbers)})", *ensemble.values()],
     ]
     data["ensemble"] = {
         "k": k,
-        "trials": [t.number for t in members],
-        "samples": int(common.size),
-        "best_single": single,
+        "trials": numbers,
+        "samples": len(splits[0].keys),
+        "best_single": singles[0],
         "mean_single": mean_single,
         "ensemble": ensemble,
     }
     parts.append(
         f"The {k} best trials by the same ranking that were tested on the same samples; their "
-        f"stored test probs are averaged per sample ({common.size} test samples), without "
-        "retraining."
+        f"stored test probs are averaged per sample ({len(splits[0].keys)} test samples), "
+        "without retraining (the ensemble's NLL from the mean of their float32 probabilities "
+        "of the label)."
     )
     parts.append(
         markdown_table(["model", *(METRIC_TITLES[m] for m in ENSEMBLE_METRICS)], rows, cell=fmt)
     )
     return "\n\n".join(parts)
-
-
-def _same_samples(ev: TrialEvidence | None, other: TrialEvidence | None) -> bool:
-    """The same test samples (ids and labels) in both: their probabilities can be averaged."""
-    if ev is None or other is None:
-        return False
-    return np.array_equal(ev.sample_ids, other.sample_ids) and torch.equal(ev.labels, other.labels)
-
-
-def _select(ev: TrialEvidence, sample_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    index = torch.from_numpy(np.searchsorted(ev.sample_ids, sample_ids))
-    return ev.probs[index], ev.labels[index]
-
-
-def _ensemble_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    metrics = probs_metrics(probs, labels)
-    return {m: metrics[m] for m in ENSEMBLE_METRICS}
 
 
 def importance_targets(space: Space) -> list[tuple[str, Callable[[FrozenTrial], float]]]:
@@ -820,16 +647,6 @@ def importance_section(view: StudyView, path: Path, data: dict[str, Any]) -> str
     return "\n\n".join(parts)
 
 
-def draw_importance(found: dict[str, dict[str, float]], path: Path) -> None:
-    """One horizontal bar chart per objective."""
-    fig, axes = plt.subplots(1, len(found), figsize=(4.6 * len(found), 3.6), squeeze=False)
-    for ax, (target, values) in zip(axes[0], found.items()):
-        names = list(values)[::-1]
-        ax.barh(names, [values[n] for n in names], color="tab:blue")
-        ax.set(xlabel="importance", title=target, xlim=(0, 1))
-    _save(fig, path)
-
-
 def sensitivity_section(view: StudyView, path: Path, data: dict[str, Any]) -> str:
     """Val ECE and val accuracy against rho and gamma, when they were searched."""
     params = [p for p in SENSITIVITY_PARAMS if p in view.space.search]
@@ -847,39 +664,6 @@ def sensitivity_section(view: StudyView, path: Path, data: dict[str, Any]) -> st
     return "\n\n".join(parts)
 
 
-def draw_sensitivity(view: StudyView, params: Sequence[str], path: Path) -> None:
-    """A grid: rows val ECE / val accuracy, one column per searched param."""
-    metrics = [("val_ece", "val ECE"), ("val_accuracy", "val accuracy")]
-    fig, axes = plt.subplots(2, len(params), figsize=(4.8 * len(params), 7), squeeze=False)
-    methods = view.methods()
-    colors = _method_colors(methods)
-    for col, param in enumerate(params):
-        for row, (key, label) in enumerate(metrics):
-            ax = axes[row][col]
-            for method in methods:
-                trials = [
-                    t for t in view.completed if view.method(t) == method and param in t.params
-                ]
-                if trials:
-                    ax.scatter(
-                        [t.params[param] for t in trials],
-                        [_val(t, key) for t in trials],
-                        color=colors[method],
-                        label=method,
-                        s=30,
-                    )
-            if param == "rho":
-                ax.set_xscale("log")
-                ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-                ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-                ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-            ax.set(xlabel=param, ylabel=label)
-            ax.grid(alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(loc="best", fontsize="small")
-    _save(fig, path)
-
-
 # --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
@@ -890,7 +674,7 @@ def load_view(paths: StudyPaths, name: str, space: Space) -> StudyView:
     study = load_optuna_study(name, paths.optuna_url)
     completed = ranked_completed(study, space)
     ids = [str(t.user_attrs.get(TRIAL_ID_ATTR, "")) for t in completed]
-    evidence = load_test_evidence(paths.evidence, ids)
+    evidence = read_splits(paths.evidence, ids, "test")
     return StudyView(name=name, space=space, study=study, completed=completed, evidence=evidence)
 
 
@@ -949,7 +733,8 @@ def _write_files(view: StudyView, paths: StudyPaths, report_dir: Path) -> None:
     draw_pareto(view, report_dir / "pareto.png")
     sections.append(comparison_section(view, data, paths.evidence))
     sections.append(methods_section(view, data))
-    draw_reliability(view, report_dir / "reliability.png")
+    best = {m: (t, view.evidence_of(t)) for m, t in method_best(view).items()}
+    draw_reliability(best, report_dir / "reliability.png")  # type: ignore[arg-type]
     sections.append(trial_intervals_section(view, data))
     regime = regime_section(view, report_dir / "regimes.png", data)
     if regime:

@@ -95,3 +95,20 @@ def test_adafocal_settings_that_cannot_work_are_one_line_errors(bad, word, digit
     with pytest.raises(ConfigError) as err:
         parse_config({**digits_settings, "loss": "adafocal", **bad})
     assert len(str(err.value).splitlines()) == 1 and word in str(err.value)
+
+
+@pytest.mark.parametrize("gamma", [0.3, 0.5, 1.0, 3.0, -0.3, -1.0, -2.0])  # < 0: inverse focal
+def test_adafocal_is_finite_and_exact_at_extreme_logits(gamma):
+    from tests.test_losses import assert_finite_and_close_to_float64
+
+    bins = AdaFocalBins(
+        gammas=torch.tensor([gamma], dtype=torch.float64),
+        lowers=torch.tensor([0.0], dtype=torch.float64),
+        uppers=torch.tensor([1.0], dtype=torch.float64),
+    )
+
+    def reference(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        p = logits.softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
+        return (-((1 - math.copysign(1.0, gamma) * p) ** abs(gamma)) * p.log()).mean()
+
+    assert_finite_and_close_to_float64(lambda z, y: adafocal_loss(z, y, bins), reference)

@@ -341,6 +341,44 @@ def test_fit_temperature_underconfident_and_no_grad():
     assert t2 == pytest.approx(t1, rel=1e-3)
 
 
+def _separable(n=500, c=5, seed=0):
+    """Logits whose argmax is every sample's label, by a margin of at least 0.5."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, c, (n,), generator=g)
+    z = torch.randn(n, c, generator=g, dtype=torch.float64)
+    onehot = F.one_hot(labels, c).bool()
+    return torch.where(onehot, z.max(dim=1, keepdim=True).values + 0.5, z), labels
+
+
+def test_fit_temperature_on_a_separable_split_stops_at_the_lower_bound():
+    # The NLL falls all the way to T -> 0: unbounded, the fit ran to T = 0.034 (and the regime
+    # map read that as a very underconfident model).
+    z, labels = _separable()
+    assert bool((z.argmax(dim=1) == labels).all())
+    t = fit_temperature(z, labels)
+    assert t == cal.TEMPERATURE_MIN == 0.05
+    assert cal.temperature_at_bound(t)
+    assert nll(z / t, labels).item() <= nll(z, labels).item()
+
+
+def test_fit_temperature_on_labels_the_logits_rank_last_stops_at_the_upper_bound():
+    # The best prediction is uniform, T -> infinity: unbounded, the fit ran to T = 1.4e7.
+    z, _ = _separable()
+    labels = z.argmin(dim=1)
+    t = fit_temperature(z, labels)
+    assert t == cal.TEMPERATURE_MAX == 20.0
+    assert cal.temperature_at_bound(t)
+    assert nll(z / t, labels).item() <= nll(z, labels).item()
+
+
+def test_a_temperature_inside_the_bounds_is_not_flagged():
+    z, labels = _planted(n=8000, temperature=2.5, seed=3)
+    t = fit_temperature(z, labels)
+    assert cal.TEMPERATURE_MIN < t < cal.TEMPERATURE_MAX
+    assert not cal.temperature_at_bound(t)
+    assert cal.temperature_at_bound(0.01) and cal.temperature_at_bound(1e4)  # older, unbounded fits
+
+
 def test_fit_temperature_grid_lowers_ece():
     z, labels = _planted(n=8000, temperature=2.5, seed=2)
     grid = torch.linspace(0.5, 5.0, 46)
@@ -547,11 +585,29 @@ def test_dtypes_and_device(device):
         assert results[torch.float32][name] == pytest.approx(v64, abs=1e-5), name
 
 
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("device", DEVICES)
-def test_half_precision_accumulates_in_float32(device):
-    probs, labels = _random_probs(200, 4, seed=12)
-    out = ece(probs.to(device=device, dtype=torch.bfloat16), labels.to(device))
-    assert out.dtype == torch.float32 and out.device.type == device
+def test_half_precision_accumulates_in_float32(device, half):
+    # 20000 samples: a half-precision sum stalls long before (bf16 adds nothing to 256 + 0.9,
+    # float16 nothing to 2048 + 1), so every metric below would be far off the float64 one.
+    probs, labels = _random_probs(20000, 4, seed=12)
+    probs, labels = probs.to(device=device, dtype=half), labels.to(device)
+    exact = probs.double()  # the same (rounded) inputs, accumulated in float64
+    metrics = {
+        "ece": (ece, ()),
+        "adaptive_ece": (adaptive_ece, ()),
+        "classwise_ece": (classwise_ece, (4,)),
+        "brier": (brier, ()),
+        "overconfidence": (cal.overconfidence, ()),
+        "accuracy": (accuracy, ()),
+    }
+    for name, (fn, args) in metrics.items():
+        out = fn(probs, labels, *args)
+        assert out.dtype == torch.float32 and out.device.type == device, name
+        expected = fn(exact, labels, *args).item()
+        assert out.item() == pytest.approx(expected, abs=1e-5), name
+    out = nll(probs.log(), labels)
+    assert out.item() == pytest.approx(nll(probs.log().double(), labels).item(), rel=1e-5)
 
 
 @pytest.mark.gpu

@@ -1,4 +1,5 @@
-"""The epoch loop on real data (digits): resume, CSAM = SAM at gamma 0, divergence, BatchNorm."""
+"""The epoch loop on real data (digits): resume, CSAM = SAM at gamma 0 and its descent gradient,
+divergence, BatchNorm, float32 evaluation under bf16 training, a temperature fit on a bound."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import copy
 import pytest
 import torch
 
+from trainables import calibration
 from trainables.config import parse_config
 from trainables.loop import Trainer, load_checkpoint, save_checkpoint
 
@@ -75,11 +77,59 @@ def test_csam_with_gamma_zero_trains_exactly_like_sam(digits_settings):
     assert result_sam.final == result_csam.final
 
 
-def test_csam_with_positive_gamma_differs_from_sam(digits_settings):
-    sam = Trainer(parse_config({**digits_settings, "method": "sam", "epochs": 1}))
-    csam = Trainer(parse_config({**digits_settings, "method": "csam", "gamma": 2.0, "epochs": 1}))
-    sam.fit(), csam.fit()
-    assert any(not torch.equal(a, b) for a, b in zip(_params(sam), _params(csam)))
+def _descent_gradient(trainer: Trainer, x: torch.Tensor, y: torch.Tensor):
+    """One SAM step of ``trainer`` on a batch: the perturbed weights and the descent gradient
+    there, as ``second_step`` receives them."""
+    seen: dict[str, list[torch.Tensor]] = {}
+    second_step = trainer.optimizer.second_step
+
+    def spy(*args, **kwargs):
+        seen["weights"] = [p.detach().clone() for p in trainer.model.parameters()]
+        seen["grads"] = [p.grad.detach().clone() for p in trainer.model.parameters()]
+        return second_step(*args, **kwargs)
+
+    trainer.optimizer.second_step = spy
+    trainer.model.train()
+    trainer._sam_step(x, y)
+    return seen["weights"], seen["grads"]
+
+
+def test_csam_descent_gradient_is_sams_reweighted_per_sample_by_its_loss(digits_settings):
+    # By the loss's definition, per sample with p~ the true-class probability at the perturbed
+    # weights: grad l~ = c grad(-log p~), c = 1 where p~ <= 1/2, else
+    # c = (1 + p~)^-gamma (1 - gamma p~ log p~ / (1 + p~)), below 1: confident samples pull less.
+    gamma = 2.0
+    settings = {**digits_settings, "model": "cnn_fc", "lr": 0.2}  # no BatchNorm: per sample
+    sam = Trainer(parse_config({**settings, "method": "sam"}))
+    sam.fit()  # far enough from the start that many samples are confident
+    csam = Trainer(parse_config({**settings, "method": "csam", "gamma": gamma}))
+    csam.model.load_state_dict(sam.model.state_dict())
+    x, y = next(iter(sam.data.train_batches(64, epoch_seed=5, augment=False)))
+    weights, sam_grads = _descent_gradient(sam, x, y)
+    csam_weights, csam_grads = _descent_gradient(csam, x, y)
+    for a, b in zip(weights, csam_weights, strict=True):
+        assert torch.equal(a, b)  # the same ascent (cross-entropy) to the same perturbed point
+
+    model = copy.deepcopy(sam.model).double()
+    with torch.no_grad():
+        for p, w in zip(model.parameters(), weights, strict=True):
+            p.copy_(w)
+    params = list(model.parameters())
+    per_sample, p_true = [], []
+    for i in range(len(y)):
+        log_p = torch.log_softmax(model(x[i : i + 1].double()), dim=1)[0, y[i]]
+        per_sample.append(torch.autograd.grad(-log_p, params))
+        p_true.append(log_p.exp().item())
+    p = torch.tensor(p_true, dtype=torch.float64)
+    c = torch.where(p <= 0.5, 1.0, (1 + p) ** -gamma * (1 - gamma * p * p.log() / (1 + p))).tolist()
+    assert sum(q > 0.5 for q in p_true) >= 16 and sum(q <= 0.5 for q in p_true) >= 1
+    assert all(ci < 1 for ci, q in zip(c, p_true) if q > 0.5)
+    for k, (found_sam, found_csam) in enumerate(zip(sam_grads, csam_grads, strict=True)):
+        expected_sam = sum(g[k] for g in per_sample) / len(y)
+        expected_csam = sum(ci * g[k] for ci, g in zip(c, per_sample)) / len(y)
+        torch.testing.assert_close(found_sam.double(), expected_sam, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(found_csam.double(), expected_csam, rtol=1e-4, atol=1e-6)
+        assert not torch.allclose(expected_sam, expected_csam, rtol=1e-3, atol=1e-5)
 
 
 def test_perturbed_pass_leaves_batchnorm_running_stats_untouched(digits_settings):
@@ -132,3 +182,85 @@ def test_training_improves_over_epochs(digits_settings):
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < losses[0]
     assert result.final["test_accuracy"] > 0.8
+
+
+# ------------------------------------------------------------------ evaluation in float32
+
+
+def _plain_float32_logits(trainer: Trainer, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return trainer.model(x).float()
+
+
+def test_evaluation_is_float32_even_when_training_autocasts_to_bf16(digits_settings):
+    # bf16 set on CPU: the trainer autocasts training as it does on CUDA by default.
+    trainer = Trainer(parse_config({**digits_settings, "method": "sam", "bf16": True, "epochs": 1}))
+    assert trainer.bf16
+    trainer.fit()
+    logits, _ = trainer.predict("val")
+    x = torch.cat([x for x, _ in trainer.data.eval_batches("val", 1024)])
+    trainer.model.eval()
+    expected = _plain_float32_logits(trainer, x)
+    assert logits.dtype == torch.float32
+    assert torch.equal(logits, expected), "evaluated under bf16 autocast (8-bit mantissa)"
+
+
+def test_mc_dropout_evaluation_is_float32_when_training_autocasts(digits_settings):
+    settings = {**digits_settings, "bf16": True, "epochs": 1, "dropout": 0.3, "mc_samples": 3}
+    trainer = Trainer(parse_config(settings))
+    trainer.fit()
+    x, _ = next(iter(trainer.data.eval_batches("val", 256)))
+    with torch.inference_mode():
+        with trainer.evaluating():
+            found = trainer.eval_logits(x)
+        with trainer.evaluating():  # the same seeded dropout masks, no autocast
+            passes = [trainer.model(x).float().softmax(dim=1) for _ in range(3)]
+    expected = torch.stack(passes).mean(dim=0).clamp_min(calibration.PROB_FLOOR).log()
+    assert found.dtype == torch.float32
+    torch.testing.assert_close(found, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_evaluation_is_float32_while_training_autocasts():
+    assert_cuda_style_evaluation_is_float32("cuda")
+
+
+def assert_cuda_style_evaluation_is_float32(device: str) -> None:
+    """CUDA's defaults (bf16 autocast for training; no compile, to keep it short) on synthetic
+    data (the GPU image has no scikit-learn): evaluation equals a plain float32 forward, which
+    the same forward under bf16 autocast does not."""
+    settings = dict(dataset="synthetic", synthetic_size=512, model="cnn", epochs=1, batch_size=64)
+    trainer = Trainer(parse_config({**settings, "device": device, "compile": False, "bf16": True}))
+    assert trainer.bf16  # CUDA's default, asked for here so that a CPU can rehearse it
+    trainer.fit()
+    logits, _ = trainer.predict("val")
+    x = torch.cat([x for x, _ in trainer.data.eval_batches("val", 1024)])
+    trainer.model.eval()
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, _plain_float32_logits(trainer, x), rtol=1e-5, atol=1e-5)
+    with torch.autocast(trainer.device.type, dtype=torch.bfloat16), torch.inference_mode():
+        bf16 = trainer.model(x).float()
+    assert not torch.allclose(bf16, logits, rtol=1e-5, atol=1e-5)  # so the check can fail
+
+
+# ------------------------------------------------------------------ temperature at a bound
+
+
+def test_final_metrics_flag_a_temperature_fit_that_stops_on_a_bound(digits_settings):
+    trainer = Trainer(parse_config({**digits_settings, "epochs": 1}))
+    final = trainer.fit().final
+    assert final["temperature_at_bound"] == 0.0
+    assert calibration.TEMPERATURE_MIN < final["temperature"] < calibration.TEMPERATURE_MAX
+    # A val split the model separates perfectly (its logits, as predict() caches them): the NLL
+    # falls all the way to T -> 0, and the fit stops on the lower bound, flagged.
+    logits, labels = trainer.predictions("val")
+    separable = logits.clone()
+    separable[torch.arange(len(labels)), labels] = logits.max(dim=1).values + 1.0
+    trainer._predictions["val"] = (trainer.epochs_done, separable, labels)
+    final = trainer.final_metrics()
+    assert final["temperature"] == calibration.TEMPERATURE_MIN
+    assert final["temperature_at_bound"] == 1.0
+    assert calibration.nll(separable / final["temperature"], labels) <= calibration.nll(
+        separable, labels
+    )

@@ -109,3 +109,85 @@ def test_losses_keep_gradients_finite_at_extreme_logits():
     for fn in (cross_entropy, focal(3.0), flsd53, csam_loss(2.0), label_smoothing(0.1)):
         (grad,) = torch.autograd.grad(fn(logits, labels), logits)
         assert torch.isfinite(grad).all()
+
+
+# -------------------------------------------------------------- extreme logits, every gamma
+
+GAMMAS = [0.3, 0.5, 1.0, 3.0]
+# Logit gaps of the true class over the others: moderate, p rounding to 1 in float32 (40) and
+# in float64 too (100), and the true class far behind (-40).
+GAPS = [0.5, 3.0, 9.0, 17.0, 40.0, 100.0, -40.0]
+
+
+def _gap_logits(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row per gap, 4 classes, true class 0; the others spread a little."""
+    rows = [[gap, 0.0, -0.5, 0.25] for gap in GAPS]
+    return torch.tensor(rows, dtype=dtype), torch.zeros(len(GAPS), dtype=torch.long)
+
+
+def _focal_reference(gamma: torch.Tensor | float):
+    """The obvious float64 focal loss: -(1 - p)^gamma log p, p from the softmax."""
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        p = logits.softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
+        return (-((1.0 - p) ** gamma) * p.log()).mean()
+
+    return loss
+
+
+def _flsd53_reference(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    p = logits.softmax(dim=1).gather(1, labels[:, None]).squeeze(1).detach()
+    return _focal_reference(torch.where(p < 0.2, 5.0, 3.0).double())(logits, labels)
+
+
+def _csam_reference(gamma: float):
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        p = logits.softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
+        weight = torch.where(p <= 0.5, torch.ones_like(p), (1.0 + p) ** (-gamma))
+        return -(weight * p.log()).mean()
+
+    return loss
+
+
+def assert_finite_and_close_to_float64(fn, reference) -> None:
+    """``fn`` on float32 logits, row by row: loss and gradient finite, and equal to the float64
+    ``reference`` wherever that one is finite."""
+    z32, y = _gap_logits(torch.float32)
+    for i, gap in enumerate(GAPS):
+        row = z32[i : i + 1].clone().requires_grad_()
+        value = fn(row, y[i : i + 1])
+        (grad,) = torch.autograd.grad(value, row)
+        assert torch.isfinite(value), f"gap {gap}: loss {value.item()}"
+        assert torch.isfinite(grad).all(), f"gap {gap}: gradient {grad.tolist()}"
+        row64 = z32[i : i + 1].double().requires_grad_()
+        expected = reference(row64, y[i : i + 1])
+        (expected_grad,) = torch.autograd.grad(expected, row64)
+        if torch.isfinite(expected):
+            assert value.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6), gap
+        if torch.isfinite(expected_grad).all():
+            torch.testing.assert_close(
+                grad.double(), expected_grad, rtol=1e-4, atol=1e-6, msg=f"gap {gap}"
+            )
+
+
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_focal_is_finite_and_exact_at_extreme_logits(gamma):
+    assert_finite_and_close_to_float64(focal(gamma), _focal_reference(gamma))
+
+
+def test_flsd53_is_finite_and_exact_at_extreme_logits():
+    assert_finite_and_close_to_float64(flsd53, _flsd53_reference)
+
+
+@pytest.mark.parametrize("gamma", [0.3, 0.5, 1.0, 2.0])  # CSAM's gamma stops at 2
+def test_csam_is_finite_and_exact_at_extreme_logits(gamma):
+    assert_finite_and_close_to_float64(csam_loss(gamma), _csam_reference(gamma))
+
+
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_focal_gradient_is_finite_for_a_whole_batch_of_overconfident_samples(gamma):
+    # The batch mean: one NaN gradient row would poison every parameter of a model.
+    z, y = _gap_logits(torch.float32)
+    z.requires_grad_()
+    (grad,) = torch.autograd.grad(focal(gamma)(z, y), z)
+    assert torch.isfinite(grad).all()

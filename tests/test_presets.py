@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from tests.test_cli import study_in_process as run_study
 from tests.test_data import write_cifar10
@@ -190,10 +191,16 @@ def test_study_with_an_ood_section_reports_svhn_and_cifar10_c(tmp_path):
     )
     proc = run_study("run", str(space), "--name", "ood", "--storage", "studies", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    for trial in optuna_study(tmp_path, "ood").trials:
-        assert 0.0 <= trial.user_attrs["ood_svhn_auroc"] <= 1.0
-        assert 0.0 <= trial.user_attrs["cifar10_c_ece"] <= 1.0
     evidence = pads.dataset(tmp_path / "studies" / "ood" / "evidence", partitioning="hive")
+    stored = evidence.to_table(columns=["trial_id", "split", "epoch", "confidence"]).to_pandas()
+    for trial in optuna_study(tmp_path, "ood").trials:
+        mine = stored[stored.trial_id == trial.user_attrs["tune_trial_id"]]
+        mine = mine[mine.epoch == mine.epoch.max()]
+        test, svhn = (mine[mine.split == s].confidence.to_numpy() for s in ("test", "ood_svhn"))
+        truth = np.r_[np.ones(len(test)), np.zeros(len(svhn))]  # in-distribution is positive
+        expected = roc_auc_score(truth, np.r_[test, svhn])  # from the float32 confidences
+        assert trial.user_attrs["ood_svhn_auroc"] == pytest.approx(expected, abs=1e-9)
+        assert 0.0 <= trial.user_attrs["cifar10_c_ece"] <= 1.0
     table = evidence.to_table(columns=["split", "corruption", "severity"])
     per_trial = {k: n // 2 for k, n in Counter(table["split"].to_pylist()).items()}
     assert per_trial["ood_svhn"] == 40 and per_trial["cifar10_c"] == 2 * 5 * 4

@@ -7,7 +7,10 @@ import json
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import optuna
+import pandas as pd
+import pyarrow.dataset as pads
 import pytest
 import scipy.stats
 import torch
@@ -19,6 +22,7 @@ from study import Study
 from study.front import best_trials, load_optuna_study
 from study.report import StudyView, compute_importances, log_report, rank_score, write_report
 from study.runner import load_study_space, load_tracking
+from tests.test_ensembles import HandEnsemble, numpy_ece
 from trainables import calibration
 from trainables.evidence import evidence_table, write_evidence
 from trainables.layout import StudyPaths, evidence_uri, study_paths
@@ -132,14 +136,28 @@ def test_front_table_lists_optunas_best_trials(report):
 
 
 @pytest.mark.slow
-def test_ensemble_numbers_are_finite(report):
+def test_top_k_ensemble_is_the_mean_of_the_stored_probabilities_computed_by_hand(report):
     ensemble = report.data["ensemble"]
     assert ensemble["k"] == 4 and len(ensemble["trials"]) == 4
-    for part in ("ensemble", "best_single", "mean_single"):
-        assert set(ensemble[part]) == {"accuracy", "ece", "nll", "brier"}
-        assert all(math.isfinite(v) for v in ensemble[part].values()), part
+    tune_ids = [report.study.trials[n].user_attrs["tune_trial_id"] for n in ensemble["trials"]]
+    members = [_stored_test(report.paths, i) for i in tune_ids]
+    assert all((m.label.to_numpy() == members[0].label.to_numpy()).all() for m in members)
+    hand = HandEnsemble.of(members)
+    found = ensemble["ensemble"]
+    assert found["accuracy"] == pytest.approx(hand.correct.mean(), abs=1e-12)
+    assert found["ece"] == pytest.approx(numpy_ece(hand.confidence, hand.correct), abs=1e-9)
+    assert found["nll"] == pytest.approx(-np.log(hand.true_prob).mean(), rel=1e-9)
+    onehot = np.eye(hand.probs.shape[1])[hand.labels]
+    assert found["brier"] == pytest.approx(((hand.probs - onehot) ** 2).sum(1).mean(), rel=1e-9)
+    best = report.study.trials[ensemble["trials"][0]].user_attrs
+    assert ensemble["best_single"]["accuracy"] == best["test_accuracy"]
+    assert ensemble["best_single"]["ece"] == pytest.approx(best["test_ece"], abs=1e-6)
+    assert ensemble["best_single"]["nll"] == pytest.approx(best["test_nll"], rel=1e-5)
+    accuracies = [report.study.trials[n].user_attrs["test_accuracy"] for n in ensemble["trials"]]
+    assert ensemble["mean_single"]["accuracy"] == pytest.approx(np.mean(accuracies), abs=1e-7)
     rows = section_table(report.text, "## Ensemble of the top-4")
     assert len(rows) == 3 and rows[2][0].startswith("ensemble")
+    assert rows[2][1] == f"{found['accuracy']:.4f}"
 
 
 @pytest.mark.slow
@@ -304,3 +322,110 @@ def test_regime_map_pairs_each_method_with_sgd_in_each_budget(tmp_path):
         assert (found["low"], found["high"]) == (pytest.approx(low), pytest.approx(high))
     rows = section_table(text, "## Regime map")
     assert [r[0] for r in rows] == ["epochs=1", "epochs=2"]
+
+
+WIDE_SPACE = {
+    "fixed": {**SPACE["fixed"], "method": "sam"},
+    "search": {"lr": {"loguniform": [0.02, 0.2]}, "seed": {"categorical": [0, 1]}},
+    "objective": {"type": "weighted"},
+    "samples": 2,
+}
+
+
+def _seeds_study(tmp_path, logits_of) -> tuple[optuna.Study, StudyPaths]:
+    """One configuration run with seeds 0 and 1 on the same test samples, each trial's logged
+    test metrics computed from its logits (``logits_of(seed) -> (logits, labels)``), as a trial
+    logs them."""
+    paths = StudyPaths(tmp_path / "s", str(tmp_path / "s"))
+    paths.root.mkdir()
+    study = optuna.create_study(study_name="s", storage=paths.optuna_url, direction="maximize")
+    for seed in (0, 1):
+        logits, labels = logits_of(seed)
+        table = evidence_table(logits, labels, study="s", epoch=1, temperature=1.5)
+        write_evidence(table, evidence_uri(str(paths.root)), f"t{seed}", "test", 1)
+        logged = calibration.calibration_report(logits, labels, logits.shape[1], temperature=1.5)
+        study.enqueue_trial({"lr": 0.05, "seed": seed})
+        trial = study.ask()
+        trial.suggest_float("lr", 0.02, 0.2, log=True)
+        trial.suggest_categorical("seed", [0, 1])
+        trial.set_user_attr("status", "completed")
+        trial.set_user_attr("tune_trial_id", f"t{seed}")
+        for key in ("accuracy", "ece", "nll", "ece_ts", "brier"):
+            trial.set_user_attr(f"test_{key}", logged[key])
+        study.tell(trial, 0.8 - seed / 10)
+    return study, paths
+
+
+def _stored_test(paths: StudyPaths, tune_id: str) -> pd.DataFrame:
+    """A trial's stored test rows, read with pyarrow and pandas alone."""
+    table = pads.dataset(paths.evidence, partitioning="hive").to_table()
+    frame = table.to_pandas()
+    rows = frame[(frame.trial_id == tune_id) & (frame.split == "test")]
+    return rows[rows.epoch == rows.epoch.max()].sort_values("sample_id")
+
+
+def _near_ties_and_flushed_labels(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """200 samples: the first 100 with two top classes 2e-5 apart (equal once float16), the
+    label the larger; the rest confident in class 0 with a label whose probability (~2e-9) is
+    stored as 0 in float16."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(200, 10, generator=g)
+    logits[:100] = 0.0
+    logits[:100, 3] = 8.0
+    logits[:100, 4] = 8.0 + 2e-5
+    logits[100:, 0] = 12.0
+    logits[100:, 9] = -8.0
+    labels = torch.full((200,), 9)
+    labels[:100] = 4
+    return logits, labels
+
+
+def test_report_accuracy_and_nll_are_what_the_trials_logged_not_float16_roundings(tmp_path):
+    study, paths = _seeds_study(tmp_path, _near_ties_and_flushed_labels)
+    stored = _stored_test(paths, "t0")
+    probs16 = np.stack(stored.probs.to_list())
+    assert (probs16[:100, 3] == probs16[:100, 4]).all() and (probs16[100:, 9] == 0).all()
+
+    write_report(paths, "s", check_space(WIDE_SPACE, "test"))
+    data = json.loads((paths.report / "report.json").read_text())
+    for trial, metrics in zip(study.trials, data["methods"]["sam"]["per_trial"], strict=True):
+        assert metrics["accuracy"] == trial.user_attrs["test_accuracy"] == 0.5
+        assert metrics["nll"] == pytest.approx(trial.user_attrs["test_nll"], rel=1e-6)
+        assert metrics["ece"] == pytest.approx(trial.user_attrs["test_ece"], abs=1e-6)
+        assert metrics["ece_ts"] == pytest.approx(trial.user_attrs["test_ece_ts"], abs=1e-6)
+    # the ensemble of the two seeds: its label probability is the mean of their float32 ones
+    true_prob = np.mean([_stored_test(paths, f"t{s}").true_prob.to_numpy() for s in (0, 1)], 0)
+    (ensemble,) = data["ensembles"]
+    assert ensemble["test_nll"] == pytest.approx(-np.log(true_prob.astype(np.float64)).mean())
+    assert ensemble["test_accuracy"] == 0.5  # both seeds predict the label on the near-ties
+    assert data["ensemble"]["ensemble"]["nll"] == pytest.approx(ensemble["test_nll"])
+
+
+def _wide(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 150, (80,), generator=torch.Generator().manual_seed(5))
+    return 4 * torch.randn(80, 150, generator=g), labels
+
+
+def test_evidence_of_more_than_100_classes_reports_and_says_why_there_is_no_ensemble(tmp_path):
+    study, paths = _seeds_study(tmp_path, _wide)
+    assert _stored_test(paths, "t0").probs.isna().all()  # no vectors above 100 classes
+
+    md = write_report(paths, "s", check_space(WIDE_SPACE, "test"))
+    text, data = md.read_text(), json.loads((paths.report / "report.json").read_text())
+    for trial, metrics in zip(study.trials, data["methods"]["sam"]["per_trial"], strict=True):
+        assert metrics["accuracy"] == trial.user_attrs["test_accuracy"]
+        assert metrics["nll"] == pytest.approx(trial.user_attrs["test_nll"], rel=1e-6)
+        assert metrics["ece_ts"] == pytest.approx(trial.user_attrs["test_ece_ts"], abs=1e-6)
+        assert math.isnan(metrics["brier"]) and math.isnan(metrics["classwise_ece"])
+    (reason,) = data["ensembles_skipped"]
+    assert (
+        reason == "no ensemble of SAM (ρ=0.1): evidence keeps probabilities only up to 100 classes"
+    )
+    assert f"Note: {reason}." in text
+    assert data["ensemble"]["refused"] == (
+        "no ensemble of the top-2: evidence keeps probabilities only up to 100 classes"
+    )
+    assert "No ensemble of the top-2: evidence keeps probabilities" in text
+    assert (paths.report / "reliability.png").read_bytes().startswith(PNG_MAGIC)
+    assert sorted(data["trial_ece_intervals"]) == ["0", "1"]

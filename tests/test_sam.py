@@ -134,7 +134,7 @@ def test_first_step_perturbs_by_rho_and_second_step_restores_exactly():
     opt.first_step()
     moved = torch.sqrt(sum(((p - s) ** 2).sum() for p, s in zip(model.parameters(), start)))
     assert moved.item() == pytest.approx(0.25, rel=1e-9)
-    assert all(torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())  # released for the next backward
     _loss(model, x, y).backward()
     opt.second_step()  # lr = 0: the base step changes nothing, so weights are exactly the saved ones
     for p, s in zip(model.parameters(), start):
@@ -151,6 +151,46 @@ def test_only_one_extra_copy_of_the_parameters_is_kept():
         opt.second_step(zero_grad=True)
     extra = sum(t.numel() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
     assert extra == sum(p.numel() for p in model.parameters())
+
+
+class _TwoHeads(nn.Module):
+    """``shared`` in every loss; ``head`` only when asked; ``unused`` never has a gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(3, 2).double()
+        self.head = nn.Linear(3, 2).double()
+        self.unused = nn.Linear(3, 2).double()
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, with_head: bool) -> torch.Tensor:
+        z = self.shared(x) + (self.head(x) if with_head else 0.0)
+        return nn.functional.cross_entropy(z, y)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_second_step_restores_only_what_this_first_step_perturbed(adaptive):
+    _, x, y = _tiny_problem()
+    model = _TwoHeads()
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, adaptive=adaptive, lr=0.1)
+
+    def sam_step(with_head: bool) -> None:
+        opt.zero_grad(set_to_none=True)
+        model.loss(x, y, with_head).backward()
+        opt.first_step()
+        model.loss(x, y, with_head).backward()
+        opt.second_step()
+
+    sam_step(with_head=True)  # the head has a gradient: perturbed, saved, restored, stepped
+    with torch.no_grad():
+        model.unused.weight.fill_(0.5)  # set by hand between steps: no SAM step may undo it
+    head = [p.detach().clone() for p in model.head.parameters()]
+    unused = [p.detach().clone() for p in model.unused.parameters()]
+    sam_step(with_head=False)  # the head's grad is None now: neither perturbed nor restored
+    for p, before in zip(model.head.parameters(), head, strict=True):
+        assert p.grad is None
+        assert torch.equal(p, before), "reverted to the copy saved by the step before"
+    for p, before in zip(model.unused.parameters(), unused, strict=True):
+        assert torch.equal(p, before)
 
 
 BASES = [

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables.losses import focal_weight
+
 
 @dataclass
 class AdaFocalBins:
@@ -70,7 +72,11 @@ def adafocal_loss(logits: torch.Tensor, labels: torch.Tensor, bins: AdaFocalBins
     p = log_p.exp()
     with torch.no_grad():
         gamma = bins.gamma_of(p.detach())
-    return (-((1.0 - torch.sign(gamma) * p + 1e-20) ** gamma.abs()) * log_p).mean()
+    # Focal (g > 0): (1 - p)^g from log(1 - p), exact and smooth where p rounds to 1 (see
+    # trainables.losses.focal_weight); inverse focal (g <= 0): (1 + p)^|g|, smooth everywhere.
+    focal = focal_weight(logits, labels, gamma.abs())
+    inverse = torch.exp(gamma.abs() * torch.log1p(p))
+    return (-torch.where(gamma > 0, focal, inverse) * log_p).mean()
 
 
 def validation_bins(

@@ -44,10 +44,15 @@ __all__ = [
     "fit_temperature_grid",
     "nll",
     "reliability_bins",
+    "temperature_at_bound",
 ]
 
 # Upper bound on the elements of one (grid chunk, N, C) tensor in fit_temperature_grid.
 _GRID_CHUNK_ELEMS = 1 << 24
+# The temperatures fit_temperature may return. A fit on a bound is no calibration verdict: a
+# separable val split sends T to 0, val labels the logits do not predict send it to infinity.
+TEMPERATURE_MIN = 0.05
+TEMPERATURE_MAX = 20.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,7 +128,7 @@ def _check_max_iter(max_iter: int) -> None:
 def _as_grid(grid: Tensor | Sequence[float] | None) -> Tensor:
     """Validate a temperature grid and return it as a 1-D float64 CPU tensor."""
     if grid is None:
-        return torch.linspace(0.05, 5.0, 100, dtype=torch.float64)
+        return torch.linspace(TEMPERATURE_MIN, 5.0, 100, dtype=torch.float64)
     g = torch.as_tensor(grid).detach().to(device="cpu", dtype=torch.float64)
     if g.dim() != 1 or g.numel() == 0:
         raise ValueError(f"grid must be a non-empty 1-D sequence, got shape {tuple(g.shape)}")
@@ -497,22 +502,49 @@ def _fit_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-PROB_FLOOR = 1e-12  # floor of a probability before its log (float16 evidence rounds tiny ones to 0)
+# The floor of a probability before its log. Evidence stores probabilities in float16, whose
+# smallest positive value is 2**-24 (~5.96e-8, a subnormal): a stored 0 was a probability below
+# 2**-25. Flooring at 2**-24 changes no value float16 holds and reads each 0 as the nearest one it
+# could hold: its -log p is 16.6, within 0.7 of the least the true value could be. A floor below
+# what float16 represents (1e-12 once) instead charges 27.6 to every flushed probability and
+# drags a refitted temperature with it; float16's smallest normal (2**-14 ~ 6.1e-5) would clip
+# values that it does store (coarsely, as subnormals, but stored).
+PROB_FLOOR = 2.0**-24
+
+
+def log_mean_probs(passes: Sequence[Tensor]) -> Tensor:
+    """The log of the mean of several passes' float32 probabilities (MC dropout, bSAM's samples):
+    logits whose softmax is the average. Floored at float32's smallest normal, not at
+    ``PROB_FLOOR`` (which is float16's, for stored evidence), so no float32 value is raised."""
+    mean = torch.stack(list(passes)).mean(dim=0)
+    return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
 
 
 def scale_probs(probs: Tensor, temperature: float) -> Tensor:
-    """``softmax(log(probs) / T)``: the probabilities of logits divided by ``T``."""
+    """``softmax(log(probs) / T)``: the probabilities of logits divided by ``T``; ``probs`` are
+    floored at ``PROB_FLOOR`` first (a stored float16 0 has no log)."""
     return (probs.clamp_min(PROB_FLOOR).log() / temperature).softmax(dim=1)
 
 
+def temperature_at_bound(temperature: float) -> bool:
+    """Whether a fitted temperature is on a bound of ``[TEMPERATURE_MIN, TEMPERATURE_MAX]`` (or
+    beyond one, as an older unbounded fit could be, or NaN): the NLL wanted a temperature the
+    bounds refuse, so ``T`` does not say how over- or underconfident the model is."""
+    return not TEMPERATURE_MIN < temperature < TEMPERATURE_MAX
+
+
 def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 50) -> float:
-    """Fit a temperature ``T`` minimising the NLL of ``softmax(logits / T)``.
+    """Fit a temperature ``T`` in ``[TEMPERATURE_MIN, TEMPERATURE_MAX]`` minimising the NLL of
+    ``softmax(logits / T)``.
 
     Optimises ``log T`` (initialised at 0, i.e. ``T = 1``) with ``torch.optim.LBFGS``
     (strong-Wolfe line search) on the logits' device, in float64 (float32 on MPS), on a
     detached copy of the logits; it works under ``torch.no_grad()`` and
-    ``torch.inference_mode()``. If the optimiser ends on a non-finite value or a worse NLL than
-    ``T = 1``, 1.0 is returned.
+    ``torch.inference_mode()``. The NLL is convex in ``1 / T``, so the bounded minimum is the
+    optimiser's ``T`` clamped into the bounds; the result is the best NLL of that, ``T = 1`` and
+    the two bounds (first of equals in that order): never worse than ``T = 1``, and exactly a
+    bound where the NLL runs off to ``T -> 0`` (a separable split) or ``T -> infinity``
+    (:func:`temperature_at_bound` tells).
 
     Args:
         logits: ``(N, C)`` unnormalised scores.
@@ -520,7 +552,7 @@ def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 50) -> float
         max_iter: maximum LBFGS iterations, >= 1.
 
     Returns:
-        The fitted temperature as a Python float.
+        The fitted temperature as a Python float, within the bounds.
     """
     _check_inputs(logits, labels, "logits")
     _check_max_iter(max_iter)
@@ -541,11 +573,12 @@ def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 50) -> float
 
         optimizer.step(closure)
         with torch.no_grad():
-            t = log_t.exp()
-            fitted = F.cross_entropy(z / t, y)
-            base = F.cross_entropy(z, y)
-            ok = torch.isfinite(t) & torch.isfinite(fitted) & (fitted <= base)
-            return float(torch.where(ok, t, torch.ones_like(t)))
+            fitted = log_t.exp().clamp(TEMPERATURE_MIN, TEMPERATURE_MAX)  # NaN stays NaN
+            bounds = torch.tensor([1.0, TEMPERATURE_MIN, TEMPERATURE_MAX], dtype=dtype)
+            candidates = torch.cat([fitted[None], bounds.to(z.device)])
+            losses = torch.stack([F.cross_entropy(z / t, y) for t in candidates])
+            losses = torch.where(torch.isfinite(losses), losses, math.inf)
+            return float(candidates[losses.argmin()])  # argmin: the first of equal losses
 
 
 def fit_temperature_grid(

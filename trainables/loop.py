@@ -1,7 +1,8 @@
 """The epoch loop of one run: build data, model and optimizer from a config, train, evaluate, checkpoint.
 
-Device-agnostic. On CUDA: bf16 autocast and channels_last by default. Metrics are accumulated on
-the device; the host syncs once per epoch (to check for divergence and to report).
+Device-agnostic. On CUDA: bf16 autocast (training only; evaluation is float32) and channels_last
+by default. Metrics are accumulated on the device; the host syncs once per epoch (to check for
+divergence and to report).
 """
 
 from __future__ import annotations
@@ -230,6 +231,7 @@ class Trainer:
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast for the training passes (``self.bf16``); evaluation never uses it."""
         if self.bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -239,7 +241,7 @@ class Trainer:
             loss = self.descent_loss(self.forward(x), y)
         loss.backward()
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=False)
+        self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
     def _sam_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -348,12 +350,12 @@ class Trainer:
     def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits of a normalised batch, inside ``evaluating()``: one pass, or the log of
         the mean softmax of ``eval_passes`` stochastic ones (logits whose softmax is the
-        average, so every metric, the temperature and the evidence use it)."""
-        with self._autocast():
-            if self.eval_passes <= 1:
-                return self.model(x).float()
-            passes = [self._pass(x) for _ in range(self.eval_passes)]
-        return torch.stack(passes).mean(dim=0).clamp_min(calibration.PROB_FLOOR).log()
+        average, so every metric, the temperature and the evidence use it). Never under
+        autocast: the temperature, NLL and evidence need float32 logits, not bf16's 8-bit
+        mantissa; autocast is for training only."""
+        if self.eval_passes <= 1:
+            return self.model(x).float()
+        return calibration.log_mean_probs([self._pass(x) for _ in range(self.eval_passes)])
 
     @torch.inference_mode()
     def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -392,11 +394,16 @@ class Trainer:
         return calibration.fit_temperature(logits, labels)
 
     def final_metrics(self) -> dict[str, float]:
-        """Test metrics, temperature fitted on val, and test metrics after temperature scaling."""
+        """Test metrics, temperature fitted on val (``temperature``; ``temperature_at_bound``
+        1.0 where the fit stopped on a bound, see ``calibration.temperature_at_bound``), and test
+        metrics after temperature scaling."""
         temperature = self.fit_temperature()
         test = self.evaluate("test", temperature=temperature)
         out = {f"test_{k}": v for k, v in test.items()}
         out["temperature"] = temperature
+        # 1.0 where the fit stopped on a bound (no calibration verdict); a number, not a bool, so
+        # that it is logged and recorded like the temperature
+        out["temperature_at_bound"] = float(calibration.temperature_at_bound(temperature))
         return out
 
     def fit(

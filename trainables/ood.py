@@ -436,7 +436,8 @@ def evaluate_ood(
     """Evaluate the trainer's current model on every configured OOD split, in ``OOD_SPLITS`` order.
 
     Images are normalised with the training dataset's mean/std, run in batches of
-    ``EVAL_BATCH`` on the trainer's device under its autocast. ``temperature`` (default: fitted
+    ``EVAL_BATCH`` on the trainer's device in float32 (``Trainer.eval_logits``: no autocast,
+    which is for training only). ``temperature`` (default: fitted
     on val) gives the ``_ece_ts`` metrics.
     """
     info = trainer.data.info

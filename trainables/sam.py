@@ -4,14 +4,16 @@ One SAM step for a batch loss L and radius rho:
 
 1. ``first_step``: e = rho * g / ||g||  (ASAM: e = rho * T^2 g / ||T g||, T = |w| + eta), w <- w + e.
 2. the caller computes the descent loss at the perturbed weights and calls ``backward``.
-3. ``second_step``: w is restored to its saved value, then the base optimizer steps with that gradient.
+3. ``second_step``: w is restored to its saved value (only the parameters this step's ``first_step``
+   perturbed), then the base optimizer steps with that gradient.
 
 Design choices, each fixing a known fault of the popular single-file SAM:
 
 - weights are restored with in-place ``copy_`` (never by rebinding ``p.data``), so fused/foreach base
   optimizers, ``torch.compile`` and anything holding a reference to the parameter keep working;
-- the perturbation is built in place in the gradient buffers (they are about to be zeroed anyway),
-  so SAM needs exactly one extra copy of the parameters: the saved weights;
+- the perturbation is built in place in the gradient buffers, which are then released (set to
+  None: the second backward pass writes fresh gradients instead of adding into zeroed ones), so SAM
+  needs exactly one extra copy of the parameters: the saved weights;
 - norms are computed with ``torch._foreach_norm`` per device and only the per-device scalars meet on
   one device, and no step syncs with the host;
 - AMP: use bf16 autocast (no gradient scaler needed). With fp16 and a ``GradScaler``, unscale before
@@ -70,6 +72,8 @@ class SAM(torch.optim.Optimizer):
             )
         defaults = dict(rho=rho, adaptive=adaptive, eta=eta)
         super().__init__(self.base_optimizer.param_groups, defaults)
+        # What the last first_step moved, with the saved weights: what second_step restores.
+        self._perturbed: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
         # One list of groups shared with the base optimizer: LR schedulers acting on SAM act on both.
         self.param_groups = self.base_optimizer.param_groups
         for group in self.param_groups:
@@ -111,11 +115,12 @@ class SAM(torch.optim.Optimizer):
     def first_step(self, zero_grad: bool = True) -> None:
         """Save the weights and move them to w + e, the ascent point.
 
-        The perturbation is built inside the gradient buffers, so they are always zeroed afterwards
-        (ready for the backward pass at w + e); ``zero_grad`` is accepted for compatibility with the
-        usual SAM API and ``False`` changes nothing.
+        The perturbation is built inside the gradient buffers, so they are always released
+        afterwards (``grad`` None, ready for the backward pass at w + e); ``zero_grad`` is accepted
+        for compatibility with the usual SAM API and ``False`` changes nothing.
         """
         norm = self._grad_norm()
+        self._perturbed = []
         for group in self.param_groups:
             params = self._params_with_grad(group)
             if not params:
@@ -126,6 +131,7 @@ class SAM(torch.optim.Optimizer):
                 for p, s in zip(params, saved):
                     self.state[p]["saved"] = s
             torch._foreach_copy_(saved, params)
+            self._perturbed.append((params, saved))
             grads = [p.grad for p in params]
             if group["adaptive"]:
                 scale = torch._foreach_abs(params)
@@ -136,20 +142,22 @@ class SAM(torch.optim.Optimizer):
             factor = group["rho"] / norm.clamp_min(1e-12)
             torch._foreach_mul_(grads, [factor.to(g.device) for g in grads])
             torch._foreach_add_(params, grads)
-            torch._foreach_zero_(grads)
+            for p in params:  # released, not zeroed: backward then writes instead of adding
+                p.grad = None
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
-        """Restore the saved weights, then step the base optimizer with the ascent-point gradient."""
-        for group in self.param_groups:
-            params = [p for p in group["params"] if "saved" in self.state[p]]
-            if params:
-                torch._foreach_copy_(params, [self.state[p]["saved"] for p in params])
+        """Restore the weights the last ``first_step`` perturbed (only those: a parameter it
+        skipped, having no gradient then, keeps its value), then step the base optimizer with the
+        ascent-point gradient."""
+        for params, saved in self._perturbed:
+            torch._foreach_copy_(params, saved)
+        self._perturbed = []
         self.base_optimizer.step()
         # LR schedulers watch SAM.step to warn about a wrong call order; second_step is that step.
         self._opt_called = True
         if zero_grad:
-            self.zero_grad(set_to_none=False)
+            self.zero_grad(set_to_none=True)
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
         """One full SAM step. ``closure`` must zero nothing, run forward + backward and return the

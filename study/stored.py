@@ -1,0 +1,294 @@
+"""The one reader of what trials stored: their per-sample Parquet evidence
+(``trainables.evidence`` writes it), and the metrics recomputed from it for the report, the
+ensembles and ``study compare``.
+
+Every row holds float32 columns whatever the number of classes: ``confidence`` (max probability),
+``correct`` (argmax == label), ``true_prob`` (the label's probability), ``confidence_ts`` (max
+probability after the trial's temperature) and ``temperature``. The whole probability vector,
+``probs``, is float16 and stored only up to ``MAX_PROBS_CLASSES`` classes. So each metric is read
+from the most exact column that holds it: accuracy from ``correct``; ECE, adaptive ECE, smooth ECE
+and over-confidence from ``confidence`` and ``correct``; ECE after scaling from
+``confidence_ts``; NLL from ``true_prob``. Only what needs the full vector comes from ``probs``:
+Brier, classwise ECE, an ensemble (the members' mean) and a temperature refitted on it. Without
+``probs`` those are NaN, and an ensemble is refused (``NoProbabilities``) with ``NO_PROBS`` as
+the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import torch
+
+from trainables import calibration
+from trainables.evidence import MAX_PROBS_CLASSES, open_evidence
+
+N_BINS = 15  # every binned metric recomputed from evidence (the trials' own default too)
+# A float16 probability stored as 0 was below 2**-25; calibration.PROB_FLOOR (2**-24, float16's
+# smallest positive value) is what it is read as before a log.
+PROB_FLOOR = calibration.PROB_FLOOR
+# The floor of the float32 columns (true_prob): float32's smallest positive value, 2**-149.
+FLOAT32_FLOOR = float(np.finfo(np.float32).smallest_subnormal)
+KEY = ("corruption", "severity", "sample_id")  # a row's identity within its split
+COLUMNS = ["trial_id", "epoch", *KEY, "label", "pred", "correct", "confidence", "confidence_ts"]
+COLUMNS += ["true_prob", "temperature", "probs"]
+NO_PROBS = f"evidence keeps probabilities only up to {MAX_PROBS_CLASSES} classes"
+
+
+class NoProbabilities(ValueError):
+    """Evidence without the probability vectors was asked for what needs them."""
+
+
+@dataclass(frozen=True)
+class StoredSplit:
+    """One split's rows (one trial's last evaluated epoch, or an ensemble's mean), ordered by
+    ``KEY``. ``probs`` is None where the evidence has no probability vectors."""
+
+    keys: tuple[tuple, ...]  # (corruption, severity, sample_id) of each row
+    labels: torch.Tensor  # (N,) int64
+    pred: torch.Tensor  # (N,) int64: the argmax
+    correct: torch.Tensor  # (N,) bool: pred == label
+    confidence: torch.Tensor  # (N,) max probability
+    confidence_ts: torch.Tensor  # (N,) max probability after temperature scaling (NaN: no T)
+    true_prob: torch.Tensor  # (N,) the label's probability, floored
+    temperature: float  # NaN: none
+    probs: torch.Tensor | None  # (N, C) float64, rows renormalised
+
+    @property
+    def sample_ids(self) -> np.ndarray:
+        return np.array([k[2] for k in self.keys], dtype=np.int64)
+
+    def require_probs(self) -> torch.Tensor:
+        """The probability vectors, or ``NoProbabilities``."""
+        if self.probs is None:
+            raise NoProbabilities(NO_PROBS)
+        return self.probs
+
+    def scaled_probs(self) -> torch.Tensor:
+        """``probs ** (1 / T)`` renormalised: the temperature-scaled probabilities."""
+        return calibration.scale_probs(self.require_probs(), self.temperature)
+
+    def top_label(self, scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and labels with each row's confidence (after scaling: ``scaled``) and
+        correctness, for the top-label metrics of ``trainables.calibration``.
+
+        Those metrics read only a row's max and whether its argmax is the label, so the two
+        columns ``[confidence, -1]`` with label 0 for a correct row and 1 for a wrong one give
+        them exactly, without the full vector (and in the stored float32).
+        """
+        confidence = self.confidence_ts if scaled else self.confidence
+        scores = torch.stack([confidence, torch.full_like(confidence, -1.0)], dim=1)
+        return scores, (~self.correct).long()
+
+    def rows(self, index: torch.Tensor) -> StoredSplit:
+        """The rows at ``index``."""
+        keys = tuple(self.keys[i] for i in index.tolist())
+        tensors = {
+            f.name: getattr(self, f.name)[index]
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return dataclasses.replace(self, keys=keys, **tensors)
+
+    def groups(self) -> dict[tuple, StoredSplit]:
+        """The rows of each (corruption, severity)."""
+        found: dict[tuple, list[int]] = {}
+        for i, key in enumerate(self.keys):
+            found.setdefault(key[:2], []).append(i)
+        return {k: self.rows(torch.tensor(v)) for k, v in found.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def read_splits(evidence: str, trial_ids: Iterable[str], split: str) -> dict[str, StoredSplit]:
+    """``split`` of each trial in one scan: its last evaluated epoch; trials without any are
+    left out (a study that stored no evidence gives {})."""
+    ids = sorted({i for i in trial_ids if i})
+    if not ids:
+        return {}
+    try:
+        table = open_evidence(evidence).to_table(
+            columns=COLUMNS, filter=(ds.field("split") == split) & ds.field("trial_id").isin(ids)
+        )
+    except (FileNotFoundError, pa.ArrowException):
+        return {}
+    found = {i: _trial_split(table.filter(pc.equal(table["trial_id"], i))) for i in ids}
+    return {i: s for i, s in found.items() if s is not None}
+
+
+def read_split(evidence: str, trial_id: str, split: str) -> StoredSplit | None:
+    """``trial_id``'s ``split`` at its last evaluated epoch (None: not stored)."""
+    return read_splits(evidence, [trial_id], split).get(trial_id)
+
+
+def _tensor(column: pa.ChunkedArray, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(column.to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+def _trial_split(rows: pa.Table) -> StoredSplit | None:
+    if rows.num_rows == 0:
+        return None
+    rows = rows.filter(pc.equal(rows["epoch"], pc.max(rows["epoch"])))
+    rows = rows.sort_by([(k, "ascending") for k in KEY])
+    keys = tuple(zip(*(rows[k].to_pylist() for k in KEY), strict=True))
+    true_prob = _tensor(rows["true_prob"], torch.float32)
+    return StoredSplit(
+        keys=keys,
+        labels=_tensor(rows["label"], torch.int64),
+        pred=_tensor(rows["pred"], torch.int64),
+        correct=_tensor(rows["correct"], torch.bool),
+        confidence=_tensor(rows["confidence"], torch.float32),
+        confidence_ts=_tensor(rows["confidence_ts"], torch.float32),
+        true_prob=true_prob.clamp_min(FLOAT32_FLOOR),
+        temperature=float(rows["temperature"][0].as_py()),
+        probs=_probs(rows["probs"].combine_chunks(), rows.num_rows),
+    )
+
+
+def _probs(column: pa.ListArray, n: int) -> torch.Tensor | None:
+    """The float16 vectors as float64 rows summing to 1; None where they were not stored."""
+    if column.null_count:
+        return None
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    probs = torch.from_numpy(flat.reshape(n, -1))
+    return probs / probs.sum(dim=1, keepdim=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Ensembles of stored splits
+# --------------------------------------------------------------------------------------------
+
+
+def same_samples(splits: Sequence[StoredSplit | None]) -> bool:
+    """Whether every split is stored and holds the same rows (keys) with the same labels: only
+    then can their probabilities be averaged (a split drawn per seed, e.g. a ``test_subset``
+    without ``data_seed``, differs)."""
+    if not splits or any(s is None for s in splits):
+        return False
+    first = splits[0]
+    return all(s.keys == first.keys and torch.equal(s.labels, first.labels) for s in splits[1:])  # type: ignore[union-attr]
+
+
+def of_probs(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = math.nan,
+    keys: tuple[tuple, ...] | None = None,
+    true_prob: torch.Tensor | None = None,
+) -> StoredSplit:
+    """The columns of a full probability matrix (stored, or a mean of stored ones) as a split;
+    ``true_prob`` defaults to the label's entry of ``probs`` (floored at ``PROB_FLOOR``)."""
+    confidence, pred = probs.max(dim=1)
+    if true_prob is None:
+        true_prob = probs.gather(1, labels[:, None]).squeeze(1).clamp_min(PROB_FLOOR)
+    split = StoredSplit(
+        keys=keys if keys is not None else tuple((None, None, i) for i in range(len(labels))),
+        labels=labels,
+        pred=pred,
+        correct=pred == labels,
+        confidence=confidence,
+        confidence_ts=torch.full_like(confidence, math.nan),
+        true_prob=true_prob,
+        temperature=math.nan,
+        probs=probs,
+    )
+    return with_temperature(split, temperature)
+
+
+def with_temperature(split: StoredSplit, temperature: float) -> StoredSplit:
+    """``split`` scaled by ``temperature`` (NaN: none): its ``confidence_ts`` recomputed."""
+    if not math.isfinite(temperature):
+        return dataclasses.replace(
+            split, temperature=math.nan, confidence_ts=torch.full_like(split.confidence, math.nan)
+        )
+    scaled = calibration.scale_probs(split.require_probs(), temperature)
+    return dataclasses.replace(
+        split, temperature=float(temperature), confidence_ts=scaled.max(dim=1).values
+    )
+
+
+def mean_split(members: Sequence[StoredSplit]) -> StoredSplit:
+    """The members' ensemble: their probabilities averaged per row, no temperature.
+
+    What the float32 columns give exactly is taken from them: the label's probability is the
+    mean of the members' ``true_prob``, and on a row where every member predicts the same class
+    that class is the ensemble's prediction (each member's probability of it is its largest, so
+    their mean's is too, however float16 rounded near-ties). Raises ``NoProbabilities`` when a
+    member has no probability vectors and ``ValueError`` when they hold different samples.
+    """
+    if not same_samples(members):
+        raise ValueError("the members hold different samples: their rows cannot be averaged")
+    probs = torch.stack([m.require_probs() for m in members]).mean(dim=0)
+    true_prob = torch.stack([m.true_prob.double() for m in members]).mean(dim=0)
+    mean = of_probs(probs, members[0].labels, keys=members[0].keys, true_prob=true_prob)
+    preds = torch.stack([m.pred for m in members])
+    pred = torch.where((preds == preds[0]).all(dim=0), preds[0], mean.pred)
+    return dataclasses.replace(mean, pred=pred, correct=pred == mean.labels)
+
+
+def fitted_temperature(val: StoredSplit) -> float:
+    """A temperature fitted on ``val``'s probabilities (their floored logs as logits)."""
+    logits = val.require_probs().clamp_min(PROB_FLOOR).log()
+    return calibration.fit_temperature(logits, val.labels)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def _needs_probs(
+    metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Callable[[StoredSplit], float]:
+    def value(split: StoredSplit) -> float:
+        return math.nan if split.probs is None else float(metric(split.probs, split.labels))
+
+    return value
+
+
+def _ece_ts(split: StoredSplit) -> float:
+    if not math.isfinite(split.temperature):
+        return math.nan
+    return float(calibration.ece(*split.top_label(scaled=True), N_BINS))
+
+
+def _nll(split: StoredSplit) -> float:
+    return float(-split.true_prob.double().log().mean())
+
+
+METRICS: dict[str, Callable[[StoredSplit], float]] = {
+    "accuracy": lambda s: float(calibration.accuracy(*s.top_label())),
+    "ece": lambda s: float(calibration.ece(*s.top_label(), N_BINS)),
+    "adaece": lambda s: float(calibration.adaptive_ece(*s.top_label(), N_BINS)),
+    "classwise_ece": _needs_probs(lambda p, y: calibration.classwise_ece(p, y, p.shape[1], N_BINS)),
+    "nll": _nll,
+    "brier": _needs_probs(calibration.brier),
+    "overconfidence": lambda s: float(calibration.overconfidence(*s.top_label())),
+    "smece": lambda s: calibration.smooth_ece(*s.top_label()),
+    "ece_ts": _ece_ts,
+    "temperature": lambda s: s.temperature,
+}
+
+
+def split_metrics(split: StoredSplit, names: Iterable[str] = METRICS) -> dict[str, float]:
+    """The ``METRICS`` (or those ``names``) of a stored split, each from the most exact column
+    that holds it (module docstring); NaN where the split lacks what one needs."""
+    return {name: METRICS[name](split) for name in names}
+
+
+def probs_metrics(
+    probs: torch.Tensor, labels: torch.Tensor, temperature: float | None = None
+) -> dict[str, float]:
+    """``split_metrics`` of a full probability matrix (stored float16 probabilities or their
+    mean); with ``temperature``, ``ece_ts`` after scaling by it (else NaN)."""
+    return split_metrics(of_probs(probs, labels, math.nan if temperature is None else temperature))
