@@ -47,9 +47,10 @@ class _NoAliasLoader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise yaml.YAMLError(
-                f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not "
-                "allowed in a space file; write the values out"
+            raise yaml.MarkedYAMLError(
+                problem=f"YAML aliases (*{event.anchor}) are not allowed in a space file; "
+                "write the values out",
+                problem_mark=event.start_mark,
             )
         return super().compose_node(parent, index)
 
@@ -66,6 +67,8 @@ def read_space_yaml(path: Path) -> dict[str, Any]:
         raise SpaceError(
             f"{path}: not UTF-8 text (byte {err.start}); save the space file as UTF-8"
         ) from None
+    except yaml.MarkedYAMLError as err:
+        raise SpaceError(_yaml_problem(path, err)) from None
     except (OSError, yaml.YAMLError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise SpaceError(f"{path}: cannot read YAML: {reason}") from None
@@ -74,3 +77,13 @@ def read_space_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpaceError(f"{path}: a space must be a YAML mapping at the top level")
     return data
+
+
+def _yaml_problem(path: Path, err: yaml.MarkedYAMLError) -> str:
+    """``FILE:LINE:COL: problem (context)``, from PyYAML's marks (1-based, as editors count)."""
+    mark = err.problem_mark or err.context_mark
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = " ".join(str(err.problem or "invalid YAML").split())
+    if err.context:
+        problem += f" ({' '.join(str(err.context).split())})"
+    return f"{where}: cannot read YAML: {problem}"

@@ -25,7 +25,7 @@ from pydantic import (
 from search_spaces import SpaceError, read_space_yaml, resolve_space
 from search_spaces.names import check_study_name
 from trainables.config import ConfigError, TrainConfig, parse_config
-from trainables.messages import first_problem
+from trainables.messages import first_problem, shown
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
 
@@ -337,12 +337,45 @@ def load_space(name_or_file: str, overrides: dict[str, Any] | None = None) -> Sp
     path = resolve_space(name_or_file)
     data = read_space_yaml(path)
     data.setdefault("name", Path(path).stem)
-    return check_space(apply_overrides(data, overrides or {}), str(path))
+    return check_overridden(data, overrides or {}, str(path))
+
+
+def check_overridden(data: dict[str, Any], overrides: dict[str, Any], source: str) -> Space:
+    """``check_space`` of ``data`` with ``overrides`` applied; when only the overrides make it
+    invalid, the ``SpaceError`` names them (``--set rho=-1: ...``), not ``source``."""
+    try:
+        return check_space(apply_overrides(data, overrides), source)
+    except SpaceError as err:
+        if not overrides:
+            raise
+        try:
+            check_space(data, source)
+        except SpaceError:
+            raise err from None  # the space itself is invalid: say so as it is
+        reason = str(err).removeprefix(f"{source}: ").removeprefix("'fixed': ")
+        given = ", ".join(_given(k, v) for k, v in overrides.items())
+        raise SpaceError(f"--set {given}: {reason}") from None
+
+
+def _given(key: str, value: Any) -> str:
+    """``rho=-1`` as the user gave it, or just ``model`` for a value too long to echo twice."""
+    text = shown(value)
+    return f"{key}={text}" if len(text) <= 40 else key
+
+
+def unsearched(data: dict[str, Any], overrides: dict[str, Any]) -> list[str]:
+    """The settings of ``overrides`` that ``data``'s ``search`` section searched: overriding one
+    fixes it, which takes it out of the search."""
+    search = data.get("search")
+    if not isinstance(search, dict):
+        return []
+    return [k for k in overrides if k not in Space.model_fields and k in search]
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """A parsed space with ``overrides`` applied: study keys (``samples``...) replace the
-    space's, any other key becomes a fixed setting (and leaves ``search``)."""
+    space's, any other key becomes a fixed setting (and leaves ``search``). The description,
+    written for the space as it was, says what was overridden."""
     data = dict(data)
     for key, value in overrides.items():
         if key in Space.model_fields:
@@ -353,4 +386,16 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
                 data.pop("ood", None)
             if key in (data.get("search") or {}):
                 data["search"] = {k: v for k, v in data["search"].items() if k != key}
+    description = data.get("description")
+    settings = {k: v for k, v in overrides.items() if k != "description"}
+    if settings and isinstance(description, str) and description:
+        given = ", ".join(f"{k}={_setting(v)}" for k, v in settings.items())
+        data["description"] = f"{description} (overridden: {given})"
     return data
+
+
+def _setting(value: Any) -> str:
+    """An override as ``--set`` writes it (``null``, ``true``, ``0.1``)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)

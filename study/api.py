@@ -6,7 +6,7 @@ over it.
     s = Study.create("default", name="first", overrides={"samples": 4})
     s.run()                       # trials on a private local Ray (or run(address="auto"))
     s.front()                     # the Pareto front (or best trial), a DataFrame
-    s.compare(baseline="SGD")     # per configuration, mean/std over seeds (+ paired differences)
+    s.compare(baseline=1).frame() # per configuration, mean/std over seeds (+ paired differences)
     s.evidence().to_table()       # the per-sample Parquet evidence (a pyarrow dataset)
     s.report()                    # writes <study>/report/, returns its path
     Study.load("first").resume()  # after a crash, Ctrl-C or reboot
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from search_spaces import SpaceError
 from search_spaces.schema import Space, check_space, load_space
+from study.output import plural
 from trainables.config import ConfigError
 from trainables.data import DataError
 from trainables.layout import StudyPaths, study_paths
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow.dataset as pads
 
+    from study.compare import Comparison
     from study.status import StudyStatus
 
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, ModelError, SpaceError)
@@ -77,10 +79,30 @@ def resolve(
         if isinstance(space, Space):
             space = space.model_dump(mode="json")
         if isinstance(space, dict):
-            from search_spaces.schema import apply_overrides
+            from search_spaces.schema import check_overridden
 
-            return check_space(apply_overrides(dict(space), overrides or {}), "space")
+            return check_overridden(dict(space), overrides or {}, "space")
         return load_space(str(space), overrides)
+
+
+def unsearched_settings(
+    space: str | Path | dict[str, Any] | Space, overrides: dict[str, Any] | None
+) -> list[str]:
+    """The settings ``overrides`` fix that ``space`` searched (overriding takes them out of the
+    search)."""
+    from search_spaces import read_space_yaml, resolve_space
+    from search_spaces.schema import unsearched
+
+    if not overrides:
+        return []
+    with user_errors():
+        if isinstance(space, Space):
+            data: dict[str, Any] = {"search": dict(space.search)}
+        elif isinstance(space, dict):
+            data = space
+        else:
+            data = read_space_yaml(resolve_space(str(space)))
+    return unsearched(data, overrides)
 
 
 def check_inputs(
@@ -95,8 +117,7 @@ def check_inputs(
     storage, the URIs (no credentials in them), the OOD files and, for a study that runs on this
     machine (``runs_here``, default: no ``address``), every device and dataset. Returns the
     study's paths."""
-    from study.inputs import check_address, check_no_credentials, check_runs_here, check_storage
-    from trainables.ood import check_ood_config
+    from study.inputs import check_address, check_no_credentials, check_storage
 
     with user_errors():
         check_no_credentials(tracking_uri, "--tracking-uri")
@@ -104,10 +125,47 @@ def check_inputs(
         check_address(address)
         check_storage(storage)
         paths = study_paths(name, storage)
-        check_ood_config(space.train_config())
-        if runs_here if runs_here is not None else not address:
-            check_runs_here(space)
+    check_files(space, runs_here if runs_here is not None else not address)
     return paths
+
+
+def check_files(space: Space, runs_here: bool = True) -> None:
+    """What a space reads, checked before anything is written: its OOD files and, for a study
+    that runs on this machine, every device and dataset it can reach."""
+    from study.inputs import check_runs_here
+    from trainables.ood import check_ood_config
+
+    with user_errors():
+        check_ood_config(space.train_config())
+        if runs_here:
+            check_runs_here(space)
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """A study checked and ready to create: its resolved space, name and paths, and the
+    settings an override took out of the search (``unsearched``)."""
+
+    space: Space
+    name: str
+    paths: StudyPaths
+    unsearched: list[str]
+
+    def describe(self) -> str:
+        """``study NAME: 8 configurations x 2 seeds = 16 trials, 2 at a time``."""
+        space = self.space
+        repeats = f" x {plural(space.repeats, 'seed')}" if space.repeats > 1 else ""
+        return (
+            f"study {self.name}: {plural(space.samples, 'configuration')}{repeats} = "
+            f"{plural(space.trials, 'trial')}, {space.concurrency} at a time"
+        )
+
+    def notes(self) -> list[str]:
+        """What the user may not expect from their overrides."""
+        return [
+            f"--set {key} fixes {key}={self.space.fixed[key]!r}: it is no longer searched"
+            for key in self.unsearched
+        ]
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -145,16 +203,36 @@ class Study:
         tracking_uri: str | None = None,
         overrides: dict[str, Any] | None = None,
         tags: dict[str, str] | None = None,
+        address: str | None = None,
     ) -> Study:
-        """Validate everything, then create the study (its directory, resolved space and MLflow
-        parent run); ``run()`` starts its trials. ``name`` defaults to the space's name; a name
-        that already has a study is refused (``Study.load(name).resume()`` continues it)."""
+        """Validate everything (``check``), then create the study (its directory, resolved space
+        and MLflow parent run); ``run()`` starts its trials. ``name`` defaults to the space's
+        name; a name that already has a study is refused (``Study.load(name).resume()``
+        continues it). ``address``: the Ray cluster it will run on (None: this machine, whose
+        devices and data are checked now)."""
+        plan = cls.check(space, name, storage, tracking_uri, overrides, address)
+        source = space if isinstance(space, (str, Path)) else "a dict"
+        _create(
+            plan.space, plan.name, plan.paths, tracking_uri, {"space": str(source), **(tags or {})}
+        )
+        return cls(plan.name, plan.paths, plan.space.model_copy(update={"name": plan.name}))
+
+    @staticmethod
+    def check(
+        space: str | Path | dict[str, Any] | Space,
+        name: str | None = None,
+        storage: str | None = "studies",
+        tracking_uri: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        address: str | None = None,
+    ) -> StudyPlan:
+        """Every check ``create`` makes (space, name, storage, URIs, OOD files and, without an
+        ``address``, devices and data), writing nothing: what ``study run --dry-run`` runs.
+        Bad input is a ``StudyInputError``."""
         resolved = resolve(space, overrides)
         name = name or resolved.name or "study"
-        paths = check_inputs(resolved, name, storage, tracking_uri, runs_here=False)
-        source = space if isinstance(space, (str, Path)) else "a dict"
-        _create(resolved, name, paths, tracking_uri, {"space": str(source), **(tags or {})})
-        return cls(name, paths, resolved.model_copy(update={"name": name}))  # as saved
+        paths = check_inputs(resolved, name, storage, tracking_uri, address)
+        return StudyPlan(resolved, name, paths, unsearched_settings(space, overrides))
 
     @classmethod
     def load(cls, name: str, storage: str | None = "studies") -> Study:
@@ -339,9 +417,11 @@ class Study:
         concurrency: int | None = None,
         storage: str | None = None,
         tracking_uri: str | None = None,
+        address: str | None = None,
     ) -> Study:
         """A new study (created, not run) of this study's ``top`` best configurations with
-        ``seeds`` seeds each; ``name`` defaults to ``<name>-rerun``."""
+        ``seeds`` seeds each; ``name`` defaults to ``<name>-rerun``; ``address`` as in
+        ``create``."""
         from study.compare import top_configurations
 
         if top < 1 or seeds < 1:
@@ -353,7 +433,8 @@ class Study:
         data = self.space.model_dump(mode="json")
         data.update(
             name=new_name,
-            description=f"the {len(best)} best configurations of {self.name}, {seeds} seeds",
+            description=f"the {plural(len(best), 'best configuration')} of {self.name}, "
+            f"{plural(seeds, 'seed')}",
             points=best,
             samples=len(best),
             repeats=seeds,
@@ -375,7 +456,12 @@ class Study:
                 f"name with --new-name (name= in the API)"
             ) from None
         return Study.create(
-            space, new_name, storage, tracking_uri, tags={"space": f"rerun of {self.name}"}
+            space,
+            new_name,
+            storage,
+            tracking_uri,
+            tags={"space": f"rerun of {self.name}"},
+            address=address,
         )
 
     # ---------------------------------------------------------------------------------------
@@ -409,37 +495,36 @@ class Study:
 
         return pd.DataFrame(front_rows(self.optuna(), self.space))
 
-    def compare(self, baseline: str | int | None = None, ensembles: bool = False) -> pd.DataFrame:
-        """One row per configuration: seeds, and each metric's mean and std over seeds (as
-        logged: fractions, not percent). With ``baseline`` (a configuration's label or row
-        number), each metric's paired difference to it: mean and 95% Student-t interval. With
-        ``ensembles``, a row per configuration with several seeds: their deep ensemble, from
-        the stored probabilities (std 0)."""
-        import pandas as pd
-
-        from study.compare import comparison_tables, find_row, paired_table
+    def compare(self, baseline: str | int | None = None, ensembles: bool = False) -> Comparison:
+        """The study's comparison, as ``study compare`` prints it (``study.compare.Comparison``):
+        ``.tables`` (one row per configuration: seeds, each metric's mean and std over seeds),
+        with ``baseline`` (a configuration's label or 1-based row number) ``.paired`` (each
+        metric's paired difference to it: mean and 95% Student-t interval), with ``ensembles``
+        the deep ensemble of each configuration's seeds from the stored probabilities
+        (``.ensembles``, rows of the tables too) and why a configuration got none
+        (``.skipped``). ``.frame()`` is all of it as one DataFrame (fractions, as logged),
+        ``.render("markdown" | "latex" | "csv")`` the command's text. A ``baseline`` naming no
+        row is a ``StudyInputError``."""
+        from study.compare import (
+            Comparison,
+            RowNotFound,
+            comparison_tables,
+            find_row,
+            paired_table,
+        )
         from study.ensembles import with_ensembles
 
         tables = comparison_tables(self.optuna(), self.space)
         confs = tables[0].confs
-        shown = with_ensembles(tables, self.paths.evidence) if ensembles else tables
-        rows: list[dict[str, Any]] = []
-        for conf in shown[0].confs:
-            row: dict[str, Any] = {"configuration": conf.label, "seeds": len(conf.trials)}
-            for table in shown:
-                for metric in table.columns:
-                    row[f"{metric}_mean"], row[f"{metric}_std"] = conf.mean_std(metric)
-            rows.append(row)
+        paired = None
         if baseline is not None and confs:
-            with user_errors():
-                index = find_row(confs, str(baseline))
-            paired = paired_table(confs, index, self.space)
-            by_label = {conf.label: diffs for conf, diffs in paired.rows}
-            for row in rows:
-                for metric, d in by_label.get(row["configuration"], {}).items():
-                    row[f"{metric}_diff"] = d.mean
-                    row[f"{metric}_diff_low"], row[f"{metric}_diff_high"] = d.low, d.high
-        return pd.DataFrame(rows)
+            with user_errors(RowNotFound):
+                paired = paired_table(confs, find_row(confs, str(baseline)), self.space)
+        skipped: list[str] = []
+        shown = tables
+        if ensembles and confs:
+            shown = with_ensembles(tables, str(self.paths.evidence), skipped)
+        return Comparison(shown, paired, shown[0].confs[len(confs) :], skipped)
 
     def status(self) -> StudyStatus:
         """Where the study stands, from its storage alone (works while another process runs it):

@@ -5,15 +5,19 @@ spaces)."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from search_spaces import SpaceError, bundled_names, read_space_yaml, resolve_space
-from study.api import USER_ERRORS, Study, StudyInputError, check_inputs, resolve, user_errors
+from search_spaces import bundled_names, read_space_yaml, resolve_space
+from study.api import Study, StudyInputError, resolve, user_errors
+from study.output import plural
 from study.settings import parse_sets
-from trainables.config import parse_config
+from trainables.config import OOD_SPLITS
 from trainables.loop import EpochRecord, Trainer
+
+_SEVERITY = re.compile(r"_s\d+_")  # a per-severity metric (cifar10_c_s3_ece): not printed
 
 
 def _add_sets(parser: argparse.ArgumentParser) -> None:
@@ -152,18 +156,6 @@ def _add_tracking(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def train_settings(space: str | None, sets: list[str] | None) -> dict[str, Any]:
-    """The settings of ``study train``: a space's fixed section, then ``--set`` overrides."""
-    settings: dict[str, Any] = {}
-    if space:
-        fixed = read_space_yaml(resolve_space(space)).get("fixed") or {}
-        if not isinstance(fixed, dict):
-            raise SpaceError(f"{space}: 'fixed' must be a mapping of settings")
-        settings.update(fixed)
-    settings.update(parse_sets(sets))
-    return settings
-
-
 def epoch_bar(trainer: Trainer) -> Any:
     """A tqdm bar over one epoch's batches, on a terminal only (None elsewhere)."""
     if not sys.stdout.isatty():
@@ -174,7 +166,7 @@ def epoch_bar(trainer: Trainer) -> Any:
     return tqdm(total=-(-size // batch), unit="batch", leave=False, file=sys.stdout)
 
 
-def _epoch_line(_: Trainer, record: EpochRecord) -> str:
+def _epoch_line(record: EpochRecord) -> str:
     val = record.val
     return (
         f"{record.epoch:>5}  {record.train_loss:>10.4f}  {val.get('accuracy', float('nan')):>7.4f}"
@@ -183,55 +175,65 @@ def _epoch_line(_: Trainer, record: EpochRecord) -> str:
     )
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Run one training from the defaults, a space's fixed settings and ``--set`` overrides."""
-    from study.inputs import InputError, check_no_credentials
-    from study.tracking import TrackingError, TrainRunLogger, default_tracking_uri
-    from trainables.plots import reliability_png
+class _TrainPrinter:
+    """What `study train` prints while ``study.train.train`` runs: the header, one line per
+    epoch and, on a terminal, a bar over the epoch's batches."""
 
-    try:
-        check_no_credentials(args.tracking_uri, "--tracking-uri")
-        cfg = parse_config(train_settings(args.space, args.sets), where="study train")
-        trainer = Trainer(cfg)
-        tracker = TrainRunLogger(
-            args.tracking_uri or default_tracking_uri(), args.experiment, cfg.model_dump()
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def start(self, trainer: Trainer) -> None:
+        cfg, data = trainer.cfg, trainer.data
+        print(
+            f"study train: {cfg.method} on {cfg.dataset} ({data.split_size('train')} train, "
+            f"{data.split_size('val')} val, {data.split_size('test')} test), loss {cfg.loss}, "
+            f"model {cfg.model}, {plural(cfg.epochs, 'epoch')}, device {trainer.device}"
         )
-    except (*USER_ERRORS, InputError, TrackingError) as err:
-        raise StudyInputError(str(err)) from None
-    print(
-        f"study train: {cfg.method} on {cfg.dataset} ({trainer.data.split_size('train')} train, "
-        f"{trainer.data.split_size('val')} val, {trainer.data.split_size('test')} test), "
-        f"model {cfg.model}, {cfg.epochs} epochs, device {trainer.device}"
-    )
-    print(
-        f"{'epoch':>5}  {'train_loss':>10}  {'val_acc':>7}  {'val_ece':>7}  {'val_nll':>7}  {'time':>7}"
-    )
+        print(
+            f"{'epoch':>5}  {'train_loss':>10}  {'val_acc':>7}  {'val_ece':>7}  {'val_nll':>7}  "
+            f"{'time':>7}"
+        )
+        self.bar = epoch_bar(trainer)
 
-    bar = epoch_bar(trainer)
-
-    def on_epoch(trainer: Trainer, record: EpochRecord) -> None:
-        if bar is not None:
-            bar.reset()
-        if bar is not None:
-            bar.write(_epoch_line(trainer, record), file=sys.stdout)
+    def epoch(self, _: Trainer, record: EpochRecord) -> None:
+        if self.bar is not None:
+            self.bar.reset()
+            self.bar.write(_epoch_line(record), file=sys.stdout)
         else:
-            print(_epoch_line(trainer, record), flush=True)
-        tracker.epoch({**record.flat(), **record.final}, record.epoch)
+            print(_epoch_line(record), flush=True)
 
+    def batch(self) -> None:
+        if self.bar is not None:
+            self.bar.update()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run one training (``study.train.train``) and print its epochs and test line."""
+    from study.train import train
+
+    with user_errors():
+        overrides = parse_sets(args.sets)
+    printer = _TrainPrinter()
     try:
-        result = trainer.fit(on_epoch=on_epoch, on_batch=bar.update if bar is not None else None)
+        result = train(
+            overrides,
+            args.space,
+            experiment=args.experiment,
+            tracking_uri=args.tracking_uri,
+            on_start=printer.start,
+            on_epoch=printer.epoch,
+            on_batch=printer.batch,
+        )
     finally:
-        if bar is not None:
-            bar.close()
+        printer.close()
     if result.status == "diverged":
-        tracker.finish("diverged", {})
-        print(f"diverged: the training loss became non-finite in epoch {trainer.epochs_done}")
+        print(f"diverged: the training loss became non-finite in epoch {result.epochs}")
         return 0
     f = result.final
-    logits, labels = trainer.predictions("test")
-    tracker.finish(
-        "completed", {"reliability.png": reliability_png(logits, labels, f["temperature"])}
-    )
     print(
         f"test: accuracy {f['test_accuracy']:.4f}  ece {f['test_ece']:.4f}  "
         f"adaece {f['test_adaece']:.4f}  smece {f['test_smece']:.4f}  "
@@ -239,7 +241,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"brier {f['test_brier']:.4f}  ece_ts {f['test_ece_ts']:.4f} (T={f['temperature']:.3f})"
         f"  [{result.seconds:.0f}s]"
     )
-    print(f"mlflow run {tracker.run_id} in {tracker.tracking_uri}")
+    ood = {k: v for k, v in f.items() if k.startswith(OOD_SPLITS) and not _SEVERITY.search(k)}
+    if ood:
+        print("ood: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(ood.items())))
+    print(f"mlflow run {result.run_id} in {result.tracking_uri}")
     return 0
 
 
@@ -265,29 +270,38 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_spaces(args: argparse.Namespace) -> int:
     """List the bundled spaces, or validate a user's file."""
-    from search_spaces.schema import load_space
-
     if args.action == "validate":
         if not args.file:
             raise StudyInputError(
                 "spaces validate needs a FILE: study spaces validate my_space.yaml"
             )
-        from trainables.ood import check_ood_config
-
-        with user_errors():
-            space = load_space(args.file)
-            check_ood_config(space.train_config())  # its files, as `study run` checks them
-        repeats = f" x {space.repeats} seeds" if space.repeats > 1 else ""
-        print(
-            f"{args.file}: valid ({len(space.search)} searched settings, {len(space.points)} "
-            f"points, {space.samples} configurations{repeats})"
-        )
-        return 0
+        return _validate(args.file)
     names = bundled_names()
     width = max(len(n) for n in names)
     for name in names:
         description = read_space_yaml(resolve_space(name)).get("description", "")
         print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def _validate(file: str) -> int:
+    """`study spaces validate FILE`: the schema's verdict, then whether the data it reads are
+    here (the checks ``Study.create`` makes), each on its own line; exit 2 on either."""
+    from study.api import check_files
+
+    space = resolve(file)  # a bad space: StudyInputError, printed as one error line
+    repeats = f" x {plural(space.repeats, 'seed')}" if space.repeats > 1 else ""
+    print(
+        f"{file}: schema: ok ({plural(len(space.search), 'searched setting')}, "
+        f"{plural(len(space.points), 'point')}, "
+        f"{plural(space.samples, 'configuration')}{repeats})"
+    )
+    try:
+        check_files(space)
+    except StudyInputError as err:
+        print(f"{file}: data: missing: {err}", file=sys.stderr)
+        return 2
+    print(f"{file}: data: found (devices and every dataset it reads)")
     return 0
 
 
@@ -298,17 +312,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     for key in ("samples", "repeats", "concurrency"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    space = resolve(args.space, overrides)
-    name = args.name or space.name or "study"
-    paths = check_inputs(space, name, args.storage, args.tracking_uri, args.address)
+    plan = Study.check(
+        args.space, args.name, args.storage, args.tracking_uri, overrides, args.address
+    )
     if args.dry_run:
         print(
-            f"{_plan(space, name)}, would be written to {paths.root}; all inputs are valid "
+            f"{plan.describe()}, would be written to {plan.paths.root}; all inputs are valid "
             "(dry run: nothing written, nothing started)"
         )
+        for note in plan.notes():
+            print(f"note: {note}")
         return 0
-    study = Study.create(space, name, args.storage, args.tracking_uri, tags={"space": args.space})
-    code = _run_and_print(study, study.run, args)
+    study = Study.create(
+        plan.space,
+        plan.name,
+        args.storage,
+        args.tracking_uri,
+        tags={"space": args.space},
+        address=args.address,
+    )
+    code = _run_and_print(study, study.run, args, plan.notes())
     if code == 0 and args.register:
         _print_registered(study.register(args.register))
     return code
@@ -336,6 +359,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         args.concurrency,
         storage=args.storage,
         tracking_uri=args.tracking_uri,
+        address=args.address,
     )
     return _run_and_print(study, study.run, args)
 
@@ -347,57 +371,34 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Print the study's comparison table(s) as Markdown, LaTeX or CSV."""
-    from study.compare import comparison_tables, find_row, paired_table, render, render_paired
-
-    study = _load(args)
-    tables = comparison_tables(study.optuna(), study.space)
-    if not tables[0].confs:
+    """Print the study's comparison (``Study.compare``) as Markdown, LaTeX or one CSV table."""
+    comparison = _load(args).compare(args.baseline, args.ensembles)
+    if not comparison.confs:
         print(f"study {args.name}: no completed trial to compare", file=sys.stderr)
         return 1
-    shown = tables
-    if args.ensembles:
-        from study.ensembles import with_ensembles
-
-        skipped: list[str] = []
-        shown = with_ensembles(tables, study.paths.evidence, skipped)
-        for reason in skipped:
-            print(f"note: {reason}", file=sys.stderr)
-    blocks = [render(table, args.format) for table in shown]
-    if args.baseline is not None:
-        try:
-            baseline = find_row(tables[0].confs, args.baseline)
-        except ValueError as err:
-            raise StudyInputError(str(err)) from None
-        paired = paired_table(tables[0].confs, baseline, study.space)
-        if args.format != "csv":
-            blocks.append(
-                f"Difference to {paired.baseline.label}, paired by seed: mean [95% Student-t "
-                "interval] in percentage points; bold where the interval excludes 0."
-            )
-        blocks.append(render_paired(paired, args.format))
-    print("\n\n".join(blocks))
+    for reason in comparison.skipped:
+        print(f"note: {reason}", file=sys.stderr)
+    print(comparison.render(args.format))
     return 0
-
-
-def _plan(space: Any, name: str) -> str:
-    repeats = f" x {space.repeats} seeds" if space.repeats > 1 else ""
-    return (
-        f"study {name}: {space.samples} configurations{repeats} = {space.trials} trials, "
-        f"{space.concurrency} at a time"
-    )
 
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C
 
 
-def _run_and_print(study: Study, run: Any, args: argparse.Namespace) -> int:
-    """Run (or resume) ``study`` with its plan before and its front, paths and report after."""
+def _run_and_print(
+    study: Study, run: Any, args: argparse.Namespace, notes: Sequence[str] = ()
+) -> int:
+    """Run (or resume) ``study`` with its plan (and ``notes`` on it) before and its front,
+    paths and report after."""
+    from study.api import StudyPlan
     from study.front import format_table, front_rows
 
     space = getattr(args, "space", None)
     source = f" (space {space})" if space else ""
-    print(f"{_plan(study.space, study.name)}{source}", flush=True)
+    plan = StudyPlan(study.space, study.name, study.paths, [])
+    print(f"{plan.describe()}{source}", flush=True)
+    for note in notes:
+        print(f"  note: {note}", flush=True)
     print(f"  files: {study.paths.root}  (Ray's and Tune's output: {study.paths.log.name})")
     info = study.tracking()
     if info:
@@ -405,7 +406,10 @@ def _run_and_print(study: Study, run: Any, args: argparse.Namespace) -> int:
     summary = run(args.address, args.verbose)
     paths = study.paths
     title = "Pareto front" if study.space.objective.type == "pareto" else "best trial"
-    print(f"\n{title} of study {study.name} ({summary.trials} trials, {summary.errors} errored):")
+    print(
+        f"\n{title} of study {study.name} ({plural(summary.trials, 'trial')}, "
+        f"{summary.errors} errored):"
+    )
     print(format_table(front_rows(study.optuna(), study.space)))
     print(f"\nstudy directory: {paths.root}")
     print(f"optuna storage:  {paths.optuna_url}  (optuna-dashboard {paths.optuna_url})")
@@ -415,8 +419,9 @@ def _run_and_print(study: Study, run: Any, args: argparse.Namespace) -> int:
         print(f"report:          {summary.report}")
     if summary.interrupted_at is not None:
         print(
-            f"study {study.name} interrupted: {summary.interrupted_at} of {study.space.trials} "
-            f"trials finished (the report is partial); continue with 'study resume {study.name}'",
+            f"study {study.name} interrupted: {summary.interrupted_at} of "
+            f"{plural(study.space.trials, 'trial')} finished (the report is partial); continue "
+            f"with 'study resume {study.name}'",
             file=sys.stderr,
         )
         return INTERRUPTED

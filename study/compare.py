@@ -24,7 +24,7 @@ import scipy.stats
 from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces.schema import Space
-from study.tables import latex_table, markdown_table
+from study.tables import latex_escape, latex_table, markdown_table
 from study.trials import STATUS_ATTR, configuration_key, trial_settings
 from trainables.config import OOD_SPLITS, TrainConfig, ood_section_key
 
@@ -118,38 +118,59 @@ class Configuration:
         return out
 
 
-def describe(settings: dict[str, Any], space: Space) -> str:
-    """A row label such as ``SAM (ρ=0.05) + Focal (γ=3)`` or ``CSAM (γ=1)``."""
+LABEL_DIGITS = 3  # significant figures of the numbers in a row label
+
+
+def describe(settings: dict[str, Any], space: Space, digits: int = LABEL_DIGITS) -> str:
+    """A row label such as ``SAM (ρ=0.05) + Focal (γ=3)`` or ``CSAM (ρ=0.0565, γ=1.58)``: every
+    number to ``digits`` significant figures."""
+
+    def g(value: float) -> str:
+        return f"{value:.{digits}g}"
+
     full = space.train_config({k: v for k, v in settings.items() if k != "seed"})
     if full.method == "sgd":
         label = BASE_NAMES[full.optimizer]
     elif full.method == "csam":
-        label = f"CSAM (ρ={full.rho:g}, γ={full.gamma:g})"
+        label = f"CSAM (ρ={g(full.rho)}, γ={g(full.gamma)})"
     else:
-        label = f"{METHOD_NAMES[full.method]} (ρ={full.rho:g})"
+        label = f"{METHOD_NAMES[full.method]} (ρ={g(full.rho)})"
     if full.loss == "focal":
-        label += f" + Focal (γ={full.focal_gamma:g})"
+        label += f" + Focal (γ={g(full.focal_gamma)})"
     elif full.loss == "ls":
-        label += f" + LS (ε={full.ls_epsilon:g})"
+        label += f" + LS (ε={g(full.ls_epsilon)})"
     elif full.loss == "flsd53":
         label += " + FLSD-53"
     elif full.loss == "adafocal":
         label += " + AdaFocal"
     if full.dropout > 0 and full.mc_samples > 1:
-        label += f" + MC dropout (p={full.dropout:g}, {full.mc_samples} passes)"
+        label += f" + MC dropout (p={g(full.dropout)}, {full.mc_samples} passes)"
     elif full.dropout > 0:
-        label += f" + dropout (p={full.dropout:g})"
+        label += f" + dropout (p={g(full.dropout)})"
     default = TrainConfig.model_fields
     others = [
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        f"{k}={g(v)}" if isinstance(v, float) else f"{k}={v}"
         for k, v in sorted(settings.items())
         if k not in DESCRIBED and v != space.fixed.get(k, default[k].default)
     ]
     return label + (f" [{', '.join(others)}]" if others else "")
 
 
+def _unique_labels(confs: list[Configuration], space: Space) -> None:
+    """Configurations whose labels coincide at ``LABEL_DIGITS`` figures get more digits, until
+    their labels differ (labels name rows: ``--baseline LABEL``)."""
+    for digits in range(LABEL_DIGITS + 1, 18):
+        labels = [c.label for c in confs]
+        clashing = [c for c in confs if labels.count(c.label) > 1]
+        if not clashing:
+            return
+        for conf in clashing:
+            conf.label = describe(conf.settings, space, digits)
+
+
 def grouped(study: optuna.Study, space: Space) -> list[Configuration]:
-    """Completed trials grouped by configuration, in the order they were first run."""
+    """Completed trials grouped by configuration, in the order they were first run; each
+    labelled (``describe``), labels unique."""
     groups: dict[Any, Configuration] = {}
     for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         if not is_completed(trial):
@@ -159,7 +180,9 @@ def grouped(study: optuna.Study, space: Space) -> list[Configuration]:
             settings = {k: v for k, v in trial_settings(trial).items() if k != "seed"}
             groups[key] = Configuration(describe(settings, space), settings)
         groups[key].trials.append(trial)
-    return list(groups.values())
+    confs = list(groups.values())
+    _unique_labels(confs, space)
+    return confs
 
 
 def configurations(study: optuna.Study, space: Space) -> list[Configuration]:
@@ -332,6 +355,10 @@ def paired_table(confs: Sequence[Configuration], baseline: int, space: Space) ->
     return PairedTable(base, rows, PAIRED_COLUMNS)
 
 
+class RowNotFound(ValueError):
+    """A ``--baseline`` (``baseline=``) that names no row; the message lists the rows."""
+
+
 def find_row(confs: Sequence[Configuration], row: str) -> int:
     """The index of the configuration named by ``row``: its label, or its 1-based row number."""
     labels = [c.label for c in confs]
@@ -340,7 +367,7 @@ def find_row(confs: Sequence[Configuration], row: str) -> int:
     if row.strip().isdigit() and 1 <= int(row) <= len(confs):
         return int(row) - 1
     listed = "; ".join(f"{i}: {label}" for i, label in enumerate(labels, 1))
-    raise ValueError(f"--baseline {row!r} names no row; give a row number or a label ({listed})")
+    raise RowNotFound(f"--baseline {row!r} names no row; give a row number or a label ({listed})")
 
 
 def _signed(value: float) -> str:
@@ -391,3 +418,109 @@ def top_configurations(study: optuna.Study, space: Space, n: int) -> list[dict[s
     """Settings of the ``n`` best configurations by mean rank score over their seeds."""
     ranked = sorted(grouped(study, space), key=lambda c: -c.score(space))
     return [c.settings for c in ranked[:n]]
+
+
+@dataclass
+class Comparison:
+    """What ``study compare`` shows: the comparison ``tables`` (calibration, and OOD when the
+    study evaluated it; the ensemble rows appended when asked for), the ``paired`` differences
+    to a baseline row (None: no baseline), the ensemble rows themselves and why any
+    configuration got none (``skipped``)."""
+
+    tables: list[Table]
+    paired: PairedTable | None = None
+    ensembles: list[Configuration] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def confs(self) -> list[Configuration]:
+        """Every row: the configurations, then the ensembles."""
+        return self.tables[0].confs
+
+    def paired_note(self, style: Format = "markdown") -> str:
+        """The sentence above the paired table (empty without a baseline)."""
+        if self.paired is None:
+            return ""
+        note = (
+            f"Difference to {self.paired.baseline.label}, paired by seed: mean [95% Student-t "
+            "interval] in percentage points; bold where the interval excludes 0."
+        )
+        return latex_escape(note) if style == "latex" else note
+
+    def rows(self, percent: bool = False) -> list[dict[str, Any]]:
+        """One dict per row: configuration, seeds, trials, trial numbers, each metric's mean and
+        std (fractions, or ``percent`` where the tables show percent) and, with a baseline,
+        each paired metric's difference ``_diff`` and interval ``_diff_low``/``_diff_high``."""
+        diffs = {id(c): d for c, d in self.paired.rows} if self.paired is not None else {}
+        out = []
+        for conf in self.confs:
+            row: dict[str, Any] = {
+                "configuration": conf.label,
+                "seeds": len(conf.trials),
+                "trial_numbers": " ".join(str(t.number) for t in conf.trials),
+            }
+            for table in self.tables:
+                for metric, column in table.columns.items():
+                    scale = 100.0 if percent and column.percent else 1.0
+                    mean, std = conf.mean_std(metric)
+                    row[f"{metric}_mean"], row[f"{metric}_std"] = scale * mean, scale * std
+            if self.paired is not None:
+                row["baseline"] = self.paired.baseline.label
+                for metric in self.paired.columns:
+                    d = diffs.get(id(conf), {}).get(metric)
+                    scale = 100.0 if percent else 1.0
+                    values = (d.mean, d.low, d.high) if d is not None else (math.nan,) * 3
+                    for suffix, value in zip(("", "_low", "_high"), values):
+                        row[f"{metric}_diff{suffix}"] = scale * value
+            out.append(row)
+        return out
+
+    def frame(self) -> Any:
+        """``rows()`` as a pandas DataFrame (fractions, as logged)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows())
+
+    def csv(self) -> str:
+        """One CSV table, a row per configuration (then per ensemble): ``rows(percent=True)``
+        (``trials`` the count, ``trial_numbers`` the Optuna trials), the ``best`` metrics of
+        the row and, with a baseline, the paired columns and ``excludes_zero``."""
+        best: dict[int, list[str]] = {}
+        for table in self.tables:
+            for metric, i in table.best().items():
+                best.setdefault(i, []).append(metric)
+        excludes = {}
+        if self.paired is not None:
+            for conf, diffs in self.paired.rows:
+                excludes[id(conf)] = " ".join(m for m, d in diffs.items() if d.excludes_zero)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        rows = self.rows(percent=True)
+        header = [*rows[0]] if rows else ["configuration", "seeds", "trial_numbers"]
+        header.insert(2, "trials")
+        header.append("best")
+        if self.paired is not None:
+            header.append("excludes_zero")
+        writer.writerow(header)
+        for i, (conf, row) in enumerate(zip(self.confs, rows)):
+            row = {**row, "trials": len(conf.trials), "best": " ".join(best.get(i, []))}
+            if self.paired is not None:
+                row["excludes_zero"] = excludes.get(id(conf), "")
+            writer.writerow([_csv_value(row[k]) for k in header])
+        return out.getvalue().rstrip("\n")
+
+    def render(self, style: Format) -> str:
+        """The whole comparison as ``study compare`` prints it: Markdown or LaTeX tables (the
+        paired one under its note), or one CSV table (``csv``)."""
+        if style == "csv":
+            return self.csv()
+        blocks = [render(table, style) for table in self.tables]
+        if self.paired is not None:
+            blocks += [self.paired_note(style), render_paired(self.paired, style)]
+        return "\n\n".join(blocks)
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value

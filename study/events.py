@@ -46,16 +46,10 @@ class TrialEvents(Callback):
             display.progress(self._progress(trials, None))
 
     def _shown_settings(self, config: dict[str, Any]) -> str:
-        """The searched settings, a point's settings where they differ from the fixed ones (or
-        the defaults), and the seed of a repeated study."""
-        base = self.space.train_config().model_dump()
-        pointed = dict.fromkeys(k for p in self.space.points for k in p)
-        shown = [k for k in self.space.search if k in config]
-        shown += [k for k in pointed if k in config and k not in shown and config[k] != base[k]]
-        if self.space.repeats > 1:
-            shown.append("seed")
-        settings = {**base, **config}
-        return " ".join(f"{k}={_value(settings[k])}" for k in shown) or "(fixed settings)"
+        """The trial's method (always, default or not), the searched settings, a point's
+        settings where they differ from the fixed ones (or the defaults), and the seed of a
+        repeated study."""
+        return shown_settings(self.space, config)
 
     def _elapsed(self) -> str:
         return duration(time.time() - self._started)
@@ -113,6 +107,19 @@ class TrialEvents(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._show(f"{trial.trial_id} failed    {_error_line(trial)}", trials, trial)
+
+
+def shown_settings(space: Space, config: dict[str, Any]) -> str:
+    """What a trial line says of a trial's ``config``: ``method=sam rho=0.05 seed=0``."""
+    base = space.train_config().model_dump()
+    pointed = dict.fromkeys(k for p in space.points for k in p)
+    shown = ["method"]
+    shown += [k for k in space.search if k in config and k not in shown]
+    shown += [k for k in pointed if k in config and k not in shown and config[k] != base[k]]
+    if space.repeats > 1:
+        shown.append("seed")
+    settings = {**base, **config}
+    return " ".join(f"{k}={_value(settings[k])}" for k in shown)
 
 
 def _error_line(trial: Any) -> str:

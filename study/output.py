@@ -118,3 +118,8 @@ def console(log_path: Path, total: int, verbose: bool = False) -> Iterator[None]
                 handler.setStream(previous)
             _display.close()
             _display = None
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 trial``, ``2 trials`` (``many``: the plural when it is not ``word + "s"``)."""
+    return f"{count} {word if count == 1 else many or word + 's'}"

@@ -3,8 +3,10 @@ keeps its files is ``trainables.layout``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -20,6 +22,8 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 # Each epoch's checkpoint forces a (small) state snapshot on purpose; Tune warns about that.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
+LOOPBACK = "127.0.0.1"
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 DRIVER_MEMORY = 256 * 1024**2  # what a multi-worker trial's own process reserves
 
 
@@ -39,7 +43,34 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **common)
     else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **common)
+        with loopback_only():
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **common)
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """A private local Ray started inside the block listens on loopback only.
+
+    On Linux Ray gives its node this machine's own address, and ``ray.init(_node_ip_address=
+    "127.0.0.1")`` is turned back into it (``resolve_ip_for_localhost``); Ray's single-machine
+    switch, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (what it uses on macOS and Windows), gives it
+    the loopback address instead. Set for the start only: the processes Ray starts inherit it, and
+    once a node runs Ray reads the address from the node, not the switch.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    saved_env = os.environ.get(SINGLE_MACHINE_ENV)
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = saved_env
 
 
 def _trainable(space: Space, name: str, paths: StudyPaths) -> Any:
@@ -135,10 +166,11 @@ def refuse_existing(name: str, paths: StudyPaths) -> None:
 
 
 def prepare_study(space: Space, name: str, paths: StudyPaths) -> None:
-    """Create the study directory and save the resolved space; refuse an existing study."""
+    """Create the study directory and save the resolved space (without the schema's unset
+    ``null`` keys; a setting's ``null`` stays); refuse an existing study."""
     refuse_existing(name, paths)
     paths.root.mkdir(parents=True, exist_ok=True)
-    data = space.model_dump(mode="json")
+    data = space.model_dump(mode="json", exclude_none=True)
     data["name"] = name
     atomic_write_text(paths.space, yaml.safe_dump(data, sort_keys=False))
 

@@ -13,10 +13,12 @@ from optuna.trial import TrialState
 from search_spaces.schema import Space
 from study.front import format_table, front_rows
 from study.lock import held_by
+from study.output import plural
 from study.trials import STATUS_ATTR
 from trainables.layout import StudyPaths
 
 STATES = ("completed", "diverged", "pruned", "failed", "running", "interrupted", "pending")
+FINISHED = ("completed", "diverged", "pruned", "failed")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,12 @@ class StudyStatus:
     elapsed_s: float | None
     best: list[dict[str, Any]] = field(default_factory=list)
     tracking: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        """Every planned trial finished (completed, diverged, pruned or failed), no driver."""
+        done = sum(self.counts.get(s, 0) for s in FINISHED)
+        return self.driver is None and done >= self.planned
 
 
 def trial_state(trial: optuna.trial.FrozenTrial, driver_alive: bool) -> str:
@@ -81,14 +89,18 @@ def _duration(seconds: float) -> str:
 def format_status(status: StudyStatus, space: Space) -> str:
     """The status as `study status` prints it."""
     counts = ", ".join(f"{n} {state}" for state, n in status.counts.items() if n)
-    done = sum(status.counts[s] for s in ("completed", "diverged", "pruned", "failed"))
-    lines = [f"study {status.name}: {done}/{status.planned} trials finished ({counts})"]
-    lines.append(
-        f"driver:  {status.driver}"
-        if status.driver
-        else "driver:  none (resume with "
-        f"'study resume {status.name}' if trials are interrupted or pending)"
-    )
+    done = sum(status.counts[s] for s in FINISHED)
+    finished = status.finished
+    lines = [f"study {status.name}: {done}/{plural(status.planned, 'trial')} finished ({counts})"]
+    if status.driver:
+        lines.append(f"driver:  {status.driver}")
+    elif finished:
+        lines.append("driver:  none (the study is finished)")
+    else:
+        lines.append(
+            f"driver:  none (resume with 'study resume {status.name}': trials are interrupted "
+            "or pending)"
+        )
     if status.elapsed_s is not None:
         lines.append(f"elapsed: {_duration(status.elapsed_s)}")
     if status.tracking:
@@ -97,5 +109,5 @@ def format_status(status: StudyStatus, space: Space) -> str:
             f"{status.tracking['experiment_id']} at {status.tracking['tracking_uri']}"
         )
     title = "Pareto front" if space.objective.type == "pareto" else "best trial"
-    lines += ["", f"{title} so far:", format_table(status.best)]
+    lines += ["", f"{title}:" if finished else f"{title} so far:", format_table(status.best)]
     return "\n".join(lines)

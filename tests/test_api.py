@@ -79,7 +79,9 @@ def test_front_is_optunas_best_trials_as_a_dataframe(finished):
 
 def test_compare_gives_means_over_seeds_and_paired_differences(finished):
     study, *_ = finished
-    table = study.compare(baseline="SGD")
+    comparison = study.compare(baseline="SGD")
+    assert comparison.paired is not None and comparison.paired.baseline.label == "SGD"
+    table = comparison.frame()
     assert table["configuration"].tolist() == ["SGD", "SAM (ρ=0.05)"]
     assert table["seeds"].tolist() == [2, 2]
     trials = study.optuna().get_trials()

@@ -82,7 +82,7 @@ def test_study_train_takes_fixed_settings_from_a_space_file(tmp_path):
     )
     proc = run_study("train", "--space", str(space), "--set", "method=sgd", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "sgd on digits" in proc.stdout and "1 epochs" in proc.stdout
+    assert "sgd on digits" in proc.stdout and ", 1 epoch," in proc.stdout
 
 
 @pytest.mark.slow  # a `study` subprocess
@@ -125,18 +125,111 @@ def test_set_values_are_parsed_never_evaluated():
         parse_set("=3")
 
 
-@pytest.mark.parametrize(
-    "sets",
-    [["loss=adafocal"], ["dropout=0.2", "mc_samples=3"], ["method=bsam", "bsam_samples=2"]],
-    ids=["adafocal", "mc_dropout", "bsam"],
-)
-def test_the_baselines_train_through_study_train(sets, tmp_path, monkeypatch, capsys):
+def _train(tmp_path: Path, *args: str) -> tuple[dict[str, float], dict[str, str], str]:
+    """``study train ARGS`` in this process, its MLflow store in ``tmp_path``: the test line's
+    numbers, the MLflow run's params and everything printed."""
+    from mlflow.tracking import MlflowClient
+
     from study.cli import main
 
-    monkeypatch.chdir(tmp_path)  # its MLflow store
-    argv = ["train", *DIGITS, "--set", "epochs=2"]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["train", *args, "--tracking-uri", uri]) == 0
+    text = out.getvalue()
+    test_line = next(line for line in text.splitlines() if line.startswith("test:"))
+    words = test_line.removeprefix("test:").split()
+    numbers = {k: float(v) for k, v in zip(words[:-2:2], words[1:-2:2])}
+    run_id = text.rsplit("mlflow run ", 1)[1].split()[0]
+    return numbers, MlflowClient(uri).get_run(run_id).data.params, text
+
+
+@pytest.fixture(scope="module")
+def ce_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
+    """The test line of the plain run the baselines are compared with."""
+    numbers, params, _ = _train(tmp_path_factory.mktemp("ce"), *DIGITS, "--set", "epochs=2")
+    assert params["loss"] == "ce" and params["method"] == "sam"
+    return numbers
+
+
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        (["loss=adafocal"], {"loss": "adafocal"}),
+        (["dropout=0.2", "mc_samples=3"], {"dropout": "0.2", "mc_samples": "3"}),
+        (["method=bsam", "bsam_samples=2"], {"method": "bsam", "bsam_samples": "2"}),
+    ],
+    ids=["adafocal", "mc_dropout", "bsam"],
+)
+def test_the_baselines_train_through_study_train(sets, expected, tmp_path, ce_run):
+    """Each baseline's setting reaches the run (its MLflow params, the header) and changes the
+    result: a train that ignored ``loss=adafocal`` would match the plain run."""
+    argv = [*DIGITS, "--set", "epochs=2"]
     for setting in sets:
         argv += ["--set", setting]
-    assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert "test: accuracy" in out and out.count("\n") >= 4
+    numbers, params, out = _train(tmp_path, *argv)
+    assert {k: params[k] for k in expected} == expected
+    assert f"loss {params['loss']}," in out and f"study train: {params['method']} on " in out
+    assert set(numbers) == set(ce_run) and numbers != ce_run
+
+
+@pytest.mark.slow  # trains twice (seconds) and reads a real SVHN-shaped .mat
+def test_study_train_takes_a_spaces_top_level_ood_section(tmp_path):
+    """Issue 22, item 2: ``study train --space`` read the raw ``fixed:`` and dropped ``ood:``."""
+    import numpy as np
+    import scipy.io
+
+    from study.train import train_config
+    from trainables.config import OodSettings, SvhnSettings
+
+    svhn = tmp_path / "svhn"
+    svhn.mkdir()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (32, 32, 3, 40), dtype=np.uint8)
+    scipy.io.savemat(svhn / "test_32x32.mat", {"X": images, "y": rng.integers(1, 11, (40, 1))})
+    space = tmp_path / "ood.yaml"
+    space.write_text(
+        "fixed:\n  dataset: synthetic\n  synthetic_size: 64\n  model: cnn\n  epochs: 1\n"
+        "  batch_size: 32\n  device: cpu\n  train_subset: null\n"
+        f"ood:\n  svhn:\n    root: {svhn}\n"
+    )
+    assert train_config(space).ood == OodSettings(svhn=SvhnSettings(root=str(svhn)))
+    numbers, params, out = _train(tmp_path, "--space", str(space))
+    assert params["ood.svhn.root"] == str(svhn)
+    (ood_line,) = [line for line in out.splitlines() if line.startswith("ood:")]
+    auroc = float(ood_line.split("ood_svhn_auroc ")[1].split()[0])
+    assert 0.0 <= auroc <= 1.0
+    assert "ood" not in train_config(space, {"ood": None}).model_dump(exclude_none=True)
+
+
+@pytest.mark.slow  # a study on a real local Ray (one trial)
+def test_a_run_header_says_a_set_took_a_key_out_of_the_search(tmp_path):
+    """Issue 22, item 9: the run's header says what the dry run says, the saved space.yaml marks
+    its description and keeps no schema nulls, and the trial line names the method."""
+    import yaml
+
+    space = tmp_path / "lr.yaml"
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "description": "searches lr",
+                "fixed": {"dataset": "digits", "train_subset": None, "model": "cnn", "epochs": 1},
+                "search": {"lr": {"loguniform": [0.01, 0.1]}, "rho": {"uniform": [0.01, 0.1]}},
+                "samples": 1,
+                "concurrency": 1,
+            }
+        )
+    )
+    proc = study_in_process(
+        "run", str(space), "--name", "lr", "--set", "lr=0.05", "--set", "device=cpu", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"study lr: 1 configuration = 1 trial, 1 at a time (space {space})"
+    assert lines[1] == "  note: --set lr fixes lr=0.05: it is no longer searched"
+    (started,) = [line for line in lines if " started " in line]
+    assert started.split("started", 1)[1].split()[0] == "method=sam"
+    saved = yaml.safe_load((tmp_path / "studies" / "lr" / "space.yaml").read_text())
+    assert saved["description"] == "searches lr (overridden: lr=0.05, device=cpu)"
+    assert saved["fixed"]["train_subset"] is None and saved["fixed"]["lr"] == 0.05
+    assert saved["search"] == {"rho": {"uniform": [0.01, 0.1], "when": {}}}

@@ -126,3 +126,116 @@ def test_csv_is_in_percent_like_the_tables_and_counts_the_trials():
     assert float(first["temperature_mean"]) == pytest.approx(0.8)  # T is not a percentage
     markdown = render(table, "markdown")
     assert f"{100 * ece:.2f}" in markdown
+
+
+def _stored_study(tmp_path, trials: optuna.Study | None = None, space=SPACE) -> str:
+    """A study directory as `study run` leaves it (space file, Optuna database) holding the
+    trials of ``trials`` (default ``_study()``); returns the storage directory."""
+    import yaml
+
+    from trainables.layout import study_paths
+
+    storage = str(tmp_path / "studies")
+    paths = study_paths("st", storage)
+    paths.root.mkdir(parents=True)
+    data = {**space.model_dump(mode="json", exclude_none=True), "name": "st"}
+    paths.space.write_text(yaml.safe_dump(data))
+    stored = optuna.create_study(
+        study_name="st", storage=paths.optuna_url, directions=["maximize", "minimize"]
+    )
+    for trial in (trials or _study()).get_trials():
+        stored.add_trial(trial)
+    return storage
+
+
+def test_compare_csv_with_a_baseline_is_one_table_pandas_reads(tmp_path, capsys):
+    """Issue 22, item 9: one CSV table (the paired columns join the rows), not two in a row."""
+    import pandas as pd
+
+    from study.cli import main
+
+    storage = _stored_study(tmp_path)
+    assert main(["compare", "st", "--storage", storage, "--baseline", "1", "--format", "csv"]) == 0
+    frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert frame.shape[0] == 2  # one row per configuration, no second header read as data
+    assert frame["configuration"].tolist()[1].endswith("[lr=0.1]")
+    base, other = frame.to_dict("records")
+    assert math.isnan(base["test_ece_diff"])  # the baseline against itself: no difference
+    ece = sum(ECE[0.1].values()) / 3 - sum(ECE[0.01].values()) / 3
+    assert other["test_ece_diff"] == pytest.approx(100 * ece, rel=1e-5)
+    assert other["test_ece_diff_low"] < other["test_ece_diff"] < other["test_ece_diff_high"]
+    assert other["excludes_zero"] == "test_ece test_ece_ts"
+    assert frame["test_ece_mean"].tolist()[0] == pytest.approx(100 * sum(ECE[0.01].values()) / 3)
+
+
+def test_latex_output_escapes_the_percent_sign(tmp_path, capsys):
+    """Issue 22, item 9: LaTeX reads an unescaped % as a comment to the end of the line."""
+    import re
+
+    from study.cli import main
+
+    storage = _stored_study(tmp_path)
+    assert (
+        main(["compare", "st", "--storage", storage, "--baseline", "1", "--format", "latex"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "%" in out
+    assert not re.search(r"(?<!\\)%", out), [line for line in out.splitlines() if "%" in line]
+
+
+def _labelled(rhos_gammas: list[tuple[float, float]]) -> list[str]:
+    space = check_space({"fixed": {"dataset": "digits", "method": "csam"}}, "test")
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for rho, gamma in rhos_gammas:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={},
+                distributions={},
+                values=[0.9, 0.05],
+                user_attrs={STATUS_ATTR: "completed", SETTINGS_ATTR: {"rho": rho, "gamma": gamma}},
+            )
+        )
+    return [c.label for c in comparison_tables(study, space)[0].confs]
+
+
+def test_labels_show_three_significant_figures_and_stay_unique():
+    """Issue 22, item 9: ``CSAM (ρ=0.0564927, γ=1.58345)`` mixed precisions."""
+    assert _labelled([(0.0564927, 1.58345), (0.05, 1.0)]) == [
+        "CSAM (ρ=0.0565, γ=1.58)",
+        "CSAM (ρ=0.05, γ=1)",
+    ]
+    # equal at three figures: those two keep the digits that tell them apart
+    assert _labelled([(0.05649, 1.0), (0.05651, 1.0), (0.1, 1.0)]) == [
+        "CSAM (ρ=0.05649, γ=1)",
+        "CSAM (ρ=0.05651, γ=1)",
+        "CSAM (ρ=0.1, γ=1)",
+    ]
+
+
+def test_the_apis_comparison_holds_the_tables_the_command_prints(tmp_path, capsys):
+    """Issue 22, "the CLI over the API": `Study.compare` returns the tables, the paired table
+    and the ensemble notes; the command prints its rendering and nothing else."""
+    from study import Study
+    from study.cli import main
+
+    storage = _stored_study(tmp_path)
+    comparison = Study.load("st", storage).compare(baseline=1)
+    assert [c.label for c in comparison.tables[0].confs] == [c.label for c in comparison.confs]
+    assert comparison.paired is not None and comparison.paired.baseline is comparison.confs[0]
+    assert comparison.ensembles == [] and comparison.skipped == []
+    frame = comparison.frame()
+    assert frame.shape[0] == 2 and "test_ece_diff" in frame
+    for style in ("markdown", "latex", "csv"):
+        assert (
+            main(["compare", "st", "--storage", storage, "--baseline", "1", "--format", style]) == 0
+        )
+        assert capsys.readouterr().out == comparison.render(style) + "\n"
+
+
+def test_a_baseline_naming_no_row_is_a_study_input_error(tmp_path):
+    """Issue 22, item 8: not a raw ValueError from the API."""
+    from study import Study, StudyInputError
+
+    study = Study.load("st", _stored_study(tmp_path))
+    with pytest.raises(StudyInputError, match="names no row"):
+        study.compare(baseline="bad")

@@ -15,6 +15,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from search_spaces import SpaceError
 from search_spaces.schema import check_space
+from study.runner import loopback_only
 from tests.conftest import DIGITS_FAST
 from tests.test_cli import run_study
 from tests.test_study import DIGITS, optuna_study, run_and_kill_while_held, write_space
@@ -71,7 +72,8 @@ def _largest_gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
+    with loopback_only():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
 

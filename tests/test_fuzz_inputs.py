@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
 import ray
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -24,8 +24,13 @@ BASE = {"dataset": "digits", "train_subset": None, "model": "cnn", "device": "cp
 KEYS = [*TrainConfig.model_fields, "bogus", "", "name", "ood"]
 WORDS = ["cpu", "cuda", "xpu", "auto", "sgd", "sam", "csam", "asam", "ce", "focal", "digits",
          "cifar10", "imagefolder", "../x", "/etc", "a\x00b", "é", "*alias", "1e15", ".inf", "~"]  # fmt: skip
-EXAMPLES = 260  # per test; two tests: over 500 cases
-CASES = {"accepted": 0, "refused": 0}
+EXAMPLES = 260  # per input surface; two surfaces: 520 cases
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 scalars = st.one_of(
     st.none(),
@@ -80,8 +85,9 @@ def dump(doc: dict[str, Any]) -> str:
     return yaml.safe_dump(doc, allow_unicode=True)
 
 
-def check_one(capsys, space_text: str | bytes, extra: list[str]) -> None:
-    """`study run SPACE --dry-run EXTRA` in a fresh sandbox: exit 0 or 2 (one line), no file."""
+def check_one(capsys, space_text: str | bytes, extra: list[str]) -> str:
+    """`study run SPACE --dry-run EXTRA` in a fresh sandbox: exit 0 or 2 (one line), no file.
+    Returns the outcome, ``accepted`` or ``refused``."""
     with tempfile.TemporaryDirectory() as outer:
         sandbox = Path(outer) / "sandbox"
         sandbox.mkdir()
@@ -94,42 +100,46 @@ def check_one(capsys, space_text: str | bytes, extra: list[str]) -> None:
         if rc == 2:
             lines = err.strip().splitlines()
             assert len(lines) == 1 and len(lines[0]) < 600, err[:2000]
-            CASES["refused"] += 1
         else:
             assert "dry run" in out and not err.strip(), (out, err)
-            CASES["accepted"] += 1
         assert [p.name for p in Path(outer).rglob("*")] == ["sandbox", "space.yaml"]
     assert not ray.is_initialized()
+    return "refused" if rc == 2 else "accepted"
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(doc=spaces, raw=st.one_of(st.none(), st.binary(max_size=64)))
-def test_generated_space_files_are_accepted_or_refused_in_one_line(capsys, doc, raw):
-    check_one(capsys, raw if raw is not None else dump(doc), [])
+def fuzz_space_files(capsys, cases: Counter[str]) -> None:
+    """Generated space documents (or raw bytes) as the space file of `study run --dry-run`."""
+
+    @FUZZ
+    @given(doc=spaces, raw=st.one_of(st.none(), st.binary(max_size=64)))
+    def case(doc: dict[str, Any], raw: bytes | None) -> None:
+        cases[check_one(capsys, raw if raw is not None else dump(doc), [])] += 1
+
+    case()
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(sets=st.lists(set_items, max_size=3), name=st.one_of(st.none(), names))
-def test_generated_sets_and_names_are_accepted_or_refused_in_one_line(capsys, sets, name):
-    extra = [f"--name={name}"] if name is not None else []
-    for item in sets:
-        extra += ["--set", item]
-    check_one(capsys, dump({"fixed": {}, "search": {"lr": {"loguniform": [0.01, 0.1]}}}), extra)
+def fuzz_sets_and_names(capsys, cases: Counter[str]) -> None:
+    """Generated ``--set`` items and ``--name`` values over a valid space."""
+
+    @FUZZ
+    @given(sets=st.lists(set_items, max_size=3), name=st.one_of(st.none(), names))
+    def case(sets: list[str], name: str | None) -> None:
+        extra = [f"--name={name}"] if name is not None else []
+        for item in sets:
+            extra += ["--set", item]
+        space = dump({"fixed": {}, "search": {"lr": {"loguniform": [0.01, 0.1]}}})
+        cases[check_one(capsys, space, extra)] += 1
+
+    case()
 
 
-def test_the_fuzz_ran_over_500_cases_and_both_outcomes():
-    total = CASES["accepted"] + CASES["refused"]
-    if total == 0:
-        pytest.skip("run with the two fuzz tests above (it counts their cases)")
-    assert total >= 500, CASES
-    assert CASES["accepted"] > 0 and CASES["refused"] > 0
+def test_generated_inputs_are_accepted_or_refused_in_one_line_over_520_cases(capsys):
+    """Every generated case is accepted or refused in one line; the test counts its own cases
+    (no state shared with other tests), both surfaces, both outcomes."""
+    spaces_cases: Counter[str] = Counter()
+    fuzz_space_files(capsys, spaces_cases)
+    sets_cases: Counter[str] = Counter()
+    fuzz_sets_and_names(capsys, sets_cases)
+    assert sum(spaces_cases.values()) == sum(sets_cases.values()) == EXAMPLES
+    for cases in (spaces_cases, sets_cases):
+        assert cases["accepted"] > 0 and cases["refused"] > 0, cases

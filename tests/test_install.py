@@ -4,9 +4,13 @@ constraints.txt inside its range, and this environment installed at those pins."
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import re
+import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -39,32 +43,70 @@ def test_every_dependency_is_pinned_within_its_range_and_installed_at_the_pin():
         assert metadata.version(req.name) == pinned[name], f"{req.name} is not installed at its pin"
 
 
-def test_the_tools_the_readme_names_are_in_the_tools_extra_that_make_installs():
+PIP_INSTALL = re.compile(r"\bpip install .*-e ")  # an install of this project
+
+
+def make_commands(target: str) -> list[str]:
+    """The shell commands ``make TARGET`` would run here (``make -n``: nothing runs)."""
+    proc = subprocess.run(
+        ["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    return proc.stdout.splitlines()
+
+
+def installed_extras(target: str) -> set[str]:
+    """The extras of sharpcal that ``make TARGET``'s pip installs (``-e '.[a,b]'``)."""
+    found: set[str] = set()
+    for command in make_commands(target):
+        if PIP_INSTALL.search(command):
+            found |= {
+                e for group in re.findall(r"\.\[([a-z,]+)\]", command) for e in group.split(",")
+            }
+    return found
+
+
+@pytest.mark.slow  # runs `make -n` and `pip install --dry-run`
+def test_make_test_and_demo_install_the_extras_they_need_and_not_the_clusters():
+    """What `make test` and `make demo` would install (issue 22: a behaviour, not a grep): the
+    tools the README tells users to run, the test extra for the tests, never the cluster's
+    ray[default] (a local study needs no dashboard or job server)."""
+    assert installed_extras("test") == {"test", "tools"}
+    assert installed_extras("demo") == {"tools"}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    tools = {Requirement(r).name for r in project["optional-dependencies"]["tools"]}
+    extras = project["optional-dependencies"]
+    tools = {canonicalize_name(Requirement(r).name) for r in extras["tools"]}
     assert tools == {"optuna-dashboard", "duckdb"}
-    makefile = (ROOT / "Makefile").read_text()
-    assert "-e '.[tools]'" in makefile and "-e '.[test,tools]'" in makefile
-    readme = (ROOT / "README.md").read_text()
-    assert "optuna-dashboard sqlite:///" in readme and "duckdb" in readme.lower()
+    for requirement in extras["tools"] + extras["test"]:
+        name = Requirement(requirement).name
+        assert metadata.version(name), f"{name} is not installed here by make test-deps"
+    (install,) = [c for c in make_commands("test-deps") if PIP_INSTALL.search(c)]
+    dry = subprocess.run(
+        [*(w for w in shlex.split(install) if w != "-q"), "--dry-run", "--no-deps"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "Would install sharpcal-" in dry.stdout
 
 
-def test_make_demo_installs_the_tools_the_readme_tells_users_to_run():
-    """Issue 17, item 10: optuna-dashboard and duckdb come with `make demo` (the tools extra)."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    tools = {
-        canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["tools"]
-    }
-    assert {"optuna-dashboard", "duckdb"} <= tools
-    makefile = (ROOT / "Makefile").read_text()
-    venv_recipe = makefile.split("\nvenv:", 1)[1].split("\n\n", 1)[0]
-    assert "'.[tools]'" in venv_recipe and "demo: venv" in makefile
-    for tool in ("optuna-dashboard", "duckdb"):
-        assert metadata.version(tool)  # installed here by the same extra
-
-
+@pytest.mark.slow  # runs `make -n`
 def test_make_clean_removes_what_make_demo_made():
     """Issue 17, item 9: the studies, the default MLflow store (its artifacts are in the studies)."""
-    makefile = (ROOT / "Makefile").read_text()
-    recipe = makefile.split("\nclean:", 1)[1].split("\n\n", 1)[0]
-    assert {"studies", "mlflow.db", "mlruns", "$(VENV)"} <= set(recipe.split())
+    (command,) = make_commands("clean")
+    words = shlex.split(command)
+    assert words[:2] == ["rm", "-rf"]
+    assert {"studies", "mlflow.db", "mlruns", ".venv"} <= set(words)
+
+
+def test_the_cluster_extra_is_ray_default_at_ray_tunes_bounds():
+    """Issue 22, item 10: `ray job submit` needs Ray's dashboard and job server."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (cluster,) = [Requirement(r) for r in project["optional-dependencies"]["cluster"]]
+    (tune,) = [Requirement(r) for r in project["dependencies"] if r.startswith("ray[")]
+    assert (cluster.name, cluster.extras, cluster.specifier) == ("ray", {"default"}, tune.specifier)
+    for config in (ROOT / "cluster.yaml", ROOT / "deploy" / "kuberay-raycluster.yaml"):
+        lines = config.read_text().splitlines()
+        installs = [line for line in lines if PIP_INSTALL.search(line)]
+        assert installs and all("[cluster,tools]" in line for line in installs), config

@@ -68,9 +68,12 @@ def test_trials_spread_over_nodes_and_survive_a_lost_worker(
     # Set before the nodes start, so that the trials' worker processes inherit it: the first trial
     # to finish epoch 2 waits there, provably mid-run, until the test has removed its node.
     monkeypatch.setenv(HOLD_ENV, f"{hold_dir}:2")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    loopback = {"node_ip_address": "127.0.0.1"}  # every node on loopback, never the machine's IP
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, **loopback})
+    workers = [cluster.add_node(num_cpus=1, **loopback) for _ in range(2)]
     cluster.wait_for_nodes()
+    assert cluster.address.startswith("127.0.0.1:")
+    assert {n.node_ip_address for n in [cluster.head_node, *workers]} == {"127.0.0.1"}
     try:
         path = write_space(
             tmp_path,

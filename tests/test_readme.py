@@ -96,3 +96,53 @@ def test_the_example_space_is_the_default_space_it_names():
     assert example["fixed"].items() <= default["fixed"].items()
     shared = set(example) & set(default) - {"fixed", "search"}
     assert {k: example[k] for k in shared} == {k: default[k] for k in shared}
+
+
+def fenced(language: str) -> list[str]:
+    """The README's code blocks in ``language``."""
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def test_every_python_snippet_parses_and_the_api_example_names_what_exists():
+    """Issue 22, item 10: the API example's calls are the API's (what ``compare`` returns
+    included), and no shell block runs a ``duckdb`` command (there is none)."""
+    import ast
+
+    from study import Study
+    from study.compare import Comparison
+    from study.train import TrainResult, train  # noqa: F401 - the example imports it
+
+    for snippet in fenced("python"):
+        ast.parse(snippet)
+    (api,) = [s for s in fenced("python") if "Study.create(" in s]
+    used = set(re.findall(r"\bs\.([a-z_]+)\(", api))
+    assert used and all(callable(getattr(Study, name, None)) for name in used), used
+    for name in set(re.findall(r"\bc\.([a-z_]+)", api)) | {"ensembles", "skipped"}:
+        assert name in Comparison.__dataclass_fields__ or callable(getattr(Comparison, name))
+    for name in re.findall(r"\br\.([a-z_]+)", api):
+        assert name in TrainResult.__dataclass_fields__, name
+    assert 'baseline="SGD"' not in api  # fails when the search sampled no SGD trial
+    shell = [line.strip() for block in fenced("sh") for line in block.splitlines()]
+    assert not [line for line in shell if line.startswith("duckdb")]
+
+
+@pytest.mark.slow  # runs the README's smoke test as written, in a subprocess
+def test_the_study_train_smoke_test_runs_as_written_in_seconds(tmp_path):
+    """Issue 22, item 10: the "smoke test" line took 50 s; it states its measured time."""
+    import shlex
+    import subprocess
+    import sys
+    import time
+
+    (line,) = [line for line in README.splitlines() if line.startswith("python -m study train ")]
+    argv = shlex.split(line.split("#")[0])
+    assert argv[:3] == ["python", "-m", "study"] and "smoke test" in line
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    seconds = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "test: accuracy" in proc.stdout
+    assert seconds < 90, seconds  # README: about 20 s on 2 cores (a loaded CI machine: slower)
+    assert "The smoke test takes about 20 s" in README

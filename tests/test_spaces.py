@@ -260,3 +260,109 @@ def test_spaces_validate_checks_the_ood_files_as_run_does(tmp_path, capsys):
     assert main(["spaces", "validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(nowhere) in err
+
+
+def test_a_yaml_syntax_error_keeps_pyyamls_line_and_column(tmp_path, capsys):
+    """Issue 22, item 9: ``FILE:LINE:COL: problem``, as PyYAML marks it (1-based)."""
+    from study.cli import main
+
+    path = tmp_path / "broken.yaml"
+    path.write_text("fixed:\n  epochs: 1\n  lr: 0.1: 2\n")
+    assert main(["spaces", "validate", str(path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"{path}:3:10: cannot read YAML: mapping values are not allowed here" in line
+
+
+def test_a_bad_set_is_blamed_on_the_set_not_the_space_file(capsys):
+    """Issue 22, item 9: the bundled file is fine; ``--set rho=-1`` is what is wrong."""
+    from study.cli import main
+
+    assert main(["run", "default", "--dry-run", "--set", "rho=-1"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("study run: error: --set rho=-1: "), line
+    assert "'rho'" in line and "greater than 0" in line
+    with pytest.raises(SpaceError, match="^--set gamma=5: "):
+        load_space("default", {"gamma": 5})
+    with pytest.raises(SpaceError, match="^--set method='adam': "):
+        load_space("default", {"method": "adam"})
+
+
+def test_a_set_of_a_searched_key_says_it_leaves_the_search(capsys, tmp_path):
+    """Issue 22, item 9: ``--set lr=0.1`` fixes lr, which the space searched: say so."""
+    from study.cli import main
+
+    argv = ["run", "default", "--dry-run", "--storage", str(tmp_path / "st")]
+    assert main([*argv, "--set", "lr=0.1", "--set", "epochs=2"]) == 0
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert notes == ["note: --set lr fixes lr=0.1: it is no longer searched"]
+    assert main(argv) == 0 and "note:" not in capsys.readouterr().out
+
+
+def test_the_saved_space_has_no_null_keys_and_says_what_was_overridden(tmp_path):
+    """Issue 22, item 9: the resolved space.yaml: no schema ``null`` keys (a setting's null
+    stays), and a description that --set made false is marked."""
+    from study.runner import prepare_study
+    from trainables.layout import study_paths
+
+    space = load_space("default", {"epochs": 1, "train_subset": None, "samples": 2})
+    paths = study_paths("st", str(tmp_path))
+    prepare_study(space, "st", paths)
+    saved = yaml.safe_load(paths.space.read_text())
+
+    def nulls(node: object, where: str) -> list[str]:
+        if isinstance(node, dict):
+            return [n for k, v in node.items() for n in nulls(v, f"{where}.{k}")]
+        if isinstance(node, list):
+            return [n for i, v in enumerate(node) for n in nulls(v, f"{where}.{i}")]
+        return [where] if node is None else []
+
+    assert nulls(saved, "") == [".fixed.train_subset"]
+    original = yaml.safe_load((BUNDLED_DIR / "default.yaml").read_text())["description"]
+    assert saved["description"] == (
+        f"{original} (overridden: epochs=1, train_subset=null, samples=2)"
+    )
+    assert load_space("default").description == original  # no override, nothing added
+    assert check_space(saved, "saved") == space.model_copy(update={"name": "st"})  # read back
+
+
+def test_validate_reports_the_schema_and_missing_data_on_separate_lines(capsys, monkeypatch):
+    """Issue 22, item 9: a bundled preset whose data are absent is not a schema error."""
+    from study.cli import main
+
+    monkeypatch.setenv("HOME", "/nonexistent-home")
+    assert main(["spaces", "validate", "paper-imagenet-resnet50"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [
+        "paper-imagenet-resnet50: schema: ok (0 searched settings, 11 points, "
+        "11 configurations x 3 seeds)"
+    ]
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("paper-imagenet-resnet50: data: missing: ") and "not found" in line
+    assert "error" not in captured.out
+    assert main(["spaces", "validate", "paper-digits"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "paper-digits: schema: ok (0 searched settings, 16 points, 16 configurations)",
+        "paper-digits: data: found (devices and every dataset it reads)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("study", "expected"),
+    [
+        ({"samples": 1}, "1 configuration = 1 trial, 2 at a time"),
+        ({"samples": 1, "repeats": 2}, "1 configuration x 2 seeds = 2 trials, 2 at a time"),
+        ({"samples": 3}, "3 configurations = 3 trials, 2 at a time"),
+    ],
+)
+def test_counts_are_singular_or_plural_as_english_has_them(tmp_path, capsys, study, expected):
+    """Issue 22, item 9: "1 configurations"."""
+    from study.cli import main
+
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump({"fixed": {"dataset": "digits"}, **study}))
+    assert main(["run", str(path), "--dry-run", "--storage", str(tmp_path / "st")]) == 0
+    assert capsys.readouterr().out.startswith(f"study one: {expected}, would be written to ")
+    assert main(["spaces", "validate", str(path)]) == 0
+    schema = capsys.readouterr().out.splitlines()[0]
+    assert "(0 searched settings, 0 points, " in schema and " 1 configurations" not in schema

@@ -110,3 +110,24 @@ def test_objectives_are_named_for_optuna_dashboard(tmp_path):
     single = optuna.create_study(direction="maximize")
     name_objectives(single, weighted)
     assert single.metric_names == ["val_accuracy - 2 * val_ece"]
+
+
+def test_a_finished_study_shows_its_front_and_no_resume_hint(tmp_path, capsys, monkeypatch):
+    """Issue 22, item 9: all trials finished: "Pareto front", not "so far", and no resume."""
+    paths = study_paths("done", str(tmp_path / "studies"))
+    paths.root.mkdir(parents=True)
+    space = check_space({**SPACE, "samples": 1}, "test")
+    paths.space.write_text(yaml.safe_dump({**space.model_dump(mode="json"), "name": "done"}))
+    study = optuna.create_study(
+        study_name="done", storage=paths.optuna_url, directions=["maximize", "minimize"]
+    )
+    trial, (start, end) = _trial(TrialState.COMPLETE, "completed", 0.9, 0)
+    trial.datetime_start, trial.datetime_complete = start, end
+    study.add_trial(trial)
+    monkeypatch.chdir(tmp_path)
+    assert main(["status", "done"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("study done: 1/1 trial finished (1 completed)")
+    assert "resume" not in out and "so far" not in out
+    assert "\nPareto front:\n" in out
+    assert "driver:  none (the study is finished)" in out

@@ -176,10 +176,15 @@ def test_weighted_study_with_asha_tells_stopped_trials_as_pruned(api_study, caps
 
 
 def _complete_count(tmp_path: Path, name: str) -> int:
-    try:
-        return len(optuna_study(tmp_path, name).get_trials(states=(TrialState.COMPLETE,)))
-    except Exception:  # the storage may not exist yet, or be mid-write
+    """COMPLETE trials of the study; 0 while its database or its study is not made yet (any
+    other error fails the test at once, not after the wait's 5 minutes)."""
+    if not (tmp_path / "studies" / name / "optuna.db").is_file():
         return 0
+    try:
+        study = optuna_study(tmp_path, name)
+    except KeyError:  # the database exists, the study in it not yet
+        return 0
+    return len(study.get_trials(states=(TrialState.COMPLETE,)))
 
 
 def start_study_run(
@@ -241,28 +246,41 @@ def _tune_state_files(tune_uri: str) -> dict[str, bytes]:
     return files
 
 
-def tune_state_settled(tune_uri: str, trial_id: str, period_s: float = 3.0) -> bool:
-    """Whether the Tune state in storage records ``trial_id`` in its trial list, and the search
-    generator's state (how many trials Tune has asked for) stayed the same over ``period_s``
-    (longer than Tune's snapshot period). Killed after that, the driver leaves a consistent state
-    to resume from: Tune uploads its state files one by one, so a kill during an upload that
-    changes them can leave a trial list and a trial count that disagree (a known Ray limitation;
-    the searcher's own state is the Optuna database, see study/search.py)."""
+def _tune_state(tune_uri: str) -> tuple[list[str], int] | None:
+    """The trial ids in Tune's newest saved experiment state and the number of trials its newest
+    saved search generator state says were asked for (None: not both saved yet)."""
+    import ray.cloudpickle as cloudpickle
 
-    def generator_state() -> dict[str, bytes] | None:
-        files = _tune_state_files(tune_uri)
-        names = {
-            prefix: [n for n in files if n.startswith(prefix)] for prefix in TUNE_STATE_PREFIXES
-        }
-        if not all(names.values()):
-            return None
-        if trial_id.encode() not in files[max(names["experiment_state-"])]:
-            return None
-        return {n: b for n, b in files.items() if not n.startswith("experiment_state-")}
+    files = _tune_state_files(tune_uri)
+    newest = {
+        p: max((n for n in files if n.startswith(p)), default=None) for p in TUNE_STATE_PREFIXES
+    }
+    if newest["experiment_state-"] is None or newest["search_gen_state-"] is None:
+        return None
+    trials = json.loads(files[newest["experiment_state-"]])["trial_data"]
+    ids = [json.loads(state)["trial_id"] for state, _ in trials]
+    return ids, int(cloudpickle.loads(files[newest["search_gen_state-"]])["counter"])
 
-    before = generator_state()
-    time.sleep(period_s)
-    return before is not None and before == generator_state()
+
+class TuneStateSettled:
+    """``settled()`` is true once the Tune state in storage records ``trial_id`` in its trial
+    list, that list agrees with the search generator's count of trials asked for, and both read
+    the same on two polls in a row (no upload under way between them). Killed then, the driver
+    leaves a consistent state to resume from: Tune uploads its state files one by one, so a
+    kill during an upload can leave a trial list and a trial count that disagree (a known Ray
+    limitation; the searcher's own state is the Optuna database, see study/search.py)."""
+
+    def __init__(self, tune_uri: str, trial_id: str) -> None:
+        self.tune_uri, self.trial_id = tune_uri, trial_id
+        self.previous: tuple[list[str], int] | None = None
+
+    def __call__(self) -> bool:
+        state = _tune_state(self.tune_uri)
+        before, self.previous = self.previous, state
+        if state is None or state != before:
+            return False
+        ids, asked = state
+        return self.trial_id in ids and asked == len(ids)
 
 
 def run_and_kill_while_held(
@@ -278,7 +296,7 @@ def run_and_kill_while_held(
 ) -> dict[str, Any]:
     """Start `study run` with the ``nth`` trial to finish ``epoch`` held there; once it is held
     (and ``also()`` is true), SIGKILL the driver and then the local Ray it started, as a reboot
-    would, once Tune's saved state records the held trial (``tune_state_settled``). The kill
+    would, once Tune's saved state records the held trial (``TuneStateSettled``). The kill
     point does not depend on the machine's speed. Returns the held trial."""
     hold_dir = tmp_path / "hold"
     driver = start_study_run(
@@ -291,7 +309,7 @@ def run_and_kill_while_held(
         f"{storage}/{name}/tune" if "://" in storage else str(tmp_path / storage / name / "tune")
     )
     with environ(env):
-        wait_until(lambda: tune_state_settled(tune_uri, held["trial_id"]), driver, "Tune saved it")
+        wait_until(TuneStateSettled(tune_uri, held["trial_id"]), driver, "Tune saved it")
     while_held()
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()

@@ -1,20 +1,50 @@
-"""Tracking helpers without a study (fast tier)."""
+"""Tracking helpers without a study (fast tier): the git commit a study's run is tagged with."""
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
-from study.tracking import git_commit
+import study.tracking
 
-REPO = Path(__file__).resolve().parents[1]
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false"]
 
 
-def test_the_git_commit_is_sharpcals_whatever_the_working_directory(tmp_path, monkeypatch):
-    """Issue 17, item 8: from a user's own repository the tag still names sharpcal's commit."""
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    monkeypatch.chdir(tmp_path)  # a repository without commits: `git rev-parse HEAD` fails here
-    expected = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+def _tracking_at(directory: Path) -> ModuleType:
+    """A copy of ``study/tracking.py`` under ``directory/study/``, loaded as its own module: its
+    ``git_commit`` looks where that copy lives, as sharpcal's does where it is installed."""
+    (directory / "study").mkdir(parents=True)
+    copy = directory / "study" / "tracking.py"
+    shutil.copy(study.tracking.__file__, copy)
+    spec = importlib.util.spec_from_file_location(f"tracking_copy_{directory.name}", copy)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_recorded_commit_is_the_one_of_the_checkout_the_code_runs_from(tmp_path, monkeypatch):
+    """Issue 22: a repository of its own (git init, commit), not whatever the tests run in; and
+    from a user's own repository (no commits) the tag still names the code's commit."""
+    code = tmp_path / "checkout"
+    tracking = _tracking_at(code)
+    subprocess.run([*GIT, "init", "-q", str(code)], check=True)
+    subprocess.run([*GIT, "-C", str(code), "add", "."], check=True)
+    subprocess.run([*GIT, "-C", str(code), "commit", "-q", "-m", "code"], check=True)
+    head = subprocess.run(
+        ["git", "-C", str(code), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
-    assert git_commit() == (expected or None)
+    user = tmp_path / "user"
+    subprocess.run(["git", "init", "-q", str(user)], check=True)
+    monkeypatch.chdir(user)  # `git rev-parse HEAD` fails here: the repository has no commit
+    assert len(head) == 40 and tracking.git_commit() == head
+
+
+def test_code_outside_any_git_checkout_records_no_commit(tmp_path, monkeypatch):
+    """An installed wheel (no checkout around the code): None, so no ``git_commit`` tag."""
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # git stops above tmp_path
+    tracking = _tracking_at(tmp_path / "wheel")
+    assert tracking.git_commit() is None
