@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from search_spaces.schema import check_space
-from study.runner import build_tuner, init_ray, prepare_study
+from study.storage import prepare_study
+from study.tuner import build_tuner, init_ray
 from trainables.layout import study_paths
 from trainables.loop import Trainer
 

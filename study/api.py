@@ -238,7 +238,7 @@ class Study:
     def load(cls, name: str, storage: str | None = "studies") -> Study:
         """An existing study by name."""
         from study.inputs import check_no_credentials
-        from study.runner import load_study_space
+        from study.storage import load_study_space
 
         with user_errors():
             check_no_credentials(storage, "--storage")
@@ -256,8 +256,9 @@ class Study:
         Prints one line per trial event and a progress line; Ray's and Tune's own output goes
         to ``<study>/driver.log`` (``verbose``: to the console, as Ray prints it)."""
         from study.events import TrialEvents
-        from study.runner import build_tuner, has_tune_state
+        from study.storage import has_tune_state
         from study.tracking import MlflowTrialCallback
+        from study.tuner import build_tuner
 
         with self._driving(address):
             if has_tune_state(self.paths):
@@ -285,7 +286,8 @@ class Study:
         """Continue an interrupted study from Tune's experiment state and the Optuna database:
         finished trials stay, interrupted ones restart from their last epoch checkpoint. A study
         whose start failed before any trial was asked for runs from the beginning."""
-        from study.runner import check_resumable, has_tune_state, restore_tuner
+        from study.storage import check_resumable, has_tune_state
+        from study.tuner import restore_tuner
 
         self.tracking()  # readable, before Ray starts
         if not has_tune_state(self.paths) and not self._asked_any():
@@ -337,8 +339,8 @@ class Study:
         import ray
 
         from study.output import console
-        from study.runner import init_ray
         from study.trials import fail_orphans
+        from study.tuner import init_ray
 
         with console(self.paths.log, self.space.trials, verbose):
             started_here = not ray.is_initialized()
@@ -364,7 +366,7 @@ class Study:
         """Log the final model of every front trial (or the best trial) on its MLflow run; a
         model that cannot be logged is a warning (the study itself is done and on disk)."""
         from study.front import best_trials
-        from study.models import log_trial_model, trial_run_id
+        from study.model_registry import log_trial_model, trial_run_id
         from study.output import warn
 
         info = self.tracking()
@@ -385,7 +387,7 @@ class Study:
         Pareto objective, the front trial with the highest ``val_accuracy - val_ece``)."""
         from study.compare import rank_score
         from study.front import best_trials
-        from study.models import register_trial_model
+        from study.model_registry import register_trial_model
 
         info = self.tracking()
         if not info:
@@ -444,7 +446,7 @@ class Study:
         with user_errors():
             space = check_space(data, f"rerun of {self.name}")
         storage = storage if storage is not None else str(self.paths.root.parent)
-        from study.runner import StudyExists, refuse_existing
+        from study.storage import StudyExists, refuse_existing
 
         with user_errors():
             target = study_paths(new_name, storage)
@@ -481,7 +483,7 @@ class Study:
 
     def tracking(self) -> dict[str, str]:
         """Where the study is tracked in MLflow ({} without tracking)."""
-        from study.runner import load_tracking
+        from study.storage import load_tracking
 
         with user_errors():
             return load_tracking(self.paths)
@@ -554,7 +556,7 @@ def _create(
     """Create the study's directory, space file and MLflow parent run under the driver lock;
     on any failure leave nothing of it behind."""
     from study.lock import StudyLock, StudyLocked
-    from study.runner import StudyExists, prepare_study, refuse_existing, save_tracking
+    from study.storage import StudyExists, prepare_study, refuse_existing, save_tracking
     from study.tracking import (
         StudyTracker,
         TrackingError,

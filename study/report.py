@@ -699,7 +699,7 @@ def write_report(
 
     The directory is built beside the old one and swapped in whole (``replace_directory``): a
     failed write keeps the previous report, and figures of an earlier report never linger. With
-    ``tracking`` (what ``runner.load_tracking`` returns), the directory is also logged to the
+    ``tracking`` (what ``storage.load_tracking`` returns), the directory is also logged to the
     study's parent MLflow run under ``report/``; an MLflow failure only prints a warning.
     """
     view = load_view(paths, name, space)

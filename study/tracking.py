@@ -212,7 +212,7 @@ def parent_run_open(info: dict[str, str], study: str) -> Iterator[None]:
 
 
 def log_dataset(client: Any, run_id: str, dataset: dict[str, Any]) -> None:
-    """Log a trial's data set (``trainables.reporting.dataset_input``) as the run's training
+    """Log a trial's data set (``trainables.trial_outputs.dataset_input``) as the run's training
     input: name, digest, source and split sizes, as the MLflow UI's Dataset column shows them;
     not again when the run already has it (a resumed trial)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag

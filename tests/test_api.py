@@ -183,7 +183,7 @@ def test_front_models_are_logged_and_a_registered_model_gives_calibrated_probabi
     from mlflow.tracking import MlflowClient
 
     from study.front import best_trials
-    from study.models import MODEL_URI_TAG
+    from study.model_registry import MODEL_URI_TAG
     from trainables.data import load_data
 
     study, *_ = finished

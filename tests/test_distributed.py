@@ -15,7 +15,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from search_spaces import SpaceError
 from search_spaces.schema import check_space
-from study.runner import loopback_only
+from study.tuner import loopback_only
 from tests.conftest import DIGITS_FAST
 from tests.test_cli import run_study
 from tests.test_study import DIGITS, optuna_study, run_and_kill_while_held, write_space

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from study.runner import LOOPBACK, init_ray
+from study.tuner import LOOPBACK, init_ray
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from PIL import Image
 
 from study import Study
 from study.front import best_trials
-from study.models import MODEL_URI_TAG
+from study.model_registry import MODEL_URI_TAG
 from trainables.evidence import MAX_PROBS_CLASSES
 
 CLASSES = 1000

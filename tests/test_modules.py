@@ -90,5 +90,13 @@ def test_the_layout_and_the_lock_need_neither_torch_nor_ray():
 
 
 def test_the_readers_of_a_study_need_no_ray():
-    for start in ("study.status", "study.front", "study.compare", "study.report", "study.trials"):
+    for start in (
+        "study.status",
+        "study.front",
+        "study.compare",
+        "study.report",
+        "study.trials",
+        "study.stored",
+        "study.storage",
+    ):
         assert "ray" not in top_level_closure(start), start

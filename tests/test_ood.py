@@ -37,7 +37,7 @@ from trainables.ood import (
     max_softmax,
     ood_metric_names,
 )
-from trainables.reporting import TrialContext, epoch_metrics, run_ood
+from trainables.trial_outputs import TrialContext, epoch_metrics, run_ood
 
 PER_SEVERITY = 6  # CIFAR-C images per severity
 CORRUPTIONS = ("fog", "gaussian_noise")

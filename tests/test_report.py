@@ -21,7 +21,7 @@ from search_spaces.schema import check_space
 from study import Study
 from study.front import best_trials, load_optuna_study
 from study.report import StudyView, compute_importances, log_report, rank_score, write_report
-from study.runner import load_study_space, load_tracking
+from study.storage import load_study_space, load_tracking
 from tests.test_ensembles import HandEnsemble, numpy_ece
 from trainables import calibration
 from trainables.evidence import evidence_table, write_evidence

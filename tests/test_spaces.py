@@ -302,7 +302,7 @@ def test_a_set_of_a_searched_key_says_it_leaves_the_search(capsys, tmp_path):
 def test_the_saved_space_has_no_null_keys_and_says_what_was_overridden(tmp_path):
     """Issue 22, item 9: the resolved space.yaml: no schema ``null`` keys (a setting's null
     stays), and a description that --set made false is marked."""
-    from study.runner import prepare_study
+    from study.storage import prepare_study
     from trainables.layout import study_paths
 
     space = load_space("default", {"epochs": 1, "train_subset": None, "samples": 2})

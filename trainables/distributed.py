@@ -37,7 +37,7 @@ from trainables.loop import (
     load_checkpoint,
     save_checkpoint,
 )
-from trainables.reporting import (
+from trainables.trial_outputs import (
     CHECKPOINT_FILE,
     TrialContext,
     epoch_metrics,
@@ -255,7 +255,7 @@ def run_ddp_trial(
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
             callbacks=[TuneReportCallback()],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),  # see study/runner.py
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),  # see study/tuner.py
         ),
     )
     trainer.fit()

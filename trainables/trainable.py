@@ -13,7 +13,12 @@ from ray import tune
 from trainables.config import parse_config
 from trainables.hold import hold_if_asked
 from trainables.loop import EpochRecord, Trainer, load_checkpoint, save_checkpoint
-from trainables.reporting import CHECKPOINT_FILE, TrialContext, epoch_metrics, record_epoch_outputs
+from trainables.trial_outputs import (
+    CHECKPOINT_FILE,
+    TrialContext,
+    epoch_metrics,
+    record_epoch_outputs,
+)
 
 
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:

@@ -26,7 +26,7 @@ from torch import nn
 from study.trials import TRIAL_ID_ATTR
 from trainables import calibration
 from trainables.layout import StudyPaths, join, resolve_fs
-from trainables.reporting import CHECKPOINT_FILE
+from trainables.trial_outputs import CHECKPOINT_FILE
 
 MODEL_NAME = "model"  # the logged model's name within its run
 MODEL_URI_TAG = "sharpcal.model_uri"  # on the trial's run, once its model is logged
