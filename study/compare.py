@@ -67,6 +67,7 @@ PAIRED_COLUMNS: dict[str, Column] = {
     "test_ece": Column("Δ ECE", "min"),
     "test_ece_ts": Column("Δ ECE (TS)", "min"),
 }
+AT_BOUND = "temperature_at_bound"  # 1.0 where a trial's fitted T stopped on a bound
 CONFIDENCE_LEVEL = 0.95
 METHOD_NAMES = {"sam": "SAM", "asam": "ASAM", "csam": "CSAM", "bsam": "bSAM"}
 BASE_NAMES = {"sgd": "SGD", "adamw": "AdamW"}
@@ -252,6 +253,8 @@ def _cell(conf: Configuration, metric: str, column: Column, marked: bool, style:
     text = _num(mean, column)
     if len(conf.values(metric)) > 1:
         text += f" ± {_num(std, column)}"
+    if metric == "temperature" and any(v > 0 for v in conf.values(AT_BOUND)):
+        text += " (on a bound)"  # the fit wanted a T the bounds refuse: no regime verdict
     return _mark(text, marked, style)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from study.compare import Configuration, Table
+from study.compare import AT_BOUND, Configuration, Table
 from study.stored import (
     NO_PROBS,
     StoredSplit,
@@ -33,6 +33,7 @@ from study.stored import (
     with_temperature,
 )
 from study.trials import TRIAL_ID_ATTR
+from trainables import calibration
 from trainables.config import OOD_SPLITS
 from trainables.ood import auroc
 
@@ -64,6 +65,8 @@ def calibration_metrics(test: StoredSplit, val: StoredSplit | None) -> dict[str,
         f"test_{k}": v for k, v in found.items() if k not in ("temperature", "classwise_ece")
     }
     metrics["temperature"] = found["temperature"]
+    if math.isfinite(temperature):
+        metrics[AT_BOUND] = float(calibration.temperature_at_bound(temperature))
     return metrics
 
 

@@ -239,3 +239,24 @@ def test_a_baseline_naming_no_row_is_a_study_input_error(tmp_path):
     study = Study.load("st", _stored_study(tmp_path))
     with pytest.raises(StudyInputError, match="names no row"):
         study.compare(baseline="bad")
+
+
+def test_a_temperature_fit_on_a_bound_is_shown_as_such():
+    study = _study()
+    at_bound = study.trials[0]  # one seed of the first configuration stopped on a bound
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=at_bound.params,
+            distributions=at_bound.distributions,
+            values=at_bound.values,
+            user_attrs={
+                **at_bound.user_attrs,
+                SETTINGS_ATTR: {"seed": 3},
+                "temperature": 0.05,
+                "temperature_at_bound": 1.0,
+            },
+        )
+    )
+    text = render(comparison_tables(study, SPACE)[0], "markdown")
+    rows = [line for line in text.splitlines() if "(on a bound)" in line]
+    assert len(rows) == 1 and "lr=0.01" in rows[0], text
