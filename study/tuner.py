@@ -32,11 +32,31 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     common: dict[str, Any] = dict(
         include_dashboard=False, log_to_driver=True, configure_logging=False
     )
-    if address:
+    if address and is_loopback_address(address):
+        # A cluster on loopback (its nodes started with --node-ip-address 127.0.0.1): this
+        # driver must take the loopback address too, or it waits for a raylet on the
+        # machine's own address that never comes.
+        with loopback_only():
+            ray.init(address=address, **common)
+    elif address:
         ray.init(address=address, **common)
     else:
         with loopback_only():
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **common)
+
+
+def is_loopback_address(address: str) -> bool:
+    """Whether a Ray address (``HOST:PORT``, possibly with a scheme) names this machine's
+    loopback interface."""
+    import ipaddress
+
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ constraints.txt inside its range, and this environment installed at those pins."
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import os
 import re
 import shlex
 import subprocess
@@ -48,9 +49,12 @@ PIP_INSTALL = re.compile(r"\bpip install .*-e ")  # an install of this project
 
 def make_commands(target: str) -> list[str]:
     """The shell commands ``make TARGET`` would run here (``make -n``: nothing runs)."""
+    # Under `make test`, MAKELEVEL makes a child make print "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     proc = subprocess.run(
-        ["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
-    )
+        ["make", "-n", "--no-print-directory", target],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True, env=env,
+    )  # fmt: skip
     return proc.stdout.splitlines()
 
 
