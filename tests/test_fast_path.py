@@ -168,6 +168,22 @@ def test_compiled_channels_last_path_matches_plain_path(method, plain_curves):
     torch.testing.assert_close(fast, plain, rtol=CPU_RTOL, atol=0.0)
 
 
+def test_channels_last_is_the_default_on_the_cpu_too():
+    """Issue 22 item 11: NHWC convolutions are the CPU's fast path (BENCHMARKS.md, throughput);
+    a run that names no ``channels_last`` gets them, ``channels_last=False`` still turns them off."""
+    default = Trainer(parse_config(run_settings("sgd", dataset="digits", device="cpu")))
+    plain = Trainer(
+        parse_config(run_settings("sgd", dataset="digits", device="cpu", channels_last=False))
+    )
+    for trainer, expected in ((default, True), (plain, False)):
+        conv = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        assert trainer.channels_last is expected
+        # digits have one channel, where both layouts of a batch are the same memory: the
+        # last convolution's weight (many channels) tells them apart
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) is expected
+        assert conv.weight.is_contiguous() is not expected
+
+
 # ----------------------------------------------------------------------------- reference SAM
 
 

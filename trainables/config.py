@@ -160,7 +160,7 @@ class TrainConfig(BaseModel):
     # hardware
     device: str = "auto"
     bf16: bool | None = None  # None: on for CUDA, off for CPU
-    channels_last: bool | None = None  # None: on for CUDA
+    channels_last: bool | None = None  # None: on (CPU and CUDA)
     compile: bool | None = None  # None: on for CUDA where it pays (see BENCHMARKS.md)
     # evaluation of the final model on OOD / corrupted sets (trainables/ood.py)
     ood: OodSettings | None = None

@@ -1,7 +1,7 @@
 """The epoch loop of one run: build data, model and optimizer from a config, train, evaluate, checkpoint.
 
-Device-agnostic. On CUDA: bf16 autocast (training only; evaluation is float32) and channels_last
-by default. Metrics are accumulated on the device; the host syncs once per epoch (to check for
+Device-agnostic. channels_last by default; on CUDA also bf16 autocast (training only; evaluation
+is float32). Metrics are accumulated on the device; the host syncs once per epoch (to check for
 divergence and to report).
 """
 
@@ -169,7 +169,9 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         on_cuda = self.device.type == "cuda"
         self.bf16 = on_cuda if cfg.bf16 is None else cfg.bf16
-        self.channels_last = on_cuda if cfg.channels_last is None else cfg.channels_last
+        # channels_last on the CPU too: oneDNN's NHWC convolutions trained cnn_fc 30-50% and
+        # ResNet-18 15-20% faster here than NCHW (BENCHMARKS.md, throughput)
+        self.channels_last = True if cfg.channels_last is None else cfg.channels_last
         torch.manual_seed(cfg.seed)
         if data is None:
             data = config_data(cfg, self.device, self.channels_last)
