@@ -237,7 +237,9 @@ def check_space(data: dict[str, Any], source: str) -> Space:
                 space.train_config({name: value})
             except ConfigError as err:
                 reason = str(err).split(": ", 1)[-1]
-                raise SpaceError(f"{where}: value {value!r} is not allowed: {reason}") from None
+                raise SpaceError(
+                    f"{where}: value {shown(value)} is not allowed: {reason}"
+                ) from None
         seen.add(name)
     _check_combinations(space, source)
     return space
@@ -284,7 +286,7 @@ def _check_combinations(space: Space, source: str) -> None:
             space.train_config(combo)
         except ConfigError as err:
             reason = str(err).split(": ", 1)[-1]
-            shown_combo = ", ".join(f"{k}={v!r}" for k, v in combo.items())
+            shown_combo = ", ".join(f"{k}={shown(v)}" for k, v in combo.items())
             raise SpaceError(
                 f"{source}: 'search': the combination {shown_combo} is not allowed: {reason}; "
                 "restrict it with 'when'"

@@ -117,14 +117,18 @@ def check_inputs(
     storage, the URIs (no credentials in them), the OOD files and, for a study that runs on this
     machine (``runs_here``, default: no ``address``), every device and dataset. Returns the
     study's paths."""
-    from study.inputs import check_address, check_no_credentials, check_storage
+    from study.inputs import check_address, check_no_credentials, check_storage, check_tracking_uri
 
     with user_errors():
-        check_no_credentials(tracking_uri, "--tracking-uri")
+        check_tracking_uri(tracking_uri)
         check_no_credentials(address, "--address")
         check_address(address)
         check_storage(storage)
         paths = study_paths(name, storage)
+    from study.storage import StudyExists, check_new_study
+
+    with user_errors(StudyExists):
+        check_new_study(paths, name)  # what the run refuses, the dry run refuses
     check_files(space, runs_here if runs_here is not None else not address)
     return paths
 
@@ -210,6 +214,10 @@ class Study:
         name; a name that already has a study is refused (``Study.load(name).resume()``
         continues it). ``address``: the Ray cluster it will run on (None: this machine, whose
         devices and data are checked now)."""
+        from study import arguments
+
+        with user_errors():
+            tags = arguments.str_dict(tags, "tags", str_values=True)
         plan = cls.check(space, name, storage, tracking_uri, overrides, address)
         source = space if isinstance(space, (str, Path)) else "a dict"
         _create(
@@ -229,6 +237,15 @@ class Study:
         """Every check ``create`` makes (space, name, storage, URIs, OOD files and, without an
         ``address``, devices and data), writing nothing: what ``study run --dry-run`` runs.
         Bad input is a ``StudyInputError``."""
+        from study import arguments
+
+        with user_errors():
+            arguments.space_arg(space)
+            arguments.optional_str(name, "name")
+            storage = arguments.storage_arg(storage)
+            arguments.optional_str(tracking_uri, "tracking_uri")
+            arguments.str_dict(overrides, "overrides")
+            arguments.optional_str(address, "address")
         resolved = resolve(space, overrides)
         name = name or resolved.name or "study"
         paths = check_inputs(resolved, name, storage, tracking_uri, address)
@@ -237,12 +254,16 @@ class Study:
     @classmethod
     def load(cls, name: str, storage: str | None = "studies") -> Study:
         """An existing study by name."""
+        from study import arguments
         from study.inputs import check_no_credentials
-        from study.storage import load_study_space
+        from study.storage import check_study_dir, load_study_space
 
         with user_errors():
+            arguments.required_str(name, "name")
+            storage = arguments.storage_arg(storage)
             check_no_credentials(storage, "--storage")
             paths = study_paths(name, storage)
+            check_study_dir(paths, name, writing=False)  # no symlinked study or lock is read
             return cls(name, paths, load_study_space(paths, name))
 
     # ---------------------------------------------------------------------------------------
@@ -286,14 +307,29 @@ class Study:
         """Continue an interrupted study from Tune's experiment state and the Optuna database:
         finished trials stay, interrupted ones restart from their last epoch checkpoint. A study
         whose start failed before any trial was asked for runs from the beginning."""
-        from study.storage import check_resumable, has_tune_state
-        from study.tuner import restore_tuner
+        from study import arguments
+        from study.storage import (
+            check_optuna_db,
+            check_restorable,
+            check_resumable,
+            check_writable,
+            has_tune_state,
+        )
+        from study.tuner import check_in_place, restore_tuner
 
+        with user_errors():
+            arguments.optional_str(address, "address")
+            check_writable(self.paths, self.name, "resume")
+            # intact, never repaired (under the name it was stored with: a renamed study's
+            # policy is check_in_place's)
+            check_optuna_db(self.paths, self.space.name or self.name)
         self.tracking()  # readable, before Ray starts
         if not has_tune_state(self.paths) and not self._asked_any():
             return self.run(address, verbose)
         with user_errors():
             check_resumable(self.paths, self.name)
+            check_restorable(self.paths, self.name)  # this user's own, before unpickling
+            check_in_place(self.space, self.name, self.paths)
         with self._driving(address):
             return self._fit(lambda: restore_tuner(self.space, self.name, self.paths), verbose)
 
@@ -309,13 +345,18 @@ class Study:
     @contextmanager
     def _driving(self, address: str | None) -> Iterator[None]:
         """Hold the study's driver lock, after checking what can be checked without Ray."""
+        from study import arguments
         from study.inputs import check_address, check_no_credentials, check_runs_here
         from study.lock import StudyLock, StudyLocked, describe_holder
+        from study.storage import check_study_dir, check_writable
         from study.tracking import TrackingError, parent_run_open
 
         info = self.tracking()
         lock = StudyLock(self.paths.root, self.name)
         with user_errors(StudyLocked):
+            check_study_dir(self.paths, self.name)  # no symlink, nothing of another user's
+            check_writable(self.paths, self.name, "resume")
+            arguments.optional_str(address, "address")
             check_no_credentials(address, "--address")
             check_address(address)
             if not address:
@@ -340,17 +381,19 @@ class Study:
 
         from study.output import console
         from study.trials import fail_orphans
-        from study.tuner import init_ray
+        from study.tuner import init_ray, sigterm_as_sigint
 
-        with console(self.paths.log, self.space.trials, verbose):
+        with console(self.paths.log, self.space.trials, verbose), ExitStack() as signals:
             started_here = not ray.is_initialized()
             try:
                 init_ray(self._address)
+                signals.enter_context(sigterm_as_sigint())  # after Ray installed its own
                 with user_errors():
                     tuner = make_tuner()
                 results = tuner.fit()
                 if len(results) >= self.space.trials and all(r.metrics or r.error for r in results):
-                    fail_orphans(self.optuna())  # the study is over: nothing can still be running
+                    # the study is over: nothing can still be running
+                    fail_orphans(self.optuna(writable=True))
                 trials = self.optuna().get_trials(deepcopy=False)
                 finished = sum(t.state.is_finished() for t in trials)
                 interrupted = finished if finished < self.space.trials else None
@@ -385,10 +428,14 @@ class Study:
         ``model_name`` (tagged with its test metrics and temperature); returns the
         ``ModelVersion``. ``trial``: an Optuna trial number; default the best trial (under a
         Pareto objective, the front trial with the highest ``val_accuracy - val_ece``)."""
+        from study import arguments
         from study.compare import rank_score
         from study.front import best_trials
         from study.model_registry import register_trial_model
 
+        with user_errors():
+            arguments.model_name(model_name)
+            arguments.trial_number(trial)
         info = self.tracking()
         if not info:
             raise StudyInputError(
@@ -424,10 +471,17 @@ class Study:
         """A new study (created, not run) of this study's ``top`` best configurations with
         ``seeds`` seeds each; ``name`` defaults to ``<name>-rerun``; ``address`` as in
         ``create``."""
+        from study import arguments
         from study.compare import top_configurations
 
-        if top < 1 or seeds < 1:
-            raise StudyInputError(f"top and seeds must be >= 1 (got {top}, {seeds})")
+        with user_errors():
+            arguments.count(top, "top")
+            arguments.count(seeds, "seeds")
+            arguments.optional_str(name, "name")
+            arguments.count(concurrency, "concurrency", optional=True)
+            storage = arguments.storage_arg(storage)
+            arguments.optional_str(tracking_uri, "tracking_uri")
+            arguments.optional_str(address, "address")
         best = top_configurations(self.optuna(), self.space, top)
         if not best:
             raise StudyInputError(f"study {self.name!r} has no completed trial to rerun")
@@ -470,16 +524,23 @@ class Study:
     # Results
     # ---------------------------------------------------------------------------------------
 
-    def optuna(self) -> optuna.Study:
-        """The Optuna study (read from its database; never created by reading)."""
+    def optuna(self, writable: bool = False) -> optuna.Study:
+        """The Optuna study, read-only from its checked database (never created, migrated or
+        repaired by reading; ``writable``: for the driver). A corrupt database, or a directory
+        holding another study (renamed or copied), is a ``StudyInputError``."""
         from study.front import load_optuna_study
+        from study.storage import check_study_name, open_optuna_study
 
         if not self.paths.optuna_db.is_file():
             raise StudyInputError(
                 f"study {self.name!r} has no Optuna database ({self.paths.optuna_db}): none of its "
                 f"trials has started; start them with 'study resume {self.name}'"
             )
-        return load_optuna_study(self.name, self.paths.optuna_url)
+        if writable:
+            return load_optuna_study(self.name, self.paths.optuna_url)
+        with user_errors():
+            check_study_name(self.paths, self.name, self.space)
+            return open_optuna_study(self.paths, self.name)
 
     def tracking(self) -> dict[str, str]:
         """Where the study is tracked in MLflow ({} without tracking)."""
@@ -507,6 +568,7 @@ class Study:
         (``.skipped``). ``.frame()`` is all of it as one DataFrame (fractions, as logged),
         ``.render("markdown" | "latex" | "csv")`` the command's text. A ``baseline`` naming no
         row is a ``StudyInputError``."""
+        from study import arguments
         from study.compare import (
             Comparison,
             RowNotFound,
@@ -516,6 +578,9 @@ class Study:
         )
         from study.ensembles import with_ensembles
 
+        with user_errors():
+            arguments.baseline_arg(baseline)
+            arguments.flag(ensembles, "ensembles")
         tables = comparison_tables(self.optuna(), self.space)
         confs = tables[0].confs
         paired = None
@@ -532,7 +597,10 @@ class Study:
         """Where the study stands, from its storage alone (works while another process runs it):
         trials by state, the driver, elapsed time, the best trials so far, the MLflow run."""
         from study.status import study_status
+        from study.storage import check_study_name
 
+        with user_errors():
+            check_study_name(self.paths, self.name, self.space)
         study = self.optuna() if self._asked_any() else None
         return study_status(self.name, self.paths, self.space, study, self.tracking())
 
@@ -545,9 +613,13 @@ class Study:
     def report(self) -> Path:
         """Write (or rewrite) the study's report (``<study>/report/``); returns report.md's path."""
         from study.report import write_report
+        from study.storage import check_writable
 
         self.optuna()  # a study with no trials has nothing to report
-        return write_report(self.paths, self.name, self.space, self.tracking() or None)
+        info = self.tracking() or None
+        with user_errors():
+            check_writable(self.paths, self.name, "report")
+            return write_report(self.paths, self.name, self.space, info)
 
 
 def _create(
@@ -595,6 +667,7 @@ def _create(
             },
         )
     except BaseException:
+        lock.release(discard=True)  # a refused start leaves no driver.lock behind
         if created:  # nothing of this study may stay: a new start must find the name free
             shutil.rmtree(created, ignore_errors=True)
         raise

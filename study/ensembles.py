@@ -27,7 +27,8 @@ from study.stored import (
     StoredSplit,
     fitted_temperature,
     mean_split,
-    read_splits,
+    missing_evidence_note,
+    read_trial_splits,
     same_samples,
     split_metrics,
     with_temperature,
@@ -84,10 +85,13 @@ def _shared_mean(splits: Sequence[StoredSplit | None]) -> StoredSplit | None:
     return mean_split(splits) if same_samples(splits) else None  # type: ignore[arg-type]
 
 
-def ensemble_of(conf: Configuration, evidence: str) -> Ensemble | None:
-    """``conf``'s seeds as one ensemble (None: fewer than two seeds with test evidence)."""
+def ensemble_of(
+    conf: Configuration, evidence: str, notes: list[str] | None = None
+) -> Ensemble | None:
+    """``conf``'s seeds as one ensemble (None: fewer than two seeds with test evidence); a seed
+    whose evidence is missing or unreadable is left out, and why goes to ``notes``."""
     ids = [str(t.user_attrs.get(TRIAL_ID_ATTR, "")) for t in conf.trials]
-    tests = read_splits(evidence, ids, "test")
+    tests = read_trial_splits(evidence, conf.trials, "test", notes)
     members = [i for i in ids if i in tests]
     if len(members) < 2:
         return None
@@ -100,28 +104,33 @@ def ensemble_of(conf: Configuration, evidence: str) -> Ensemble | None:
     if any(tests[i].probs is None for i in members):
         raise EnsembleUnavailable(f"no ensemble of {conf.label}: {NO_PROBS}")
     test = mean_split([tests[i] for i in members])
-    vals = read_splits(evidence, members, "val")
+    kept = [t for t in conf.trials if str(t.user_attrs.get(TRIAL_ID_ATTR, "")) in members]
+    vals = read_trial_splits(evidence, kept, "val", notes)
     metrics = calibration_metrics(test, _shared_mean([vals.get(i) for i in members]))
     for split in OOD_SPLITS:
-        parts = read_splits(evidence, members, split)
+        parts = read_trial_splits(evidence, kept, split, notes)
         ood = _shared_mean([parts.get(i) for i in members])
         if ood is not None:
             metrics.update(ood_metrics(split, ood, test, metrics["temperature"]))
-    trials = [t for t in conf.trials if str(t.user_attrs.get(TRIAL_ID_ATTR, "")) in members]
-    return Ensemble(f"{conf.label} ensemble x {len(trials)}", conf.settings, trials, metrics)
+    return Ensemble(f"{conf.label} ensemble x {len(kept)}", conf.settings, kept, metrics)
 
 
 def ensembles(
     confs: Sequence[Configuration], evidence: str, skipped: list[str] | None = None
 ) -> list[Ensemble]:
     """The ensemble of every configuration with two seeds or more, in the table's order; why a
-    configuration has none goes to ``skipped``."""
+    configuration has none goes to ``skipped`` (a missing evidence directory: one line)."""
+    missing = missing_evidence_note(evidence, [t for c in confs for t in c.trials])
+    if missing:
+        if skipped is not None:
+            skipped.append(missing)
+        return []
     found = []
     for conf in confs:
         if len(conf.trials) < 2:
             continue
         try:
-            ensemble = ensemble_of(conf, evidence)
+            ensemble = ensemble_of(conf, evidence, skipped)
         except EnsembleUnavailable as why:
             if skipped is not None:
                 skipped.append(str(why))

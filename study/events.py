@@ -9,6 +9,7 @@ from ray.tune import Callback
 
 from search_spaces.schema import Space
 from study import output
+from study.binding import current
 from study.output import duration
 from study.trials import trial_status
 
@@ -32,6 +33,13 @@ class TrialEvents(Callback):
         self.study_name = study_name
         self.optuna_url = optuna_url
         self._started = time.time()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickled by a resume: the study is where the driver found it now (study.binding).
+        self.__dict__.update(state)
+        bound = current()
+        if bound is not None:
+            self.space, self.study_name, self.optuna_url = bound.space, bound.name, bound.optuna_url
 
     def setup(self, **info: Any) -> None:
         self._started = time.time()

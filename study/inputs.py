@@ -45,6 +45,34 @@ def check_no_credentials(uri: str | None, option: str) -> None:
     )
 
 
+# The tracking-store schemes MLflow's client knows (a SQLAlchemy URI may name its driver:
+# ``postgresql+psycopg2://``); a plain path is a file store.
+TRACKING_SCHEMES = (
+    "http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks",
+    "databricks-uc", "uc",
+)  # fmt: skip
+
+
+def check_tracking_uri(uri: str | None) -> None:
+    """A ``--tracking-uri`` MLflow can open: no credentials, a known scheme (checked before
+    any work: MLflow's own error is a long traceback)."""
+    if uri is None:
+        return
+    if not isinstance(uri, str) or not uri.strip():
+        raise InputError(
+            f"--tracking-uri must be a URI string such as http://HOST:5000 (got {shown(uri)})"
+        )
+    check_no_credentials(uri, "--tracking-uri")
+    if "://" not in uri and ":" not in uri.split("/", 1)[0]:
+        return  # a plain path: MLflow's file store
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in TRACKING_SCHEMES:
+        raise InputError(
+            f"--tracking-uri {shown(uri)}: unknown scheme {shown(scheme)}; give "
+            "http(s)://HOST:PORT, sqlite:////ABS/mlflow.db or another MLflow tracking URI"
+        )
+
+
 def _recorded_cluster() -> str | None:
     """The address `ray start` recorded on this machine (what Ray's ``auto`` reads), if any."""
     recorded = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray")) / "ray_current_cluster"
@@ -83,8 +111,9 @@ def check_address(address: str | None, timeout: float = 3.0) -> None:
 
 
 def check_storage(storage: str | None) -> None:
-    """A local ``--storage`` must be a directory this user can write, or creatable in one; an
-    object-store URI must carry no credentials."""
+    """A local ``--storage`` must be a directory this user can write (a file created and removed
+    there proves it) with room for a study, or creatable in one; an object-store URI must carry
+    no credentials."""
     if storage and "://" in storage:
         check_no_credentials(storage, "--storage")
         state = Path(os.environ.get("SHARPCAL_STATE", "~/sharpcal-state")).expanduser()
@@ -104,6 +133,11 @@ def _check_writable_dir(path: Path, what: str) -> None:
             f"{what} {shown(str(path))}: {existing} is not a directory this user can write; "
             "pass a writable directory"
         )
+    from study.storage import writable_problem
+
+    problem = writable_problem(existing)  # a read-only mount, /proc, a full disk
+    if problem:
+        raise InputError(f"{what} {shown(str(path))}: {existing} {problem}; pass another directory")
 
 
 def reachable_configs(space: Space) -> list[TrainConfig]:

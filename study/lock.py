@@ -9,10 +9,13 @@ directory, or ``$SHARPCAL_STATE/studies/<name>`` for S3), so ``flock`` is reliab
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -31,11 +34,14 @@ class StudyLock:
         self.path = directory / LOCK_FILE
         self.name = name
         self._fd: int | None = None
+        self.created = False  # this lock created the file
         self.previous: dict[str, Any] | None = None  # the holder of a stale lock taken over
 
     def acquire(self) -> None:
-        """Take the lock or raise ``StudyLocked``; remember a dead holder's record."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the lock or raise ``StudyLocked``; remember a dead holder's record. The file is
+        opened without following a symlink and must be this user's regular file (else
+        ``StudyLocked``, one line): nothing outside the study is ever truncated."""
+        fd, self.created = _open_lock(self.path, self.name, create=True)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -51,10 +57,16 @@ class StudyLock:
         os.pwrite(fd, json.dumps(record).encode(), 0)
         self._fd = fd
 
-    def release(self) -> None:
-        """Give the lock back (the file stays: its record is only read while the lock is held)."""
+    def release(self, discard: bool = False) -> None:
+        """Give the lock back (the file stays: its record is only read while the lock is held);
+        ``discard``: remove the file too if this lock created it (a refused start leaves no
+        lock behind)."""
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            if discard and self.created:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+            else:
+                os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -65,6 +77,48 @@ class StudyLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _refuse(path: Path, name: str, why: str) -> StudyLocked:
+    return StudyLocked(
+        f"study {name!r}: its lock {path} {why}; refusing to use it: remove it if it is not "
+        "this study's (a study's files must be this user's own, not links)"
+    )
+
+
+def _open_lock(path: Path, name: str, create: bool) -> tuple[int, bool]:
+    """The lock file's descriptor (never through a symlink, never truncated on open) and whether
+    it was created now; ``StudyLocked`` for a link, a non-regular file, a directory where it
+    cannot be written or, to write it (``create``), another user's file."""
+    flags = (os.O_RDWR if create else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC
+    created = False
+    try:
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            if not create:
+                raise
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            created = True
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise _refuse(path, name, "is a symlink") from None
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise StudyLocked(
+            f"study {name!r}: its lock {path} cannot be written ({err.strerror}); the study "
+            "directory must be writable to run or resume it"
+        ) from None
+    info = os.fstat(fd)
+    why = None
+    if not stat.S_ISREG(info.st_mode):
+        why = "is not a regular file"
+    elif create and info.st_uid != os.geteuid():
+        why = f"is owned by another user (uid {info.st_uid})"
+    if why:
+        os.close(fd)
+        raise _refuse(path, name, why)
+    return fd, created
 
 
 def _read(fd: int) -> dict[str, Any]:
@@ -84,11 +138,12 @@ def _describe(record: dict[str, Any]) -> str:
 
 def held_by(directory: Path) -> str | None:
     """Who holds the driver lock in ``directory`` ("pid ... on ... since ..."), or None when no
-    driver does. A shared lock taken and dropped at once: it never blocks a driver for long."""
+    driver does; ``StudyLocked`` for a lock that is a symlink or not this user's. A shared lock taken and dropped at once: it never blocks a driver for long."""
     path = directory / LOCK_FILE
-    if not path.is_file():
+    try:
+        fd, _ = _open_lock(path, directory.name, create=False)
+    except FileNotFoundError:
         return None
-    fd = os.open(path, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -50,7 +50,7 @@ from study.compare import (
     render_paired,
 )
 from study.ensembles import with_ensembles
-from study.front import best_trials, load_optuna_study
+from study.front import best_trials
 from study.output import warn
 from study.regimes import MAP_METRICS, draw_regime_map, regime_text, regimes
 from study.report_figures import (
@@ -61,12 +61,13 @@ from study.report_figures import (
     trial_value,
 )
 from study.report_html import HTML_FILE, report_html
+from study.storage import StudyFilesError, open_optuna_study
 from study.stored import (
     N_BINS,
     NO_PROBS,
     StoredSplit,
     mean_split,
-    read_splits,
+    read_trial_splits,
     same_samples,
     split_metrics,
 )
@@ -127,6 +128,7 @@ class StudyView:
     study: optuna.Study
     completed: list[FrozenTrial]  # COMPLETE and not diverged, best first
     evidence: dict[str, StoredSplit]  # Tune trial id -> its stored test split
+    notes: tuple[str, ...] = ()  # evidence left out: which trial's, and why
 
     @property
     def pareto(self) -> bool:
@@ -433,7 +435,7 @@ def comparison_section(view: StudyView, data: dict[str, Any], evidence: str) -> 
             "and severity; per corruption and severity in the evidence splits):"
         )
         parts.append(render(shown[1], "markdown"))
-    parts += [f"Note: {reason}." for reason in skipped]
+    parts += [f"Note: {reason}." for reason in skipped if reason not in view.notes]
     return "\n\n".join(parts)
 
 
@@ -671,11 +673,21 @@ def sensitivity_section(view: StudyView, path: Path, data: dict[str, Any]) -> st
 
 def load_view(paths: StudyPaths, name: str, space: Space) -> StudyView:
     """The study, its ranked completed trials and their test evidence."""
-    study = load_optuna_study(name, paths.optuna_url)
+    study = open_optuna_study(paths, name)
     completed = ranked_completed(study, space)
-    ids = [str(t.user_attrs.get(TRIAL_ID_ATTR, "")) for t in completed]
-    evidence = read_splits(paths.evidence, ids, "test")
-    return StudyView(name=name, space=space, study=study, completed=completed, evidence=evidence)
+    notes: list[str] = []
+    evidence = read_trial_splits(paths.evidence, completed, "test", notes)
+    for note in notes:
+        warn(f"report: {note}")
+    return StudyView(name, space, study, completed, evidence, tuple(notes))
+
+
+def evidence_notice(view: StudyView) -> str | None:
+    """The trials whose evidence is missing or unreadable, at the top of the report."""
+    if not view.notes:
+        return None
+    lines = [f"> - {note}" for note in view.notes]
+    return "\n".join(["> **Evidence left out** of every recomputed metric:", ">", *lines])
 
 
 def log_report(report_dir: Path, tracking: dict[str, str]) -> bool:
@@ -703,7 +715,14 @@ def write_report(
     study's parent MLflow run under ``report/``; an MLflow failure only prints a warning.
     """
     view = load_view(paths, name, space)
-    replace_directory(paths.report, lambda report_dir: _write_files(view, paths, report_dir))
+    try:
+        replace_directory(paths.report, lambda report_dir: _write_files(view, paths, report_dir))
+    except OSError as err:  # a full disk or a read-only directory half-way: the old one stays
+        raise StudyFilesError(
+            f"the report of study {name!r} could not be written to {paths.report} "
+            f"({err.strerror or type(err).__name__}); the previous report is kept: free space "
+            f"or make it writable, then run 'study report {name}' again"
+        ) from None
     if tracking and tracking.get("tracking_uri") and tracking.get("parent_run_id"):
         log_report(paths.report, tracking)
     return paths.report / REPORT_FILE
@@ -729,6 +748,10 @@ def _write_files(view: StudyView, paths: StudyPaths, report_dir: Path) -> None:
     notice = partial_notice(view, data)
     if notice:
         sections.append(notice)
+    data["evidence_left_out"] = list(view.notes)
+    evidence_note = evidence_notice(view)
+    if evidence_note:
+        sections.append(evidence_note)
     sections.append(front_section(view, data))
     draw_pareto(view, report_dir / "pareto.png")
     sections.append(comparison_section(view, data, paths.evidence))

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from search_spaces.schema import Space
+from study.binding import current
 from study.trials import (
     POINT_ATTR,
     RECORDED_KEYS,
@@ -30,6 +31,10 @@ from study.trials import (
     trial_settings,
     trial_status,
 )
+
+# A study user attribute: the Optuna URL the study was created at. A study whose attribute names
+# another URL was copied or moved there (``study.tuner.check_in_place``).
+LOCATION_ATTR = "sharpcal.optuna_url"
 
 
 class StudySearch(Searcher):
@@ -61,6 +66,15 @@ class StudySearch(Searcher):
         state.update(_study=None, _storage=None)  # reopened from the URL where unpickled
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickled by a resume (Tuner.restore): the study is where the driver found it now,
+        # not where it was when Tune saved this searcher (it may have been copied or moved).
+        self.__dict__.update(state)
+        bound = current()
+        if bound is not None:
+            self._space, self._study_name = bound.space, bound.name
+            self._storage_url = bound.optuna_url
+
     @property
     def study(self) -> optuna.Study:
         """The Optuna study, created on first use (or loaded: a resumed study)."""
@@ -75,6 +89,8 @@ class StudySearch(Searcher):
                 load_if_exists=True,
             )
             name_objectives(self._study, self._space)
+            if LOCATION_ATTR not in self._study.user_attrs:
+                self._study.set_user_attr(LOCATION_ATTR, self._storage_url)
             done = len(self._study.get_trials(deepcopy=False))
             if done:  # resumed: seeded past what it drew, so it does not draw that again
                 self._study.sampler = build_sampler(self._space, offset=done)

@@ -25,10 +25,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import torch
+from optuna.trial import FrozenTrial
 
+from study.trials import STATUS_ATTR, TRIAL_ID_ATTR
 from trainables import calibration
 from trainables.evidence import MAX_PROBS_CLASSES, open_evidence
+from trainables.layout import partition_uri, resolve_fs
 
 N_BINS = 15  # every binned metric recomputed from evidence (the trials' own default too)
 # A float16 probability stored as 0 was below 2**-25; calibration.PROB_FLOOR (2**-24, float16's
@@ -124,6 +128,104 @@ def read_splits(evidence: str, trial_ids: Iterable[str], split: str) -> dict[str
         return {}
     found = {i: _trial_split(table.filter(pc.equal(table["trial_id"], i))) for i in ids}
     return {i: s for i, s in found.items() if s is not None}
+
+
+def read_trial_splits(
+    evidence: str, trials: Iterable[FrozenTrial], split: str, notes: list[str] | None = None
+) -> dict[str, StoredSplit]:
+    """``split`` of each trial (by Tune id) at the last epoch it ran. A trial is left out, and
+    why goes to ``notes`` (one line naming it), when a file of its evidence cannot be read, when
+    the evidence of its last epoch is gone (an earlier epoch's is never read in its place) or,
+    for a completed trial's test split, when it has none; a missing evidence directory is one
+    note. A diverged trial or one without a Tune id stored nothing and is left out silently."""
+    wanted = {str(t.user_attrs.get(TRIAL_ID_ATTR, "")): t for t in trials}
+    wanted.pop("", None)
+    say = notes.append if notes is not None else (lambda _: None)
+    if not wanted:
+        return {}
+    try:
+        dataset = open_evidence(evidence)
+    except (FileNotFoundError, pa.ArrowException):
+        note = missing_evidence_note(evidence, wanted.values()) if split == "test" else None
+        if note:
+            say(note)
+        return {}
+    found: dict[str, StoredSplit] = {}
+    for tune_id, trial in wanted.items():
+        stored, why = _read_trial(dataset, evidence, tune_id, trial, split)
+        if why:
+            say(f"trial {trial.number} ({tune_id}): {why}; it is left out")
+        elif stored is not None:
+            found[tune_id] = stored
+    return found
+
+
+def missing_evidence_note(evidence: str, trials: Iterable[FrozenTrial]) -> str | None:
+    """One line when the evidence directory is gone and ``trials`` stored test evidence in it
+    (None: it is there, or none of them stored any)."""
+    fs, root = resolve_fs(evidence)
+    if fs.get_file_info(root).type == pafs.FileType.Directory:
+        return None
+    expected = sorted(t.number for t in trials if _has_test(t))
+    if not expected:
+        return None
+    return (
+        f"no evidence directory {evidence}: trials {', '.join(map(str, expected))} are left "
+        "out of what is recomputed from the evidence"
+    )
+
+
+def _has_test(trial: FrozenTrial) -> bool:
+    """Whether the trial stored test evidence: it completed (a diverged one stores none)."""
+    return trial.user_attrs.get(STATUS_ATTR) == "completed"
+
+
+def _read_trial(
+    dataset: ds.Dataset, evidence: str, tune_id: str, trial: FrozenTrial, split: str
+) -> tuple[StoredSplit | None, str | None]:
+    """One trial's split, or why it cannot be used."""
+    where = (ds.field("split") == split) & (ds.field("trial_id") == tune_id)
+    try:
+        table = dataset.to_table(columns=COLUMNS, filter=where)
+    except (pa.ArrowException, OSError) as err:
+        return None, _unreadable(evidence, tune_id, split, err)
+    if table.num_rows == 0:
+        if split == "test" and _has_test(trial):
+            where = partition_uri(evidence, tune_id, split)
+            return None, f"its test evidence is missing (nothing under {where})"
+        return None, None
+    last = trial.user_attrs.get("epoch")
+    stored = int(pc.max(table["epoch"]).as_py())
+    if isinstance(last, (int, float)) and stored < int(last):
+        return None, (
+            f"the {split} evidence of its last epoch {int(last)} is missing (stored up to epoch "
+            f"{stored}, under {partition_uri(evidence, tune_id, split)})"
+        )
+    return _trial_split(table), None
+
+
+def _unreadable(evidence: str, tune_id: str, split: str, err: Exception) -> str:
+    """Which file of a trial's split cannot be read, and why."""
+    import pyarrow.parquet as pq
+
+    fs, root = resolve_fs(partition_uri(evidence, tune_id, split))
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except (pa.ArrowException, OSError):
+        infos = []
+    for info in sorted(infos, key=lambda i: i.path):
+        if info.type != pafs.FileType.File or info.base_name.startswith(("_", ".")):
+            continue
+        try:
+            pq.read_table(info.path, filesystem=fs)
+        except (pa.ArrowException, OSError) as bad:
+            return f"its evidence file {info.path} is unreadable ({_first_line(bad)})"
+    return f"its {split} evidence under {root} is unreadable ({_first_line(err)})"
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
 
 
 def read_split(evidence: str, trial_id: str, split: str) -> StoredSplit | None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from study.binding import current
 from study.output import warn
 from study.trials import MLFLOW_RUN_ATTR, TRIAL_ID_ATTR
 from trainables.layout import resolve_fs, trial_artifacts_uri, trial_evidence_uri
@@ -94,8 +95,8 @@ def make_client(tracking_uri: str) -> Any:
     """An ``MlflowClient`` for ``tracking_uri``, checked to answer; ``TrackingError`` if not."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
     try:
+        client = MlflowClient(tracking_uri)
         client.search_experiments(max_results=1)
     except Exception as err:  # any transport or store error means the same to the user
         reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
@@ -286,6 +287,15 @@ class MlflowTrialCallback(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A study saved by an earlier version lacks the newer attributes.
         self.__dict__.update({"optuna_study": None, "_inputs": set(), **state})
+        bound = current()  # unpickled by a resume: the study is where the driver found it now
+        if bound is not None:
+            self.study_uri = bound.data_uri
+            self.optuna_study = (bound.optuna_url, bound.name)
+            self._untracked = not bound.tracking  # its mlflow.json was deleted: log nothing
+            if bound.tracking:
+                self.tracking_uri = bound.tracking["tracking_uri"]
+                self.experiment_id = bound.tracking["experiment_id"]
+                self.parent_run_id = bound.tracking["parent_run_id"]
 
     @property
     def client(self) -> Any:
@@ -328,6 +338,8 @@ class MlflowTrialCallback(Callback):
         return run.info.run_id
 
     def _run_id(self, trial: Any) -> str | None:
+        if getattr(self, "_untracked", False):
+            return None
         if trial.trial_id not in self._runs:
             run_id = self._safely("run", trial.trial_id, self._find_or_create, trial)
             if run_id is None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
+from search_spaces import SpaceError
 from search_spaces.schema import Space
 from study.storage import check_resumable
 from trainables.layout import TUNE_DIR, StudyPaths, join
@@ -57,6 +60,26 @@ def is_loopback_address(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@contextlib.contextmanager
+def sigterm_as_sigint() -> Iterator[None]:
+    """Inside the block, SIGTERM (what ``timeout``, ``kill`` and cluster schedulers send first)
+    stops the driver as Ctrl-C does: Tune saves its state and stops its trials, and the study
+    ends "interrupted" with its partial report and the resume hint, instead of Ray's own
+    SIGTERM handler aborting the process. Only in the main thread (where signals are handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum: int, frame: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -137,15 +160,15 @@ def trial_name(trial: Any) -> str:
 def build_tuner(space: Space, name: str, paths: StudyPaths, callbacks: list[Any]) -> Any:
     """A fresh Tuner for ``space``; its Optuna study lives in ``paths.optuna_db``."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
+    from study.schedulers import InPlaceASHAScheduler, InPlaceFIFOScheduler
     from study.search import build_search
 
     search = build_search(space, name, paths.optuna_url)
-    scheduler = None
+    scheduler: Any = InPlaceFIFOScheduler()
     if space.scheduler == "asha":
         epochs = space.train_config().epochs
-        scheduler = ASHAScheduler(
+        scheduler = InPlaceASHAScheduler(
             time_attr="epoch",
             metric="objective",
             mode="max",
@@ -168,17 +191,64 @@ def build_tuner(space: Space, name: str, paths: StudyPaths, callbacks: list[Any]
     )
 
 
+def check_in_place(space: Space, name: str, paths: StudyPaths) -> None:
+    """``SpaceError`` unless the study at ``paths`` can resume where it is now: its directory
+    still has the name its ``space.yaml`` gives it, and a study copied or moved from another
+    place (its Optuna study records where it was created) is not tracked in MLflow, whose
+    experiment and runs belong to the original (checked without Ray)."""
+    from study.storage import check_study_name, load_tracking
+
+    check_study_name(paths, name, space)
+    created = _created_at(paths, name)
+    if created is None or created == paths.optuna_url or not load_tracking(paths):
+        return
+    origin = created.removeprefix("sqlite:///").removesuffix("/optuna.db")
+    raise SpaceError(
+        f"study {name!r} in {paths.root} was copied or moved from {origin}, and its MLflow runs "
+        f"belong to the study there: resume it there, or delete {paths.tracking} to resume "
+        "this copy without MLflow tracking"
+    )
+
+
+def _created_at(paths: StudyPaths, name: str) -> str | None:
+    """The Optuna URL the study was created at, as its Optuna study records it (None: not
+    recorded, or no Optuna study yet)."""
+    import optuna
+
+    from study.search import LOCATION_ATTR
+
+    if not paths.optuna_db.is_file():
+        return None
+    from study.storage import read_only_url
+
+    storage = optuna.storages.RDBStorage(read_only_url(paths.optuna_db), skip_table_creation=True)
+    try:
+        study_id = storage.get_study_id_from_name(name)
+        return storage.get_study_user_attrs(study_id).get(LOCATION_ATTR)
+    except KeyError:
+        return None
+    finally:
+        storage.remove_session()
+
+
 def restore_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
-    """The Tuner of an interrupted study: finished trials stay, unfinished ones resume (its
-    callbacks, MLflow's included, come back from the saved experiment)."""
+    """The Tuner of an interrupted study: finished trials stay, unfinished ones resume. What
+    Tune pickled (the searcher, the callbacks, MLflow's included) is bound to the study where
+    it is now (``study.binding``), never to where it was saved."""
     from ray import tune
 
+    from study.binding import BoundStudy, bound_study
+    from study.storage import load_tracking
+
     check_resumable(paths, name)
+    check_in_place(space, name, paths)
+    bound = BoundStudy(name, space, paths.optuna_url, paths.data_uri, load_tracking(paths))
     storage_path, storage_filesystem = paths.tune_storage()
-    return tune.Tuner.restore(
-        join(storage_path, TUNE_DIR),
-        storage_filesystem=storage_filesystem,
-        trainable=_trainable(space, name, paths),
-        resume_unfinished=True,
-        resume_errored=True,
-    )
+    with bound_study(bound):
+        return tune.Tuner.restore(
+            join(storage_path, TUNE_DIR),
+            storage_filesystem=storage_filesystem,
+            trainable=_trainable(space, name, paths),
+            resume_unfinished=True,
+            resume_errored=True,
+        )

@@ -283,6 +283,22 @@ class TuneStateSettled:
         return self.trial_id in ids and asked == len(ids)
 
 
+def interrupt_second_trial(tmp_path: Path, space: Path, name: str, sig: int) -> str:
+    """`study run` with its second trial held after epoch 1 (one trial finished, one running),
+    stopped there by ``sig``; asserts exit code 130 and returns the driver's stderr."""
+    hold_dir = tmp_path / "hold"
+    driver = start_study_run(
+        tmp_path, space, name, "studies", env=hold_env(hold_dir, epoch=1, nth=2),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_until(lambda: held_trial(hold_dir) is not None, driver, "the second trial was held")
+    driver.send_signal(sig)
+    release_hold(hold_dir)
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 130, out[-2000:] + err[-2000:]
+    return err
+
+
 def run_and_kill_while_held(
     tmp_path: Path,
     space: Path,
@@ -372,16 +388,7 @@ def test_ctrl_c_stops_the_study_with_130_a_partial_report_and_the_resume_hint(tm
         tmp_path, fixed={"epochs": 3}, search={"lr": {"loguniform": [0.02, 0.2]}}, samples=4,
         concurrency=1, seed=5,
     )  # fmt: skip
-    hold_dir = tmp_path / "hold"  # the second trial waits after epoch 1: one finished, one running
-    driver = start_study_run(
-        tmp_path, path, "stop", "studies", env=hold_env(hold_dir, epoch=1, nth=2),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    wait_until(lambda: held_trial(hold_dir) is not None, driver, "the second trial was held")
-    driver.send_signal(signal.SIGINT)
-    release_hold(hold_dir)
-    out, err = driver.communicate(timeout=300)
-    assert driver.returncode == 130, out[-2000:] + err[-2000:]
+    err = interrupt_second_trial(tmp_path, path, "stop", signal.SIGINT)
     assert "interrupted: 1 of 4 trials finished" in err and "study resume stop" in err
     report = (tmp_path / "studies" / "stop" / "report" / "report.md").read_text()
     assert "**Partial report:** 1 of 4 trials finished" in report

@@ -8,7 +8,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.data import check_dataset_name
-from trainables.messages import first_problem, shown
+from trainables.messages import first_problem, shown, uri_credentials
 from trainables.models import check_model_name
 
 Method = Literal["sgd", "sam", "asam", "csam", "bsam"]
@@ -25,6 +25,18 @@ class ConfigError(ValueError):
     """A setting is unknown, of the wrong type or out of range. The message is one line."""
 
 
+def no_credentials(uri: str | None) -> str | None:
+    """A data root without user info: credentials in a URI would be stored in every file and
+    message that records the setting (MLflow params, Tune's state, results, reports)."""
+    redacted = uri_credentials(uri) if uri else None
+    if redacted:
+        raise ValueError(
+            "the URI holds credentials: remove them from it and set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or the machine's IAM role) instead"
+        )
+    return uri
+
+
 def ood_section_key(split: str) -> str:
     """The key of OOD split ``split`` (one of ``OOD_SPLITS``) in the ``ood`` section."""
     return split.removeprefix("ood_")
@@ -38,6 +50,8 @@ class SvhnSettings(BaseModel):
     root: str | None = None  # directory holding test_32x32.mat (default: the svhn data dirs)
     subset: int | None = Field(None, ge=1)  # a seeded choice of this many images; None: all
 
+    _root_has_no_credentials = field_validator("root")(no_credentials)
+
 
 class CorruptionSettings(BaseModel):
     """A corrupted test set (CIFAR-10-C, CIFAR-100-C or ImageNet-C)."""
@@ -48,6 +62,8 @@ class CorruptionSettings(BaseModel):
     corruptions: tuple[str, ...] | None = None  # None: every corruption present under root
     severities: tuple[int, ...] = SEVERITIES
     subset_per_severity: int | None = Field(None, ge=1)  # same seeded images at every severity
+
+    _root_has_no_credentials = field_validator("root")(no_credentials)
 
     @field_validator("corruptions")
     @classmethod
@@ -169,6 +185,8 @@ class TrainConfig(BaseModel):
     def split_seed(self) -> int:
         """The seed the data are drawn with: ``data_seed``, else the run's ``seed``."""
         return self.seed if self.data_seed is None else self.data_seed
+
+    _data_root_has_no_credentials = field_validator("data_root")(no_credentials)
 
     @field_validator("dataset")
     @classmethod

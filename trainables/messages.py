@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -9,11 +10,27 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
 MAX_SHOWN = 60  # characters of a bad value echoed back in a message
+# ``scheme://user:secret@host``: everything up to the last '@' of the token is user info (a
+# secret may hold '/', AWS keys do); ``sqlite:////abs`` has no authority, so it has none.
+_USER_INFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)(?!/)[^\s'\"?#]*@")
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the user info of every URI in it replaced by ``***``."""
+    return _USER_INFO.sub(r"\1***@", text)
+
+
+def uri_credentials(uri: str) -> str | None:
+    """The redacted form of ``uri`` (``scheme://***@host/...``) when it holds user info
+    (credentials), else None."""
+    redacted = redact_credentials(uri)
+    return None if redacted == uri else redacted
 
 
 def shown(value: object) -> str:
-    """``repr(value)`` cut to a readable length, for messages that echo user input."""
-    text = repr(value)
+    """``repr(value)`` cut to a readable length, for messages that echo user input; the user
+    info of a URI in it (``scheme://user:password@``) is never shown."""
+    text = redact_credentials(repr(value))
     return text if len(text) <= MAX_SHOWN else f"{text[: MAX_SHOWN - 3]}... ({len(text)} chars)"
 
 
