@@ -114,6 +114,20 @@ class Objective(BaseModel):
         return ["max", "min"] if self.type == "pareto" else ["max"]
 
 
+class Asha(BaseModel):
+    """MO-ASHA's settings (``study.moasha``): rungs at ``grace_period * reduction_factor**k``
+    epochs below ``max_t`` (default: the trials' ``epochs``); about 1/``reduction_factor`` of a
+    rung's configurations continue, ordered by non-dominated fronts and, inside a front, by
+    ``ranking`` (``eps_net`` or ``crowding``)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    grace_period: int = Field(1, ge=1, le=100_000)
+    reduction_factor: float = Field(3.0, gt=1.0, le=1000)
+    max_t: int | None = Field(None, ge=2, le=100_000)
+    ranking: Literal["eps_net", "crowding"] = "eps_net"
+
+
 class Resources(BaseModel):
     """What one trial holds; a fractional ``gpu`` shares a GPU (a scheduling share only).
 
@@ -156,6 +170,7 @@ class Space(BaseModel):
     concurrency: int = Field(2, ge=1, le=10_000)
     sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
     scheduler: Literal["none", "asha"] = "none"
+    asha: Asha = Field(default_factory=Asha)
     seed: int = Field(0, ge=0, lt=2**32)
     resources: Resources = Field(default_factory=Resources)
     max_failures: int = Field(1, ge=0, le=100)
@@ -182,15 +197,31 @@ class Space(BaseModel):
             raise ValueError(
                 f"samples ({self.samples}) < the number of points ({len(self.points)})"
             )
-        if self.repeats > 1 and self.scheduler != "none":
-            raise ValueError("repeats > 1 needs scheduler none (an early stop would cut seeds)")
         if self.repeats > 1 and "seed" in self.search:
             raise ValueError("repeats > 1 sets the seeds itself: remove 'seed' from 'search'")
-        if self.scheduler == "asha" and self.objective.type != "weighted":
-            raise ValueError("scheduler asha needs objective type weighted (ASHA ranks one metric)")
+        if self.scheduler == "asha":
+            self._check_asha()
         if self.sampler == "grid" and any(d.kind != "categorical" for d in self.search.values()):
             raise ValueError("sampler grid needs every search parameter to be categorical")
         return self
+
+    def _check_asha(self) -> None:
+        epochs = self.train_config().epochs
+        max_t = self.asha.max_t or epochs
+        if max_t > epochs:
+            raise ValueError(
+                f"asha: max_t ({max_t}) > epochs ({epochs}): rungs past the last epoch"
+            )
+        if self.asha.grace_period >= max_t:
+            raise ValueError(
+                f"asha: grace_period ({self.asha.grace_period}) must be below max_t ({max_t}): "
+                "no rung would stop anything"
+            )
+
+    @property
+    def asha_max_t(self) -> int:
+        """The epoch below which MO-ASHA's rungs sit (``asha.max_t``, default ``epochs``)."""
+        return self.asha.max_t or self.train_config().epochs
 
     @property
     def trials(self) -> int:

@@ -1,16 +1,29 @@
-"""Tune's schedulers for a study, made to keep every trial of a resumed study where the study
-is now (``study.binding``)."""
+"""Tune's schedulers for a study: first-in-first-out, and MO-ASHA (``study.moasha``'s rung logic
+behind Tune's public ``TrialScheduler`` API); both keep every trial of a resumed study where the
+study is now (``study.binding``)."""
 
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from study.binding import current
+from study.moasha import Decision, Ranking, RungLadder, minimised
+from study.trials import REPEAT_OF_ATTR, TRIAL_ID_ATTR
 from trainables.layout import is_remote, resolve_fs
+
+if TYPE_CHECKING:
+    import optuna
+
+# An Optuna trial user attribute, each rung the trial was recorded at: {"<rung epoch>": {"key",
+# "values" (minimised), "stop", "position", "count" (its place in the rung's order then)}}.
+# MO-ASHA's state lives in the Optuna database, like the searcher's: a resumed study rebuilds it
+# from there and decides alike.
+RUNGS_ATTR = "sharpcal.rungs"
 
 
 class _TrialsInPlace:
@@ -58,5 +71,116 @@ class InPlaceFIFOScheduler(_TrialsInPlace, FIFOScheduler):
     """Tune's first-in-first-out scheduler, trials kept in place (``_TrialsInPlace``)."""
 
 
-class InPlaceASHAScheduler(_TrialsInPlace, ASHAScheduler):
-    """Tune's ASHA scheduler, trials kept in place (``_TrialsInPlace``)."""
+class MOASHAScheduler(_TrialsInPlace, FIFOScheduler):
+    """Multi-objective ASHA for a study: Tune's adapter over ``study.moasha.RungLadder``.
+
+    Each result with an ``epoch`` and every objective ``metrics`` (in ``modes``) is put to the
+    ladder under its configuration's key (the Optuna number of the trial whose configuration it
+    runs: a trial's own, or the first seed's under ``repeats``), and the trial stops when its
+    configuration was stopped at a rung it has reached. What each rung recorded is written to
+    the Optuna trial (``RUNGS_ATTR``) as it is decided; the ladder is rebuilt from the database
+    when this object is unpickled by a resume, so the resumed study decides as it would have.
+    """
+
+    def __init__(
+        self,
+        metrics: list[str],
+        modes: list[str],
+        max_t: int,
+        grace_period: int,
+        reduction_factor: float,
+        ranking: Ranking,
+        optuna_url: str,
+        study_name: str,
+    ) -> None:
+        super().__init__()
+        self._objectives = list(zip(metrics, modes, strict=True))
+        self._ladder_args = (len(metrics), max_t, grace_period, reduction_factor, ranking)
+        self._optuna_url, self._study_name = optuna_url, study_name
+        self._ladder: RungLadder | None = None
+        self._trials: dict[str, tuple[int, str]] = {}  # Tune id -> (Optuna number, key)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update(_ladder=None, _trials={})  # rebuilt from the Optuna database
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        bound = current()
+        if bound is not None:
+            self._optuna_url, self._study_name = bound.optuna_url, bound.name
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        values = [result.get(metric) for metric, _ in self._objectives]
+        epoch = result.get("epoch")
+        if not isinstance(epoch, int) or not all(_finite(v) for v in values):
+            return TrialScheduler.CONTINUE  # a diverged trial ends by itself
+        found = self._optuna_trial(trial.trial_id)
+        if found is None:
+            return TrialScheduler.CONTINUE
+        number, key = found
+        vector = minimised(values, [mode for _, mode in self._objectives])  # type: ignore[arg-type]
+        ladder = self.ladder()
+        decision = ladder.on_result(key, epoch, vector, member=trial.trial_id)
+        if decision is not None:
+            self._save(number, key, decision, vector)
+        stopped = ladder.stopped_at(key)
+        return (
+            TrialScheduler.STOP
+            if stopped is not None and stopped <= epoch
+            else TrialScheduler.CONTINUE
+        )
+
+    def ladder(self) -> RungLadder:
+        """The rung ladder, rebuilt from the Optuna database on first use."""
+        if self._ladder is None:
+            self._ladder = RungLadder(*self._ladder_args)
+            for trial in self._study().get_trials(deepcopy=False):
+                tune_id = trial.user_attrs.get(TRIAL_ID_ATTR)
+                for milestone, rec in (trial.user_attrs.get(RUNGS_ATTR) or {}).items():
+                    if int(milestone) in self._ladder.rungs and tune_id:
+                        self._ladder.record(
+                            int(milestone), rec["key"], tune_id, rec["values"], rec["stop"]
+                        )
+        return self._ladder
+
+    def _study(self) -> optuna.Study:
+        import optuna
+
+        return optuna.load_study(study_name=self._study_name, storage=self._optuna_url)
+
+    def _optuna_trial(self, tune_id: str) -> tuple[int, str] | None:
+        """The Optuna trial number of Tune trial ``tune_id`` and its configuration's key."""
+        if tune_id not in self._trials:
+            for trial in self._study().get_trials(deepcopy=False):
+                if trial.user_attrs.get(TRIAL_ID_ATTR) == tune_id:
+                    key = str(trial.user_attrs.get(REPEAT_OF_ATTR, trial.number))
+                    self._trials[tune_id] = (trial.number, key)
+                    break
+            else:
+                return None
+        return self._trials[tune_id]
+
+    def _save(self, number: int, key: str, decision: Decision, vector: list[float]) -> None:
+        import optuna
+
+        storage = optuna.storages.RDBStorage(self._optuna_url)
+        try:
+            study_id = storage.get_study_id_from_name(self._study_name)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+            rungs = dict(storage.get_trial(trial_id).user_attrs.get(RUNGS_ATTR) or {})
+            rungs[str(decision.milestone)] = {
+                "key": key,
+                "values": vector,
+                "stop": decision.stop,
+                "position": decision.position,
+                "count": decision.count,
+            }
+            storage.set_trial_user_attr(trial_id, RUNGS_ATTR, rungs)
+        finally:
+            storage.remove_session()
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

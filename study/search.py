@@ -32,6 +32,9 @@ from study.trials import (
     trial_status,
 )
 
+# A trial user attribute of a trial MO-ASHA stopped: its objective values at the last epoch it ran
+# (a single objective is also Optuna's intermediate value at that epoch).
+PRUNED_VALUES_ATTR = "values_when_stopped"
 # A study user attribute: the Optuna URL the study was created at. A study whose attribute names
 # another URL was copied or moved there (``study.tuner.check_in_place``).
 LOCATION_ATTR = "sharpcal.optuna_url"
@@ -105,6 +108,12 @@ class StudySearch(Searcher):
         trial_id = self._storage.get_trial_id_from_study_id_trial_number(study_id, number)
         self._storage.set_trial_user_attr(trial_id, key, value)
 
+    def _record_intermediate(self, number: int, step: int, value: float) -> None:
+        assert self._storage is not None
+        study_id = self._storage.get_study_id_from_name(self._study_name)
+        trial_id = self._storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        self._storage.set_trial_intermediate_value(trial_id, step, value)
+
     def _enqueue_next(self, trials: list[optuna.trial.FrozenTrial]) -> None:
         """Queue the next seed of a repeated configuration, else the next point, unless a
         queued trial is already waiting."""
@@ -151,6 +160,10 @@ class StudySearch(Searcher):
                 self._set_attr(trial.number, key, float(value))
         values = _objective_values(result, self._metric)
         if status == "pruned":
+            if values is not None:  # where it stood when stopped (Optuna keeps no values)
+                self._set_attr(trial.number, PRUNED_VALUES_ATTR, values)
+                if len(values) == 1:
+                    self._record_intermediate(trial.number, int(result["epoch"]), values[0])
             self.study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
         elif status == "failed" or values is None:
             self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
@@ -190,8 +203,13 @@ def _next_repeat(
         if base is not None:
             seeds_run.setdefault(base, set()).add(int(trial_settings(trial)["seed"]))
     default_seed = space.train_config().seed  # the fixed section's, or the settings' default
+    stopped = {  # configurations MO-ASHA stopped: their seeds are stopped together
+        trial.user_attrs.get(REPEAT_OF_ATTR, trial.number)
+        for trial in trials
+        if trial.state == TrialState.PRUNED
+    }
     for trial in trials:
-        if REPEAT_OF_ATTR in trial.user_attrs:
+        if REPEAT_OF_ATTR in trial.user_attrs or trial.number in stopped:
             continue
         settings = trial_settings(trial)
         base_seed = int(settings.get("seed", default_seed))

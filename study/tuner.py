@@ -161,20 +161,21 @@ def build_tuner(space: Space, name: str, paths: StudyPaths, callbacks: list[Any]
     """A fresh Tuner for ``space``; its Optuna study lives in ``paths.optuna_db``."""
     from ray import tune
 
-    from study.schedulers import InPlaceASHAScheduler, InPlaceFIFOScheduler
+    from study.schedulers import InPlaceFIFOScheduler, MOASHAScheduler
     from study.search import build_search
 
     search = build_search(space, name, paths.optuna_url)
     scheduler: Any = InPlaceFIFOScheduler()
     if space.scheduler == "asha":
-        epochs = space.train_config().epochs
-        scheduler = InPlaceASHAScheduler(
-            time_attr="epoch",
-            metric="objective",
-            mode="max",
-            max_t=epochs,
-            grace_period=1,
-            reduction_factor=2,
+        scheduler = MOASHAScheduler(
+            metrics=list(space.objective.metrics),
+            modes=list(space.objective.modes),
+            max_t=space.asha_max_t,
+            grace_period=space.asha.grace_period,
+            reduction_factor=space.asha.reduction_factor,
+            ranking=space.asha.ranking,
+            optuna_url=paths.optuna_url,
+            study_name=name,
         )
     return tune.Tuner(
         _trainable(space, name, paths),

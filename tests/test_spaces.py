@@ -117,7 +117,16 @@ BROKEN = {
         "search.method",
     ),
     "gamma above 2": (lambda d: d["search"].update(gamma={"uniform": [0, 3]}), "search.gamma"),
-    "asha with pareto": (lambda d: d.update(scheduler="asha"), "asha"),
+    "asha rungs past the epochs": (
+        lambda d: d.update(scheduler="asha", asha={"max_t": 500}),
+        "max_t (500) > epochs",
+    ),
+    "asha grace at max_t": (
+        lambda d: d.update(scheduler="asha", asha={"grace_period": 20}),
+        "grace_period (20) must be below max_t (20)",
+    ),
+    "asha eta of 1": (lambda d: d.update(scheduler="asha", asha={"reduction_factor": 1}), "asha"),
+    "asha unknown ranking": (lambda d: d.update(scheduler="asha", asha={"ranking": "x"}), "asha"),
     "condition on unknown": (
         lambda d: d["search"]["rho"].update(when={"optimiser": ["sgd"]}),
         "search.rho",

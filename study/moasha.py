@@ -1,0 +1,247 @@
+"""Multi-objective asynchronous successive halving (MO-ASHA, Schmucker et al. 2021): the rung
+logic, pure (no Ray; ``study.schedulers`` adapts it to Tune).
+
+Rungs sit at ``grace_period * reduction_factor**k`` epochs, below ``max_t``. When an entry (a
+trial, or a configuration's seeds under ``repeats``) reaches a rung, its objective vector is
+recorded there; once ``round(reduction_factor)`` entries are in, the rung's entries are ordered —
+each objective normalised by its rank among them (ECE's scale is a tenth of accuracy's), then
+non-dominated sorting into fronts (strict dominance), each front ordered by the epsilon-net
+(greedy farthest-first, from the entry best on the first objective) or by crowding distance
+(NSGA-II, boundary entries first), the fronts concatenated — and the entry continues when its
+*own* position in that order, over the rung's count, is at most ``1 / reduction_factor``. Every
+tie is broken by the entry's key, so the decisions depend only on what was recorded, never on the
+order it arrived in: a resumed study that records the same values takes the same decisions.
+
+A configuration repeated over seeds is one entry: its vector at a rung is the mean over the seeds
+recorded there, and the first seed to reach a rung decides for all of them (its later seeds get
+the same decision there: they are stopped together).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Ranking = Literal["eps_net", "crowding"]
+RANKINGS: tuple[Ranking, ...] = ("eps_net", "crowding")
+
+
+def minimised(values: Sequence[float], modes: Sequence[str]) -> list[float]:
+    """``values`` turned so that lower is better in every objective (``max`` ones negated)."""
+    return [-float(v) if m == "max" else float(v) for v, m in zip(values, modes, strict=True)]
+
+
+def dominates(a: np.ndarray, b: np.ndarray) -> bool:
+    """Strict Pareto dominance under minimisation: ``a`` is no worse everywhere and better
+    somewhere."""
+    return bool(np.all(a <= b) and np.any(a < b))
+
+
+def nondominated_fronts(points: np.ndarray) -> list[list[int]]:
+    """The rows of ``points`` (minimised) sorted into non-dominated fronts, best front first;
+    each front lists its row indices in ascending order. Equal rows share a front."""
+    remaining = list(range(len(points)))
+    fronts = []
+    while remaining:
+        front = [
+            i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining)
+        ]
+        fronts.append(front)
+        remaining = [i for i in remaining if i not in front]
+    return fronts
+
+
+def rank_normalised(points: np.ndarray) -> np.ndarray:
+    """Each column replaced by its average rank among the rows, scaled to [0, 1] (ties share a
+    rank; a single row, or a column of equal values, is all 0)."""
+    n = len(points)
+    out = np.zeros_like(points, dtype=float)
+    if n < 2:
+        return out
+    for col in range(points.shape[1]):
+        column = points[:, col]
+        below = (column[:, None] > column[None, :]).sum(axis=1)
+        equal = (column[:, None] == column[None, :]).sum(axis=1)
+        out[:, col] = (below + (equal - 1) / 2) / (n - 1)
+    return out
+
+
+def eps_net_order(points: np.ndarray, keys: Sequence[str]) -> list[int]:
+    """Row indices of one front in epsilon-net order: first the row lowest on the first
+    objective, then repeatedly the row farthest (Euclidean) from those already chosen; ties to
+    the smaller key."""
+    left = sorted(range(len(points)), key=lambda i: keys[i])
+    if not left:
+        return []
+    first = min(left, key=lambda i: (points[i][0], keys[i]))
+    order = [first]
+    left.remove(first)
+    while left:
+        chosen = points[order]
+        gaps = [float(np.linalg.norm(chosen - points[i], axis=1).min()) for i in left]
+        best = gaps.index(max(gaps))  # the first of equals: ``left`` is in key order
+        order.append(left.pop(best))
+    return order
+
+
+def crowding_order(points: np.ndarray, keys: Sequence[str]) -> list[int]:
+    """Row indices of one front by descending crowding distance (NSGA-II: boundary rows of every
+    objective first); ties to the smaller key."""
+    n = len(points)
+    distance = np.zeros(n)
+    for col in range(points.shape[1]):
+        order = sorted(range(n), key=lambda i: (points[i, col], keys[i]))
+        span = points[order[-1], col] - points[order[0], col]
+        distance[order[0]] = distance[order[-1]] = np.inf
+        if span <= 0:
+            continue
+        for a, i, b in zip(order, order[1:], order[2:]):
+            distance[i] += (points[b, col] - points[a, col]) / span
+    return sorted(range(n), key=lambda i: (-distance[i], keys[i]))
+
+
+def mo_order(points: np.ndarray, keys: Sequence[str], ranking: Ranking = "eps_net") -> list[int]:
+    """All rows of ``points`` (minimised objectives), best first: rank-normalised, sorted into
+    non-dominated fronts, each front ordered by ``ranking``."""
+    normalised = rank_normalised(np.asarray(points, dtype=float))
+    within = eps_net_order if ranking == "eps_net" else crowding_order
+    order: list[int] = []
+    for front in nondominated_fronts(normalised):
+        inner = within(normalised[front], [keys[i] for i in front])
+        order += [front[i] for i in inner]
+    return order
+
+
+def rung_milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
+    """The epochs at which rungs sit: ``grace_period * reduction_factor**k`` (rounded), below
+    ``max_t``, ascending and distinct."""
+    milestones: list[int] = []
+    k = 0
+    while (t := round(grace_period * reduction_factor**k)) < max_t:
+        if not milestones or t > milestones[-1]:
+            milestones.append(t)
+        k += 1
+    return milestones
+
+
+@dataclass
+class RungEntry:
+    """What one entry (trial or configuration) recorded at one rung: each member's minimised
+    vector, and the decision taken when its first member arrived."""
+
+    members: dict[str, list[float]] = field(default_factory=dict)
+    stop: bool = False
+
+    def mean(self) -> np.ndarray:
+        return np.mean(np.array(list(self.members.values()), dtype=float), axis=0)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A rung decision: whether the entry stops, at which rung, and its place there."""
+
+    stop: bool
+    milestone: int
+    position: int  # 1-based, in the rung's order
+    count: int  # entries at the rung then
+
+
+class RungLadder:
+    """MO-ASHA's bookkeeping for one study (one bracket), in minimised objectives.
+
+    Args:
+        num_objectives: the length of every recorded vector (1: plain ASHA).
+        max_t: no rung at or above this epoch.
+        grace_period: the first rung's epoch.
+        reduction_factor: eta > 1; about 1/eta of a rung's entries continue.
+        ranking: the order inside a front, ``eps_net`` or ``crowding``.
+    """
+
+    def __init__(
+        self,
+        num_objectives: int,
+        max_t: int,
+        grace_period: int = 1,
+        reduction_factor: float = 3.0,
+        ranking: Ranking = "eps_net",
+    ) -> None:
+        if num_objectives < 1 or grace_period < 1 or max_t < 1 or reduction_factor <= 1:
+            raise ValueError(
+                "MO-ASHA needs num_objectives >= 1, grace_period >= 1, max_t >= 1 and "
+                f"reduction_factor > 1 (got {num_objectives}, {grace_period}, {max_t}, "
+                f"{reduction_factor})"
+            )
+        if ranking not in RANKINGS:
+            raise ValueError(f"ranking must be one of {RANKINGS} (got {ranking!r})")
+        self.num_objectives = num_objectives
+        self.reduction_factor = reduction_factor
+        self.ranking: Ranking = ranking
+        self.milestones = rung_milestones(grace_period, reduction_factor, max_t)
+        self.rungs: dict[int, dict[str, RungEntry]] = {m: {} for m in self.milestones}
+
+    def record(
+        self, milestone: int, key: str, member: str, values: Sequence[float], stop: bool
+    ) -> None:
+        """Put back a result recorded earlier, with the decision taken then (a resume)."""
+        entry = self.rungs[milestone].setdefault(key, RungEntry(stop=stop))
+        entry.members[member] = self._vector(values)
+
+    def on_result(
+        self, key: str, epoch: int, values: Sequence[float], member: str | None = None
+    ) -> Decision | None:
+        """An entry's result after ``epoch`` epochs, ``values`` minimised. Records it at the
+        highest rung it has reached and not yet recorded, and returns that rung's decision (None:
+        no rung reached, or this member was recorded there already — then its earlier decision
+        stands, see ``stopped_at``)."""
+        member = key if member is None else member
+        vector = self._vector(values)
+        reached = [m for m in self.milestones if m <= epoch]
+        for milestone in reversed(reached):
+            entries = self.rungs[milestone]
+            if member in entries.get(key, RungEntry()).members:
+                return None
+            entry = entries.get(key)
+            if entry is not None:  # another seed of the configuration decided here
+                entry.members[member] = vector
+                return self._place(milestone, key, entry.stop)
+            entries[key] = RungEntry({member: vector})
+            decision = self._decide(milestone, key)
+            entries[key].stop = decision.stop
+            return decision
+        return None
+
+    def stopped_at(self, key: str) -> int | None:
+        """The rung at which ``key`` was stopped, if it was."""
+        for milestone in self.milestones:
+            entry = self.rungs[milestone].get(key)
+            if entry is not None and entry.stop:
+                return milestone
+        return None
+
+    def _vector(self, values: Sequence[float]) -> list[float]:
+        vector = [float(v) for v in values]
+        if len(vector) != self.num_objectives or not np.all(np.isfinite(vector)):
+            raise ValueError(
+                f"expected {self.num_objectives} finite objective values, got {list(values)}"
+            )
+        return vector
+
+    def _decide(self, milestone: int, key: str) -> Decision:
+        entries = self.rungs[milestone]
+        if len(entries) < round(self.reduction_factor):
+            return Decision(False, milestone, 0, len(entries))
+        return self._place(milestone, key, None)
+
+    def _place(self, milestone: int, key: str, stop: bool | None) -> Decision:
+        """``key``'s place in its rung's order; ``stop`` as given, else from that place."""
+        entries = self.rungs[milestone]
+        keys = sorted(entries)
+        points = np.array([entries[k].mean() for k in keys])
+        order = mo_order(points, keys, self.ranking)
+        position = order.index(keys.index(key)) + 1
+        if stop is None:
+            stop = position / len(keys) > 1 / self.reduction_factor
+        return Decision(stop, milestone, position, len(keys))
