@@ -26,6 +26,13 @@ from search_spaces import SpaceError, read_space_yaml, resolve_space
 from search_spaces.names import check_study_name
 from trainables.config import ConfigError, TrainConfig, parse_config
 from trainables.messages import first_problem, shown
+from trainables.objectives import (
+    ACCURACY_METRICS,
+    CALIBRATION_METRICS,
+    COST_METRICS,
+    DEFAULT_METRICS,
+    DIRECTIONS,
+)
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
 
@@ -88,30 +95,65 @@ class Distribution(BaseModel):
 
 
 class Objective(BaseModel):
-    """``pareto``: maximize val_accuracy and minimize val_ece; ``weighted``: maximize
-    ``val_accuracy - weight * val_ece``."""
+    """What the search optimises. ``pareto``: the front of ``metrics`` (2 or 3 of
+    ``trainables.objectives.DIRECTIONS``, a cost among them at most once; each one's direction is
+    known); ``weighted``: maximise ``metrics[0] - weight * metrics[1]``, an accuracy metric and a
+    calibration metric. Default metrics: val_accuracy and val_ece."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: Literal["pareto", "weighted"] = "pareto"
     weight: float = Field(1.0, ge=0.0, le=1e6)
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [m for m in metrics if m not in DIRECTIONS]
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(DIRECTIONS)}")
+        if len(set(metrics)) != len(metrics):
+            raise ValueError("a metric is named twice")
+        return metrics
+
+    @model_validator(mode="after")
+    def _metrics_fit_the_type(self) -> Objective:
+        m = self.metrics
+        if self.type == "weighted":
+            if len(m) != 2 or m[0] not in ACCURACY_METRICS or m[1] not in CALIBRATION_METRICS:
+                raise ValueError(
+                    "a weighted objective takes metrics [ACCURACY, CALIBRATION]: one of "
+                    f"{', '.join(ACCURACY_METRICS)}, then one of {', '.join(CALIBRATION_METRICS)}"
+                )
+        elif not 2 <= len(m) <= 3 or sum(x in COST_METRICS for x in m) > 1:
+            raise ValueError("a pareto objective takes 2 or 3 metrics, at most one of them a cost")
+        return self
 
     @property
-    def metrics(self) -> list[str]:
-        """The metric names handed to Optuna."""
-        return ["val_accuracy", "val_ece"] if self.type == "pareto" else ["objective"]
+    def optuna_metrics(self) -> list[str]:
+        """The result keys handed to Optuna: the metrics (pareto) or ``objective`` (weighted)."""
+        return list(self.metrics) if self.type == "pareto" else ["objective"]
 
     @property
     def names(self) -> list[str]:
         """What each objective is called where users read it (optuna-dashboard's axes)."""
         if self.type == "pareto":
-            return self.metrics
-        return [f"val_accuracy - {self.weight:g} * val_ece"]
+            return list(self.metrics)
+        return [f"{self.metrics[0]} - {self.weight:g} * {self.metrics[1]}"]
+
+    @property
+    def plot_axes(self) -> tuple[str, str]:
+        """The two metrics a 2-D figure of the search shows, (x, y): y the first maximised
+        metric (else the first), x the first other metric that is not a cost (else the other)."""
+        m = list(self.metrics)
+        y = next((x for x in m if DIRECTIONS[x] == "max"), m[0])
+        rest = [x for x in m if x != y]
+        return next((x for x in rest if x not in COST_METRICS), rest[0]), y
 
     @property
     def modes(self) -> list[str]:
-        """max/min per metric."""
-        return ["max", "min"] if self.type == "pareto" else ["max"]
+        """max/min per Optuna objective."""
+        return [DIRECTIONS[m] for m in self.metrics] if self.type == "pareto" else ["max"]
 
 
 class Asha(BaseModel):

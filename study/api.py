@@ -427,7 +427,8 @@ class Study:
         """Register a trial's model in MLflow's Model Registry as a new version of
         ``model_name`` (tagged with its test metrics and temperature); returns the
         ``ModelVersion``. ``trial``: an Optuna trial number; default the best trial (under a
-        Pareto objective, the front trial with the highest ``val_accuracy - val_ece``)."""
+        Pareto objective, the front trial with the highest ``compare.rank_score``: by default
+        ``val_accuracy - val_ece``)."""
         from study import arguments
         from study.compare import rank_score
         from study.front import best_trials

@@ -27,6 +27,7 @@ from search_spaces.schema import Space
 from study.tables import latex_escape, latex_table, markdown_table
 from study.trials import STATUS_ATTR, configuration_key, trial_settings
 from trainables.config import OOD_SPLITS, TrainConfig, ood_section_key
+from trainables.objectives import COST_METRICS, signed
 
 Format = Literal["markdown", "latex", "csv"]
 MAX_ROWS = 12  # more configurations than this: the best one per method and loss
@@ -84,9 +85,16 @@ def is_completed(trial: FrozenTrial) -> bool:
 
 
 def rank_score(trial: FrozenTrial, space: Space) -> float:
-    """Higher is better: ``val_accuracy - val_ece`` (pareto) or the weighted objective."""
-    if space.objective.type == "pareto":
-        return float(trial.values[0]) - float(trial.values[1])
+    """Higher is better: under a Pareto objective the sum of its metrics other than a cost, each
+    signed so that higher is better (the default: ``val_accuracy - val_ece``); else the weighted
+    objective."""
+    objective = space.objective
+    if objective.type == "pareto":
+        return sum(
+            signed(name, float(value))
+            for name, value in zip(objective.metrics, trial.values, strict=True)
+            if name not in COST_METRICS
+        )
     return float(trial.values[0])
 
 
@@ -407,10 +415,30 @@ def render_paired(table: PairedTable, style: Format) -> str:
     return _text_table(["Method", "Pairs", *titles], rows, style)
 
 
+# Columns for objective metrics that CALIBRATION_COLUMNS lacks (the cost ones as logged).
+OBJECTIVE_COLUMNS: dict[str, Column] = {
+    "test_classwise_ece": Column("Classwise ECE", "min"),
+    "train_seconds": Column("Train s", "min", percent=False),
+    "epochs": Column("Epochs", "min", percent=False),
+}
+
+
+def calibration_columns(space: Space) -> dict[str, Column]:
+    """``CALIBRATION_COLUMNS`` and a column for each objective metric they lack (the test
+    counterpart of a val metric, or the cost itself)."""
+    columns = dict(CALIBRATION_COLUMNS)
+    for metric in space.objective.metrics:
+        key = f"test_{metric[4:]}" if metric.startswith("val_") else metric
+        if key not in columns and key in OBJECTIVE_COLUMNS:
+            columns[key] = OBJECTIVE_COLUMNS[key]
+    return columns
+
+
 def comparison_tables(study: optuna.Study, space: Space) -> list[Table]:
-    """The calibration table and, when the study evaluated any, the OOD table."""
+    """The calibration table (with the study's objective metrics) and, when the study evaluated
+    any, the OOD table."""
     confs = configurations(study, space)
-    tables = [Table(confs, CALIBRATION_COLUMNS)]
+    tables = [Table(confs, calibration_columns(space))]
     ood = ood_columns(confs)
     if ood:
         tables.append(Table(confs, ood))

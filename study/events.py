@@ -101,11 +101,10 @@ class TrialEvents(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
         status = trial_status(result, error=False)
-        text = (
-            f"{trial.trial_id} {status:<9} val_accuracy {result.get('val_accuracy', float('nan')):.4f}"
-            f"  val_ece {result.get('val_ece', float('nan')):.4f}"
-            f"  {result.get('time_total_s', 0):.0f} s"
+        shown = "  ".join(
+            f"{m} {result.get(m, float('nan')):.4g}" for m in self.space.objective.metrics
         )
+        text = f"{trial.trial_id} {status:<9} {shown}  {result.get('time_total_s', 0):.0f} s"
         epoch, total = result.get("epoch", 0), result.get("epochs_total", 0)
         if status == "pruned":
             text += f"  (stopped by ASHA after epoch {epoch} of {total})"

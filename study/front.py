@@ -11,7 +11,15 @@ from search_spaces.schema import Space
 from study.compare import describe
 from study.trials import STATUS_ATTR, TRIAL_ID_ATTR, trial_settings
 
-METRIC_COLUMNS = ("val_accuracy", "val_ece", "test_accuracy", "test_ece", "test_ece_ts")
+TEST_COLUMNS = ("test_accuracy", "test_ece", "test_ece_ts")
+
+
+def metric_columns(space: Space) -> list[str]:
+    """The front table's metrics: the study's objective metrics, then the test metrics (the
+    test counterpart of each val objective metric too)."""
+    columns = list(space.objective.metrics)
+    tests = [*TEST_COLUMNS, *(f"test_{m[4:]}" for m in columns if m.startswith("val_"))]
+    return columns + list(dict.fromkeys(tests))
 
 
 def load_optuna_study(name: str, storage_url: str) -> optuna.Study:
@@ -41,7 +49,7 @@ def front_rows(study: optuna.Study, space: Space) -> list[dict[str, Any]]:
         if space.points:
             row["configuration"] = describe(trial_settings(trial), space).replace(" ", "")
         row.update({name: trial.params.get(name, "-") for name in space.search})
-        row.update({m: trial.user_attrs.get(m, math.nan) for m in METRIC_COLUMNS})
+        row.update({m: trial.user_attrs.get(m, math.nan) for m in metric_columns(space)})
         rows.append(row)
     return rows
 

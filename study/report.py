@@ -82,6 +82,7 @@ from trainables import calibration
 from trainables.atomic import replace_directory
 from trainables.config import TrainConfig
 from trainables.layout import StudyPaths
+from trainables.objectives import COST_METRICS, DIRECTIONS
 
 REPORT_FILE = "report.md"
 DATA_FILE = "report.json"
@@ -201,16 +202,33 @@ def fmt_param(value: Any) -> str:
 
 
 def _objective_text(space: Space) -> str:
-    if space.objective.type == "pareto":
-        return "pareto (maximize val_accuracy, minimize val_ece)"
-    return f"weighted (maximize val_accuracy - {space.objective.weight:g} * val_ece)"
+    objective = space.objective
+    if objective.type == "pareto":
+        goals = ", ".join(f"{'maximize' if d == 'max' else 'minimize'} {m}"
+                          for m, d in zip(objective.metrics, objective.modes, strict=True))  # fmt: skip
+        return f"pareto ({goals})"
+    return f"weighted (maximize {objective.names[0]})"
+
+
+def _directions_text(space: Space) -> str:
+    """``val_accuracy up, val_ece down``: the Pareto metrics and their directions."""
+    objective = space.objective
+    return ", ".join(
+        f"{m} {'up' if d == 'max' else 'down'}"
+        for m, d in zip(objective.metrics, objective.modes, strict=True)
+    )
 
 
 def _rank_text(space: Space) -> str:
-    if space.objective.type == "pareto":
+    objective = space.objective
+    if objective.type == "pareto":
+        terms = [m for m in objective.metrics if m not in COST_METRICS]
+        score = " ".join(
+            f"{'+' if DIRECTIONS[m] == 'max' else '-'} {m}" for m in terms
+        ).removeprefix("+ ")
         return (
-            "Trials are ranked by **val_accuracy - val_ece** (highest first): the Pareto front "
-            "has no single best trial, so this scalarisation picks one."
+            f"Trials are ranked by **{score}** (highest first): the Pareto front has no single "
+            "best trial, so this scalarisation picks one."
         )
     return "Trials are ranked by the study's weighted objective (highest first)."
 
@@ -266,7 +284,8 @@ def front_section(view: StudyView, data: dict[str, Any]) -> str:
     """The Pareto front (or the best trial) as Optuna holds it, with the logged metrics."""
     params = [p for p in view.space.search if p != "method"]
     metric_keys = ["test_accuracy", "test_ece", "test_ece_ts", "test_nll"]
-    headers = ["trial", "Tune id", "method", *params, "val accuracy", "val ECE"]
+    objective_keys = list(view.space.objective.metrics)
+    headers = ["trial", "Tune id", "method", *params, *objective_keys]
     headers += ["test accuracy", "test ECE", "test ECE after TS", "test NLL"]
     if not view.pareto:
         headers.append("objective")
@@ -278,7 +297,7 @@ def front_section(view: StudyView, data: dict[str, Any]) -> str:
             view.method(trial),
         ]
         row += [fmt_param(trial.params.get(p, "-")) for p in params]
-        row += [trial_value(trial, "val_accuracy"), trial_value(trial, "val_ece")]
+        row += [trial_value(trial, k) for k in objective_keys]
         row += [trial_value(trial, k) for k in metric_keys]
         if not view.pareto:
             row.append(float(trial.values[0]))
@@ -294,8 +313,8 @@ def front_section(view: StudyView, data: dict[str, Any]) -> str:
     data["front"] = records
     title = "## Pareto front" if view.pareto else "## Best trial"
     intro = (
-        "Optuna's Pareto front over (val accuracy up, val ECE down); test metrics as the trials "
-        "logged them."
+        f"Optuna's Pareto front over ({_directions_text(view.space)}); test metrics as the "
+        "trials logged them."
         if view.pareto
         else "The trial with the highest weighted objective; test metrics as logged."
     )
@@ -593,9 +612,11 @@ def ensemble_section(view: StudyView, data: dict[str, Any]) -> str:
 
 
 def importance_targets(space: Space) -> list[tuple[str, Callable[[FrozenTrial], float]]]:
-    """The objectives to explain: val_accuracy and val_ece, or the weighted objective."""
+    """The objectives to explain: each Pareto metric, or the weighted objective."""
     if space.objective.type == "pareto":
-        return [("val_accuracy", lambda t: t.values[0]), ("val_ece", lambda t: t.values[1])]
+        return [
+            (name, lambda t, i=i: t.values[i]) for i, name in enumerate(space.objective.metrics)
+        ]
     return [("objective", lambda t: t.values[0])]
 
 

@@ -44,15 +44,18 @@ def trial_value(trial: FrozenTrial, key: str) -> float:
 
 
 def draw_pareto(view: StudyView, path: Path) -> None:
-    """Val accuracy against val ECE of every completed trial, the front ringed and joined."""
+    """The objective's two plotted metrics (``Objective.plot_axes``; val accuracy against val
+    ECE by default) of every completed trial, the front ringed and joined (a three-metric
+    front is shown in these two)."""
+    x_key, y_key = view.space.objective.plot_axes
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     methods = view.methods()
     colors = method_colors(methods)
     for method in methods:
         trials = [t for t in view.completed if view.method(t) == method]
         ax.scatter(
-            [trial_value(t, "val_ece") for t in trials],
-            [trial_value(t, "val_accuracy") for t in trials],
+            [trial_value(t, x_key) for t in trials],
+            [trial_value(t, y_key) for t in trials],
             color=colors[method],
             label=method,
             s=36,
@@ -61,11 +64,11 @@ def draw_pareto(view: StudyView, path: Path) -> None:
     done = {t.number for t in view.completed}
     front = sorted(
         (t for t in best_trials(view.study) if t.number in done),
-        key=lambda t: trial_value(t, "val_ece"),
+        key=lambda t: trial_value(t, x_key),
     )
     if front:
-        xs = [trial_value(t, "val_ece") for t in front]
-        ys = [trial_value(t, "val_accuracy") for t in front]
+        xs = [trial_value(t, x_key) for t in front]
+        ys = [trial_value(t, y_key) for t in front]
         label = "Pareto front" if view.pareto else "best trial"
         ax.scatter(
             xs,
@@ -81,7 +84,7 @@ def draw_pareto(view: StudyView, path: Path) -> None:
             ax.plot(xs, ys, "k--", linewidth=1, zorder=2)
         for t, x, y in zip(front, xs, ys):
             ax.annotate(f"#{t.number}", (x, y), textcoords="offset points", xytext=(6, 6))
-    ax.set(xlabel="val ECE", ylabel="val accuracy", title=f"{view.name}: completed trials")
+    ax.set(xlabel=x_key, ylabel=y_key, title=f"{view.name}: completed trials")
     if methods:
         ax.legend(loc="best")
     ax.grid(alpha=0.3)
@@ -114,8 +117,9 @@ def draw_importance(found: dict[str, dict[str, float]], path: Path) -> None:
 
 
 def draw_sensitivity(view: StudyView, params: Sequence[str], path: Path) -> None:
-    """A grid: rows val ECE / val accuracy, one column per searched param."""
-    metrics = [("val_ece", "val ECE"), ("val_accuracy", "val accuracy")]
+    """A grid: one row per plotted objective metric (``Objective.plot_axes``), one column per
+    searched param."""
+    metrics = [(key, key) for key in view.space.objective.plot_axes]
     fig, axes = plt.subplots(2, len(params), figsize=(4.8 * len(params), 7), squeeze=False)
     methods = view.methods()
     colors = method_colors(methods)

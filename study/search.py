@@ -55,7 +55,7 @@ class StudySearch(Searcher):
     def __init__(self, space: Space, study_name: str, storage_url: str) -> None:
         objective = space.objective
         pareto = objective.type == "pareto"
-        metric: str | list[str] = list(objective.metrics) if pareto else "objective"
+        metric: str | list[str] = list(objective.optuna_metrics) if pareto else "objective"
         mode: str | list[str] = list(objective.modes) if pareto else "max"
         super().__init__(metric=metric, mode=mode)
         self._space = space

@@ -24,7 +24,9 @@ REPEAT_OF_ATTR = "repeat_of"  # the Optuna trial number whose configuration this
 MLFLOW_RUN_ATTR = "mlflow_run_id"  # the trial's MLflow run, set when the run is created
 POINT_ATTR = "point"  # the index in the space's ``points`` of the configuration a trial runs
 RECORDED_PREFIXES = ("test_", "val_", *(f"{split}_" for split in OOD_SPLITS))
-RECORDED_KEYS = ("temperature", "temperature_at_bound", "epoch", "train_loss")
+RECORDED_KEYS = (
+    "temperature", "temperature_at_bound", "epoch", "epochs", "train_loss", "train_seconds",
+)  # fmt: skip
 
 
 class SpaceSampler:

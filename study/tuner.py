@@ -123,6 +123,7 @@ def _trainable(space: Space, name: str, paths: StudyPaths) -> Any:
         evidence=space.evidence,
         workers=space.resources.workers,
         gpus_per_worker=space.resources.gpu,
+        objective_metrics=space.objective.metrics,
     )
     resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
     if space.resources.workers > 1:
@@ -168,7 +169,7 @@ def build_tuner(space: Space, name: str, paths: StudyPaths, callbacks: list[Any]
     scheduler: Any = InPlaceFIFOScheduler()
     if space.scheduler == "asha":
         scheduler = MOASHAScheduler(
-            metrics=list(space.objective.metrics),
+            metrics=space.objective.optuna_metrics,
             modes=list(space.objective.modes),
             max_t=space.asha_max_t,
             grace_period=space.asha.grace_period,

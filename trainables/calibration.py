@@ -676,3 +676,36 @@ def calibration_report(
         report = dict(zip(metrics.keys(), values, strict=True))
         report["smece"] = smooth_ece(probs, labels)
     return report
+
+
+def cross_fitted_ece_ts(logits: Tensor, labels: Tensor, n_bins: int = 15, seed: int = 0) -> float:
+    """ECE after temperature scaling, cross-fitted: the samples are split in two halves (a
+    permutation drawn from ``seed``), a temperature is fitted (:func:`fit_temperature`) on each
+    half and the ECE (:func:`ece`, ``n_bins`` bins) of the other half measured at it; the result
+    is the mean of the two, weighted by the halves' sizes. No sample is scored at a temperature
+    fitted on itself, unlike fitting and scoring on one split. Needs at least 2 samples.
+
+    Args:
+        logits: ``(N, C)`` unnormalised scores.
+        labels: ``(N,)`` integer labels in ``[0, C)``.
+        n_bins: number of bins, >= 1.
+        seed: the seed of the split into halves.
+
+    Returns:
+        The cross-fitted ECE as a Python float.
+    """
+    _check_inputs(logits, labels, "logits")
+    _check_n_bins(n_bins)
+    n = logits.shape[0]
+    if n < 2:
+        raise ValueError(f"cross-fitted ECE needs at least 2 samples (got {n})")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator).to(logits.device)
+    halves = (order[: n // 2], order[n // 2 :])
+    total = 0.0
+    for fit_on, score_on in (halves, halves[::-1]):
+        temperature = fit_temperature(logits[fit_on], labels[fit_on])
+        with torch.no_grad():
+            z = logits[score_on].detach().to(_work_dtype(logits)) / temperature
+            total += ece(z.softmax(dim=1), labels[score_on], n_bins).item() * len(score_on)
+    return total / n

@@ -8,6 +8,7 @@ divergence and to report).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -125,12 +126,18 @@ class EpochRecord:
     epoch: int
     train_loss: float
     seconds: float
+    train_seconds: float = 0.0  # training time of every epoch so far, this one included
     val: dict[str, float] = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)  # test metrics, after the last epoch
 
     def flat(self) -> dict[str, float]:
-        """One flat dict: ``epoch``, ``train_loss`` and ``val_<metric>`` keys."""
-        out: dict[str, float] = {"epoch": self.epoch, "train_loss": self.train_loss}
+        """One flat dict: ``epoch``, ``train_loss``, ``train_seconds`` and ``val_<metric>``
+        keys."""
+        out: dict[str, float] = {
+            "epoch": self.epoch,
+            "train_loss": self.train_loss,
+            "train_seconds": self.train_seconds,
+        }
         out.update({f"val_{k}": v for k, v in self.val.items()})
         return out
 
@@ -207,6 +214,7 @@ class Trainer:
         self.ascent_loss: LossFn = cross_entropy if cfg.method == "csam" else loss
         self.descent_loss: LossFn = csam_loss(cfg.gamma) if cfg.method == "csam" else loss
         self.epochs_done = 0
+        self.train_seconds = 0.0  # the "train_seconds" cost: training time, evaluation excluded
         self.diverged = False
         self.history: list[dict[str, float]] = []
         self._predictions: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
@@ -309,7 +317,9 @@ class Trainer:
         self.epochs_done += 1
         train_loss = (total / max(batches, 1)).item()
         self.diverged = not bool(finite.item())
-        return EpochRecord(self.epochs_done, train_loss, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self.train_seconds += seconds
+        return EpochRecord(self.epochs_done, train_loss, seconds, self.train_seconds)
 
     # -- evaluation -----------------------------------------------------------------------------
 
@@ -388,6 +398,16 @@ class Trainer:
             logits, labels, self.data.info.num_classes, temperature=temperature
         )
 
+    def evaluate_val(self) -> dict[str, float]:
+        """``evaluate("val")`` and ``ece_ts``, its ECE after temperature scaling cross-fitted
+        on val's two halves (``calibration.cross_fitted_ece_ts``; NaN under 2 samples)."""
+        metrics = self.evaluate("val")
+        logits, labels = self.predictions("val")
+        metrics["ece_ts"] = (
+            calibration.cross_fitted_ece_ts(logits, labels) if len(labels) >= 2 else math.nan
+        )
+        return metrics
+
     def fit_temperature(self) -> float:
         """Temperature fitted on val (1.0 when there is no val split)."""
         if self.data.split_size("val") == 0:
@@ -420,7 +440,7 @@ class Trainer:
         while self.epochs_done < self.cfg.epochs and not self.diverged:
             record = self.train_epoch(on_batch)
             if not self.diverged and self.data.split_size("val") > 0:
-                record.val = self.evaluate("val")
+                record.val = self.evaluate_val()
                 if self.adafocal is not None:
                     self.update_adafocal()
             if not self.diverged and self.epochs_done == self.cfg.epochs:
@@ -442,6 +462,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epochs_done": self.epochs_done,
+            "train_seconds": self.train_seconds,
             "diverged": self.diverged,
             "history": self.history,
             "torch_rng": torch.get_rng_state(),
@@ -463,6 +484,7 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epochs_done = state["epochs_done"]
+        self.train_seconds = state.get("train_seconds", 0.0)  # absent in older checkpoints
         self.diverged = state["diverged"]
         self.history = list(state["history"])
         if self.adafocal is not None:

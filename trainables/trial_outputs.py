@@ -14,15 +14,13 @@ from trainables import evidence
 from trainables.data import SPLITS, dataset_source
 from trainables.layout import evidence_uri, resolve_fs, trial_artifacts_uri
 from trainables.loop import EpochRecord, Trainer
+from trainables.objectives import DEFAULT_METRICS, DIVERGED_METRICS
 from trainables.ood import evaluate_ood, ood_evidence_table
 from trainables.plots import reliability_png
 
 CHECKPOINT_FILE = "state.pt"
 RELIABILITY_FILE = "reliability.png"
 EVIDENCE_SPLITS = ("val", "test")
-# What a diverged trial reports: the worst value of each objective metric, so that Optuna's
-# samplers rank its region last instead of ignoring it (as they would ignore a FAIL).
-DIVERGED_METRICS = {"val_accuracy": 0.0, "val_ece": 1.0, "val_adaece": 1.0}
 
 
 @dataclass(frozen=True)
@@ -38,6 +36,7 @@ class TrialContext:
         1  # >1: data-parallel over that many Ray Train workers (trainables/distributed.py)
     )
     gpus_per_worker: float = 0.0
+    objective_metrics: tuple[str, ...] = DEFAULT_METRICS  # a weighted objective's two metrics
 
 
 def write_trial_files(
@@ -90,9 +89,12 @@ def record_epoch_outputs(
     write_trial_files(trainer, record, ctx, trial_id)
 
 
-def objective_value(metrics: dict[str, Any], weight: float) -> float:
-    """The weighted objective ``val_accuracy - weight * val_ece``."""
-    return metrics["val_accuracy"] - weight * metrics["val_ece"]
+def objective_value(
+    metrics: dict[str, Any], weight: float, names: tuple[str, ...] = DEFAULT_METRICS
+) -> float:
+    """The weighted objective ``names[0] - weight * names[1]`` (default val_accuracy, val_ece)."""
+    accuracy, calibration = names
+    return metrics[accuracy] - weight * metrics[calibration]
 
 
 def dataset_input(trainer: Trainer) -> dict[str, Any]:
@@ -110,13 +112,16 @@ def epoch_metrics(trainer: Trainer, record: EpochRecord, ctx: TrialContext) -> d
     metrics: dict[str, Any] = record.flat()
     metrics["dataset"] = dataset_input(trainer)
     metrics["epochs_total"] = trainer.cfg.epochs
+    metrics["epochs"] = record.epoch  # trained so far: the "epochs" cost objective
     metrics["diverged"] = trainer.diverged
     if trainer.diverged:
+        # the worst value of each objective metric, so that Optuna's samplers rank its region
+        # last instead of ignoring it (as they would ignore a FAIL)
         metrics.update(DIVERGED_METRICS)
         metrics["train_loss"] = (
             math.inf if not math.isfinite(record.train_loss) else record.train_loss
         )
     metrics.update(record.final)
     if ctx.objective_weight is not None:
-        metrics["objective"] = objective_value(metrics, ctx.objective_weight)
+        metrics["objective"] = objective_value(metrics, ctx.objective_weight, ctx.objective_metrics)
     return metrics
