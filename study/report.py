@@ -61,6 +61,7 @@ from study.report_figures import (
     trial_value,
 )
 from study.report_html import HTML_FILE, report_html
+from study.report_search import search_section
 from study.storage import StudyFilesError, open_optuna_study
 from study.stored import (
     N_BINS,
@@ -775,6 +776,7 @@ def _write_files(view: StudyView, paths: StudyPaths, report_dir: Path) -> None:
         sections.append(evidence_note)
     sections.append(front_section(view, data))
     draw_pareto(view, report_dir / "pareto.png")
+    sections.append(search_section(view, report_dir / "search.png", data))
     sections.append(comparison_section(view, data, paths.evidence))
     sections.append(methods_section(view, data))
     best = {m: (t, view.evidence_of(t)) for m, t in method_best(view).items()}

@@ -13,17 +13,11 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from study.binding import current
 from study.moasha import Decision, Ranking, RungLadder, minimised
-from study.trials import REPEAT_OF_ATTR, TRIAL_ID_ATTR
+from study.trials import REPEAT_OF_ATTR, RUNGS_ATTR, TRIAL_ID_ATTR
 from trainables.layout import is_remote, resolve_fs
 
 if TYPE_CHECKING:
     import optuna
-
-# An Optuna trial user attribute, each rung the trial was recorded at: {"<rung epoch>": {"key",
-# "values" (minimised), "stop", "position", "count" (its place in the rung's order then)}}.
-# MO-ASHA's state lives in the Optuna database, like the searcher's: a resumed study rebuilds it
-# from there and decides alike.
-RUNGS_ATTR = "sharpcal.rungs"
 
 
 class _TrialsInPlace:

@@ -23,6 +23,11 @@ SETTINGS_ATTR = "settings"
 REPEAT_OF_ATTR = "repeat_of"  # the Optuna trial number whose configuration this one repeats
 MLFLOW_RUN_ATTR = "mlflow_run_id"  # the trial's MLflow run, set when the run is created
 POINT_ATTR = "point"  # the index in the space's ``points`` of the configuration a trial runs
+# An Optuna trial user attribute, each rung the trial was recorded at: {"<rung epoch>": {"key",
+# "values" (minimised), "stop", "position", "count" (its place in the rung's order then)}}.
+# MO-ASHA's state lives in the Optuna database, like the searcher's: a resumed study rebuilds it
+# from there and decides alike.
+RUNGS_ATTR = "sharpcal.rungs"
 RECORDED_PREFIXES = ("test_", "val_", *(f"{split}_" for split in OOD_SPLITS))
 RECORDED_KEYS = (
     "temperature", "temperature_at_bound", "epoch", "epochs", "train_loss", "train_seconds",

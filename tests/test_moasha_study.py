@@ -4,6 +4,7 @@ and a repeated configuration's seeds are stopped together."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import optuna
@@ -12,9 +13,8 @@ from optuna.trial import TrialState
 
 from search_spaces.schema import check_space
 from study.moasha import RungLadder
-from study.schedulers import RUNGS_ATTR
 from study.search import PRUNED_VALUES_ATTR, _next_repeat
-from study.trials import REPEAT_OF_ATTR, SETTINGS_ATTR, TRIAL_ID_ATTR
+from study.trials import REPEAT_OF_ATTR, RUNGS_ATTR, SETTINGS_ATTR, TRIAL_ID_ATTR
 from tests.test_cli import run_study
 from tests.test_study import (
     DIGITS,
@@ -77,7 +77,21 @@ def test_a_pareto_study_with_moasha_stops_trials_and_tells_them_pruned(request, 
     assert replayed_decisions_match(trials, ASHA) >= 6
     out = capsys.readouterr().out
     assert all(f"{t.user_attrs[TRIAL_ID_ATTR]} pruned" in out for t in pruned)
-    assert study.report().is_file()
+    report = study.report()
+    search = json.loads((report.parent / "report.json").read_text())["search"]
+    assert len(search["hypervolume"]) == 6 and search["hypervolume"][-1] > 0
+    assert search["hypervolume"] == sorted(search["hypervolume"])  # a front only grows
+    stops = [
+        sum(t.user_attrs[RUNGS_ATTR].get(str(m), {}).get("stop", False) for t in trials)
+        for m in (1, 2)
+    ]
+    assert [row[2] for row in search["rungs"]] == stops  # stopped per rung, as recorded
+    assert search["epochs_saved"] == sum(4 - int(t.user_attrs["epoch"]) for t in pruned) > 0
+    text = report.read_text()
+    assert (
+        "## The search" in text and f"saved **{search['epochs_saved']:.0f} of 24 epochs**" in text
+    )
+    assert (report.parent / "search.png").stat().st_size > 0
 
 
 @pytest.mark.slow
