@@ -375,3 +375,13 @@ def test_counts_are_singular_or_plural_as_english_has_them(tmp_path, capsys, stu
     assert main(["spaces", "validate", str(path)]) == 0
     schema = capsys.readouterr().out.splitlines()[0]
     assert "(0 searched settings, 0 points, " in schema and " 1 configurations" not in schema
+
+
+def test_presets_of_fixed_rows_run_every_row_to_its_end_and_say_so():
+    """Issue 23, item 5: a comparison of fixed points is not early-stopped."""
+    fixed_rows = [n for n in bundled_names() if load_space(n).points and not load_space(n).search]
+    assert fixed_rows
+    for name in fixed_rows:
+        space = load_space(name)
+        assert space.scheduler == "none", name
+        assert "every row runs to its last epoch" in space.description, name
