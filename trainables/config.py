@@ -178,6 +178,8 @@ class TrainConfig(BaseModel):
     bf16: bool | None = None  # None: on for CUDA, off for CPU
     channels_last: bool | None = None  # None: on (CPU and CUDA)
     compile: bool | None = None  # None: on for CUDA where it pays (see BENCHMARKS.md)
+    # test metrics after every epoch, not only the last (tables of learning curves: slower)
+    test_every_epoch: bool = False
     # evaluation of the final model on OOD / corrupted sets (trainables/ood.py)
     ood: OodSettings | None = None
 

@@ -129,14 +129,16 @@ class EpochRecord:
     train_seconds: float = 0.0  # training time of every epoch so far, this one included
     val: dict[str, float] = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)  # test metrics, after the last epoch
+    test: dict[str, float] = field(default_factory=dict)  # before it, with test_every_epoch
 
     def flat(self) -> dict[str, float]:
-        """One flat dict: ``epoch``, ``train_loss``, ``train_seconds`` and ``val_<metric>``
-        keys."""
+        """One flat dict: ``epoch``, ``train_loss``, ``train_seconds``, ``val_<metric>`` keys
+        and, with ``test_every_epoch`` before the last epoch, the test metrics."""
         out: dict[str, float] = {
             "epoch": self.epoch,
             "train_loss": self.train_loss,
             "train_seconds": self.train_seconds,
+            **self.test,
         }
         out.update({f"val_{k}": v for k, v in self.val.items()})
         return out
@@ -445,6 +447,8 @@ class Trainer:
                     self.update_adafocal()
             if not self.diverged and self.epochs_done == self.cfg.epochs:
                 final = record.final = self.final_metrics()
+            elif not self.diverged and self.cfg.test_every_epoch:
+                record.test = self.final_metrics()  # the same metrics, before the last epoch
             self.history.append(record.flat())
             if on_epoch is not None:
                 on_epoch(self, record)
