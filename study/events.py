@@ -13,8 +13,6 @@ from study.binding import current
 from study.output import duration
 from study.trials import trial_status
 
-_DONE_STATUSES = ("TERMINATED", "ERROR")
-
 
 def _value(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
@@ -33,10 +31,12 @@ class TrialEvents(Callback):
         self.study_name = study_name
         self.optuna_url = optuna_url
         self._started = time.time()
+        self._ended_here: set[str] = set()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Unpickled by a resume: the study is where the driver found it now (study.binding).
         self.__dict__.update(state)
+        self._ended_here = set()  # the time left is estimated from this run's trials only
         bound = current()
         if bound is not None:
             self.space, self.study_name, self.optuna_url = bound.space, bound.name, bound.optuna_url
@@ -44,6 +44,7 @@ class TrialEvents(Callback):
     def setup(self, **info: Any) -> None:
         self._started = time.time()
         self._refreshed = 0.0
+        self._ended_here = set()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         # The live line between events: its clock and counts, every 2 s (terminal only).
@@ -71,7 +72,10 @@ class TrialEvents(Callback):
         running = sum(t.status == "RUNNING" and t is not ended for t in trials)
         pending = max(0, self.space.trials - done - running)
         elapsed = time.time() - self._started
-        this_run = sum(t.status in _DONE_STATUSES or t is ended for t in trials)
+        if ended is not None:
+            self._ended_here.add(ended.trial_id)
+        # Trials a resumed experiment brings back ended are not this run's: they took no time.
+        this_run = len(self._ended_here)
         left = "?"
         if not pending + running:
             left = "nothing"

@@ -27,3 +27,30 @@ def test_a_trial_line_always_names_the_method_even_the_default_one():
     )
     line = TrialEvents(searched, "st", "sqlite:////x.db")._shown_settings({"gamma": 0.5})
     assert line == "method=csam gamma=0.5"
+
+
+class _Trial:
+    def __init__(self, trial_id: str, status: str) -> None:
+        self.trial_id, self.status = trial_id, status
+
+
+def test_the_time_left_of_a_resumed_study_counts_only_this_runs_trials(tmp_path):
+    """A resume brings back the trials that ended before as TERMINATED: counted as this run's,
+    they made a 2-hour study read "~1m left" after its first trial here."""
+    import time
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=url, study_name="st", directions=["maximize", "minimize"])
+    for _ in range(2):  # ended in an earlier run
+        study.add_trial(optuna.trial.create_trial(values=[0.5, 0.1], params={}, distributions={}))
+    events = TrialEvents(SPACE, "st", url)  # 4 trials: 2 points x 2 repeats
+    events.setup()
+    events._started = time.time() - 100  # this run: 100 s so far
+    earlier = [_Trial("a", "TERMINATED"), _Trial("b", "TERMINATED")]
+    ended, running = _Trial("c", "RUNNING"), _Trial("d", "RUNNING")
+    study.add_trial(optuna.trial.create_trial(values=[0.5, 0.1], params={}, distributions={}))
+    line = events._progress([*earlier, ended, running], ended)
+    # 1 trial ended in 100 s: 0 pending and 1 running left ~ 50 s (not 100 / 3 * 0.5 = 17 s)
+    assert "3/4 done, 1 running, 0 pending" in line and "~0m50s left" in line, line
