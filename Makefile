@@ -18,7 +18,7 @@ venv: $(BIN)/python
 	$(BIN)/pip install -q $(PIN) -e '.[tools]'
 
 test-deps: $(BIN)/python
-	$(BIN)/pip install -q $(PIN) -e '.[test,tools]'
+	$(BIN)/pip install -q $(PIN) -e '.[test,tools,bench]'
 
 # Fashion-MNIST: Debian's package where apt is at hand, else torchvision's download.
 data: venv

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from search_spaces.schema import Space
 
 Ranking = Literal["eps_net", "crowding"]
 RANKINGS: tuple[Ranking, ...] = ("eps_net", "crowding")
@@ -34,23 +37,20 @@ def minimised(values: Sequence[float], modes: Sequence[str]) -> list[float]:
     return [-float(v) if m == "max" else float(v) for v, m in zip(values, modes, strict=True)]
 
 
-def dominates(a: np.ndarray, b: np.ndarray) -> bool:
-    """Strict Pareto dominance under minimisation: ``a`` is no worse everywhere and better
-    somewhere."""
-    return bool(np.all(a <= b) and np.any(a < b))
-
-
 def nondominated_fronts(points: np.ndarray) -> list[list[int]]:
     """The rows of ``points`` (minimised) sorted into non-dominated fronts, best front first;
     each front lists its row indices in ascending order. Equal rows share a front."""
-    remaining = list(range(len(points)))
+    pts = np.asarray(points, dtype=float).reshape(len(points), -1)
+    # beats[j, i]: row j strictly dominates row i (no worse everywhere, better somewhere)
+    beats = (pts[:, None, :] <= pts[None, :, :]).all(-1) & (pts[:, None, :] < pts[None, :, :]).any(
+        -1
+    )
+    remaining = np.ones(len(pts), dtype=bool)
     fronts = []
-    while remaining:
-        front = [
-            i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining)
-        ]
-        fronts.append(front)
-        remaining = [i for i in remaining if i not in front]
+    while remaining.any():
+        front = np.flatnonzero(remaining & ~(beats & remaining[:, None]).any(axis=0))
+        fronts.append(front.tolist())
+        remaining[front] = False
     return fronts
 
 
@@ -73,18 +73,21 @@ def eps_net_order(points: np.ndarray, keys: Sequence[str]) -> list[int]:
     """Row indices of one front in epsilon-net order: first the row lowest on the first
     objective, then repeatedly the row farthest (Euclidean) from those already chosen; ties to
     the smaller key."""
-    left = sorted(range(len(points)), key=lambda i: keys[i])
-    if not left:
+    if len(points) == 0:
         return []
-    first = min(left, key=lambda i: (points[i][0], keys[i]))
+    by_key = np.array(sorted(range(len(points)), key=lambda i: keys[i]))
+    pts = np.asarray(points, dtype=float)[by_key]  # key order: argmax takes the first of equals
+    first = min(range(len(pts)), key=lambda i: (pts[i][0], keys[by_key[i]]))
+    gap = np.linalg.norm(pts - pts[first], axis=1)  # each row's distance to the nearest chosen
+    chosen = np.zeros(len(pts), dtype=bool)
+    chosen[first] = True
     order = [first]
-    left.remove(first)
-    while left:
-        chosen = points[order]
-        gaps = [float(np.linalg.norm(chosen - points[i], axis=1).min()) for i in left]
-        best = gaps.index(max(gaps))  # the first of equals: ``left`` is in key order
-        order.append(left.pop(best))
-    return order
+    while len(order) < len(pts):
+        best = int(np.argmax(np.where(chosen, -np.inf, gap)))
+        order.append(best)
+        chosen[best] = True
+        gap = np.minimum(gap, np.linalg.norm(pts - pts[best], axis=1))
+    return by_key[order].tolist()
 
 
 def crowding_order(points: np.ndarray, keys: Sequence[str]) -> list[int]:
@@ -245,3 +248,15 @@ class RungLadder:
         if stop is None:
             stop = position / len(keys) > 1 / self.reduction_factor
         return Decision(stop, milestone, position, len(keys))
+
+
+def ladder_for(space: Space) -> RungLadder:
+    """The ladder of a study of ``space``: its objectives and its ``asha`` settings (what the
+    Tune adapter builds, and what ``bench/replay_search.py`` replays)."""
+    return RungLadder(
+        num_objectives=len(space.objective.optuna_metrics),
+        max_t=space.asha_max_t,
+        grace_period=space.asha.grace_period,
+        reduction_factor=space.asha.reduction_factor,
+        ranking=space.asha.ranking,
+    )

@@ -83,9 +83,17 @@ def _swap_handler_streams(
     swapped = []
     for logger in loggers:
         for handler in logger.handlers:
+            if _follows_sys_stderr(handler):  # redirected with sys.stderr, needs no swap
+                continue
             if isinstance(handler, logging.StreamHandler) and handler.stream in old:
                 swapped.append((handler, handler.setStream(new)))
     return swapped
+
+
+def _follows_sys_stderr(handler: logging.Handler) -> bool:
+    """A handler of logging's last-resort kind (dill attaches one to its logger): its stream is a
+    read-only property, ``sys.stderr`` at each write."""
+    return isinstance(getattr(type(handler), "stream", None), property)
 
 
 @contextlib.contextmanager

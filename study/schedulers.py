@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from study.binding import current
-from study.moasha import Decision, Ranking, RungLadder, minimised
+from study.moasha import Decision, RungLadder, ladder_for, minimised
 from study.trials import REPEAT_OF_ATTR, RUNGS_ATTR, TRIAL_ID_ATTR
 from trainables.layout import is_remote, resolve_fs
 
 if TYPE_CHECKING:
     import optuna
+
+    from search_spaces.schema import Space
 
 
 class _TrialsInPlace:
@@ -76,20 +78,12 @@ class MOASHAScheduler(_TrialsInPlace, FIFOScheduler):
     when this object is unpickled by a resume, so the resumed study decides as it would have.
     """
 
-    def __init__(
-        self,
-        metrics: list[str],
-        modes: list[str],
-        max_t: int,
-        grace_period: int,
-        reduction_factor: float,
-        ranking: Ranking,
-        optuna_url: str,
-        study_name: str,
-    ) -> None:
+    def __init__(self, space: Space, optuna_url: str, study_name: str) -> None:
         super().__init__()
-        self._objectives = list(zip(metrics, modes, strict=True))
-        self._ladder_args = (len(metrics), max_t, grace_period, reduction_factor, ranking)
+        self._space = space
+        self._objectives = list(
+            zip(space.objective.optuna_metrics, space.objective.modes, strict=True)
+        )
         self._optuna_url, self._study_name = optuna_url, study_name
         self._ladder: RungLadder | None = None
         self._trials: dict[str, tuple[int, str]] = {}  # Tune id -> (Optuna number, key)
@@ -103,6 +97,7 @@ class MOASHAScheduler(_TrialsInPlace, FIFOScheduler):
         super().__setstate__(state)
         bound = current()
         if bound is not None:
+            self._space = bound.space
             self._optuna_url, self._study_name = bound.optuna_url, bound.name
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
@@ -129,7 +124,7 @@ class MOASHAScheduler(_TrialsInPlace, FIFOScheduler):
     def ladder(self) -> RungLadder:
         """The rung ladder, rebuilt from the Optuna database on first use."""
         if self._ladder is None:
-            self._ladder = RungLadder(*self._ladder_args)
+            self._ladder = ladder_for(self._space)
             for trial in self._study().get_trials(deepcopy=False):
                 tune_id = trial.user_attrs.get(TRIAL_ID_ATTR)
                 for milestone, rec in (trial.user_attrs.get(RUNGS_ATTR) or {}).items():

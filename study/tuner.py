@@ -168,16 +168,7 @@ def build_tuner(space: Space, name: str, paths: StudyPaths, callbacks: list[Any]
     search = build_search(space, name, paths.optuna_url)
     scheduler: Any = InPlaceFIFOScheduler()
     if space.scheduler == "asha":
-        scheduler = MOASHAScheduler(
-            metrics=space.objective.optuna_metrics,
-            modes=list(space.objective.modes),
-            max_t=space.asha_max_t,
-            grace_period=space.asha.grace_period,
-            reduction_factor=space.asha.reduction_factor,
-            ranking=space.asha.ranking,
-            optuna_url=paths.optuna_url,
-            study_name=name,
-        )
+        scheduler = MOASHAScheduler(space, optuna_url=paths.optuna_url, study_name=name)
     return tune.Tuner(
         _trainable(space, name, paths),
         tune_config=tune.TuneConfig(

@@ -54,3 +54,22 @@ def test_the_time_left_of_a_resumed_study_counts_only_this_runs_trials(tmp_path)
     line = events._progress([*earlier, ended, running], ended)
     # 1 trial ended in 100 s: 0 pending and 1 running left ~ 50 s (not 100 / 3 * 0.5 = 17 s)
     assert "3/4 done, 1 running, 0 pending" in line and "~0m50s left" in line, line
+
+
+def test_the_console_leaves_last_resort_handlers_to_follow_stderr(tmp_path, capsys):
+    """dill (a Syne Tune dependency) attaches logging's last-resort handler, whose stream cannot
+    be set: the console failed to open. It follows sys.stderr into the log by itself."""
+    import logging
+
+    from study.output import console
+
+    logger = logging.getLogger("sharpcal-test-last-resort")
+    logger.addHandler(logging._StderrHandler())  # what dill.logger does
+    logger.propagate = False
+    try:
+        with console(tmp_path / "driver.log", total=1):
+            logger.warning("to the log, not the console")
+    finally:
+        logger.handlers.clear()
+    assert "to the log" in (tmp_path / "driver.log").read_text()
+    assert "to the log" not in capsys.readouterr().err

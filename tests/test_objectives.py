@@ -150,26 +150,6 @@ def test_a_three_metric_pareto_study_on_smooth_and_cross_fitted_ece_runs_and_rep
     assert "**val_accuracy - val_smece - val_ece_ts**" in report
 
 
-@pytest.mark.slow
-def test_a_weighted_study_on_cross_fitted_ece_tells_its_objective(request):
-    study = request.getfixturevalue("api_study")(
-        "weighted",
-        fixed={"epochs": 2, "method": "sgd"},
-        search={"lr": {"categorical": [0.05, 0.1]}},
-        objective={"type": "weighted", "weight": 2.0, "metrics": ["val_accuracy", "val_ece_ts"]},
-        sampler="grid",
-        samples=2,
-        concurrency=2,
-    )
-    study.run()
-    optuna_study = study.optuna()
-    assert optuna_study.metric_names == ["val_accuracy - 2 * val_ece_ts"]
-    for trial in optuna_study.trials:
-        attrs = trial.user_attrs
-        expected = attrs["val_accuracy"] - 2.0 * attrs["val_ece_ts"]
-        assert trial.values == [pytest.approx(expected)]
-
-
 def test_compare_shows_every_objective_metric():
     from study.compare import CALIBRATION_COLUMNS, calibration_columns
 

@@ -151,7 +151,8 @@ def test_weighted_study_with_asha_tells_stopped_trials_as_pruned(api_study, caps
         "asha",
         fixed={"epochs": 4, "method": "sgd"},
         search={"lr": {"categorical": [0.1, 1.0e-5]}},
-        objective={"type": "weighted", "weight": 1.0},
+        # issue 23, item 1: any accuracy and calibration metric, the cross-fitted ECE here
+        objective={"type": "weighted", "weight": 2.0, "metrics": ["val_accuracy", "val_ece_ts"]},
         scheduler="asha",
         sampler="random",
         samples=4,
@@ -167,12 +168,14 @@ def test_weighted_study_with_asha_tells_stopped_trials_as_pruned(api_study, caps
         assert trial.user_attrs["epoch"] < 4
     for trial in trials.get_trials(states=(TrialState.COMPLETE,)):
         assert trial.user_attrs["epoch"] == 4
+        attrs = trial.user_attrs  # the objective told is the one named
+        assert trial.values == [pytest.approx(attrs["val_accuracy"] - 2.0 * attrs["val_ece_ts"])]
     out = capsys.readouterr().out
     for trial in pruned:
         epoch = int(trial.user_attrs["epoch"])
         assert f"{trial.user_attrs['tune_trial_id']} pruned" in out
         assert f"(stopped by ASHA after epoch {epoch} of 4)" in out
-    assert trials.metric_names == ["val_accuracy - 1 * val_ece"]
+    assert trials.metric_names == ["val_accuracy - 2 * val_ece_ts"]
 
 
 def _complete_count(tmp_path: Path, name: str) -> int:

@@ -1,0 +1,418 @@
+"""Search efficiency on the replay table (issue 23, item 4): studies of the default space replayed
+in simulated time on ``bench/tables/default.parquet`` — no training, every epoch taking the time
+it took when the table was made — and the hypervolume of the front each finds against the budget
+it spent, relative to the table's oracle front.
+
+    python bench/replay_search.py                       # every contender, K = 2 and 8, 10 replays
+    python bench/replay_search.py --replays 30 --workers 2 --contenders tpe,tpe+asha
+
+Contenders: sharpcal's own studies — the samplers ``random``, ``tpe``, ``nsga2`` and ``gp`` built
+by ``study.trials.build_sampler`` from the default space, asked through the space's define-by-run
+function, each with and without MO-ASHA (``study.moasha.RungLadder`` with the space's ``asha``
+settings) — and Syne Tune's (``bench/replay_syne_tune.py``, the ``bench`` extra) on the same table.
+
+The simulator: K workers; a free worker asks for a trial, the trial's configuration is the table's
+nearest (each setting to its nearest grid value, on the scale it is searched on), its seed one of
+the table's seeds drawn at random, and each epoch ends after its recorded ``epoch_seconds``;
+rungs decide as each epoch ends. The budget is the training time spent (stopped trials included),
+in full-trial equivalents (the table's mean time of a whole trial).
+
+Protocol (as JAHS-Bench-201's): the front of every ended trial (completed or stopped, at the values
+it ended with), its hypervolume against one reference point fixed from the table before any run,
+over the oracle's — on val (what the search sees) and on test (the same trials' test values: what
+the user gets). The oracle front is the Pareto front of the table's configurations (means over
+seeds, last epoch). Headline: the budget at which the mean curve reaches 90% and 95% of the
+oracle's, and the area under the curve (its mean over the budget axis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import importlib.util
+import itertools
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from scipy import stats
+
+from search_spaces.schema import Space, load_space
+from study.hypervolume import hypervolume
+from study.moasha import ladder_for, minimised, nondominated_fronts
+from study.trials import SpaceSampler, build_sampler
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "bench" / "tables" / "default.parquet"
+SAMPLERS = ("random", "tpe", "nsga2", "gp")
+THRESHOLDS = (0.9, 0.95)
+
+
+@dataclass(frozen=True)
+class Report:
+    """One epoch of one replayed trial: when it ended (simulated seconds), the training time
+    spent by then over all trials (``compute``, filled in by ``with_compute``), its val and test
+    objective values (minimised) and whether the trial ended with it (last epoch or stopped)."""
+
+    time: float
+    trial: int
+    epoch: int
+    seconds: float
+    val: tuple[float, ...]
+    test: tuple[float, ...]
+    ended: bool
+    compute: float = 0.0
+
+
+class ReplayTable:
+    """The table of one space: each (configuration, seed)'s learning curve, the grid each
+    method's settings take, the oracle front and the reference point."""
+
+    def __init__(self, frame: pd.DataFrame, space: Space) -> None:
+        self.space = space
+        self.metrics = list(space.objective.metrics)
+        self.modes = list(space.objective.modes)
+        missing = [m for m in self.metrics if m not in frame.columns]
+        if missing:
+            raise ValueError(f"the table has no column {missing}: objectives must be val metrics")
+        self.epochs = int(frame["epoch"].max())
+        if self.epochs != space.train_config().epochs:
+            raise ValueError(
+                f"the table has {self.epochs} epochs, the space trains {space.train_config().epochs}"
+            )
+        complete = frame.groupby(["config", "seed"])["epoch"].transform("count") == self.epochs
+        frame = frame[complete].sort_values(["config", "seed", "epoch"])
+        self.seeds = sorted(frame["seed"].unique().tolist())
+        self.settings = frame.groupby("config")[["method", "lr", "rho", "gamma"]].first()
+        self.curves: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        test_metrics = [_test_name(m) for m in self.metrics]
+        for (config, seed), rows in frame.groupby(["config", "seed"]):
+            self.curves[int(config), int(seed)] = (
+                rows["epoch_seconds"].to_numpy(float),
+                np.array([minimised(v, self.modes) for v in rows[self.metrics].to_numpy(float)]),
+                np.array([minimised(v, self.modes) for v in rows[test_metrics].to_numpy(float)]),
+            )
+        configs = sorted({c for c, _ in self.curves})
+        self.settings = self.settings.loc[configs]
+        self.full_trial_seconds = float(np.mean([c[0].sum() for c in self.curves.values()]))
+        self._grids = {
+            method: {
+                name: np.sort(rows[name].dropna().unique())
+                for name in ("lr", "rho", "gamma")
+                if rows[name].notna().any()
+            }
+            for method, rows in self.settings.groupby("method")
+        }
+        finals = {
+            split: np.array(
+                [
+                    np.mean(
+                        [self.curves[c, s][i][-1] for s in self.seeds if (c, s) in self.curves], 0
+                    )
+                    for c in configs
+                ]
+            )
+            for split, i in (("val", 1), ("test", 2))
+        }
+        self.reference = _reference_point(np.vstack(list(finals.values())), self.metrics)
+        self.oracle = {
+            split: hypervolume(points[nondominated_fronts(points)[0]], self.reference)
+            for split, points in finals.items()
+        }
+        self.oracle_configs = [configs[i] for i in nondominated_fronts(finals["val"])[0]]
+
+    def snap(self, settings: dict[str, Any]) -> int:
+        """The table's configuration nearest to ``settings``: its method, and each searched
+        setting the grid value nearest on its search scale (log for ``loguniform``)."""
+        method = settings["method"]
+        if method not in self._grids:
+            raise ValueError(f"the table has no configuration of method {method!r}")
+        rows = self.settings[self.settings["method"] == method]
+        for name, grid in self._grids[method].items():
+            value = settings.get(name, self.space.fixed.get(name))
+            if value is None:
+                continue
+            log = name in self.space.search and self.space.search[name].kind == "loguniform"
+            scale = np.log if log else (lambda x: x)
+            nearest = grid[int(np.argmin(np.abs(scale(grid) - scale(value))))]
+            rows = rows[np.isclose(rows[name], nearest)]
+        return int(rows.index[0])
+
+    def curve(self, config: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Epoch seconds, val and test values (minimised) of one configuration and seed."""
+        return self.curves[config, seed]
+
+
+def _test_name(metric: str) -> str:
+    return "test_" + metric.removeprefix("val_")
+
+
+def _reference_point(points: np.ndarray, metrics: Sequence[str]) -> list[float]:
+    """Fixed from the table before any replay: each objective's worst configuration mean (val or
+    test) among configurations that learned (accuracy above twice chance), plus a tenth of the
+    spread to the best, so the worst of them still adds volume."""
+    learned = np.ones(len(points), dtype=bool)
+    for j, name in enumerate(metrics):
+        if name.endswith("accuracy"):
+            learned &= -points[:, j] > 0.2
+    kept = points[learned]
+    worst, best = kept.max(axis=0), kept.min(axis=0)
+    return (worst + 0.1 * (worst - best)).tolist()
+
+
+def with_compute(reports: list[Report]) -> list[Report]:
+    """Reports in time order, each with the training seconds spent by then over all trials."""
+    spent, out = 0.0, []
+    for r in sorted(reports, key=lambda r: (r.time, r.trial, r.epoch)):
+        spent += r.seconds
+        out.append(Report(**{**r.__dict__, "compute": spent}))
+    return out
+
+
+def replay_optuna(
+    table: ReplayTable, space: Space, workers: int, budget: float, seed: int
+) -> list[Report]:
+    """One study of ``space`` (its sampler and scheduler) replayed with ``workers`` workers until
+    ``budget`` training seconds are spent; the Optuna study in memory."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        sampler=build_sampler(space),
+        directions=["maximize" if m == "max" else "minimize" for m in space.objective.modes],
+    )
+    ladder = ladder_for(space) if space.scheduler == "asha" else None
+    define = SpaceSampler(space)
+    rng = np.random.default_rng(seed)
+    running: dict[int, tuple[optuna.Trial, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    events: list[tuple[float, int, int]] = []
+    reports: list[Report] = []
+
+    def start(now: float) -> None:
+        trial = study.ask()
+        settings = {**define(trial), **trial.params}
+        curve = table.curve(table.snap(settings), int(rng.choice(table.seeds)))
+        running[trial.number] = (trial, curve)
+        heapq.heappush(events, (now + curve[0][0], trial.number, 1))
+
+    for _ in range(workers):
+        start(0.0)
+    spent = 0.0
+    while events and spent < budget:
+        now, number, epoch = heapq.heappop(events)
+        trial, (seconds, val, test) = running[number]
+        spent += seconds[epoch - 1]
+        values = val[epoch - 1]
+        decision = ladder.on_result(str(number), epoch, values) if ladder else None
+        last = epoch == table.epochs
+        stop = not last and decision is not None and decision.stop
+        reports.append(
+            Report(
+                now,
+                number,
+                epoch,
+                seconds[epoch - 1],
+                tuple(values),
+                tuple(test[epoch - 1]),
+                last or stop,
+            )
+        )
+        if last:
+            study.tell(trial, minimised(values, space.objective.modes))  # back to the study's signs
+        elif stop:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            heapq.heappush(events, (now + seconds[epoch], number, epoch + 1))
+            continue
+        del running[number]
+        start(now)
+    return with_compute(reports)
+
+
+def hypervolume_curve(
+    reports: list[Report], table: ReplayTable, budgets: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The found front's hypervolume over the oracle's at each budget (full-trial equivalents):
+    ``val``, and ``test`` (the val front's trials' test values)."""
+    ended = [r for r in reports if r.ended]
+    curve = {"val": np.zeros(len(budgets)), "test": np.zeros(len(budgets))}
+    val_points: list[tuple[float, ...]] = []
+    test_points: list[tuple[float, ...]] = []
+    i = 0
+    for j, budget in enumerate(budgets * table.full_trial_seconds):
+        while i < len(ended) and ended[i].compute <= budget:
+            val_points.append(ended[i].val)
+            test_points.append(ended[i].test)
+            i += 1
+        if not val_points:
+            continue
+        vals = np.array(val_points)
+        front = nondominated_fronts(vals)[0]
+        curve["val"][j] = hypervolume(vals[front], table.reference) / table.oracle["val"]
+        tests = np.array(test_points)[front]
+        curve["test"][j] = hypervolume(tests, table.reference) / table.oracle["test"]
+    return curve
+
+
+Replayer = Callable[[ReplayTable, int, float, int], list[Report]]
+
+
+def sharpcal_contender(sampler: str, asha: bool) -> Replayer:
+    """A replayer of the default space with ``sampler`` and (or not) MO-ASHA."""
+
+    def run(table: ReplayTable, workers: int, budget: float, seed: int) -> list[Report]:
+        overrides = {"sampler": sampler, "seed": seed, "scheduler": "asha" if asha else "none"}
+        space = load_space("default", overrides)
+        return replay_optuna(table, space, workers, budget, seed)
+
+    return run
+
+
+def contenders() -> dict[str, Replayer]:
+    """Every contender by name: sharpcal's samplers with and without MO-ASHA, and Syne Tune's
+    where its package is installed (the ``bench`` extra)."""
+    found: dict[str, Replayer] = {}
+    for sampler in SAMPLERS:
+        found[sampler] = sharpcal_contender(sampler, asha=False)
+        found[f"{sampler}+asha"] = sharpcal_contender(sampler, asha=True)
+    try:
+        syne_tune = _load_sibling("replay_syne_tune")
+    except ImportError as err:
+        print(f"(Syne Tune's contenders left out: {err}; pip install -e '.[bench]')")
+    else:
+        for name, replay in syne_tune.syne_tune_contenders().items():
+            found[name] = _from_trace(replay)
+    return found
+
+
+def _load_sibling(name: str) -> ModuleType:
+    """A module of this directory by its file (``bench/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def _from_trace(replay: Callable[..., list[tuple]]) -> Replayer:
+    def run(table: ReplayTable, workers: int, budget: float, seed: int) -> list[Report]:
+        return with_compute([Report(*row) for row in replay(table, workers, budget, seed)])
+
+    return run
+
+
+def summarise(curves: list[dict[str, np.ndarray]], budgets: np.ndarray) -> dict[str, Any]:
+    """Mean and 95% t-interval of the relative hypervolume at each budget; the budget at which
+    the mean curve first reaches each threshold (None: not within the budgets) with the share of
+    replays that reached it by then; the area under the mean curve."""
+    out: dict[str, Any] = {}
+    for split in ("val", "test"):
+        values = np.array([c[split] for c in curves])
+        mean = values.mean(axis=0)
+        half = (
+            stats.t.ppf(0.975, len(values) - 1)
+            * values.std(axis=0, ddof=1)
+            / math.sqrt(len(values))
+            if len(values) > 1
+            else np.zeros_like(mean)
+        )
+        reach = {}
+        for threshold in THRESHOLDS:
+            hit = np.nonzero(mean >= threshold)[0]
+            reach[str(threshold)] = float(budgets[hit[0]]) if len(hit) else None
+        out[split] = {
+            "mean": mean.tolist(),
+            "half_width": half.tolist(),
+            "reach": reach,
+            "auc": float(mean.mean()),
+            "final": float(mean[-1]),
+        }
+    return out
+
+
+def run_benchmark(
+    table: ReplayTable,
+    names: Sequence[str],
+    workers: Sequence[int],
+    replays: int,
+    max_budget: float,
+    step: float = 0.5,
+) -> dict[str, Any]:
+    """Every contender named, for each worker count, ``replays`` times (replay i seeded i)."""
+    available = contenders()
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise SystemExit(f"unknown contender(s) {unknown}; known: {sorted(available)}")
+    budgets = np.arange(step, max_budget + step / 2, step)
+    results: dict[str, Any] = {
+        "budgets": budgets.tolist(),
+        "reference": table.reference,
+        "oracle": table.oracle,
+        "full_trial_seconds": table.full_trial_seconds,
+        "runs": {},
+    }
+    stop_at = (max_budget + 1) * table.full_trial_seconds
+    for k, name in itertools.product(workers, names):
+        started = time.perf_counter()
+        curves, trials = [], []
+        for seed in range(replays):
+            reports = available[name](table, k, stop_at, seed)
+            trials.append(len({r.trial for r in reports if r.ended}))
+            curves.append(hypervolume_curve(reports, table, budgets))
+        summary = summarise(curves, budgets)
+        summary["trials_ended"] = float(np.mean(trials))
+        summary["seconds"] = time.perf_counter() - started
+        results["runs"][f"{name}@{k}"] = summary
+        print(_line(name, k, summary), flush=True)
+    return results
+
+
+def _line(name: str, workers: int, s: dict[str, Any]) -> str:
+    def budget(value: float | None) -> str:
+        return f"{value:6.1f}" if value is not None else "  >max"
+
+    parts = [f"{name:>22} K={workers}"]
+    for split in ("val", "test"):
+        r = s[split]
+        parts.append(
+            f"{split}: 90% {budget(r['reach']['0.9'])} 95% {budget(r['reach']['0.95'])} "
+            f"AUC {r['auc']:.3f} end {r['final']:.3f}"
+        )
+    parts.append(f"trials {s['trials_ended']:.0f}  ({s['seconds']:.0f} s)")
+    return "  ".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", type=Path, default=TABLE)
+    parser.add_argument("--contenders", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--workers", default="2,8")
+    parser.add_argument("--replays", type=int, default=10)
+    parser.add_argument("--budget", type=float, default=100.0, help="full-trial equivalents")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "replay_search.json")
+    args = parser.parse_args()
+    table = ReplayTable(pd.read_parquet(args.table), load_space("default"))
+    names = args.contenders.split(",") if args.contenders else list(contenders())
+    print(
+        f"table {args.table.name}: {len(table.settings)} configurations x {len(table.seeds)} "
+        f"seeds, {table.epochs} epochs, a full trial {table.full_trial_seconds:.1f} s; "
+        f"reference {np.round(table.reference, 4).tolist()}; oracle HV val "
+        f"{table.oracle['val']:.5f} test {table.oracle['test']:.5f} "
+        f"({len(table.oracle_configs)} configurations on its val front)"
+    )
+    workers = [int(k) for k in args.workers.split(",")]
+    results = run_benchmark(table, names, workers, args.replays, args.budget)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Issue 23, item 4: the search-efficiency replay (bench/replay_search.py) on a small made-up
+table of the default space — the simulator's bookkeeping, not the benchmark's figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from search_spaces.schema import load_space
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 20
+
+
+def _bench(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def made_up_table(seed: int = 0) -> pd.DataFrame:
+    """The default space's methods on a 3-lr x 2-rho x 2-gamma grid, 3 seeds, 20 epochs: accuracy
+    grows with lr, ECE falls with rho and gamma (a front to find), SAM's epochs twice SGD's."""
+    rng = np.random.default_rng(seed)
+    configs = [("sgd", lr, None, None) for lr in (0.03, 0.067, 0.15)]
+    configs += [("sam", lr, rho, None) for lr in (0.03, 0.067, 0.15) for rho in (0.02, 0.3)]
+    configs += [
+        ("csam", lr, rho, g) for lr in (0.03, 0.067, 0.15) for rho in (0.02, 0.3) for g in (0, 2)
+    ]
+    rows = []
+    for (config, (method, lr, rho, gamma)), s in itertools.product(enumerate(configs), range(3)):
+        acc = 0.80 + 0.4 * lr - 0.05 * (rho or 0) - 0.01 * (gamma or 0)
+        ece = 0.06 - 0.08 * (rho or 0) - 0.015 * (gamma or 0) + 0.1 * lr
+        train = 0.0
+        for epoch in range(1, EPOCHS + 1):
+            grown = 1 - np.exp(-epoch / 4)
+            seconds = (1.0 if method == "sgd" else 2.0) * rng.uniform(0.9, 1.1)
+            train += seconds
+            row = {
+                "config": config, "trial": 3 * config + s, "epoch": epoch, "method": method,
+                "lr": lr, "rho": rho, "gamma": gamma, "seed": s,
+                "epoch_seconds": seconds, "train_seconds": train,
+            }  # fmt: skip
+            for split in ("val", "test"):
+                row[f"{split}_accuracy"] = acc * grown + rng.normal(0, 0.005)
+                row[f"{split}_ece"] = max(0.001, ece + 0.1 * (1 - grown) + rng.normal(0, 0.003))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def replay() -> ModuleType:
+    return _bench("replay_search")
+
+
+@pytest.fixture(scope="module")
+def table(replay):
+    return replay.ReplayTable(made_up_table(), load_space("default"))
+
+
+def test_snapping_takes_each_setting_to_its_nearest_grid_value_on_its_scale(table):
+    settings = table.settings
+    config = table.snap({"method": "csam", "lr": 0.05, "rho": 0.07, "gamma": 1.2})
+    # lr 0.05 is nearer 0.067 than 0.03 in log (not in linear); rho 0.07 nearer 0.02 in log
+    assert settings.loc[config].tolist() == ["csam", 0.067, 0.02, 2.0]
+    assert settings.loc[table.snap({"method": "sgd", "lr": 0.1, "rho": 0.2})].method == "sgd"
+
+
+def test_the_oracle_is_the_front_of_configuration_means_and_the_reference_fixed_from_the_table(
+    table,
+):
+    assert table.oracle["val"] > 0 and table.oracle["test"] > 0
+    assert len(table.oracle_configs) >= 2  # a trade-off to find
+    finals = np.array([table.curve(c, 0)[1][-1] for c in table.settings.index])
+    assert np.all(finals < np.array(table.reference))  # every learned configuration adds volume
+    assert table.full_trial_seconds == pytest.approx(20 * (3 + 2 * 18) / 21, rel=0.05)
+
+
+@pytest.mark.parametrize("asha", [False, True])
+def test_a_replay_spends_the_budget_ends_trials_and_approaches_the_oracle(replay, table, asha):
+    run = replay.sharpcal_contender("tpe", asha=asha)
+    budget = 30 * table.full_trial_seconds
+    reports = run(table, 2, budget, 0)
+    compute = [r.compute for r in reports]
+    assert compute == sorted(compute) and budget <= compute[-1] < budget + 3
+    times = [r.time for r in reports]
+    assert times == sorted(times) and times[-1] == pytest.approx(compute[-1] / 2, rel=0.1)
+    ended = [r for r in reports if r.ended]
+    epochs = [r.epoch for r in ended]
+    if asha:  # stopped at rungs 1, 3 or 9, most of them at the first
+        assert set(epochs) - {1, 3, 9, EPOCHS} == set() and epochs.count(1) > len(epochs) / 2
+    else:
+        assert set(epochs) == {EPOCHS}
+    curve = replay.hypervolume_curve(reports, table, np.array([1.0, 10.0, 30.0]))
+    assert np.all(np.diff(curve["val"]) >= 0) and 0.5 < curve["val"][-1] <= 1.1
+    assert 0 < curve["test"][-1] <= 1.1
+
+
+def test_a_two_replay_smoke_of_the_benchmark_with_syne_tune_beside(replay, table):
+    pytest.importorskip("syne_tune", reason="the bench extra: pip install -e '.[bench]'")
+    results = replay.run_benchmark(table, ["random+asha", "st-moasha"], [2], 2, 10.0)
+    for name in ("random+asha@2", "st-moasha@2"):
+        run = results["runs"][name]
+        assert len(run["val"]["mean"]) == 20 and 0 < run["val"]["auc"] <= 1.1
+        assert run["trials_ended"] > 10  # both stop trials at rungs: more than 10 in 10 budgets
