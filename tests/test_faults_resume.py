@@ -56,12 +56,18 @@ def stop_while_held(tmp_path: Path, space: Path, name: str) -> None:
     assert "interrupted: 1 of 3 trials finished" in err and f"study resume {name}" in err
 
 
-def test_a_copied_study_resumes_in_place_and_never_touches_the_original(tmp_path):
+def test_sigterm_stops_a_study_whose_copy_then_resumes_without_touching_it_and_so_does_it_moved(
+    tmp_path,
+):
+    """One stopped study for both (each resume costs a Ray start): its copy resumes in place,
+    then the original, moved, resumes where it is."""
     path = write_space(tmp_path, fixed={"epochs": 2}, search=LR, samples=3, concurrency=1, seed=4)
     # concurrency 1: trial 1 finished, trial 2 held after epoch 1 when the driver is stopped
     # (SIGTERM: it stops its Ray, so no trial of it can write into the original afterwards)
     stop_while_held(tmp_path, path, "cp")
     original = tmp_path / "studies" / "cp"
+    report = (original / "report" / "report.md").read_text()
+    assert "**Partial report:** 1 of 3 trials finished" in report
     assert states(original, "cp") == [TrialState.COMPLETE, TrialState.RUNNING]
     before = file_hashes(original)
     copy = tmp_path / "other" / "cp"
@@ -91,24 +97,16 @@ def test_a_copied_study_resumes_in_place_and_never_touches_the_original(tmp_path
     evidence = {p.name for p in (copy / "evidence").iterdir()}
     assert len(evidence) == 3  # every trial's evidence is in the copy
 
-
-def test_sigterm_stops_the_study_like_ctrl_c_and_a_moved_study_resumes_where_it_is(tmp_path):
-    path = write_space(tmp_path, fixed={"epochs": 2}, search=LR, samples=3, concurrency=1, seed=5)
-    stop_while_held(tmp_path, path, "term")  # the second trial held after epoch 1, then SIGTERM
-    original = tmp_path / "studies" / "term"
-    report = (original / "report" / "report.md").read_text()
-    assert "**Partial report:** 1 of 3 trials finished" in report
-
     # Moved (mv): tracked, it is refused as a copy is; untracked, it resumes where it is now and
     # nothing is written where it was.
-    moved = tmp_path / "moved" / "term"
+    moved = tmp_path / "moved" / "cp"
     moved.parent.mkdir()
     original.rename(moved)
-    line = one_line(run_study("resume", "term", "--storage", "moved", cwd=tmp_path))
+    line = one_line(run_study("resume", "cp", "--storage", "moved", cwd=tmp_path))
     assert "copied or moved from" in line and str(original) in line
     (moved / "mlflow.json").unlink()
-    proc = run_study("resume", "term", "--storage", "moved", cwd=tmp_path)
+    proc = run_study("resume", "cp", "--storage", "moved", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert states(moved, "term") == [TrialState.COMPLETE] * 3
+    assert states(moved, "cp") == [TrialState.COMPLETE] * 3
     assert len(list((moved / "evidence").iterdir())) == 3
     assert not original.exists()  # nothing was recreated at the old place
