@@ -344,8 +344,12 @@ def run_benchmark(
     replays: int,
     max_budget: float,
     step: float = 0.5,
+    replays_for: dict[str, int] | None = None,
+    out: Path | None = None,
 ) -> dict[str, Any]:
-    """Every contender named, for each worker count, ``replays`` times (replay i seeded i)."""
+    """Every contender named, for each worker count, ``replays`` times (``replays_for`` a
+    contender's own count; replay i seeded i). With ``out``, the results are written after each
+    contender, and contenders already in an ``out`` made with the same table are not rerun."""
     available = contenders()
     unknown = [n for n in names if n not in available]
     if unknown:
@@ -358,20 +362,96 @@ def run_benchmark(
         "full_trial_seconds": table.full_trial_seconds,
         "runs": {},
     }
+    if out is not None and out.is_file():
+        earlier = json.loads(out.read_text())
+        if all(earlier.get(k) == results[k] for k in ("budgets", "reference", "oracle")):
+            results["runs"] = earlier["runs"]
     stop_at = (max_budget + 1) * table.full_trial_seconds
     for k, name in itertools.product(workers, names):
+        if f"{name}@{k}" in results["runs"]:
+            print(_line(name, k, results["runs"][f"{name}@{k}"]) + "  (earlier run)")
+            continue
         started = time.perf_counter()
         curves, trials = [], []
-        for seed in range(replays):
+        for seed in range((replays_for or {}).get(name, replays)):
             reports = available[name](table, k, stop_at, seed)
             trials.append(len({r.trial for r in reports if r.ended}))
             curves.append(hypervolume_curve(reports, table, budgets))
         summary = summarise(curves, budgets)
-        summary["trials_ended"] = float(np.mean(trials))
-        summary["seconds"] = time.perf_counter() - started
+        summary.update(
+            replays=len(curves), trials_ended=float(np.mean(trials)),
+            seconds=time.perf_counter() - started,
+        )  # fmt: skip
         results["runs"][f"{name}@{k}"] = summary
         print(_line(name, k, summary), flush=True)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results))
     return results
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The runs as a Markdown table: budgets to 90% and 95% of the oracle's hypervolume (full-trial
+    equivalents, of the mean curve), the area under the mean curve, its last value ± the 95%
+    half-width, on val and test."""
+
+    def budget(value: float | None) -> str:
+        return f"{value:g}" if value is not None else "> max"
+
+    lines = [
+        "| contender | K | replays | trials | val 90% | val 95% | val AUC | val at max "
+        "| test 90% | test 95% | test AUC | test at max |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, run in results["runs"].items():
+        name, k = key.rsplit("@", 1)
+        cells = [name, k, str(run["replays"]), f"{run['trials_ended']:.0f}"]
+        for split in ("val", "test"):
+            r = run[split]
+            cells += [budget(r["reach"]["0.9"]), budget(r["reach"]["0.95"]), f"{r['auc']:.3f}"]
+            cells.append(f"{r['final']:.3f} ± {r['half_width'][-1]:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """The mean relative hypervolume against the budget with its 95% band: one panel per worker
+    count and split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = np.array(results["budgets"])
+    runs = results["runs"]
+    workers = sorted({int(key.rsplit("@", 1)[1]) for key in runs})
+    fig, axes = plt.subplots(
+        len(workers), 2, figsize=(12, 4.5 * len(workers)), squeeze=False, sharey=True
+    )
+    for row, k in enumerate(workers):
+        for col, split in enumerate(("val", "test")):
+            ax = axes[row][col]
+            for key, run in runs.items():
+                name, kk = key.rsplit("@", 1)
+                if int(kk) != k:
+                    continue
+                mean, half = np.array(run[split]["mean"]), np.array(run[split]["half_width"])
+                style = "--" if name.startswith("st-") else "-"
+                (line,) = ax.plot(budgets, mean, style, label=name, lw=1.3)
+                ax.fill_between(
+                    budgets, mean - half, mean + half, color=line.get_color(), alpha=0.12
+                )
+            for threshold in THRESHOLDS:
+                ax.axhline(threshold, color="grey", lw=0.6, ls=":")
+            ax.set_title(f"{split}, K = {k} workers")
+            ax.set_xlabel("budget spent (full-trial equivalents)")
+            ax.set_ylabel("hypervolume / oracle's")
+            ax.set_ylim(0.5, 1.1)
+    axes[0][1].legend(fontsize=8, ncol=2, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _line(name: str, workers: int, s: dict[str, Any]) -> str:
@@ -395,11 +475,16 @@ def main() -> None:
     parser.add_argument("--contenders", default=None, help="comma-separated (default: all)")
     parser.add_argument("--workers", default="2,8")
     parser.add_argument("--replays", type=int, default=10)
+    parser.add_argument(
+        "--replays-for", default="", help="a contender's own count: random=30,gp+asha=5"
+    )
     parser.add_argument("--budget", type=float, default=100.0, help="full-trial equivalents")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "replay_search.json")
+    parser.add_argument("--figure", type=Path, default=None, help="write the curves here (PNG)")
     args = parser.parse_args()
     table = ReplayTable(pd.read_parquet(args.table), load_space("default"))
     names = args.contenders.split(",") if args.contenders else list(contenders())
+    own = dict(item.split("=") for item in args.replays_for.split(",") if item)
     print(
         f"table {args.table.name}: {len(table.settings)} configurations x {len(table.seeds)} "
         f"seeds, {table.epochs} epochs, a full trial {table.full_trial_seconds:.1f} s; "
@@ -408,10 +493,14 @@ def main() -> None:
         f"({len(table.oracle_configs)} configurations on its val front)"
     )
     workers = [int(k) for k in args.workers.split(",")]
-    results = run_benchmark(table, names, workers, args.replays, args.budget)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results))
-    print(f"wrote {args.out}")
+    results = run_benchmark(
+        table, names, workers, args.replays, args.budget,
+        replays_for={k: int(v) for k, v in own.items()}, out=args.out,
+    )  # fmt: skip
+    print(f"wrote {args.out}\n\n{markdown_table(results)}")
+    if args.figure is not None:
+        plot(results, args.figure)
+        print(f"wrote {args.figure}")
 
 
 if __name__ == "__main__":

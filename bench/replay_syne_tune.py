@@ -17,9 +17,12 @@ Objectives are minimised on Syne Tune's side (accuracy negated).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -28,14 +31,15 @@ from syne_tune.backend.simulator_backend.simulator_callback import SimulatorCall
 from syne_tune.blackbox_repository.blackbox import Blackbox
 from syne_tune.blackbox_repository.simulated_tabular_backend import UserBlackboxBackend
 from syne_tune.config_space import choice, loguniform, randint, uniform
-from syne_tune.optimizer.baselines import RandomSearch
 from syne_tune.optimizer.scheduler import SchedulerDecision
 from syne_tune.optimizer.schedulers.multiobjective.moasha import MOASHA
 from syne_tune.optimizer.schedulers.multiobjective.multi_objective_regularized_evolution import (
     MultiObjectiveRegularizedEvolution,
 )
+from syne_tune.optimizer.schedulers.searchers.random_searcher import MultiObjectiveRandomSearcher
 from syne_tune.optimizer.schedulers.single_fidelity_scheduler import SingleFidelityScheduler
 from syne_tune.tuner_callback import TunerCallback
+from syne_tune.tuner_logger import TunerLogger
 
 # (time, trial, epoch, epoch seconds, val values, test values, ended): bench/replay_search.Report
 Trace = list[tuple[float, int, int, float, tuple[float, ...], tuple[float, ...], bool]]
@@ -122,8 +126,11 @@ def _scheduler(name: str, blackbox: TableBlackbox, seed: int) -> Any:
             reduction_factor=asha.reduction_factor,
             random_seed=seed,
         )
-    if name == "st-random":
-        return RandomSearch(space, metrics=metrics, do_minimize=True, random_seed=seed)
+    if name == "st-random":  # its RandomSearch baseline refuses two metrics in 0.16
+        searcher = MultiObjectiveRandomSearcher(space, random_seed=seed)
+        return SingleFidelityScheduler(
+            space, metrics=metrics, do_minimize=True, searcher=searcher, random_seed=seed
+        )
     if name == "st-morea":
         searcher = MultiObjectiveRegularizedEvolution(
             space, population_size=25, sample_size=5, random_seed=seed
@@ -145,7 +152,11 @@ def replay_syne_tune(name: str, table: Any, workers: int, budget: float, seed: i
     np.random.seed(seed)  # Syne Tune's simulator draws from NumPy's global generator
     blackbox = TableBlackbox(table, np.random.default_rng(seed))
     trace = _Trace(blackbox, budget)
-    with tempfile.TemporaryDirectory() as tmp:
+    quiet = TunerLogger()
+    for method in dir(quiet):
+        if method.startswith("print_"):
+            setattr(quiet, method, lambda *args, **kwargs: None)
+    with tempfile.TemporaryDirectory() as tmp, _results_in(tmp):
         backend = UserBlackboxBackend(blackbox, elapsed_time_attr="elapsed_time")
         tuner = Tuner(
             trial_backend=backend,
@@ -159,9 +170,25 @@ def replay_syne_tune(name: str, table: Any, workers: int, budget: float, seed: i
             trial_backend_path=tmp,
             print_update_interval=1e9,
             results_update_interval=1e9,
+            output_logger=quiet,
         )
-        tuner.run()
+        with contextlib.redirect_stdout(io.StringIO()):  # its closing summary table
+            tuner.run()
     return trace.rows
+
+
+@contextlib.contextmanager
+def _results_in(folder: str) -> Iterator[None]:
+    """Syne Tune writes each run's results under ``$SYNETUNE_FOLDER`` (default ``~/syne-tune``)."""
+    before = os.environ.get("SYNETUNE_FOLDER")
+    os.environ["SYNETUNE_FOLDER"] = folder
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["SYNETUNE_FOLDER"]
+        else:
+            os.environ["SYNETUNE_FOLDER"] = before
 
 
 def syne_tune_contenders() -> dict[str, Callable[[Any, int, float, int], Trace]]:

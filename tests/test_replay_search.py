@@ -105,10 +105,16 @@ def test_a_replay_spends_the_budget_ends_trials_and_approaches_the_oracle(replay
     assert 0 < curve["test"][-1] <= 1.1
 
 
-def test_a_two_replay_smoke_of_the_benchmark_with_syne_tune_beside(replay, table):
-    pytest.importorskip("syne_tune", reason="the bench extra: pip install -e '.[bench]'")
-    results = replay.run_benchmark(table, ["random+asha", "st-moasha"], [2], 2, 10.0)
+def test_a_two_replay_smoke_of_the_benchmark_with_syne_tune_beside(replay, table, tmp_path):
+    out = tmp_path / "replay.json"
+    results = replay.run_benchmark(table, ["random+asha", "st-moasha"], [2], 2, 10.0, out=out)
     for name in ("random+asha@2", "st-moasha@2"):
         run = results["runs"][name]
         assert len(run["val"]["mean"]) == 20 and 0 < run["val"]["auc"] <= 1.1
         assert run["trials_ended"] > 10  # both stop trials at rungs: more than 10 in 10 budgets
+    assert "| random+asha | 2 | 2 |" in replay.markdown_table(results)
+    replay.plot(results, tmp_path / "replay.png")
+    assert (tmp_path / "replay.png").stat().st_size > 10_000
+    # a second run with the same table keeps what the first measured and reruns nothing
+    again = replay.run_benchmark(table, ["random+asha"], [2], 2, 10.0, out=out)
+    assert again["runs"]["random+asha@2"]["seconds"] == results["runs"]["random+asha@2"]["seconds"]
