@@ -179,3 +179,27 @@ def test_a_repeated_configurations_seeds_stop_together(request):
     for group in groups.values():  # one key per configuration at every rung
         keys = {rec["key"] for t in group for rec in t.user_attrs[RUNGS_ATTR].values()}
         assert keys == {str(group[0].number)}
+
+
+@pytest.mark.slow
+def test_a_two_worker_trial_is_stopped_at_its_rung_like_a_single_process_one(request):
+    """Multi-worker trials (Ray Train inside the Tune trial, rank 0 reporting): the second point,
+    far behind the first at epoch 1, is stopped there, told PRUNED, and its workers end."""
+    study = request.getfixturevalue("api_study")(
+        "ddp",
+        fixed={"epochs": 2, "method": "sgd"},
+        points=[{"lr": 0.1}, {"lr": 1.0e-5}],
+        scheduler="asha",
+        asha={"grace_period": 1, "reduction_factor": 2},  # a rung at epoch 1: 2 entries decide
+        samples=2,
+        concurrency=1,
+        resources={"cpu": 1, "workers": 2},
+    )
+    study.run()
+    first, second = study.optuna().get_trials(deepcopy=False)
+    assert first.state == TrialState.COMPLETE and first.user_attrs["epoch"] == 2
+    assert second.state == TrialState.PRUNED and second.user_attrs["epoch"] == 1
+    assert second.user_attrs[RUNGS_ATTR]["1"] == {
+        **second.user_attrs[RUNGS_ATTR]["1"], "stop": True, "position": 2, "count": 2,
+    }  # fmt: skip
+    assert len(second.user_attrs[PRUNED_VALUES_ATTR]) == 2
