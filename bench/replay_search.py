@@ -403,7 +403,9 @@ def markdown_table(results: dict[str, Any]) -> str:
         "| test 90% | test 95% | test AUC | test at max |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for key, run in results["runs"].items():
+    runs = results["runs"]
+    for key in sorted(runs, key=lambda key: (int(key.rsplit("@", 1)[1]), key)):
+        run = runs[key]
         name, k = key.rsplit("@", 1)
         cells = [name, k, str(run["replays"]), f"{run['trials_ended']:.0f}"]
         for split in ("val", "test"):
@@ -481,6 +483,10 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=100.0, help="full-trial equivalents")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "replay_search.json")
     parser.add_argument("--figure", type=Path, default=None, help="write the curves here (PNG)")
+    parser.add_argument(
+        "--merge", type=Path, nargs="*", default=[],
+        help="fold in the runs of these result files (other processes' contenders, same table)",
+    )  # fmt: skip
     args = parser.parse_args()
     table = ReplayTable(pd.read_parquet(args.table), load_space("default"))
     names = args.contenders.split(",") if args.contenders else list(contenders())
@@ -497,6 +503,11 @@ def main() -> None:
         table, names, workers, args.replays, args.budget,
         replays_for={k: int(v) for k, v in own.items()}, out=args.out,
     )  # fmt: skip
+    for path in args.merge:
+        other = json.loads(path.read_text())
+        if other["reference"] != results["reference"] or other["oracle"] != results["oracle"]:
+            raise SystemExit(f"{path} was made on another table")
+        results["runs"].update(other["runs"])
     print(f"wrote {args.out}\n\n{markdown_table(results)}")
     if args.figure is not None:
         plot(results, args.figure)
