@@ -131,25 +131,35 @@ class ReplayTable:
         self.oracle_configs = [configs[i] for i in nondominated_fronts(finals["val"])[0]]
 
     def snap(self, settings: dict[str, Any]) -> int:
-        """The table's configuration nearest to ``settings``: its method, and each searched
-        setting the grid value nearest on its search scale (log for ``loguniform``)."""
+        """The table's configuration nearest to ``settings``: of its method, the least distant
+        over the settings searched, each on its search scale (log for ``loguniform``) over its
+        grid's span. On a whole grid, each setting at its nearest grid value."""
         method = settings["method"]
         if method not in self._grids:
             raise ValueError(f"the table has no configuration of method {method!r}")
         rows = self.settings[self.settings["method"] == method]
+        distance = np.zeros(len(rows))
         for name, grid in self._grids[method].items():
             value = settings.get(name, self.space.fixed.get(name))
             if value is None:
                 continue
             log = name in self.space.search and self.space.search[name].kind == "loguniform"
-            scale = np.log if log else (lambda x: x)
-            nearest = grid[int(np.argmin(np.abs(scale(grid) - scale(value))))]
-            rows = rows[np.isclose(rows[name], nearest)]
-        return int(rows.index[0])
+            scale = np.log if log else np.asarray
+            span = float(scale(grid[-1]) - scale(grid[0])) or 1.0
+            distance += ((scale(rows[name].to_numpy(float)) - scale(value)) / span) ** 2
+        return int(rows.index[int(np.argmin(distance))])
 
     def curve(self, config: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Epoch seconds, val and test values (minimised) of one configuration and seed."""
         return self.curves[config, seed]
+
+    def draw(
+        self, config: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The curve of ``config`` at one of its seeds, drawn at random (a seed whose trial did
+        not complete is not in the table)."""
+        seeds = [s for s in self.seeds if (config, s) in self.curves]
+        return self.curves[config, int(rng.choice(seeds))]
 
 
 def _test_name(metric: str) -> str:
@@ -198,7 +208,7 @@ def replay_optuna(
     def start(now: float) -> None:
         trial = study.ask()
         settings = {**define(trial), **trial.params}
-        curve = table.curve(table.snap(settings), int(rng.choice(table.seeds)))
+        curve = table.draw(table.snap(settings), rng)
         running[trial.number] = (trial, curve)
         heapq.heappush(events, (now + curve[0][0], trial.number, 1))
 

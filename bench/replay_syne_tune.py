@@ -80,7 +80,7 @@ class TableBlackbox(Blackbox):
         self, configuration: dict[str, Any], fidelity: dict | None = None, seed: int | None = None
     ) -> np.ndarray:
         config = self.table.snap(configuration)
-        seconds, val, test = self.table.curve(config, int(self.rng.choice(self.table.seeds)))
+        seconds, val, test = self.table.draw(config, self.rng)
         return np.column_stack([val, test, np.cumsum(seconds), seconds])
 
 

@@ -118,3 +118,17 @@ def test_a_two_replay_smoke_of_the_benchmark_with_syne_tune_beside(replay, table
     # a second run with the same table keeps what the first measured and reruns nothing
     again = replay.run_benchmark(table, ["random+asha"], [2], 2, 10.0, out=out)
     assert again["runs"]["random+asha@2"]["seconds"] == results["runs"]["random+asha@2"]["seconds"]
+
+
+def test_a_table_with_a_failed_trial_snaps_to_a_neighbour_and_draws_the_seeds_it_has(replay):
+    frame = made_up_table()
+    gone = frame[(frame.method == "csam") & (frame.lr == 0.067) & (frame.rho == 0.02)]
+    gone = gone[gone.gamma == 2.0].config.iloc[0]  # every seed of one configuration failed
+    frame = frame[frame.config != gone]
+    frame = frame[~((frame.config == 0) & (frame.seed == 1))]  # one seed of another
+    table = replay.ReplayTable(frame, load_space("default"))
+    config = table.snap({"method": "csam", "lr": 0.05, "rho": 0.07, "gamma": 1.2})
+    assert config != gone and table.settings.loc[config].method == "csam"
+    rng = np.random.default_rng(0)
+    drawn = {tuple(table.draw(0, rng)[1][-1]) for _ in range(20)}
+    assert drawn == {tuple(table.curve(0, s)[1][-1]) for s in (0, 2)}
