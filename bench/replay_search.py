@@ -123,7 +123,7 @@ class ReplayTable:
             )
             for split, i in (("val", 1), ("test", 2))
         }
-        self.reference = _reference_point(np.vstack(list(finals.values())), self.metrics)
+        self.reference = _reference_point(list(finals.values()), self.metrics)
         self.oracle = {
             split: hypervolume(points[nondominated_fronts(points)[0]], self.reference)
             for split, points in finals.items()
@@ -166,17 +166,23 @@ def _test_name(metric: str) -> str:
     return "test_" + metric.removeprefix("val_")
 
 
-def _reference_point(points: np.ndarray, metrics: Sequence[str]) -> list[float]:
-    """Fixed from the table before any replay: each objective's worst configuration mean (val or
-    test) among configurations that learned (accuracy above twice chance), plus a tenth of the
-    spread to the best, so the worst of them still adds volume."""
-    learned = np.ones(len(points), dtype=bool)
-    for j, name in enumerate(metrics):
-        if name.endswith("accuracy"):
-            learned &= -points[:, j] > 0.2
-    kept = points[learned]
-    worst, best = kept.max(axis=0), kept.min(axis=0)
-    return (worst + 0.1 * (worst - best)).tolist()
+def _reference_point(splits: Sequence[np.ndarray], metrics: Sequence[str]) -> list[float]:
+    """Fixed from the table before any replay: the nadir of the oracle's fronts (val and test;
+    configurations that learned, accuracy above twice chance) moved out by a tenth of the fronts'
+    extent, so every oracle configuration adds volume and a found set worse than all of them
+    adds none."""
+    fronts = []
+    for points in splits:
+        learned = np.ones(len(points), dtype=bool)
+        for j, name in enumerate(metrics):
+            if name.endswith("accuracy"):
+                learned &= -points[:, j] > 0.2
+        kept = points[learned]
+        fronts.append(kept[nondominated_fronts(kept)[0]])
+    front = np.vstack(fronts)
+    nadir, ideal = front.max(axis=0), front.min(axis=0)
+    extent = np.where(nadir > ideal, nadir - ideal, np.abs(nadir) + 1e-12)
+    return (nadir + 0.1 * extent).tolist()
 
 
 def with_compute(reports: list[Report]) -> list[Report]:
@@ -274,15 +280,28 @@ def hypervolume_curve(
 Replayer = Callable[[ReplayTable, int, float, int], list[Report]]
 
 
-def sharpcal_contender(sampler: str, asha: bool) -> Replayer:
-    """A replayer of the default space with ``sampler`` and (or not) MO-ASHA."""
+def sharpcal_contender(sampler: str, asha: bool, grace_period: int | None = None) -> Replayer:
+    """A replayer of the default space with ``sampler`` and (or not) MO-ASHA, at the space's
+    ``asha`` settings or another ``grace_period``."""
 
     def run(table: ReplayTable, workers: int, budget: float, seed: int) -> list[Report]:
-        overrides = {"sampler": sampler, "seed": seed, "scheduler": "asha" if asha else "none"}
+        overrides: dict[str, Any] = {
+            "sampler": sampler, "seed": seed, "scheduler": "asha" if asha else "none",
+        }  # fmt: skip
+        if grace_period is not None:
+            overrides["asha"] = {"grace_period": grace_period}
         space = load_space("default", overrides)
         return replay_optuna(table, space, workers, budget, seed)
 
     return run
+
+
+def _variant(name: str) -> Replayer | None:
+    """``SAMPLER+asha:G``: MO-ASHA with grace period G (rungs at G, 3G, 9G, ...)."""
+    sampler, _, grace = name.partition("+asha:")
+    if sampler in SAMPLERS and grace.isdigit():
+        return sharpcal_contender(sampler, asha=True, grace_period=int(grace))
+    return None
 
 
 def contenders() -> dict[str, Replayer]:
@@ -361,6 +380,7 @@ def run_benchmark(
     contender's own count; replay i seeded i). With ``out``, the results are written after each
     contender, and contenders already in an ``out`` made with the same table are not rerun."""
     available = contenders()
+    available.update({n: v for n in names if n not in available and (v := _variant(n))})
     unknown = [n for n in names if n not in available]
     if unknown:
         raise SystemExit(f"unknown contender(s) {unknown}; known: {sorted(available)}")
