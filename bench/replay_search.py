@@ -518,6 +518,9 @@ def main() -> None:
         help="fold in the runs of these result files (other processes' contenders, same table)",
     )  # fmt: skip
     args = parser.parse_args()
+    import torch  # Optuna's GP runs on it: one thread, so that replays can share the cores
+
+    torch.set_num_threads(1)
     table = ReplayTable(pd.read_parquet(args.table), load_space("default"))
     names = args.contenders.split(",") if args.contenders else list(contenders())
     own = dict(item.split("=") for item in args.replays_for.split(",") if item)
