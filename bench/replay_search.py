@@ -9,7 +9,8 @@ it spent, relative to the table's oracle front.
 Contenders: sharpcal's own studies — the samplers ``random``, ``tpe``, ``nsga2`` and ``gp`` built
 by ``study.trials.build_sampler`` from the default space, asked through the space's define-by-run
 function, each with and without MO-ASHA (``study.moasha.RungLadder`` with the space's ``asha``
-settings) — and Syne Tune's (``bench/replay_syne_tune.py``, the ``bench`` extra) on the same table.
+settings, or ``SAMPLER+asha:G`` with a grace period of G epochs) — and Syne Tune's
+(``bench/replay_syne_tune.py``, the ``bench`` extra) on the same table.
 
 The simulator: K workers; a free worker asks for a trial, the trial's configuration is the table's
 nearest (each setting to its nearest grid value, on the scale it is searched on), its seed one of
@@ -22,7 +23,14 @@ it ended with), its hypervolume against one reference point fixed from the table
 over the oracle's — on val (what the search sees) and on test (the same trials' test values: what
 the user gets). The oracle front is the Pareto front of the table's configurations (means over
 seeds, last epoch). Headline: the budget at which the mean curve reaches 90% and 95% of the
-oracle's, and the area under the curve (its mean over the budget axis).
+oracle's, and the area under the curve (its mean over the budget axis). The reference point is
+the nadir of the oracle's fronts moved out by a tenth of their extent. A found front can exceed the
+oracle's on val: a search keeps the seeds that happened to score well there (the oracle averages
+them); the test values of the same trials carry no such selection.
+
+Not charged: a trial's start-up (Ray, data, model) and its evaluation time, the same for every
+contender per trial; schedulers that stop many short trials pay more of it in a real study (the
+real default study with and without MO-ASHA in BENCHMARKS.md measures wall time as well).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """A study's learning curves as one replayable table (issue 23, item 3): a row per trial and
-epoch with the configuration, the seed, the epoch's wall time and every objective metric on val
-and on test.
+epoch with the configuration, the seed, the epoch's training time (``epoch_seconds``) and wall
+time (``wall_seconds``: with val and test evaluation) and every objective metric on val and on
+test.
 
 Made for ``search_spaces/table-default.yaml`` (the default space's grid, ``test_every_epoch``):
 
@@ -65,6 +66,8 @@ def study_table(name: str, storage: str) -> pa.Table:
             record.update({k: settings.get(k) for k in SETTINGS})
             record["epoch_seconds"] = row["train_seconds"] - previous
             record["train_seconds"] = previous = row["train_seconds"]
+            # the epoch's wall time in the trial: training, val and test evaluation, reporting
+            record["wall_seconds"] = row.get("time_this_iter_s")
             for split in ("val", "test"):
                 for metric in METRICS:
                     record[f"{split}_{metric}"] = row.get(f"{split}_{metric}")
