@@ -494,6 +494,43 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def goal_lines(
+    results: dict[str, Any], asha: str = "tpe+asha", full: str = "tpe", split: str = "test"
+) -> list[str]:
+    """The issue's goal, checked per worker count: ``asha`` reaches 95% of the oracle's
+    hypervolume for at most a third of the budget ``full`` needs, and is nowhere significantly
+    below Syne Tune's best contender (by mean, at each budget): its mean plus its half-width at
+    least that contender's mean."""
+    runs, budgets = results["runs"], np.array(results["budgets"])
+    lines = []
+    for k in sorted({int(key.rsplit("@", 1)[1]) for key in runs}):
+        ours, base = runs.get(f"{asha}@{k}"), runs.get(f"{full}@{k}")
+        if ours is None or base is None:
+            continue
+        mine, theirs = ours[split]["reach"]["0.95"], base[split]["reach"]["0.95"]
+        if mine is None:
+            verdict = "not met: it never reaches 95%"
+        elif theirs is None:
+            verdict = f"met: it reaches 95% at {mine:g}, {full} not within {budgets[-1]:g}"
+        else:
+            met = "met" if mine <= theirs / 3 else "not met"
+            verdict = f"{met}: {mine:g} against {full}'s {theirs:g} ({mine / theirs:.2f} of it)"
+        lines.append(f"K={k} {split}: {asha} at 95% for <= 1/3 of {full}'s budget: {verdict}")
+        anchors = [key for key in runs if key.startswith("st-") and key.endswith(f"@{k}")]
+        if not anchors:
+            continue
+        best = max(anchors, key=lambda key: runs[key][split]["auc"])
+        mean = np.array(ours[split]["mean"]) + np.array(ours[split]["half_width"])
+        below = budgets[mean < np.array(runs[best][split]["mean"])]
+        verdict = (
+            "met"
+            if not len(below)
+            else f"not met at {len(below)} of {len(budgets)} budgets (first {below[0]:g})"
+        )
+        lines.append(f"K={k} {split}: {asha} no worse than {best.split('@')[0]}: {verdict}")
+    return lines
+
+
 def _line(name: str, workers: int, s: dict[str, Any]) -> str:
     def budget(value: float | None) -> str:
         return f"{value:6.1f}" if value is not None else "  >max"
@@ -549,7 +586,8 @@ def main() -> None:
         if other["reference"] != results["reference"] or other["oracle"] != results["oracle"]:
             raise SystemExit(f"{path} was made on another table")
         results["runs"].update(other["runs"])
-    print(f"wrote {args.out}\n\n{markdown_table(results)}")
+    print(f"wrote {args.out}\n\n{markdown_table(results)}\n")
+    print("\n".join(goal_lines(results) + goal_lines(results, split="val")))
     if args.figure is not None:
         plot(results, args.figure)
         print(f"wrote {args.figure}")

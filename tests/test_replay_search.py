@@ -114,6 +114,8 @@ def test_a_two_replay_smoke_of_the_benchmark_with_syne_tune_beside(replay, table
         assert len(run["val"]["mean"]) == 20 and 0 < run["val"]["auc"] <= 1.1
         assert run["trials_ended"] > 10  # both stop trials at rungs: more than 10 in 10 budgets
     assert "| random+asha | 2 | 2 |" in replay.markdown_table(results)
+    lines = replay.goal_lines(results, asha="random+asha", full="random+asha:2")
+    assert len(lines) == 2 and lines[1].startswith("K=2 test: random+asha no worse than st-moasha")
     replay.plot(results, tmp_path / "replay.png")
     assert (tmp_path / "replay.png").stat().st_size > 10_000
     # a second run with the same table keeps what the first measured and reruns nothing
