@@ -41,10 +41,9 @@ def nondominated_fronts(points: np.ndarray) -> list[list[int]]:
     """The rows of ``points`` (minimised) sorted into non-dominated fronts, best front first;
     each front lists its row indices in ascending order. Equal rows share a front."""
     pts = np.asarray(points, dtype=float).reshape(len(points), -1)
-    # beats[j, i]: row j strictly dominates row i (no worse everywhere, better somewhere)
-    beats = (pts[:, None, :] <= pts[None, :, :]).all(-1) & (pts[:, None, :] < pts[None, :, :]).any(
-        -1
-    )
+    no_worse = (pts[:, None, :] <= pts[None, :, :]).all(axis=-1)
+    better = (pts[:, None, :] < pts[None, :, :]).any(axis=-1)
+    beats = no_worse & better  # beats[j, i]: row j strictly dominates row i
     remaining = np.ones(len(pts), dtype=bool)
     fronts = []
     while remaining.any():
