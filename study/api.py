@@ -18,7 +18,7 @@ written or started.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -559,14 +559,23 @@ class Study:
 
         return pd.DataFrame(front_rows(self.optuna(), self.space))
 
-    def compare(self, baseline: str | int | None = None, ensembles: bool = False) -> Comparison:
+    def compare(
+        self,
+        baseline: str | int | None = None,
+        ensembles: bool = False,
+        calibrators: str | Sequence[str] | None = None,
+    ) -> Comparison:
         """The study's comparison, as ``study compare`` prints it (``study.compare.Comparison``):
         ``.tables`` (one row per configuration: seeds, each metric's mean and std over seeds),
         with ``baseline`` (a configuration's label or 1-based row number) ``.paired`` (each
         metric's paired difference to it: mean and 95% Student-t interval), with ``ensembles``
         the deep ensemble of each configuration's seeds from the stored probabilities
         (``.ensembles``, rows of the tables too) and why a configuration got none
-        (``.skipped``). ``.frame()`` is all of it as one DataFrame (fractions, as logged),
+        (``.skipped``), with ``calibrators`` (``"ts,vs,ms,hb,iso"``, ``study.calibrators``)
+        every trial recalibrated from its stored val evidence: ``.calibrated`` (per calibrator,
+        ``none`` first, the test and corruption metrics after it) and with a baseline
+        ``.calibrated_paired`` (differences after the same calibrator).
+        ``.frame()`` is all of it as one DataFrame (fractions, as logged),
         ``.render("markdown" | "latex" | "csv")`` the command's text. A ``baseline`` naming no
         row is a ``StudyInputError``."""
         from study import arguments
@@ -578,21 +587,34 @@ class Study:
             paired_table,
         )
         from study.ensembles import with_ensembles
+        from study.posthoc import calibrated_tables
 
         with user_errors():
             arguments.baseline_arg(baseline)
             arguments.flag(ensembles, "ensembles")
+            names = arguments.calibrators_arg(calibrators)
         tables = comparison_tables(self.optuna(), self.space)
         confs = tables[0].confs
-        paired = None
+        paired, row = None, None
         if baseline is not None and confs:
             with user_errors(RowNotFound):
-                paired = paired_table(confs, find_row(confs, str(baseline)), self.space)
+                row = find_row(confs, str(baseline))
+            paired = paired_table(confs, row, self.space)
         skipped: list[str] = []
         shown = tables
         if ensembles and confs:
             shown = with_ensembles(tables, str(self.paths.evidence), skipped)
-        return Comparison(shown, paired, shown[0].confs[len(confs) :], skipped)
+        comparison = Comparison(shown, paired, shown[0].confs[len(confs) :], skipped)
+        if names and confs:
+            comparison.calibrated = calibrated_tables(
+                confs, str(self.paths.evidence), names, skipped
+            )
+            if row is not None:
+                comparison.calibrated_paired = [
+                    (name, paired_table(table.confs, row, self.space, table.columns))
+                    for name, table in comparison.calibrated
+                ]
+        return comparison
 
     def status(self) -> StudyStatus:
         """Where the study stands, from its storage alone (works while another process runs it):

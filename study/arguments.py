@@ -99,6 +99,25 @@ def baseline_arg(value: Any) -> str | int | None:
     return value
 
 
+def calibrators_arg(value: Any) -> list[str]:
+    """Post-hoc calibrators (``study.calibrators.CALIBRATORS``): a comma-separated str, a list of
+    names, or None (none)."""
+    from study.calibrators import parse_calibrators
+
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        value = ",".join(value)
+    if not isinstance(value, str):
+        raise InputError(
+            f"calibrators must be names like 'ts,vs' or a list of them ({_got(value)})"
+        )
+    try:
+        return parse_calibrators(value)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
 def model_name(value: Any) -> str:
     """An MLflow registered model name: not empty, no '/' or ':', and not a path that would
     resolve to another name (MLflow's own rules, checked before anything is logged)."""

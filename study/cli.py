@@ -110,6 +110,13 @@ def _parser() -> argparse.ArgumentParser:
         help="add a row per configuration run with several seeds: the deep ensemble of its "
         "seeds, from the stored probabilities",
     )
+    compare.add_argument(
+        "--calibrators",
+        metavar="NAMES",
+        help="add a table per post-hoc calibrator (ts,vs,ms,hb,iso: temperature, vector, "
+        "matrix/Dirichlet scaling, histogram binning, isotonic regression), each fitted on every "
+        "trial's val evidence and applied to its test and corruption evidence",
+    )
     compare.add_argument("--storage", help="directory holding studies (default: ./studies)")
     compare.set_defaults(handler=cmd_compare)
 
@@ -372,7 +379,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Print the study's comparison (``Study.compare``) as Markdown, LaTeX or one CSV table."""
-    comparison = _load(args).compare(args.baseline, args.ensembles)
+    comparison = _load(args).compare(args.baseline, args.ensembles, args.calibrators)
     if not comparison.confs:
         print(f"study {args.name}: no completed trial to compare", file=sys.stderr)
         return 1

@@ -106,9 +106,14 @@ class Configuration:
     settings: dict[str, Any]  # over the space's fixed settings, seed excluded
     trials: list[FrozenTrial] = field(default_factory=list)
 
+    def value(self, trial: FrozenTrial, metric: str) -> float | None:
+        """What ``trial`` logged as ``metric`` (None: nothing numeric)."""
+        found = trial.user_attrs.get(metric)
+        return float(found) if isinstance(found, (int, float)) else None
+
     def values(self, metric: str) -> list[float]:
-        found = (t.user_attrs.get(metric) for t in self.trials)
-        return [float(v) for v in found if isinstance(v, (int, float))]
+        found = (self.value(t, metric) for t in self.trials)
+        return [v for v in found if v is not None]
 
     def mean_std(self, metric: str) -> tuple[float, float]:
         """Mean and sample standard deviation over seeds (see ``mean_std``)."""
@@ -121,9 +126,9 @@ class Configuration:
         """The metric of each seed's trial (seeds that logged it)."""
         out = {}
         for trial in self.trials:
-            value = trial.user_attrs.get(metric)
-            if isinstance(value, (int, float)):
-                out[space.train_config(trial_settings(trial)).seed] = float(value)
+            value = self.value(trial, metric)
+            if value is not None:
+                out[space.train_config(trial_settings(trial)).seed] = value
         return out
 
 
@@ -352,18 +357,24 @@ class PairedTable:
     columns: dict[str, Column]
 
 
-def paired_table(confs: Sequence[Configuration], baseline: int, space: Space) -> PairedTable:
-    """Paired differences of each configuration to ``confs[baseline]`` (by seed)."""
+def paired_table(
+    confs: Sequence[Configuration],
+    baseline: int,
+    space: Space,
+    columns: dict[str, Column] = PAIRED_COLUMNS,
+) -> PairedTable:
+    """Paired differences of each configuration to ``confs[baseline]`` (by seed) in
+    ``columns``."""
     base = confs[baseline]
     rows = []
     for i, conf in enumerate(confs):
         if i != baseline:
             diffs = {
                 m: paired_difference(conf.by_seed(m, space), base.by_seed(m, space))
-                for m in PAIRED_COLUMNS
+                for m in columns
             }
             rows.append((conf, diffs))
-    return PairedTable(base, rows, PAIRED_COLUMNS)
+    return PairedTable(base, rows, columns)
 
 
 class RowNotFound(ValueError):
@@ -462,6 +473,9 @@ class Comparison:
     paired: PairedTable | None = None
     ensembles: list[Configuration] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    # ``--calibrators``: (calibrator, its rows) and, with a baseline, its paired differences
+    calibrated: list[tuple[str, Table]] = field(default_factory=list)
+    calibrated_paired: list[tuple[str, PairedTable]] = field(default_factory=list)
 
     @property
     def confs(self) -> list[Configuration]:
@@ -483,8 +497,9 @@ class Comparison:
         std (fractions, or ``percent`` where the tables show percent) and, with a baseline,
         each paired metric's difference ``_diff`` and interval ``_diff_low``/``_diff_high``."""
         diffs = {id(c): d for c, d in self.paired.rows} if self.paired is not None else {}
+        pairs = [(t, {c.label: d for c, d in t.rows}) for _, t in self.calibrated_paired]
         out = []
-        for conf in self.confs:
+        for i, conf in enumerate(self.confs):
             row: dict[str, Any] = {
                 "configuration": conf.label,
                 "seeds": len(conf.trials),
@@ -500,6 +515,19 @@ class Comparison:
                 for metric in self.paired.columns:
                     d = diffs.get(id(conf), {}).get(metric)
                     scale = 100.0 if percent else 1.0
+                    values = (d.mean, d.low, d.high) if d is not None else (math.nan,) * 3
+                    for suffix, value in zip(("", "_low", "_high"), values):
+                        row[f"{metric}_diff{suffix}"] = scale * value
+            for _, table in self.calibrated:
+                for metric, column in table.columns.items():
+                    scale = 100.0 if percent and column.percent else 1.0
+                    found = table.confs[i] if i < len(table.confs) else None
+                    mean, std = found.mean_std(metric) if found else (math.nan, math.nan)
+                    row[f"{metric}_mean"], row[f"{metric}_std"] = scale * mean, scale * std
+            for table, by_label in pairs:
+                for metric, column in table.columns.items():
+                    d = by_label.get(conf.label, {}).get(metric)
+                    scale = 100.0 if percent and column.percent else 1.0
                     values = (d.mean, d.low, d.high) if d is not None else (math.nan,) * 3
                     for suffix, value in zip(("", "_low", "_high"), values):
                         row[f"{metric}_diff{suffix}"] = scale * value
@@ -548,7 +576,25 @@ class Comparison:
         blocks = [render(table, style) for table in self.tables]
         if self.paired is not None:
             blocks += [self.paired_note(style), render_paired(self.paired, style)]
+        paired = dict(self.calibrated_paired)
+        for name, table in self.calibrated:
+            blocks += [self._heading(calibrated_title(name), style), render(table, style)]
+            if name in paired:
+                blocks += [self.paired_note(style), render_paired(paired[name], style)]
         return "\n\n".join(blocks)
+
+    @staticmethod
+    def _heading(text: str, style: Format) -> str:
+        return latex_escape(text) if style == "latex" else f"**{text}**"
+
+
+def calibrated_title(name: str) -> str:
+    """The heading of the table after post-hoc calibrator ``name`` (``study.calibrators``)."""
+    from study.calibrators import NAMES
+
+    if name not in NAMES:
+        return "Before post-hoc calibration (from the stored probabilities)"
+    return f"After {NAMES[name]}, fitted on each trial's val evidence"
 
 
 def _csv_value(value: Any) -> Any:
