@@ -217,15 +217,28 @@ def ood_columns(confs: Sequence[Configuration]) -> dict[str, Column]:
     logged = {k for c in confs for t in c.trials for k in t.user_attrs}
     columns: dict[str, Column] = {}
     for split in OOD_SPLITS:
-        title = ood_section_key(split).replace("_c", "-C").upper().replace("IMAGENET", "ImageNet")
         for metric, name, better in (
             ("auroc", "AUROC", "max"),
+            ("aupr", "AUPR", "max"),
+            ("auroc_entropy", "AUROC (entropy)", "max"),
             ("accuracy", "acc", "max"),
             ("ece", "ECE", "min"),
+            ("ece_ts", "ECE (TS)", "min"),
         ):
             if f"{split}_{metric}" in logged:
-                columns[f"{split}_{metric}"] = Column(f"{title} {name}", better)
+                columns[f"{split}_{metric}"] = Column(f"{split_title(split)} {name}", better)
     return columns
+
+
+SPLIT_TITLES = {"ood_heldout": "Held-out classes", "fashion_mnist_c": "FMNIST-C"}
+
+
+def split_title(split: str) -> str:
+    """An OOD split's name in a table: SVHN, DIGITS, CIFAR-10-C, FMNIST-C, ImageNet-C, ..."""
+    if split in SPLIT_TITLES:
+        return SPLIT_TITLES[split]
+    title = ood_section_key(split).replace("_c", "-C").upper().replace("IMAGENET", "ImageNet")
+    return title.replace("CIFAR10", "CIFAR-10").replace("CIFAR100", "CIFAR-100")
 
 
 @dataclass

@@ -9,7 +9,8 @@ the ensemble's val probabilities. Averaging needs the members to hold the same s
 (``test_subset``) gives no ensemble (the reason is reported) and a val split drawn per seed no
 temperature (``T`` and ``ECE (TS)`` are n/a). Evidence of more than ``MAX_PROBS_CLASSES`` classes
 keeps no probability vectors, so it gives no ensemble either (reported the same way). On the OOD
-splits: the SVHN AUROC (max probability, test as the positive class) and, for the corruption sets,
+splits: the detection sets' AUROC and AUPR (max probability and minus the entropy, test as the
+positive class) and, for the corruption sets,
 accuracy, ECE and ECE after scaling averaged over corruption x severity, as a trial computes them.
 """
 
@@ -20,10 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from study.compare import AT_BOUND, Configuration, Table
 from study.stored import (
     NO_PROBS,
+    PROB_FLOOR,
     StoredSplit,
     fitted_temperature,
     mean_split,
@@ -35,10 +38,9 @@ from study.stored import (
 )
 from study.trials import TRIAL_ID_ATTR
 from trainables import calibration
-from trainables.config import OOD_SPLITS
-from trainables.ood import auroc
+from trainables.config import DETECTION_SPLITS, OOD_SPLITS
+from trainables.ood import aupr, auroc
 
-SVHN = "ood_svhn"
 CORRUPTION_METRICS = ("accuracy", "ece", "ece_ts")
 
 
@@ -72,12 +74,26 @@ def calibration_metrics(test: StoredSplit, val: StoredSplit | None) -> dict[str,
 
 
 def ood_metrics(split: str, ood: StoredSplit, test: StoredSplit, temperature: float) -> dict:
-    """SVHN's AUROC against ``test``, or a corruption set's means over corruption x severity."""
-    if split == SVHN:
-        return {f"{split}_auroc": auroc(test.confidence, ood.confidence)}
+    """A detection split's AUROC and AUPR against ``test`` (max probability, and minus the
+    entropy), or a corruption set's means over corruption x severity."""
+    if split in DETECTION_SPLITS:
+        out = {
+            f"{split}_auroc": auroc(test.confidence, ood.confidence),
+            f"{split}_aupr": aupr(test.confidence, ood.confidence),
+        }
+        if test.probs is not None and ood.probs is not None:
+            pos, neg = _negative_entropy(test.probs), _negative_entropy(ood.probs)
+            out[f"{split}_auroc_entropy"] = auroc(pos, neg)
+            out[f"{split}_aupr_entropy"] = aupr(pos, neg)
+        return out
     scaled = with_temperature(ood, temperature)
     cells = [split_metrics(g, CORRUPTION_METRICS) for g in scaled.groups().values()]
     return {f"{split}_{m}": float(np.mean([c[m] for c in cells])) for m in CORRUPTION_METRICS}
+
+
+def _negative_entropy(probs: torch.Tensor) -> torch.Tensor:
+    p = probs.double().clamp_min(PROB_FLOOR)
+    return (probs.double() * p.log()).sum(dim=1)
 
 
 def _shared_mean(splits: Sequence[StoredSplit | None]) -> StoredSplit | None:

@@ -20,7 +20,7 @@ import torch
 from optuna.trial import FrozenTrial
 
 from study.calibrators import Calibrated, fit_calibrator
-from study.compare import Column, Configuration, Table
+from study.compare import Column, Configuration, Table, split_title
 from study.stored import (
     StoredSplit,
     missing_evidence_note,
@@ -34,7 +34,6 @@ from trainables.config import OOD_SPLITS
 NONE = "none"
 TEST_METRICS = ("accuracy", "ece", "smece", "nll")
 TITLES = {"accuracy": "Accuracy", "ece": "ECE", "smece": "smECE", "nll": "NLL"}
-CORRUPTION_TITLE = {"cifar10_c": "CIFAR-10-C", "cifar100_c": "CIFAR-100-C"}
 
 
 @dataclass
@@ -120,8 +119,7 @@ def columns(confs: Sequence[Recalibrated], name: str) -> dict[str, Column]:
     }
     for split in CORRUPTION_SPLITS:
         if f"{split}_ece@{name}" in found:
-            title = CORRUPTION_TITLE.get(split, split.replace("_c", "-C").upper())
-            out[f"{split}_ece@{name}"] = Column(f"{title} ECE", "min")
+            out[f"{split}_ece@{name}"] = Column(f"{split_title(split)} ECE", "min")
     return out
 
 

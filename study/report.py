@@ -450,9 +450,10 @@ def comparison_section(view: StudyView, data: dict[str, Any], evidence: str) -> 
         parts.append(render_paired(paired, "markdown"))
     if len(tables) > 1:
         parts.append(
-            "Out-of-distribution and corruption evaluation of the final models (SVHN: AUROC of "
-            "the max-softmax confidence, test set vs SVHN; -C sets: mean over every corruption "
-            "and severity; per corruption and severity in the evidence splits):"
+            "Out-of-distribution and corruption evaluation of the final models (SVHN, digits, "
+            "held-out classes: AUROC and AUPR of the max-softmax confidence and AUROC of minus "
+            "the predictive entropy, the test set as the positive class; -C sets: mean over "
+            "every corruption and severity; per corruption and severity in the evidence splits):"
         )
         parts.append(render(shown[1], "markdown"))
     parts += [f"Note: {reason}." for reason in skipped if reason not in view.notes]

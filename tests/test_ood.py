@@ -162,7 +162,7 @@ def test_cifar_ood_end_to_end_through_the_trial_path(
     assert set(names) <= set(reported) and set(names) == set(record.final) - set(
         trainer.final_metrics()
     )
-    assert len(names) == 1 + 3 + 2 * 5
+    assert len(names) == 4 + 3 + 2 * 5  # SVHN: AUROC, AUPR, each by MSP and entropy
 
     table = open_evidence(str(tmp_path / "evidence")).to_table()
     splits = set(table.column("split").to_pylist())

@@ -17,7 +17,13 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 Loss = Literal["ce", "ls", "focal", "flsd53", "adafocal"]
 # The OOD splits in evaluation order (trainables/ood.py): each names its evidence split and
 # prefixes its metrics; its key in the ``ood`` section is ``ood_section_key(split)``.
-OOD_SPLITS = ("ood_svhn", "cifar10_c", "cifar100_c", "imagenet_c")
+OOD_SPLITS = (
+    "ood_svhn", "ood_digits", "ood_heldout", "cifar10_c", "cifar100_c", "fashion_mnist_c",
+    "imagenet_c",
+)  # fmt: skip
+# The splits of images from other classes (detection: AUROC/AUPR against the test split); the
+# rest are corrupted copies of the test images (accuracy and ECE per corruption x severity).
+DETECTION_SPLITS = ("ood_svhn", "ood_digits", "ood_heldout")
 SEVERITIES = (1, 2, 3, 4, 5)
 
 
@@ -51,6 +57,34 @@ class SvhnSettings(BaseModel):
     subset: int | None = Field(None, ge=1)  # a seeded choice of this many images; None: all
 
     _root_has_no_credentials = field_validator("root")(no_credentials)
+
+
+class DigitsSettings(BaseModel):
+    """scikit-learn's digits as far-OOD data for a 1-channel 28x28 model (Fashion-MNIST): the
+    8x8 images scaled to 0..255, resized to 20x20 and centred in 28x28 as MNIST's digits are
+    (``trainables.ood.digits_images``). Both store the background as 0 (black), so no inversion
+    is needed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    subset: int | None = Field(None, ge=1)  # a seeded choice of this many images; None: all 1797
+
+
+class HeldoutSettings(BaseModel):
+    """The near-OOD protocol: the model trains, is validated and tested on the other classes
+    only (their labels renumbered in order), and the test images of ``classes`` are its OOD
+    set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    classes: tuple[int, ...] = Field(min_length=1)
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, classes: tuple[int, ...]) -> tuple[int, ...]:
+        if any(c < 0 for c in classes) or len(set(classes)) != len(classes):
+            raise ValueError(f"classes {list(classes)} must be distinct class numbers >= 0")
+        return tuple(sorted(classes))
 
 
 class CorruptionSettings(BaseModel):
@@ -100,11 +134,16 @@ class OodSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     svhn: SvhnSettings | None = None
+    digits: DigitsSettings | None = None
+    heldout: HeldoutSettings | None = None
     cifar10_c: CorruptionSettings | None = None
     cifar100_c: CorruptionSettings | None = None
+    fashion_mnist_c: CorruptionSettings | None = None
     imagenet_c: CorruptionSettings | None = None
 
-    def section(self, split: str) -> SvhnSettings | CorruptionSettings | None:
+    def section(
+        self, split: str
+    ) -> SvhnSettings | DigitsSettings | HeldoutSettings | CorruptionSettings | None:
         """The settings of OOD split ``split`` (one of ``OOD_SPLITS``); None when not asked for."""
         return getattr(self, ood_section_key(split))
 

@@ -13,7 +13,7 @@ import os
 import pickle
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -534,6 +534,39 @@ class InMemoryData:
             yield self._normalise(x[start : start + batch_size]), y[start : start + batch_size]
 
 
+def _without_classes(arrays: _Arrays, held_out: Sequence[int], num_classes: int) -> _Arrays:
+    """``arrays`` without the images of ``held_out`` classes, the other labels renumbered in
+    order (the classes 0..C-1 less the held-out ones become 0..C-1-k)."""
+    renumber = np.full(num_classes, -1, dtype=np.int64)
+    kept = np.setdiff1d(np.arange(num_classes), held_out)
+    renumber[kept] = np.arange(len(kept))
+    train = ~np.isin(arrays.train_y, held_out)
+    test = ~np.isin(arrays.test_y, held_out)
+    return _Arrays(
+        arrays.train_x[train], renumber[arrays.train_y[train]],
+        arrays.test_x[test], renumber[arrays.test_y[test]],
+    )  # fmt: skip
+
+
+def read_test_images(
+    name: str, *, root: str | None = None, synthetic_size: int = 2048, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset ``name``'s whole test set as read from disk: uint8 [N, C, H, W] and labels."""
+    arrays = _READERS[name](root, seed, synthetic_size)
+    return arrays.test_x, arrays.test_y
+
+
+def held_out_test_images(
+    name: str, classes: Sequence[int], *, root: str | None = None, synthetic_size: int = 2048,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The test images (uint8 [N, C, H, W]) of ``classes`` and their original labels: the OOD
+    set of the near-OOD protocol (``ood.heldout``), in the test set's order."""
+    x, y = read_test_images(name, root=root, synthetic_size=synthetic_size, seed=seed)
+    chosen = np.isin(y, classes)
+    return x[chosen], y[chosen]
+
+
 def _in_memory(
     name: str,
     arrays: _Arrays,
@@ -544,9 +577,14 @@ def _in_memory(
     test_subset: int | None,
     device: str | torch.device,
     channels_last: bool,
+    held_out: Sequence[int] = (),
 ) -> InMemoryData:
     spec = _SPECS[name]
     _check_arrays(arrays, spec.info)
+    info = spec.info
+    if held_out:
+        arrays = _without_classes(arrays, held_out, info.num_classes)
+        info = replace(info, num_classes=info.num_classes - len(held_out))
     train, val = _split_indices(
         len(arrays.train_y), val_fraction=val_fraction, seed=seed, train_subset=train_subset
     )
@@ -561,9 +599,7 @@ def _in_memory(
         "val": take(arrays.train_x, arrays.train_y, val),
         "test": take(arrays.test_x, arrays.test_y, test),
     }
-    return InMemoryData(
-        spec.info, splits, flip=spec.flip, device=device, channels_last=channels_last
-    )
+    return InMemoryData(info, splits, flip=spec.flip, device=device, channels_last=channels_last)
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -818,14 +854,19 @@ def load_data(
     synthetic_size: int = 2048,
     channels_last: bool = False,
     image_size: int = 224,
+    held_out: Sequence[int] = (),
 ) -> Data:
     """Read dataset ``name`` and split it into seeded train/val/test parts on ``device``.
 
     With ``download=True`` files that cannot be read are fetched first (see
     ``download_dataset``). ``image_size`` and ``num_workers`` only apply to ``imagefolder``.
+    ``held_out`` classes are left out of every split, the others renumbered in order (the
+    near-OOD protocol; not for ``imagefolder``).
     """
     check_dataset_name(name)
     _check_val_fraction(val_fraction)
+    if held_out and name == "imagefolder":
+        raise DataError("ood.heldout: classes cannot be held out of an imagefolder; remove it")
     if name == "imagefolder":
         return FolderData(
             root,
@@ -853,6 +894,7 @@ def load_data(
         test_subset=test_subset,
         device=device,
         channels_last=channels_last,
+        held_out=held_out,
     )
 
 

@@ -74,7 +74,11 @@ def evidence_table(
     logits = logits.float()
     probs = logits.softmax(dim=1)
     confidence, pred = probs.max(dim=1)
-    true_prob = probs.gather(1, labels[:, None]).squeeze(1)
+    # an OOD set's labels can lie outside the model's classes (held-out classes, digits under a
+    # model of fewer classes): no probability is the label's there (NaN), no row is correct
+    inside = labels < probs.shape[1]
+    true_prob = probs.gather(1, torch.where(inside, labels, 0)[:, None]).squeeze(1)
+    true_prob = torch.where(inside, true_prob, torch.nan)
     confidence_ts = (logits / temperature).softmax(dim=1).max(dim=1).values
     n, num_classes = probs.shape
     if with_probs is None:

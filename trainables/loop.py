@@ -160,6 +160,7 @@ def config_data(
         num_workers=cfg.num_workers,
         synthetic_size=cfg.synthetic_size,
         channels_last=channels_last,
+        held_out=cfg.ood.heldout.classes if cfg.ood and cfg.ood.heldout else (),
     )
 
 

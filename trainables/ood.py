@@ -32,8 +32,11 @@ from torch import Tensor
 
 from trainables import calibration, evidence
 from trainables.config import (
+    DETECTION_SPLITS,
     OOD_SPLITS,
     CorruptionSettings,
+    DigitsSettings,
+    HeldoutSettings,
     OodSettings,
     SvhnSettings,
     TrainConfig,
@@ -44,8 +47,10 @@ from trainables.data import (
     DataError,
     DatasetInfo,
     Normaliser,
+    held_out_test_images,
     imagefolder_info,
     read_svhn_mat,
+    read_test_images,
     search_dirs,
     subset_indices,
 )
@@ -58,7 +63,9 @@ SUBSET_SEED = 0  # the same OOD images for every trial, so trials compare on equ
 SVHN_FILE = "test_32x32.mat"
 LABELS_FILE = "labels.npy"
 EVAL_BATCH = 1024
-_SVHN, _CIFAR10_C, _CIFAR100_C, _IMAGENET_C = OOD_SPLITS
+_SVHN, _DIGITS, _HELDOUT, _CIFAR10_C, _CIFAR100_C, _FASHION_MNIST_C, _IMAGENET_C = OOD_SPLITS
+DIGITS_SIZE = 28  # the 8x8 digits resized to Fashion-MNIST's size
+DETECTION_METRICS = ("auroc", "aupr", "auroc_entropy", "aupr_entropy")
 # C split -> (the training dataset whose label space it uses, subfolder of the official archive)
 _CIFAR_C = {_CIFAR10_C: ("cifar10", "CIFAR-10-C"), _CIFAR100_C: ("cifar100", "CIFAR-100-C")}
 
@@ -201,6 +208,66 @@ def _check_imagenet_c(cfg: CorruptionSettings, info: DatasetInfo) -> None:
                 )
 
 
+def _check_digits(info: DatasetInfo) -> None:
+    key = ood_section_key(_DIGITS)
+    if (info.in_channels, info.image_size) != (1, DIGITS_SIZE) or info.name == "digits":
+        raise DataError(
+            f"ood {key}: needs a model of 1-channel {DIGITS_SIZE}x{DIGITS_SIZE} images other "
+            f"than digits (Fashion-MNIST), but it is trained on {info.name}; remove ood.{key}"
+        )
+
+
+def _check_heldout(cfg: HeldoutSettings, info: DatasetInfo) -> None:
+    """``info`` is the whole dataset's (before the classes are held out)."""
+    key = ood_section_key(_HELDOUT)
+    if info.name == "imagefolder":
+        raise DataError(f"ood {key}: classes cannot be held out of an imagefolder; remove it")
+    outside = [c for c in cfg.classes if c >= info.num_classes]
+    if outside or info.num_classes - len(cfg.classes) < 2:
+        raise DataError(
+            f"ood {key}: classes {list(cfg.classes)} must be among {info.name}'s 0.."
+            f"{info.num_classes - 1} and leave at least 2 to train on; fix ood.{key}.classes"
+        )
+
+
+def fashion_mnist_c_dir(cfg: CorruptionSettings, data_root: str | None) -> Path:
+    """Where Fashion-MNIST-C is generated and cached: ``ood.fashion_mnist_c.root``, else
+    ``<data_root>/fashion-mnist-c``, else ``$SHARPCAL_DATA/fashion-mnist-c`` or
+    ``~/.cache/sharpcal/fashion-mnist-c``; one subfolder per image subset."""
+    if cfg.root is not None:
+        base = Path(cfg.root).expanduser()
+    elif data_root is not None:
+        base = Path(data_root).expanduser() / "fashion-mnist-c"
+    elif os.environ.get("SHARPCAL_DATA"):
+        base = Path(os.environ["SHARPCAL_DATA"]) / "fashion-mnist-c"
+    else:
+        base = Path.home() / ".cache" / "sharpcal" / "fashion-mnist-c"
+    subset = cfg.subset_per_severity
+    return base / (f"subset-{subset}" if subset else "all")
+
+
+def _check_fashion_mnist_c(
+    cfg: CorruptionSettings, info: DatasetInfo, heldout: HeldoutSettings | None
+) -> None:
+    from trainables.corruptions import CORRUPTIONS
+
+    key = _FASHION_MNIST_C
+    if info.name != "fashion_mnist":
+        raise DataError(
+            f"ood {key}: corrupts Fashion-MNIST's test images, but the model is trained on "
+            f"{info.name}; remove ood.{key}"
+        )
+    if heldout is not None:
+        raise DataError(f"ood {key}: not with ood.heldout (its labels are the 10 classes'); "
+                        "remove one of them")  # fmt: skip
+    unknown = [n for n in cfg.corruptions or () if n not in CORRUPTIONS]
+    if unknown:
+        raise DataError(
+            f"ood {key}: unknown corruption {', '.join(unknown)} (known: "
+            f"{', '.join(CORRUPTIONS)}); fix ood.{key}.corruptions"
+        )
+
+
 def check_ood(settings: OodSettings, info: DatasetInfo) -> None:
     """Raise a one-line ``DataError`` unless every configured OOD set can be evaluated.
 
@@ -212,8 +279,14 @@ def check_ood(settings: OodSettings, info: DatasetInfo) -> None:
         cfg = settings.section(split)
         if isinstance(cfg, SvhnSettings):
             _check_svhn(cfg, info)
+        elif isinstance(cfg, DigitsSettings):
+            _check_digits(info)
+        elif isinstance(cfg, HeldoutSettings):
+            _check_heldout(cfg, info)
         elif cfg is not None and split in _CIFAR_C:
             _check_cifar_c(split, cfg, info)
+        elif cfg is not None and split == _FASHION_MNIST_C:
+            _check_fashion_mnist_c(cfg, info, settings.heldout)
         elif cfg is not None:
             _check_imagenet_c(cfg, info)
 
@@ -258,6 +331,35 @@ def auroc(positive: Tensor, negative: Tensor) -> float:
 def max_softmax(logits: Tensor) -> Tensor:
     """Max-softmax confidence of each row."""
     return logits.float().softmax(dim=1).max(dim=1).values
+
+
+def negative_entropy(logits: Tensor) -> Tensor:
+    """Minus the predictive entropy of each row (higher: more in-distribution), in nats."""
+    p = logits.double().softmax(dim=1)
+    return torch.special.xlogy(p, p).sum(dim=1)  # 0 log 0 = 0
+
+
+def aupr(positive: Tensor, negative: Tensor) -> float:
+    """Area under the precision-recall curve of scores whose higher values mean "positive", as
+    scikit-learn's average precision (precision at each threshold weighted by the recall it
+    adds; no interpolation)."""
+    from sklearn.metrics import average_precision_score
+
+    scores = torch.cat([positive.flatten(), negative.flatten()]).double().cpu().numpy()
+    truth = np.r_[np.ones(positive.numel()), np.zeros(negative.numel())]
+    return float(average_precision_score(truth, scores))
+
+
+def detection_metrics(split: str, in_logits: Tensor, out_logits: Tensor) -> dict[str, float]:
+    """How well a score tells in-distribution test images (the positive class) from ``split``'s:
+    AUROC and AUPR of the max-softmax confidence (``<split>_auroc``, ``_aupr``) and of minus the
+    predictive entropy (``_auroc_entropy``, ``_aupr_entropy``)."""
+    out: dict[str, float] = {}
+    for suffix, score in (("", max_softmax), ("_entropy", negative_entropy)):
+        pos, neg = score(in_logits).cpu(), score(out_logits).cpu()
+        out[f"{split}_auroc{suffix}"] = auroc(pos, neg)
+        out[f"{split}_aupr{suffix}"] = aupr(pos, neg)
+    return out
 
 
 @dataclass
@@ -337,10 +439,49 @@ def _evaluate_svhn(trainer: Trainer, cfg: SvhnSettings, info: DatasetInfo) -> Oo
     logits = _logits(trainer, info, _tensor_batches(images, EVAL_BATCH))
     labels = torch.from_numpy(y[chosen]).to(trainer.device)
     in_logits, _ = trainer.predictions("test")
-    value = auroc(max_softmax(in_logits).cpu(), max_softmax(logits).cpu())
-    return OodResult(
-        _SVHN, logits, labels, chosen.astype(np.int64), metrics={f"{_SVHN}_auroc": value}
-    )
+    metrics = detection_metrics(_SVHN, in_logits, logits)
+    return OodResult(_SVHN, logits, labels, chosen.astype(np.int64), metrics=metrics)
+
+
+def digits_images() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 digits as uint8 [N, 1, 28, 28] on 0..255 and their labels: each 8x8
+    image scaled from 0..16, resized to 20x20 (bilinear) and centred in 28x28 with a 4-pixel
+    black border, as MNIST frames its digits (and Fashion-MNIST its objects)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    small = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    inner, pad = DIGITS_SIZE - 8, 4
+    resample = Image.Resampling.BILINEAR
+    big = np.stack([np.asarray(Image.fromarray(x).resize((inner, inner), resample)) for x in small])
+    framed = np.zeros((len(big), DIGITS_SIZE, DIGITS_SIZE), dtype=np.uint8)
+    framed[:, pad : pad + inner, pad : pad + inner] = big
+    return framed[:, None], digits.target.astype(np.int64)
+
+
+def _evaluate_detection(
+    trainer: Trainer, split: str, images: np.ndarray, labels: np.ndarray, subset: int | None
+) -> OodResult:
+    """Images of other classes (uint8 [N, C, H, W]) against the model's own test split."""
+    chosen = subset_indices(len(labels), seed=SUBSET_SEED, subset=subset).numpy()
+    x = torch.from_numpy(np.ascontiguousarray(images[chosen])).to(trainer.device)
+    logits = _logits(trainer, trainer.data.info, _tensor_batches(x, EVAL_BATCH))
+    in_logits, _ = trainer.predictions("test")
+    metrics = detection_metrics(split, in_logits, logits)
+    y = torch.from_numpy(labels[chosen]).to(trainer.device)
+    return OodResult(split, logits, y, chosen.astype(np.int64), metrics=metrics)
+
+
+def _evaluate_heldout(trainer: Trainer, cfg: HeldoutSettings) -> OodResult:
+    """The test images of the held-out classes; their evidence rows keep the original labels
+    (outside the model's renumbered classes: no class of the model is right on them)."""
+    tc = trainer.cfg
+    images, labels = held_out_test_images(
+        tc.dataset, cfg.classes, root=tc.data_root, synthetic_size=tc.synthetic_size,
+        seed=tc.split_seed,
+    )  # fmt: skip
+    return _evaluate_detection(trainer, _HELDOUT, images, labels, None)
 
 
 def _evaluate_cifar_c(
@@ -364,6 +505,46 @@ def _evaluate_cifar_c(
     return _corruption_result(
         split, torch.cat(logits), labels.repeat(len(names)), groups, chosen, temperature
     )
+
+
+def _fashion_mnist_c(trainer: Trainer, cfg: CorruptionSettings) -> tuple[Path, np.ndarray]:
+    """The cached Fashion-MNIST-C of ``cfg``'s images, generated once (under a lock, so trials
+    on one machine do not generate it side by side): its directory and the chosen images'
+    indices in the test set."""
+    import fcntl
+
+    from trainables.corruptions import CORRUPTIONS
+    from trainables.fashion_mnist_c import build_fashion_mnist_c
+
+    tc = trainer.cfg
+    x, y = read_test_images(tc.dataset, root=tc.data_root, synthetic_size=tc.synthetic_size)
+    chosen = subset_indices(len(y), seed=SUBSET_SEED, subset=cfg.subset_per_severity).numpy()
+    directory = fashion_mnist_c_dir(cfg, tc.data_root)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        build_fashion_mnist_c(x[chosen, 0], y[chosen], directory, CORRUPTIONS, seed=SUBSET_SEED)
+    return directory, chosen
+
+
+def _evaluate_fashion_mnist_c(
+    trainer: Trainer, cfg: CorruptionSettings, temperature: float
+) -> OodResult:
+    from trainables.corruptions import CORRUPTIONS
+
+    directory, chosen = _fashion_mnist_c(trainer, cfg)
+    names = list(cfg.corruptions or CORRUPTIONS)
+    labels = np.load(directory / LABELS_FILE, allow_pickle=False).astype(np.int64)
+    n = len(chosen)
+    rows = np.concatenate([np.arange((s - 1) * n, s * n) for s in cfg.severities])
+    logits = []
+    for name in names:
+        images = np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)[rows]
+        x = torch.from_numpy(np.ascontiguousarray(images[:, None])).to(trainer.device)
+        logits.append(_logits(trainer, trainer.data.info, _tensor_batches(x, EVAL_BATCH)))
+    y = torch.from_numpy(labels[rows]).to(trainer.device).repeat(len(names))
+    groups = [(name, s, n) for name in names for s in cfg.severities]
+    return _corruption_result(_FASHION_MNIST_C, torch.cat(logits), y, groups, chosen, temperature)
 
 
 def _evaluate_imagenet_c(
@@ -448,6 +629,12 @@ def evaluate_ood(
         cfg = settings.section(split)
         if isinstance(cfg, SvhnSettings):
             results.append(_evaluate_svhn(trainer, cfg, info))
+        elif isinstance(cfg, DigitsSettings):
+            results.append(_evaluate_detection(trainer, split, *digits_images(), cfg.subset))
+        elif isinstance(cfg, HeldoutSettings):
+            results.append(_evaluate_heldout(trainer, cfg))
+        elif cfg is not None and split == _FASHION_MNIST_C:
+            results.append(_evaluate_fashion_mnist_c(trainer, cfg, temperature))
         elif cfg is not None and split in _CIFAR_C:
             results.append(_evaluate_cifar_c(trainer, split, cfg, info, temperature))
         elif cfg is not None:
@@ -460,8 +647,8 @@ def ood_metric_names(settings: OodSettings) -> list[str]:
     names = []
     for split in OOD_SPLITS:
         cfg = settings.section(split)
-        if isinstance(cfg, SvhnSettings):
-            names.append(f"{split}_auroc")
+        if split in DETECTION_SPLITS and cfg is not None:
+            names += [f"{split}_{m}" for m in DETECTION_METRICS]
         elif cfg is not None:
             names += [f"{split}_accuracy", f"{split}_ece", f"{split}_ece_ts"]
             for s in cfg.severities:
