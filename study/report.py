@@ -61,6 +61,7 @@ from study.report_figures import (
     trial_value,
 )
 from study.report_html import HTML_FILE, report_html
+from study.report_posthoc import posthoc_section
 from study.report_search import search_section
 from study.storage import StudyFilesError, open_optuna_study
 from study.stored import (
@@ -439,6 +440,7 @@ def comparison_section(view: StudyView, data: dict[str, Any], evidence: str) -> 
     if baseline is not None:
         paired = paired_table(tables[0].confs, baseline, view.space)
         data["paired_baseline"] = paired.baseline.label
+        data["paired_row"] = baseline
         data["paired"] = {
             conf.label: {m: vars(d) for m, d in diffs.items()} for conf, diffs in paired.rows
         }
@@ -779,6 +781,12 @@ def _write_files(view: StudyView, paths: StudyPaths, report_dir: Path) -> None:
     draw_pareto(view, report_dir / "pareto.png")
     sections.append(search_section(view, report_dir / "search.png", data))
     sections.append(comparison_section(view, data, paths.evidence))
+    posthoc = posthoc_section(
+        view.study, view.space, paths.evidence, data.pop("paired_row", None),
+        report_dir / "shift.png", data,
+    )  # fmt: skip
+    if posthoc:
+        sections.append(posthoc)
     sections.append(methods_section(view, data))
     best = {m: (t, view.evidence_of(t)) for m, t in method_best(view).items()}
     draw_reliability(best, report_dir / "reliability.png")  # type: ignore[arg-type]

@@ -177,3 +177,35 @@ def test_unknown_calibrators_are_refused_in_one_line():
     assert calibrators_arg(None) == []
     with pytest.raises(InputError, match=r"unknown calibrator platt: choose among ts,vs,ms,hb,iso"):
         calibrators_arg("ts,platt")
+
+
+def test_the_report_section_pairs_after_each_calibrator_and_draws_ece_against_severity(
+    tmp_path,
+):
+    from study.report_posthoc import posthoc_section, severity_curve
+
+    root = str(tmp_path / "evidence")
+    study = _study(root)
+    data: dict = {}
+    figure = tmp_path / "shift.png"
+    assert posthoc_section(study, SPACE, root, None, figure, data) is None  # no baseline row
+    text = posthoc_section(study, SPACE, root, 0, figure, data)
+    assert text is not None and text.startswith("## Post-hoc calibration")
+    assert "Test smooth ECE after each calibrator:" in text and "| Iso" in text
+    assert "*after the same calibrator*" in text and "CIFAR-10-C: ECE averaged" in text
+    assert figure.stat().st_size > 10_000 and "![](shift.png)" in text
+    # the numbers are the calibrated tables'
+    confs = comparison_tables(study, SPACE)[0].confs
+    tables = dict(calibrated_tables(confs, root, ["ts", "iso"], []))
+    conf = tables["iso"].confs[1]
+    mean, _ = conf.mean_std("test_ece@iso")
+    assert data["posthoc"]["ece"][conf.label]["test_ece@iso"][0] == pytest.approx(mean)
+    paired = data["posthoc"]["paired_ece"][conf.label]["test_ece@ts"]
+    base = tables["ts"].confs[0]
+    diffs = [conf.value(conf.trials[s], "test_ece@ts") - base.value(base.trials[s], "test_ece@ts")
+             for s in range(3)]  # fmt: skip
+    assert paired["mean"] == pytest.approx(np.mean(diffs))
+    curve = severity_curve(conf, "cifar10_c", "none")
+    assert curve[0] == pytest.approx(conf.mean_std("test_ece@none")[0])
+    assert np.isnan(curve[2])  # severity 2 was not stored; 1 and 3 were
+    assert curve[3] == pytest.approx(data["posthoc"]["cifar10_c"][conf.label]["s3@none"])

@@ -209,7 +209,7 @@ def test_study_with_an_ood_section_reports_svhn_and_cifar10_c(tmp_path):
 
     shown = run_study("compare", "ood", "--storage", "studies", cwd=tmp_path)
     assert shown.returncode == 0 and "SVHN AUROC (%)" in shown.stdout
-    assert "CIFAR10-C acc (%)" in shown.stdout
+    assert "CIFAR-10-C acc (%)" in shown.stdout
     report = (tmp_path / "studies" / "ood" / "report" / "report.md").read_text()
     assert "SVHN AUROC" in report
 
