@@ -39,7 +39,7 @@ from study.stored import (
 from study.trials import TRIAL_ID_ATTR
 from trainables import calibration
 from trainables.config import DETECTION_SPLITS, OOD_SPLITS
-from trainables.ood import aupr, auroc
+from trainables.ood import aupr, auroc, negative_entropy
 
 CORRUPTION_METRICS = ("accuracy", "ece", "ece_ts")
 
@@ -92,8 +92,8 @@ def ood_metrics(split: str, ood: StoredSplit, test: StoredSplit, temperature: fl
 
 
 def _negative_entropy(probs: torch.Tensor) -> torch.Tensor:
-    p = probs.double().clamp_min(PROB_FLOOR)
-    return (probs.double() * p.log()).sum(dim=1)
+    """``trainables.ood.negative_entropy`` of stored probabilities (floored before the log)."""
+    return negative_entropy(probs.clamp_min(PROB_FLOOR).log())
 
 
 def _shared_mean(splits: Sequence[StoredSplit | None]) -> StoredSplit | None:

@@ -32,6 +32,7 @@ from study.trials import TRIAL_ID_ATTR
 from trainables.config import OOD_SPLITS
 
 NONE = "none"
+CORRUPTION_SPLITS = tuple(s for s in OOD_SPLITS if s.endswith("_c"))
 TEST_METRICS = ("accuracy", "ece", "smece", "nll")
 TITLES = {"accuracy": "Accuracy", "ece": "ECE", "smece": "smECE", "nll": "NLL"}
 
@@ -104,9 +105,6 @@ def recalibrated(
         here = {s: stored for s, stored in here.items() if stored.probs is not None}
         metrics[trial.number] = trial_metrics(val, test, here, calibrators)
     return Recalibrated(conf.label, conf.settings, conf.trials, metrics)
-
-
-CORRUPTION_SPLITS = tuple(s for s in OOD_SPLITS if s.endswith("_c"))
 
 
 def columns(confs: Sequence[Recalibrated], name: str) -> dict[str, Column]:
