@@ -584,6 +584,7 @@ class Study:
             RowNotFound,
             comparison_tables,
             find_row,
+            paired_columns,
             paired_table,
         )
         from study.ensembles import with_ensembles
@@ -599,7 +600,7 @@ class Study:
         if baseline is not None and confs:
             with user_errors(RowNotFound):
                 row = find_row(confs, str(baseline))
-            paired = paired_table(confs, row, self.space)
+            paired = paired_table(confs, row, self.space, paired_columns(tables))
         skipped: list[str] = []
         shown = tables
         if ensembles and confs:

@@ -30,7 +30,7 @@ from trainables.config import OOD_SPLITS, TrainConfig, ood_section_key
 from trainables.objectives import COST_METRICS, signed
 
 Format = Literal["markdown", "latex", "csv"]
-MAX_ROWS = 12  # more configurations than this: the best one per method and loss
+MAX_ROWS = 12  # more searched configurations: the best one per method, loss and task
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -49,6 +49,7 @@ class Column:
     title: str
     better: str | None
     percent: bool = True
+    csv_only: bool = False  # too fine for a printed table (per severity): CSV and frames only
 
 
 CALIBRATION_COLUMNS: dict[str, Column] = {
@@ -75,7 +76,7 @@ BASE_NAMES = {"sgd": "SGD", "adamw": "AdamW"}
 LOSS_NAMES = {"ls": "LS", "focal": "Focal", "flsd53": "FLSD-53"}
 # settings already named by the label's method and loss parts
 DESCRIBED = {"method", "loss", "rho", "gamma", "focal_gamma", "ls_epsilon", "optimizer", "seed"}
-DESCRIBED |= {"dropout", "mc_samples"}
+DESCRIBED |= {"dropout", "mc_samples", "ood"}  # ood: its held-out classes only
 
 
 def is_completed(trial: FrozenTrial) -> bool:
@@ -161,6 +162,8 @@ def describe(settings: dict[str, Any], space: Space, digits: int = LABEL_DIGITS)
         label += f" + MC dropout (p={g(full.dropout)}, {full.mc_samples} passes)"
     elif full.dropout > 0:
         label += f" + dropout (p={g(full.dropout)})"
+    if full.ood is not None and full.ood.heldout is not None:
+        label += f" [without classes {', '.join(map(str, full.ood.heldout.classes))}]"
     default = TrainConfig.model_fields
     others = [
         f"{k}={g(v)}" if isinstance(v, float) else f"{k}={v}"
@@ -200,15 +203,17 @@ def grouped(study: optuna.Study, space: Space) -> list[Configuration]:
 
 
 def configurations(study: optuna.Study, space: Space) -> list[Configuration]:
-    """``grouped``; with more than ``MAX_ROWS`` configurations, the best one (by mean rank
-    score) per method and loss (MC dropout apart from a single pass)."""
+    """``grouped``; where a search found more than ``MAX_ROWS`` configurations, the best one (by
+    mean rank score) per method, loss and task (MC dropout apart from a single pass; a study of
+    fixed points only shows every point)."""
     found = grouped(study, space)
-    if len(found) <= MAX_ROWS:
+    if len(found) <= MAX_ROWS or not space.search:
         return found
-    best: dict[tuple[str, str, bool], Configuration] = {}
+    best: dict[tuple[Any, ...], Configuration] = {}
     for conf in sorted(found, key=lambda c: -c.score(space)):
         full = space.train_config(conf.settings)
-        best.setdefault((full.method, full.loss, full.mc_samples > 1), conf)
+        key = (full.method, full.loss, full.mc_samples > 1, _task(conf, space))
+        best.setdefault(key, conf)
     return [c for c in found if c in best.values()]
 
 
@@ -288,6 +293,10 @@ def _title(column: Column) -> str:
     return f"{column.title} (%)" if column.percent else column.title
 
 
+def _printed(columns: dict[str, Column]) -> dict[str, Column]:
+    return {m: c for m, c in columns.items() if not c.csv_only}
+
+
 def render(table: Table, style: Format) -> str:
     """The table as GitHub Markdown, a LaTeX ``tabular`` or CSV (means and stds as numbers, in
     percent where the other formats show percent; ``trials`` a count, ``trial_numbers`` the
@@ -312,10 +321,11 @@ def render(table: Table, style: Format) -> str:
                 row += [f"{scale * v:.6g}" for v in conf.mean_std(metric)]
             writer.writerow([*row, " ".join(m for m, j in best.items() if j == i)])
         return out.getvalue().rstrip("\n")
-    titles = [_title(c) for c in table.columns.values()]
+    shown = _printed(table.columns)
+    titles = [_title(c) for c in shown.values()]
     rows = [
         [conf.label, str(len(conf.trials))]
-        + [_cell(conf, m, c, best.get(m) == i, style) for m, c in table.columns.items()]
+        + [_cell(conf, m, c, best.get(m) == i, style) for m, c in shown.items()]
         for i, conf in enumerate(table.confs)
     ]
     return _text_table(["Method", "Seeds", *titles], rows, style)
@@ -363,11 +373,42 @@ def paired_difference(
 
 @dataclass
 class PairedTable:
-    """Every configuration but the baseline, with its paired differences to the baseline."""
+    """Every configuration but the baseline, with its paired differences to the baseline, or to
+    the baseline's counterpart on its own task (``against``: rows trained without some classes,
+    ``ood.heldout``, are paired with the baseline's settings trained without the same classes)."""
 
     baseline: Configuration
     rows: list[tuple[Configuration, dict[str, PairedDifference]]]
     columns: dict[str, Column]
+    against: dict[int, Configuration] = field(default_factory=dict)  # id(row) -> its baseline
+    unpaired: list[Configuration] = field(default_factory=list)  # on a task with no counterpart
+
+    def baseline_of(self, conf: Configuration) -> Configuration:
+        """The row ``conf``'s differences are taken to."""
+        return self.against.get(id(conf), self.baseline)
+
+    def tasks_note(self) -> str:
+        """What a reader must know of rows trained on other classes ("" where there are none)."""
+        note = ""
+        if self.against:
+            note += " Rows trained without some classes: the difference to the row after ' − '."
+        if self.unpaired:
+            left = "; ".join(c.label for c in self.unpaired)
+            note += f" Not paired (no baseline trained on their classes): {left}."
+        return note
+
+
+def _task(conf: Configuration, space: Space) -> tuple[int, ...]:
+    """The classes a configuration was trained without (``ood.heldout``; () for all)."""
+    ood = space.train_config(conf.settings).ood
+    return tuple(ood.heldout.classes) if ood is not None and ood.heldout is not None else ()
+
+
+def _same_but_task(a: Configuration, b: Configuration, space: Space) -> bool:
+    def training(conf: Configuration) -> dict[str, Any]:
+        return space.train_config(conf.settings).model_dump(exclude={"ood"})
+
+    return training(a) == training(b)
 
 
 def paired_table(
@@ -377,17 +418,29 @@ def paired_table(
     columns: dict[str, Column] = PAIRED_COLUMNS,
 ) -> PairedTable:
     """Paired differences of each configuration to ``confs[baseline]`` (by seed) in
-    ``columns``."""
+    ``columns``. A configuration trained on other classes (``ood.heldout``) is paired with the
+    baseline's settings trained on its classes where the study has them, else left out
+    (``unpaired``): its test set is another task."""
     base = confs[baseline]
-    rows = []
-    for i, conf in enumerate(confs):
-        if i != baseline:
-            diffs = {
-                m: paired_difference(conf.by_seed(m, space), base.by_seed(m, space))
-                for m in columns
-            }
-            rows.append((conf, diffs))
-    return PairedTable(base, rows, columns)
+    table = PairedTable(base, [], columns)
+    counterparts = {_task(base, space): base}
+    for conf in confs:  # the first: an ensemble row comes after its members' row
+        if _same_but_task(conf, base, space):
+            counterparts.setdefault(_task(conf, space), conf)
+    for conf in confs:
+        against = counterparts.get(_task(conf, space))
+        if conf is against:
+            continue
+        if against is None:
+            table.unpaired.append(conf)
+            continue
+        if against is not base:
+            table.against[id(conf)] = against
+        diffs = {
+            m: paired_difference(conf.by_seed(m, space), against.by_seed(m, space)) for m in columns
+        }
+        table.rows.append((conf, diffs))
+    return table
 
 
 class RowNotFound(ValueError):
@@ -405,37 +458,49 @@ def find_row(confs: Sequence[Configuration], row: str) -> int:
     raise RowNotFound(f"--baseline {row!r} names no row; give a row number or a label ({listed})")
 
 
-def _signed(value: float) -> str:
-    return "n/a" if not math.isfinite(value) else f"{100 * value:+.2f}"
+def _signed(value: float, percent: bool = True) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{100 * value:+.2f}" if percent else f"{value:+.4f}"
 
 
 def render_paired(table: PairedTable, style: Format) -> str:
-    """The paired differences in percentage points: ``mean [low, high]``, bold (or a ``*`` column
-    in CSV) where the interval excludes 0."""
+    """The paired differences, in percentage points for the percent metrics (NLL and the like as
+    logged): ``mean [low, high]``, bold (or a ``*`` column in CSV) where the interval excludes
+    0."""
+    columns = table.columns
     if style == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         header = ["configuration", "baseline", "pairs"]
-        for metric in table.columns:
+        for metric in columns:
             header += [f"{metric}_diff_mean", f"{metric}_diff_low", f"{metric}_diff_high"]
         writer.writerow([*header, "excludes_zero"])
         for conf, diffs in table.rows:
-            row: list[Any] = [conf.label, table.baseline.label, min(d.n for d in diffs.values())]
-            for d in diffs.values():
-                row += [f"{100 * v:.6g}" for v in (d.mean, d.low, d.high)]
+            row: list[Any] = [conf.label, table.baseline_of(conf).label]
+            row.append(max(d.n for d in diffs.values()))
+            for metric, d in diffs.items():
+                scale = 100.0 if columns[metric].percent else 1.0
+                row += [f"{scale * v:.6g}" for v in (d.mean, d.low, d.high)]
             marked = " ".join(m for m, d in diffs.items() if d.excludes_zero)
             writer.writerow([*row, marked])
         return out.getvalue().rstrip("\n")
-    titles = [f"{c.title} (pp)" for c in table.columns.values()]
+    shown = _printed(columns)
+    titles = [f"{c.title} (pp)" if c.percent else c.title for c in shown.values()]
     rows = []
     for conf, diffs in table.rows:
         cells = []
-        for d in diffs.values():
-            text = _signed(d.mean)
+        for metric, d in diffs.items():
+            if metric not in shown:
+                continue
+            percent = columns[metric].percent
+            text = _signed(d.mean, percent)
             if d.n >= 2:
-                text += f" [{_signed(d.low)}, {_signed(d.high)}]"
+                text += f" [{_signed(d.low, percent)}, {_signed(d.high, percent)}]"
             cells.append(_mark(text, d.excludes_zero, style))
-        rows.append([conf.label, str(min(d.n for d in diffs.values())), *cells])
+        against = table.against.get(id(conf))
+        label = conf.label + (f" − {against.label}" if against is not None else "")
+        rows.append([label, str(max(d.n for d in diffs.values())), *cells])
     return _text_table(["Method", "Pairs", *titles], rows, style)
 
 
@@ -467,6 +532,20 @@ def comparison_tables(study: optuna.Study, space: Space) -> list[Table]:
     if ood:
         tables.append(Table(confs, ood))
     return tables
+
+
+PAIRED_OOD_METRICS = ("auroc", "ece", "ece_ts")  # of each OOD / corruption split logged
+
+
+def paired_columns(tables: Sequence[Table]) -> dict[str, Column]:
+    """``PAIRED_COLUMNS`` and, where the study evaluated OOD or corruption splits, their AUROC
+    and ECE (raw and after TS): the columns of the paired table."""
+    columns = dict(PAIRED_COLUMNS)
+    for table in tables[1:2]:
+        for metric, column in table.columns.items():
+            if metric.endswith(tuple(f"_{m}" for m in PAIRED_OOD_METRICS)):
+                columns[metric] = Column(f"Δ {column.title}", column.better)
+    return columns
 
 
 def top_configurations(study: optuna.Study, space: Space, n: int) -> list[dict[str, Any]]:
@@ -503,6 +582,7 @@ class Comparison:
             f"Difference to {self.paired.baseline.label}, paired by seed: mean [95% Student-t "
             "interval] in percentage points; bold where the interval excludes 0."
         )
+        note += self.paired.tasks_note()
         return latex_escape(note) if style == "latex" else note
 
     def rows(self, percent: bool = False) -> list[dict[str, Any]]:
@@ -524,10 +604,10 @@ class Comparison:
                     mean, std = conf.mean_std(metric)
                     row[f"{metric}_mean"], row[f"{metric}_std"] = scale * mean, scale * std
             if self.paired is not None:
-                row["baseline"] = self.paired.baseline.label
-                for metric in self.paired.columns:
+                row["baseline"] = self.paired.baseline_of(conf).label
+                for metric, column in self.paired.columns.items():
                     d = diffs.get(id(conf), {}).get(metric)
-                    scale = 100.0 if percent else 1.0
+                    scale = 100.0 if percent and column.percent else 1.0
                     values = (d.mean, d.low, d.high) if d is not None else (math.nan,) * 3
                     for suffix, value in zip(("", "_low", "_high"), values):
                         row[f"{metric}_diff{suffix}"] = scale * value

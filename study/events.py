@@ -123,14 +123,21 @@ class TrialEvents(Callback):
 def shown_settings(space: Space, config: dict[str, Any]) -> str:
     """What a trial line says of a trial's ``config``: ``method=sam rho=0.05 seed=0``."""
     base = space.train_config().model_dump()
+    settings = space.train_config(config).model_dump()
     pointed = dict.fromkeys(k for p in space.points for k in p)
     shown = ["method"]
     shown += [k for k in space.search if k in config and k not in shown]
-    shown += [k for k in pointed if k in config and k not in shown and config[k] != base[k]]
+    shown += [k for k in pointed if k in config and k not in shown and settings[k] != base[k]]
     if space.repeats > 1:
         shown.append("seed")
-    settings = {**base, **config}
-    return " ".join(f"{k}={_value(settings[k])}" for k in shown)
+    return " ".join(filter(None, (_shown(k, settings[k]) for k in shown)))
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "ood":  # of a point's own ood section, what changes training: held-out classes
+        heldout = (value or {}).get("heldout") or {}
+        return f"heldout={','.join(map(str, heldout.get('classes', [])))}" if heldout else ""
+    return f"{key}={_value(value)}"
 
 
 def _error_line(trial: Any) -> str:

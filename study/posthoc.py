@@ -109,7 +109,7 @@ def recalibrated(
 
 def columns(confs: Sequence[Recalibrated], name: str) -> dict[str, Column]:
     """The columns after calibrator ``name``: test metrics, then each corruption split's mean
-    ECE that any trial has."""
+    ECE that any trial has and (CSV only) its ECE per severity."""
     found = {k for c in confs for m in c.metrics.values() for k in m}
     out = {
         f"test_{m}@{name}": Column(TITLES[m], "max" if m == "accuracy" else "min", m != "nll")
@@ -118,6 +118,10 @@ def columns(confs: Sequence[Recalibrated], name: str) -> dict[str, Column]:
     for split in CORRUPTION_SPLITS:
         if f"{split}_ece@{name}" in found:
             out[f"{split}_ece@{name}"] = Column(f"{split_title(split)} ECE", "min")
+        for severity in range(1, 6):
+            if f"{split}_s{severity}_ece@{name}" in found:
+                title = f"{split_title(split)} s{severity} ECE"
+                out[f"{split}_s{severity}_ece@{name}"] = Column(title, "min", csv_only=True)
     return out
 
 

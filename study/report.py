@@ -44,6 +44,7 @@ from study.compare import (
     grouped,
     is_completed,
     mean_std,
+    paired_columns,
     paired_table,
     rank_score,
     render,
@@ -438,7 +439,7 @@ def comparison_section(view: StudyView, data: dict[str, Any], evidence: str) -> 
     parts.append(render(shown[0], "markdown"))
     baseline = sgd_baseline(tables[0].confs, view.space)
     if baseline is not None:
-        paired = paired_table(tables[0].confs, baseline, view.space)
+        paired = paired_table(tables[0].confs, baseline, view.space, paired_columns(tables))
         data["paired_baseline"] = paired.baseline.label
         data["paired_row"] = baseline
         data["paired"] = {
@@ -447,7 +448,7 @@ def comparison_section(view: StudyView, data: dict[str, Any], evidence: str) -> 
         parts.append(
             f"Difference of each configuration to {paired.baseline.label}, paired by seed "
             "(`study compare --baseline`): mean [95% Student-t interval] in percentage points, "
-            "bold where the interval excludes 0."
+            "bold where the interval excludes 0." + paired.tasks_note()
         )
         parts.append(render_paired(paired, "markdown"))
     if len(tables) > 1:

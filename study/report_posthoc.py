@@ -81,7 +81,8 @@ def posthoc_section(
     }
     parts += [
         f"Difference of test ECE to {paired.baseline.label} *after the same calibrator*, paired "
-        "by seed: mean [95% Student-t interval] in percentage points, bold where it excludes 0.",
+        "by seed: mean [95% Student-t interval] in percentage points, bold where it excludes 0."
+        + paired.tasks_note(),
         render_paired(paired, "markdown"),
     ]
     shifted = [
@@ -117,22 +118,26 @@ def severity_curve(conf: Recalibrated, split: str, calibrator: str) -> list[floa
 
 
 def draw_shift(rows: Sequence[Recalibrated], splits: Sequence[str], path: Path) -> None:
-    """ECE against severity (0: clean test), one colour per configuration: solid before
-    calibration, dashed after temperature scaling fitted on clean val; a panel per split."""
+    """ECE against severity (0: clean test), one colour per configuration that stored the split:
+    a row of two panels per split, before calibration and after temperature scaling fitted on
+    clean val, on one y axis."""
     from study.report_figures import plt, save_figure
 
-    fig, axes = plt.subplots(1, len(splits), figsize=(7 * len(splits), 4.5), squeeze=False)
-    cmap = plt.get_cmap("tab10")
-    for ax, split in zip(axes[0], splits):
-        for i, conf in enumerate(rows):
-            colour = cmap(i % 10)
-            for calibrator, ls in ((NONE, "-"), ("ts", "--")):
+    fig, axes = plt.subplots(
+        len(splits), 2, figsize=(14, 4.2 * len(splits)), squeeze=False, sharey="row"
+    )
+    cmap = plt.get_cmap("tab20")
+    for panels, split in zip(axes, splits):
+        shown = [c for c in rows if np.isfinite(severity_curve(c, split, NONE)[1:]).any()]
+        for ax, (calibrator, title) in zip(panels, ((NONE, "raw"), ("ts", "after TS"))):
+            for i, conf in enumerate(shown):
                 curve = np.array(severity_curve(conf, split, calibrator)) * 100
-                label = conf.label if calibrator == NONE else None
-                ax.plot(range(6), curve, ls, color=colour, marker="o", ms=3, label=label)
-        ax.set_xticks(range(6), ["clean", *map(str, SEVERITIES)])
-        ax.set_xlabel("corruption severity")
-        ax.set_ylabel("ECE (%), mean over corruptions and seeds")
-        ax.set_title(f"{split_title(split)}: raw (solid) and after TS (dashed)")
-    axes[0][-1].legend(fontsize=7, loc="upper left")
+                label = conf.label if len(conf.label) <= 40 else conf.label[:39] + "…"
+                ax.plot(range(6), curve, color=cmap(i % 20), marker="o", ms=3, label=label)
+            ax.set_xticks(range(6), ["clean", *map(str, SEVERITIES)])
+            ax.set_xlabel("corruption severity")
+            ax.set_title(f"{split_title(split)}: {title}")
+            ax.grid(alpha=0.3)
+        panels[0].set_ylabel("ECE (%), mean over corruptions and seeds")
+        panels[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     save_figure(fig, path)

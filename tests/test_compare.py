@@ -16,6 +16,7 @@ from search_spaces.schema import check_space
 from study.compare import (
     comparison_tables,
     find_row,
+    paired_columns,
     paired_difference,
     paired_table,
     render,
@@ -260,3 +261,97 @@ def test_a_temperature_fit_on_a_bound_is_shown_as_such():
     text = render(comparison_tables(study, SPACE)[0], "markdown")
     rows = [line for line in text.splitlines() if "(on a bound)" in line]
     assert len(rows) == 1 and "lr=0.01" in rows[0], text
+
+
+HELDOUT = {"heldout": {"classes": [6, 9]}}
+TASKS_SPACE = check_space(
+    {
+        "fixed": {"dataset": "digits", "train_subset": None, "epochs": 1},
+        "points": [
+            {"method": "sgd"},
+            {"method": "sam"},
+            {"method": "sgd", "ood": HELDOUT},
+            {"method": "sam", "ood": HELDOUT},
+            {"method": "csam", "ood": {"heldout": {"classes": [3]}}},
+        ],
+        "repeats": 3,
+    },
+    "test",
+)
+# per point and seed: test ECE (each held-out row 1 pp above its own SGD)
+TASK_ECE = [
+    [0.05, 0.06, 0.07],
+    [0.03, 0.04, 0.05],
+    [0.20, 0.21, 0.22],
+    [0.21, 0.22, 0.23],
+    [0.1] * 3,
+]
+
+
+def _tasks_study() -> optuna.Study:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for point, eces in zip(TASKS_SPACE.points, TASK_ECE):
+        for seed, value in enumerate(eces):
+            attrs = {
+                STATUS_ATTR: "completed",
+                SETTINGS_ATTR: {**point, "seed": seed},
+                **{m: value for m in ("test_ece", "test_accuracy", "test_ece_ts")},
+                "ood_digits_auroc": 0.9 - value,
+            }
+            if "ood" not in point:
+                attrs["fashion_mnist_c_ece"] = 2 * value
+            study.add_trial(optuna.trial.create_trial(values=[0.9, value], user_attrs=attrs))
+    return study
+
+
+def test_rows_trained_without_some_classes_are_paired_with_the_baseline_on_their_classes():
+    """Issue 24, item 5: a held-out row's test set is another task."""
+    (table,) = comparison_tables(_tasks_study(), TASKS_SPACE)[:1]
+    labels = [c.label for c in table.confs]
+    assert labels == [
+        "SGD",
+        "SAM (ρ=0.1)",
+        "SGD [without classes 6, 9]",
+        "SAM (ρ=0.1) [without classes 6, 9]",
+        "CSAM (ρ=0.1, γ=1) [without classes 3]",
+    ]
+    paired = paired_table(table.confs, 0, TASKS_SPACE)
+    found = {conf.label: (paired.baseline_of(conf).label, d) for conf, d in paired.rows}
+    assert set(found) == {labels[1], labels[3]}  # SGD without 6, 9 is its task's baseline
+    assert found[labels[1]][0] == "SGD"
+    assert found[labels[1]][1]["test_ece"].mean == pytest.approx(-0.02)
+    assert found[labels[3]][0] == labels[2]
+    assert found[labels[3]][1]["test_ece"].mean == pytest.approx(0.01)
+    assert [c.label for c in paired.unpaired] == [labels[4]]  # no SGD without class 3
+    markdown = render_paired(paired, "markdown")
+    assert f"{labels[3]} − {labels[2]}" in markdown
+    rows = {
+        r["configuration"]: r for r in csv.DictReader(io.StringIO(render_paired(paired, "csv")))
+    }
+    assert rows[labels[3]]["baseline"] == labels[2] and rows[labels[1]]["baseline"] == "SGD"
+
+
+def test_a_study_of_points_shows_every_point_and_a_search_its_best_per_method(monkeypatch):
+    """Issue 24, item 5: paper-fashion-mnist's 15 points were cut to the best per method and
+    loss, dropping SGD, SAM and CSAM for their held-out-class twins."""
+    import study.compare as compare
+
+    monkeypatch.setattr(compare, "MAX_ROWS", 1)
+    assert len(compare.configurations(_tasks_study(), TASKS_SPACE)) == 5
+    (best,) = compare.configurations(_study(), SPACE)  # one method, one loss, one task
+    assert best.settings == {"lr": 0.01}  # the lower val ECE
+
+
+def test_the_paired_table_covers_the_ood_auroc_and_corruption_ece_the_study_logged():
+    tables = comparison_tables(_tasks_study(), TASKS_SPACE)
+    columns = paired_columns(tables)
+    assert columns["ood_digits_auroc"].title == "Δ DIGITS AUROC"
+    assert columns["fashion_mnist_c_ece"].title == "Δ FMNIST-C ECE"
+    paired = paired_table(tables[0].confs, 0, TASKS_SPACE, columns)
+    found = {conf.label: d for conf, d in paired.rows}
+    assert found["SAM (ρ=0.1)"]["fashion_mnist_c_ece"].mean == pytest.approx(-0.04)
+    heldout = found["SAM (ρ=0.1) [without classes 6, 9]"]
+    assert heldout["ood_digits_auroc"].mean == pytest.approx(-0.01)
+    assert heldout["fashion_mnist_c_ece"].n == 0  # not evaluated on that task
+    line = next(x for x in render_paired(paired, "markdown").splitlines() if "6, 9] −" in x)
+    assert "| 3 |" in line and "n/a" in line  # its pairs: 3 seeds

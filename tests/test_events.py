@@ -29,6 +29,22 @@ def test_a_trial_line_always_names_the_method_even_the_default_one():
     assert line == "method=csam gamma=0.5"
 
 
+def test_a_trial_line_names_held_out_classes_not_the_ood_section():
+    """Issue 24, item 5: a point's own ``ood`` section showed as a dict on every trial line."""
+    heldout = {"heldout": {"classes": [6, 9]}, "digits": {}}
+    space = check_space(
+        {
+            "fixed": {"dataset": "fashion_mnist", "epochs": 1},
+            "ood": {"digits": {}},
+            "points": [{"method": "sgd"}, {"method": "sgd", "ood": heldout}],
+        },
+        "test",
+    )
+    events = TrialEvents(space, "st", "sqlite:////x.db")
+    assert events._shown_settings({"method": "sgd", "ood": {"digits": {}}}) == "method=sgd"
+    assert events._shown_settings({"method": "sgd", "ood": heldout}) == "method=sgd heldout=6,9"
+
+
 class _Trial:
     def __init__(self, trial_id: str, status: str) -> None:
         self.trial_id, self.status = trial_id, status

@@ -15,7 +15,7 @@ from optuna.distributions import FloatDistribution
 from search_spaces.schema import check_space
 from study.arguments import InputError, calibrators_arg
 from study.calibrators import fit_calibrator
-from study.compare import Comparison, comparison_tables, paired_table
+from study.compare import Comparison, comparison_tables, paired_table, render_paired
 from study.posthoc import calibrated_tables
 from study.trials import SETTINGS_ATTR, STATUS_ATTR, TRIAL_ID_ATTR
 from trainables.evidence import evidence_table, write_evidence
@@ -152,8 +152,12 @@ def test_differences_are_paired_by_seed_after_the_same_calibrator(recalibrated):
                       calibrated_paired=[("iso", paired)], paired=paired).render("markdown")  # fmt: skip
     assert "**After isotonic regression, fitted on each trial's val evidence**" in text
     assert "CIFAR-10-C ECE" in text
+    nll = diffs["test_nll@iso"].mean
+    assert "| NLL |" in text and "NLL (pp)" not in text  # nats, not percentage points
+    assert f"{nll:+.4f}" in render_paired(paired, "markdown")
     csv = Comparison([table], calibrated=list(tables.items())).render("csv").splitlines()[0]
     assert "test_nll@ts_mean" in csv and "cifar10_c_ece@iso_std" in csv
+    assert "cifar10_c_s3_ece@ts_mean" in csv and "s3 ECE" not in text  # by severity: CSV only
 
 
 def test_a_trial_without_val_evidence_is_left_out_and_named(tmp_path):
