@@ -8,6 +8,7 @@ CONSTRAINTS ?= constraints.txt
 PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
 .PHONY: demo test test-fast venv test-deps data toolchain browser lint bench clean gpu-bundle gpu-rehearsal \
+	cluster-rehearsal \
 	constraints
 
 $(BIN)/python:
@@ -18,7 +19,7 @@ venv: $(BIN)/python
 	$(BIN)/pip install -q $(PIN) -e '.[tools]'
 
 test-deps: $(BIN)/python
-	$(BIN)/pip install -q $(PIN) -e '.[test,tools,bench]'
+	$(BIN)/pip install -q $(PIN) -e '.[test,tools,bench,cluster]'
 
 # Fashion-MNIST: Debian's package where apt is at hand, else torchvision's download.
 data: venv
@@ -50,6 +51,11 @@ browser:
 
 test: test-deps data toolchain browser
 	$(BIN)/python -m pytest -q -m "not gpu" --timeout 900 --durations 15
+
+# cluster.yaml's autoscaled cloud on this machine: Ray's autoscaler on its fake provider launches
+# GPU workers from zero, replaces a preempted spot node, falls back to on-demand, scales down.
+cluster-rehearsal: test-deps data
+	$(BIN)/python -m pytest -v -m slow --timeout 900 tests/test_cluster_rehearsal.py
 
 test-fast: test-deps data
 	$(BIN)/python -m pytest -q -m "not slow and not gpu" --timeout 900

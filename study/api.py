@@ -17,6 +17,7 @@ written or started.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -617,16 +618,23 @@ class Study:
                 ]
         return comparison
 
-    def status(self) -> StudyStatus:
-        """Where the study stands, from its storage alone (works while another process runs it):
-        trials by state, the driver, elapsed time, the best trials so far, the MLflow run."""
+    def status(self, address: str | None = "auto") -> StudyStatus:
+        """Where the study stands, from its storage (works while another process runs it):
+        trials by state, the driver, elapsed time, the best trials so far, the MLflow run; while
+        its driver runs, the alive nodes of the Ray cluster at ``address`` by node type, from
+        Ray's state API (``auto``: the cluster this machine runs, e.g. on its head; None, or no
+        cluster there: none)."""
+        from study.cluster_nodes import nodes_by_type
         from study.status import study_status
         from study.storage import check_study_name
 
         with user_errors():
             check_study_name(self.paths, self.name, self.space)
         study = self.optuna() if self._asked_any() else None
-        return study_status(self.name, self.paths, self.space, study, self.tracking())
+        status = study_status(self.name, self.paths, self.space, study, self.tracking())
+        if status.driver is not None and address is not None:
+            status = dataclasses.replace(status, nodes=nodes_by_type(address))
+        return status
 
     def evidence(self) -> pads.Dataset:
         """The per-sample evidence of every trial (``trial_id`` and ``split`` as strings)."""

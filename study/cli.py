@@ -135,6 +135,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("name", help="the study's name")
     status.add_argument("--storage", help="directory holding studies (default: ./studies)")
+    status.add_argument(
+        "--address",
+        default="auto",
+        help="while the study runs, list the nodes of the Ray cluster there by type (default: "
+        "auto, the cluster this machine runs, e.g. from its head; 'none': skip)",
+    )
     status.set_defaults(handler=cmd_status)
 
     spaces = sub.add_parser("spaces", help="list bundled search spaces, or validate a file")
@@ -271,7 +277,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from study.status import format_status
 
     study = _load(args)
-    print(format_status(study.status(), study.space))
+    address = None if args.address.lower() == "none" else args.address
+    print(format_status(study.status(address), study.space))
     return 0
 
 

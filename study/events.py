@@ -114,6 +114,8 @@ class TrialEvents(Callback):
             text += f"  (stopped by ASHA after epoch {epoch} of {total})"
         elif status == "diverged":
             text += f"  (loss not finite at epoch {epoch})"
+        if result.get("node_type"):  # a cluster whose node types label their nodes
+            text += f"  on {result['node_type']} {str(result.get('node_id', ''))[:6]}"
         self._show(text, trials, trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -34,6 +34,7 @@ class StudyStatus:
     elapsed_s: float | None
     best: list[dict[str, Any]] = field(default_factory=list)
     tracking: dict[str, str] = field(default_factory=dict)
+    nodes: dict[str, int] | None = None  # the cluster's alive nodes by type, while a driver runs
 
     @property
     def finished(self) -> bool:
@@ -103,6 +104,8 @@ def format_status(status: StudyStatus, space: Space) -> str:
         )
     if status.elapsed_s is not None:
         lines.append(f"elapsed: {_duration(status.elapsed_s)}")
+    if status.nodes:
+        lines.append("nodes:   " + ", ".join(f"{n} {kind}" for kind, n in status.nodes.items()))
     if status.tracking:
         lines.append(
             f"mlflow:  run {status.tracking['parent_run_id']} in experiment "

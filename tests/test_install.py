@@ -73,9 +73,9 @@ def installed_extras(target: str) -> set[str]:
 def test_make_test_and_demo_install_the_extras_they_need_and_not_the_clusters():
     """What `make test` and `make demo` would install (issue 22: a behaviour, not a grep): the
     tools the README tells users to run, the test extra for the tests, the bench extra for the
-    replay smoke test, never the cluster's ray[default] (a local study needs no dashboard or job
-    server)."""
-    assert installed_extras("test") == {"test", "tools", "bench"}  # the replay's smoke test
+    replay smoke test and the cluster's ray[default] for the cluster rehearsal (Ray's state API);
+    `make demo` never the cluster's (a local study needs no dashboard or job server)."""
+    assert installed_extras("test") == {"test", "tools", "bench", "cluster"}
     assert installed_extras("demo") == {"tools"}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
@@ -115,3 +115,25 @@ def test_the_cluster_extra_is_ray_default_at_ray_tunes_bounds():
         lines = config.read_text().splitlines()
         installs = [line for line in lines if PIP_INSTALL.search(line)]
         assert installs and all("[cluster,tools]" in line for line in installs), config
+
+
+PIN = re.compile(r"(?<![\w.-])([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[a-z,]+\])?==([\w.]+)")
+
+
+def test_the_cluster_files_install_with_constraints_txt_and_pin_nothing_else():
+    """Issue 25, item 3: one source of versions. Every pip install in cluster.yaml and the
+    KubeRay example installs this project with ``-c constraints.txt``, and every version either
+    file names (``pkg==x``, the Ray image, ``rayVersion``) is constraints.txt's."""
+    pinned = pins()
+    for config in (ROOT / "cluster.yaml", ROOT / "deploy" / "kuberay-raycluster.yaml"):
+        text = config.read_text()
+        installs = [line for line in text.splitlines() if re.search(r"\bpip install\b", line)]
+        for line in installs:
+            if "-e " in line:
+                assert "-c " in line and "constraints.txt" in line, (config.name, line)
+        for name, version in PIN.findall(text):
+            assert pinned.get(canonicalize_name(name)) == version, (config.name, name, version)
+        for version in re.findall(r"rayproject/ray:(\d+\.\d+\.\d+)", text):
+            assert version == pinned["ray"], (config.name, version)
+        for version in re.findall(r'rayVersion:\s*"?([\d.]+)', text):
+            assert version == pinned["ray"], (config.name, version)

@@ -37,6 +37,7 @@ from trainables.loop import (
     load_checkpoint,
     save_checkpoint,
 )
+from trainables.nodes import node_fields
 from trainables.trial_outputs import (
     CHECKPOINT_FILE,
     TrialContext,
@@ -209,7 +210,8 @@ def ddp_worker_loop(loop_config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.load_state_dict(load_checkpoint(Path(directory) / CHECKPOINT_FILE))
-    node_id = ray.get_runtime_context().get_node_id()
+    node = node_fields()
+    node_id = node["node_id"]
 
     def report(trainer: Trainer, record: EpochRecord) -> None:
         with tempfile.TemporaryDirectory() as directory:
@@ -218,7 +220,7 @@ def ddp_worker_loop(loop_config: dict[str, Any]) -> None:
                 record_epoch_outputs(trainer, record, ctx, trial_id)
                 save_checkpoint(trainer.state_dict(), Path(directory) / CHECKPOINT_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
-            metrics = {**epoch_metrics(trainer, record, ctx), "node_id": node_id, "workers": world}
+            metrics = {**epoch_metrics(trainer, record, ctx), **node, "workers": world}
             ray.train.report(metrics, checkpoint=checkpoint)
         if rank == 0:
             hold_if_asked(record.epoch, trial_id, node_id)

@@ -6,13 +6,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import ray
 import torch
 from ray import tune
 
 from trainables.config import parse_config
 from trainables.hold import hold_if_asked
 from trainables.loop import EpochRecord, Trainer, load_checkpoint, save_checkpoint
+from trainables.nodes import node_fields
 from trainables.trial_outputs import (
     CHECKPOINT_FILE,
     TrialContext,
@@ -39,14 +39,15 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     trial_id = tune.get_context().get_trial_id()
 
-    node_id = ray.get_runtime_context().get_node_id()
+    node = node_fields()
+    node_id = node["node_id"]
 
     def report(trainer: Trainer, record: EpochRecord) -> None:
         record_epoch_outputs(trainer, record, ctx, trial_id)
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(trainer.state_dict(), Path(directory) / CHECKPOINT_FILE)
             tune.report(
-                {**epoch_metrics(trainer, record, ctx), "node_id": node_id},
+                {**epoch_metrics(trainer, record, ctx), **node},
                 checkpoint=tune.Checkpoint.from_directory(directory),
             )
         hold_if_asked(record.epoch, trial_id, node_id)
