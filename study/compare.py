@@ -77,6 +77,8 @@ LOSS_NAMES = {"ls": "LS", "focal": "Focal", "flsd53": "FLSD-53"}
 # settings already named by the label's method and loss parts
 DESCRIBED = {"method", "loss", "rho", "gamma", "focal_gamma", "ls_epsilon", "optimizer", "seed"}
 DESCRIBED |= {"dropout", "mc_samples", "ood"}  # ood: its held-out classes only
+DESCRIBED |= {"mimo", "mimo_batch_repetitions", "mimo_input_repetition"}
+DESCRIBED |= {"rank1", "rank1_family", "rank1_eval_samples"}
 
 
 def is_completed(trial: FrozenTrial) -> bool:
@@ -162,6 +164,15 @@ def describe(settings: dict[str, Any], space: Space, digits: int = LABEL_DIGITS)
         label += f" + MC dropout (p={g(full.dropout)}, {full.mc_samples} passes)"
     elif full.dropout > 0:
         label += f" + dropout (p={g(full.dropout)})"
+    if full.mimo is not None:
+        label += f" + MIMO (M={full.mimo}, b={full.mimo_batch_repetitions}"
+        repeated = full.mimo_input_repetition
+        label += f", input repetition {g(repeated)})" if repeated else ")"
+    if full.rank1 is not None:
+        family = "Gaussian" if full.rank1_family == "normal" else "Cauchy"
+        samples = full.rank1_eval_samples
+        label += f" + Rank-1 BNN ({family}, M={full.rank1}"
+        label += f", {samples} samples)" if samples > 1 else ")"
     if full.ood is not None and full.ood.heldout is not None:
         label += f" [without classes {', '.join(map(str, full.ood.heldout.classes))}]"
     default = TrainConfig.model_fields
@@ -204,7 +215,7 @@ def grouped(study: optuna.Study, space: Space) -> list[Configuration]:
 
 def configurations(study: optuna.Study, space: Space) -> list[Configuration]:
     """``grouped``; where a search found more than ``MAX_ROWS`` configurations, the best one (by
-    mean rank score) per method, loss and task (MC dropout apart from a single pass; a study of
+    mean rank score) per method, loss and task (MC dropout, MIMO and Rank-1 apart; a study of
     fixed points only shows every point)."""
     found = grouped(study, space)
     if len(found) <= MAX_ROWS or not space.search:
@@ -212,7 +223,8 @@ def configurations(study: optuna.Study, space: Space) -> list[Configuration]:
     best: dict[tuple[Any, ...], Configuration] = {}
     for conf in sorted(found, key=lambda c: -c.score(space)):
         full = space.train_config(conf.settings)
-        key = (full.method, full.loss, full.mc_samples > 1, _task(conf, space))
+        ensemble = (full.mc_samples > 1, full.mimo is not None, full.rank1 is not None)
+        key = (full.method, full.loss, ensemble, _task(conf, space))
         best.setdefault(key, conf)
     return [c for c in found if c in best.values()]
 

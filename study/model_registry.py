@@ -36,7 +36,8 @@ EXAMPLE_SIZE = 2  # images in the input example
 class CalibratedClassifier(nn.Module):
     """A classifier whose output is ``softmax(log(p) / temperature)``: calibrated probabilities,
     ``p`` being its softmax or, with ``mc_samples > 1``, the mean softmax of that many passes
-    with dropout on (MC dropout, as the trial evaluated it; the masks are not seeded here)."""
+    with dropout on (MC dropout, as the trial evaluated it; the masks are not seeded here) or a
+    rank-1 BNN's posterior samples (its members are averaged in every pass)."""
 
     def __init__(self, model: nn.Module, temperature: float, mc_samples: int = 1) -> None:
         super().__init__()
@@ -73,14 +74,24 @@ def calibrated_model(state: dict[str, Any], temperature: float) -> tuple[nn.Modu
     from trainables.config import parse_config
     from trainables.loop import config_data
     from trainables.models import build_model
+    from trainables.rank1 import rank1_spec
 
     cfg = parse_config({**state["config"], "device": "cpu", "compile": False}, where="a model")
     data = config_data(cfg)
     info = data.info
-    model = build_model(cfg.model, info.num_classes, info.in_channels, info.image_size, cfg.dropout)
+    model = build_model(
+        cfg.model,
+        info.num_classes,
+        info.in_channels,
+        info.image_size,
+        cfg.dropout,
+        cfg.mimo,
+        rank1_spec(cfg),
+    )
     weights = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
     model.load_state_dict(weights)
-    return CalibratedClassifier(model, temperature, cfg.mc_samples).eval(), data
+    passes = cfg.rank1_eval_samples if cfg.rank1 is not None else cfg.mc_samples
+    return CalibratedClassifier(model, temperature, passes).eval(), data
 
 
 @contextmanager

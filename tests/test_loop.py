@@ -34,8 +34,12 @@ def untimed(history: list[dict]) -> list[dict]:
         {"dropout": 0.3, "mc_samples": 3},
         {"loss": "adafocal"},
         {"method": "bsam", "bsam_samples": 2},
+        {"mimo": 2, "mimo_batch_repetitions": 2, "mimo_input_repetition": 0.5},
+        {"mimo": 2, "mimo_batch_repetitions": 2, "method": "csam", "loss": "ce"},
+        {"rank1": 2, "rank1_kl_annealing_epochs": 2},
+        {"rank1": 2, "method": "csam", "rank1_family": "cauchy", "rank1_eval_samples": 2},
     ],
-    ids=["plain", "mc_dropout", "adafocal", "bsam"],
+    ids=["plain", "mc_dropout", "adafocal", "bsam", "mimo", "mimo_csam", "rank1", "rank1_cauchy"],
 )
 def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, digits_settings, mc):
     cfg = parse_config({**digits_settings, "epochs": 3, "method": "sam", **mc})

@@ -39,7 +39,7 @@ def test_paper_digits_runs_every_method_and_loss_and_compare_prints_them(tmp_pat
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     trials = optuna_study(tmp_path, "pd").trials
-    assert len(trials) == 16 and all(t.user_attrs["status"] == "completed" for t in trials)
+    assert len(trials) == 18 and all(t.user_attrs["status"] == "completed" for t in trials)
 
     shown = run_study("compare", "pd", "--storage", "studies", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
@@ -50,6 +50,8 @@ def test_paper_digits_runs_every_method_and_loss_and_compare_prints_them(tmp_pat
         "SGD + MC dropout (p=0.2, 10 passes)",
         "SGD + AdaFocal",
         "bSAM (ρ=0.01) [lr=0.5]",
+        "SGD + MIMO (M=3, b=4)",
+        "SGD + Rank-1 BNN (Gaussian, M=4)",
     }
     by_label = {r["configuration"]: r for r in _csv(tmp_path, "pd")}
     for trial in trials:

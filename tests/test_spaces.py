@@ -57,6 +57,11 @@ def test_paper_presets_follow_the_papers_protocol(name):
             assert settings == cifar
         else:
             assert not bsams
+    if (
+        name.startswith(("paper-cifar", "paper-fashion-mnist"))
+        and name != "paper-fashion-mnist-short"
+    ):
+        assert_mimo_and_rank1_rows(configs, authors=name.startswith("paper-cifar"))
     assert space.samples == len(space.points)
     for c in configs:
         assert c.schedule == "cosine" and (c.optimizer, c.momentum) in {
@@ -65,6 +70,33 @@ def test_paper_presets_follow_the_papers_protocol(name):
         }
         if c.dataset.startswith("cifar"):
             assert c.val_fraction == 0.1  # the 45k/5k split
+
+
+def assert_mimo_and_rank1_rows(configs: list, authors: bool) -> None:
+    """One MIMO and one Rank-1 row (issue 26); ``authors``: with the authors' CIFAR settings."""
+    (mimo,) = [c for c in configs if c.mimo is not None]
+    (rank1,) = [c for c in configs if c.rank1 is not None]
+    assert mimo.method == rank1.method == "sgd" and mimo.loss == rank1.loss == "ce"
+    if authors:
+        assert (mimo.mimo, mimo.mimo_batch_repetitions, mimo.mimo_input_repetition) == (3, 4, 0.0)
+        settings = (
+            rank1.rank1,
+            rank1.rank1_family,
+            rank1.rank1_prior_mean,
+            rank1.rank1_prior_stddev,
+            rank1.rank1_dropout_rate,
+            rank1.rank1_random_sign_init,
+            rank1.rank1_eval_samples,
+        )
+        assert settings == (4, "normal", 1.0, 0.1, 1e-3, 0.5, 1)
+        assert rank1.rank1_kl_annealing_epochs == 0.8 * rank1.epochs  # their 200 of 250
+
+
+def test_paper_digits_runs_every_baseline_row():
+    space = load_space("paper-digits")
+    configs = [space.train_config(point) for point in space.points]
+    assert any(c.mimo for c in configs) and any(c.rank1 for c in configs)
+    assert any(c.method == "bsam" for c in configs) and any(c.mc_samples > 1 for c in configs)
 
 
 def test_paper_fashion_mnist_evaluates_shift_and_both_ood_protocols():
@@ -365,7 +397,7 @@ def test_validate_reports_the_schema_and_missing_data_on_separate_lines(capsys, 
     assert "error" not in captured.out
     assert main(["spaces", "validate", "paper-digits"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "paper-digits: schema: ok (0 searched settings, 16 points, 16 configurations)",
+        "paper-digits: schema: ok (0 searched settings, 18 points, 18 configurations)",
         "paper-digits: data: found (devices and every dataset it reads)",
     ]
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trainables.data import check_dataset_name
 from trainables.messages import first_problem, shown, uri_credentials
-from trainables.models import check_model_name
+from trainables.models import MODELS, check_model_name
 
 Method = Literal["sgd", "sam", "asam", "csam", "bsam"]
 MAX_IMAGES = 1_000_000_000  # upper bound of any image count: beyond it a value cannot be meant
@@ -175,6 +175,23 @@ class TrainConfig(BaseModel):
     # ``mc_samples`` passes whose softmax is averaged (1: a single deterministic pass)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     mc_samples: int = Field(1, ge=1, le=1000)
+    # MIMO (Havasi et al. 2021, trainables/mimo.py): M members in one network; the batch
+    # repetitions b and the input repetition ratio rho are its authors' CIFAR defaults (b rows of
+    # each unique image per step, so a step costs about b times SGD's)
+    mimo: int | None = Field(None, ge=2, le=16)
+    mimo_batch_repetitions: int = Field(4, ge=1, le=64)
+    mimo_input_repetition: float = Field(0.0, ge=0.0, le=1.0)
+    # Rank-1 BNN (Dusenberry et al. 2020, trainables/rank1.py): M members on the registered
+    # models' conv and linear layers; the defaults are its authors' CIFAR ones, but for the KL
+    # annealing, which they end at epoch 200 of 250: here at 0.8 of ``epochs`` unless given
+    rank1: int | None = Field(None, ge=2, le=16)
+    rank1_family: Literal["normal", "cauchy"] = "normal"
+    rank1_prior_mean: float = Field(1.0, ge=-100.0, le=100.0)
+    rank1_prior_stddev: float = Field(0.1, gt=0.0, le=100.0)
+    rank1_dropout_rate: float = Field(1e-3, gt=0.0, lt=1.0)  # the posterior scale's start
+    rank1_random_sign_init: float = Field(0.5, ge=-10.0, le=1.0)
+    rank1_kl_annealing_epochs: float | None = Field(None, gt=0.0, le=10_000.0)
+    rank1_eval_samples: int = Field(1, ge=1, le=1000)
     # optimisation
     method: Method = "sam"
     rho: float = Field(0.1, gt=0.0, le=10.0)
@@ -264,6 +281,18 @@ class TrainConfig(BaseModel):
                 f"adafocal_gamma_min ({self.adafocal_gamma_min}) must be below adafocal_gamma_max "
                 f"({self.adafocal_gamma_max})"
             )
+        if self.rank1 is not None:
+            if self.mimo is not None:
+                raise ValueError("rank1 and mimo are two ensembles in one network: choose one")
+            if self.method == "bsam" or self.dropout > 0:
+                raise ValueError(
+                    "rank1 samples its own weights at evaluation: not with method=bsam or dropout"
+                )
+            if self.model not in MODELS:
+                raise ValueError(
+                    f"rank1 replaces the registered models' layers ({', '.join(MODELS)}); "
+                    f"model={self.model} is not one"
+                )
         return self
 
 

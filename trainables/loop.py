@@ -25,12 +25,15 @@ from trainables.bsam import BSAM
 from trainables.config import ConfigError, TrainConfig
 from trainables.data import Data, load_data
 from trainables.losses import LossFn, build_loss, cross_entropy, csam_loss
+from trainables.mimo import mimo_batch, mimo_indices, mimo_loss
 from trainables.models import build_model
+from trainables.rank1 import Rank1Factor, rank1_spec
 from trainables.sam import SAM, frozen_batchnorm_stats
 
 SAM_METHODS = ("sam", "asam", "csam")
 EVAL_BATCH = 1024
 MC_SEED_OFFSET = 7_919  # MC dropout's masks: seeded from the run's seed, apart from training's
+MIMO_SEED_OFFSET = 104_729  # MIMO's per-member shuffles, apart from the data's batch order
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,9 +76,25 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, n_train: int = 1) -> tor
         kwargs = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
     kwargs["foreach"] = True
     if cfg.method == "sgd":
-        return base_cls([p for p in model.parameters() if p.requires_grad], **kwargs)
+        params = [p for p in model.parameters() if p.requires_grad]
+        return base_cls(factors_undecayed([{"params": params}], model), **kwargs)
     groups = sam_param_groups(model, cfg.method == "asam", cfg.asam_scale)
-    return SAM(groups, base_cls, rho=cfg.rho, eta=cfg.eta, **kwargs)
+    return SAM(factors_undecayed(groups, model), base_cls, rho=cfg.rho, eta=cfg.eta, **kwargs)
+
+
+def factors_undecayed(groups: list[dict[str, Any]], model: nn.Module) -> list[dict[str, Any]]:
+    """``groups`` with the rank-1 factors' parameters moved to groups of their own without weight
+    decay (the authors regularise them by the KL only); unchanged for any other model."""
+    factors = {id(p) for m in model.modules() if isinstance(m, Rank1Factor) for p in m.parameters()}
+    if not factors:
+        return groups
+    split = []
+    for group in groups:
+        rest = {k: v for k, v in group.items() if k != "params"}
+        split.append({**rest, "params": [p for p in group["params"] if id(p) not in factors]})
+        undecayed = [p for p in group["params"] if id(p) in factors]
+        split.append({**rest, "params": undecayed, "weight_decay": 0.0})
+    return [g for g in split if g["params"]]
 
 
 def sam_param_groups(model: nn.Module, asam: bool, scale: str = "weights") -> list[dict[str, Any]]:
@@ -188,7 +207,13 @@ class Trainer:
         self.data: Data = parallel.shard(data) if parallel is not None else data
         info = self.data.info
         self.model = build_model(
-            cfg.model, info.num_classes, info.in_channels, info.image_size, cfg.dropout
+            cfg.model,
+            info.num_classes,
+            info.in_channels,
+            info.image_size,
+            cfg.dropout,
+            cfg.mimo,
+            rank1_spec(cfg),
         )
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model.to(self.device, memory_format=memory_format)
@@ -216,6 +241,13 @@ class Trainer:
             loss = build_loss(cfg.loss, ls_epsilon=cfg.ls_epsilon, focal_gamma=cfg.focal_gamma)
         self.ascent_loss: LossFn = cross_entropy if cfg.method == "csam" else loss
         self.descent_loss: LossFn = csam_loss(cfg.gamma) if cfg.method == "csam" else loss
+        if cfg.mimo is not None:  # the sum over the members' heads
+            self.ascent_loss = mimo_loss(self.ascent_loss)
+            self.descent_loss = mimo_loss(self.descent_loss)
+        self.kl_weight = 0.0  # rank1: this step's annealed weight of the KL / train size
+        if cfg.rank1 is not None:  # the ELBO: both SAM passes include the KL
+            self.ascent_loss = self._with_kl(self.ascent_loss)
+            self.descent_loss = self._with_kl(self.descent_loss)
         self.epochs_done = 0
         self.train_seconds = 0.0  # the "train_seconds" cost: training time, evaluation excluded
         self.diverged = False
@@ -298,6 +330,38 @@ class Trainer:
             return self._sam_step(x, y)
         return self._sgd_step(x, y)
 
+    def _with_kl(self, loss: LossFn) -> LossFn:
+        def elbo(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return loss(logits, labels) + self.kl_weight * self.model.kl()
+
+        return elbo
+
+    def _set_kl_weight(self, step_in_epoch: int) -> None:
+        """The authors' linear annealing: min(1, (step + 1) / annealing steps), divided by the
+        train size (the KL is the whole train set's)."""
+        cfg = self.cfg
+        n = self.data.split_size("train")
+        steps_per_epoch = max(1, len(range(0, n - (n % cfg.batch_size == 1), cfg.batch_size)))
+        anneal = cfg.rank1_kl_annealing_epochs or 0.8 * cfg.epochs
+        step = self.epochs_done * steps_per_epoch + step_in_epoch
+        self.kl_weight = min(1.0, (step + 1) / (steps_per_epoch * anneal)) / n
+
+    def _mimo_generator(self, epoch_seed: int) -> torch.Generator | None:
+        """MIMO's shuffles of this epoch: from the seed and the epochs done (a resumed run
+        draws the same), apart from the data's own stream."""
+        if self.cfg.mimo is None:
+            return None
+        generator = torch.Generator()
+        generator.manual_seed(MIMO_SEED_OFFSET + epoch_seed)
+        return generator
+
+    def _mimo_indices(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        cfg = self.cfg
+        assert cfg.mimo is not None
+        return mimo_indices(
+            batch, cfg.mimo, cfg.mimo_batch_repetitions, cfg.mimo_input_repetition, generator
+        )
+
     def train_epoch(self, on_batch: Callable[[], None] | None = None) -> EpochRecord:
         """Train one epoch, calling ``on_batch`` after each step; a non-finite loss sets
         ``self.diverged`` (checked once, at the end)."""
@@ -308,7 +372,13 @@ class Trainer:
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         batches = 0
         epoch_seed = cfg.seed * 100_003 + self.epochs_done
+        members = self._mimo_generator(epoch_seed)
         for x, y in self.data.train_batches(cfg.batch_size, epoch_seed, augment=cfg.augment):
+            if members is not None:  # built once per step: both SAM passes see one batch
+                x, y = mimo_batch(x, y, self._mimo_indices(len(x), members))
+            if cfg.rank1 is not None:  # every member sees the whole batch
+                x, y = x.repeat(cfg.rank1, *([1] * (x.dim() - 1))), y.repeat(cfg.rank1)
+                self._set_kl_weight(batches)
             loss = self.train_step(x, y)
             total += loss
             finite &= torch.isfinite(loss)
@@ -318,7 +388,7 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         self.epochs_done += 1
-        train_loss = (total / max(batches, 1)).item()
+        train_loss = (total / max(batches, 1)).item() / (cfg.mimo or 1)  # per member
         self.diverged = not bool(finite.item())
         seconds = time.perf_counter() - start
         self.train_seconds += seconds
@@ -330,6 +400,8 @@ class Trainer:
     def eval_passes(self) -> int:
         """Stochastic passes averaged per prediction: bSAM's posterior samples, MC dropout's
         ``mc_samples``, or 1 (one deterministic pass)."""
+        if self.cfg.rank1 is not None:
+            return self.cfg.rank1_eval_samples
         return self.cfg.bsam_samples if self.cfg.method == "bsam" else self.cfg.mc_samples
 
     @contextlib.contextmanager
@@ -340,7 +412,7 @@ class Trainer:
         CPU) and training's random stream is untouched; with ``mc_samples > 1`` the dropout
         layers stay stochastic (BatchNorm does not)."""
         self.model.eval()
-        if self.eval_passes <= 1:
+        if self.eval_passes <= 1 and self.cfg.rank1 is None:  # rank1 samples even in one pass
             yield
             return
         devices = [self.device.index or 0] if self.device.type == "cuda" else []

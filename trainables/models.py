@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from trainables.messages import shown
+
+if TYPE_CHECKING:
+    from trainables.rank1 import Rank1Spec
 
 TIMM_PREFIX = "timm:"
 
@@ -38,10 +42,27 @@ def model_names() -> list[str]:
 
 
 def build_model(
-    name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, dropout: float = 0.0
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: int = 32,
+    dropout: float = 0.0,
+    mimo: int | None = None,
+    rank1: Rank1Spec | None = None,
 ) -> nn.Module:
     """Construct model ``name`` (registered, ``timm:<name>`` or a bare timm name), untrained;
-    ``dropout`` > 0 puts a dropout layer of that rate before its classifier (``with_dropout``)."""
+    ``dropout`` > 0 puts a dropout layer of that rate before its classifier (``with_dropout``);
+    ``mimo`` M: the model as M MIMO members (``trainables.mimo.Mimo``: M times the input
+    channels and the classes); ``rank1``: the model as a rank-1 BNN (``trainables.rank1``)."""
+    if rank1 is not None:
+        from trainables.rank1 import Rank1Ensemble
+
+        return Rank1Ensemble(build_model(name, num_classes, in_channels, image_size), rank1)
+    if mimo is not None:
+        from trainables.mimo import Mimo
+
+        backbone = build_model(name, num_classes * mimo, in_channels * mimo, image_size, dropout)
+        return Mimo(backbone, mimo)
     if num_classes < 1 or in_channels < 1 or image_size < 1:
         raise ModelError(
             f"model {name!r}: num_classes={num_classes}, in_channels={in_channels} and "
