@@ -116,6 +116,15 @@ def experiment_id(client: Any, name: str, artifact_location: str | None = None) 
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
+def sqlite_artifacts(tracking_uri: str) -> str | None:
+    """The ``mlruns`` directory beside a sqlite store's file, as a URI (MLflow would put a new
+    experiment's artifacts in the working directory's ``mlruns``); None for any other store."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    return (Path(tracking_uri.removeprefix(prefix)).resolve().parent / "mlruns").as_uri()
+
+
 def is_local_store(tracking_uri: str) -> bool:
     """A tracking store in a local file (sqlite or a directory), not a server."""
     scheme = tracking_uri.split("://", 1)[0] if "://" in tracking_uri else "file"
@@ -419,7 +428,7 @@ class TrainRunLogger:
     def __init__(self, tracking_uri: str, experiment: str, params: dict[str, Any]) -> None:
         self.tracking_uri = tracking_uri
         self.client = make_client(tracking_uri)
-        exp = experiment_id(self.client, experiment)
+        exp = experiment_id(self.client, experiment, sqlite_artifacts(tracking_uri))
         run = self.client.create_run(exp, tags={STATUS_TAG: "running", "sharpcal.kind": "train"})
         self.run_id = run.info.run_id
         log_params(self.client, self.run_id, flatten(params))

@@ -141,7 +141,10 @@ def _train(tmp_path: Path, *args: str) -> tuple[dict[str, float], dict[str, str]
     words = test_line.removeprefix("test:").split()
     numbers = {k: float(v) for k, v in zip(words[:-2:2], words[1:-2:2])}
     run_id = text.rsplit("mlflow run ", 1)[1].split()[0]
-    return numbers, MlflowClient(uri).get_run(run_id).data.params, text
+    run = MlflowClient(uri).get_run(run_id)
+    # the artifacts beside the store, not in the working directory's mlruns
+    assert run.info.artifact_uri.startswith((tmp_path / "mlruns").resolve().as_uri())
+    return numbers, run.data.params, text
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +161,10 @@ def ce_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
         (["loss=adafocal"], {"loss": "adafocal"}),
         (["dropout=0.2", "mc_samples=3"], {"dropout": "0.2", "mc_samples": "3"}),
         (["method=bsam", "bsam_samples=2"], {"method": "bsam", "bsam_samples": "2"}),
+        (["mimo=3"], {"mimo": "3"}),
+        (["rank1=4"], {"rank1": "4"}),
     ],
-    ids=["adafocal", "mc_dropout", "bsam"],
+    ids=["adafocal", "mc_dropout", "bsam", "mimo", "rank1"],
 )
 def test_the_baselines_train_through_study_train(sets, expected, tmp_path, ce_run):
     """Each baseline's setting reaches the run (its MLflow params, the header) and changes the
