@@ -72,22 +72,11 @@ def last_checkpoint(paths: StudyPaths, tune_trial_id: str) -> dict[str, Any] | N
 def calibrated_model(state: dict[str, Any], temperature: float) -> tuple[nn.Module, Any]:
     """The trial's model from its checkpoint, wrapped with ``temperature``; and its data."""
     from trainables.config import parse_config
-    from trainables.loop import config_data
-    from trainables.models import build_model
-    from trainables.rank1 import rank1_spec
+    from trainables.loop import config_data, config_model
 
     cfg = parse_config({**state["config"], "device": "cpu", "compile": False}, where="a model")
     data = config_data(cfg)
-    info = data.info
-    model = build_model(
-        cfg.model,
-        info.num_classes,
-        info.in_channels,
-        info.image_size,
-        cfg.dropout,
-        cfg.mimo,
-        rank1_spec(cfg),
-    )
+    model = config_model(cfg, data.info)
     weights = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
     model.load_state_dict(weights)
     passes = cfg.rank1_eval_samples if cfg.rank1 is not None else cfg.mc_samples

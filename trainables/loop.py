@@ -23,7 +23,7 @@ from trainables.adafocal import AdaFocalBins, adafocal_loss, update_bins
 from trainables.atomic import atomic_write
 from trainables.bsam import BSAM
 from trainables.config import ConfigError, TrainConfig
-from trainables.data import Data, load_data
+from trainables.data import Data, DatasetInfo, load_data
 from trainables.losses import LossFn, build_loss, cross_entropy, csam_loss
 from trainables.mimo import mimo_batch, mimo_indices, mimo_loss
 from trainables.models import build_model
@@ -163,6 +163,20 @@ class EpochRecord:
         return out
 
 
+def config_model(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
+    """The untrained model ``cfg`` names for data shaped like ``info`` (its dropout layer, MIMO
+    members or rank-1 members included)."""
+    return build_model(
+        cfg.model,
+        info.num_classes,
+        info.in_channels,
+        info.image_size,
+        cfg.dropout,
+        cfg.mimo,
+        rank1_spec(cfg),
+    )
+
+
 def config_data(
     cfg: TrainConfig, device: str | torch.device = "cpu", channels_last: bool = False
 ) -> Data:
@@ -205,16 +219,7 @@ class Trainer:
         if data is None:
             data = config_data(cfg, self.device, self.channels_last)
         self.data: Data = parallel.shard(data) if parallel is not None else data
-        info = self.data.info
-        self.model = build_model(
-            cfg.model,
-            info.num_classes,
-            info.in_channels,
-            info.image_size,
-            cfg.dropout,
-            cfg.mimo,
-            rank1_spec(cfg),
-        )
+        self.model = config_model(cfg, self.data.info)
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model.to(self.device, memory_format=memory_format)
         replica = (
