@@ -439,6 +439,11 @@ def _batch_starts(n: int, batch_size: int) -> range:
     return range(0, end, batch_size)
 
 
+def train_steps(n: int, batch_size: int) -> int:
+    """The steps of a training epoch over ``n`` images in batches of ``batch_size``."""
+    return len(_batch_starts(n, batch_size))
+
+
 # ----------------------------------------------------------------------------- in-memory data
 
 

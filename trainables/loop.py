@@ -23,7 +23,7 @@ from trainables.adafocal import AdaFocalBins, adafocal_loss, update_bins
 from trainables.atomic import atomic_write
 from trainables.bsam import BSAM
 from trainables.config import ConfigError, TrainConfig
-from trainables.data import Data, DatasetInfo, load_data
+from trainables.data import Data, DatasetInfo, load_data, train_steps
 from trainables.losses import LossFn, build_loss, cross_entropy, csam_loss
 from trainables.mimo import mimo_batch, mimo_indices, mimo_loss
 from trainables.models import build_model
@@ -346,7 +346,7 @@ class Trainer:
         train size (the KL is the whole train set's)."""
         cfg = self.cfg
         n = self.data.split_size("train")
-        steps_per_epoch = max(1, len(range(0, n - (n % cfg.batch_size == 1), cfg.batch_size)))
+        steps_per_epoch = max(1, train_steps(n, cfg.batch_size))
         anneal = cfg.rank1_kl_annealing_epochs or 0.8 * cfg.epochs
         step = self.epochs_done * steps_per_epoch + step_in_epoch
         self.kl_weight = min(1.0, (step + 1) / (steps_per_epoch * anneal)) / n
