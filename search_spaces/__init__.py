@@ -41,8 +41,9 @@ MAX_SPACE_BYTES = 1 << 20  # a space file is a page of settings; refuse anything
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """PyYAML's safe loader without aliases: nested ``*alias`` references can expand a few
-    hundred bytes into gigabytes (a "billion laughs" document); a space file never needs one."""
+    """PyYAML's safe loader without aliases — nested ``*alias`` references can expand a few
+    hundred bytes into gigabytes (a "billion laughs" document); a space file never needs one —
+    and without duplicate keys."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -53,6 +54,25 @@ class _NoAliasLoader(yaml.SafeLoader):
                 problem_mark=event.start_mark,
             )
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        # PyYAML keeps the last of two equal keys without a word: a setting written twice is a
+        # mistake whichever value was meant.
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: PyYAML's own error says so
+                    continue
+                if first is not key_node:
+                    raise yaml.MarkedYAMLError(
+                        problem=f"key {shown(key)} appears twice in one mapping (first on line "
+                        f"{first.start_mark.line + 1}); keep one",
+                        problem_mark=key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_space_yaml(path: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ written or started.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -62,13 +63,15 @@ def user_errors(*more: type[Exception]) -> Iterator[None]:
 @dataclass(frozen=True)
 class RunSummary:
     """How a run or resume ended: trials Tune ran this time, how many errored, the report (None
-    when every trial errored) and, when it was interrupted (Ctrl-C), how many of the study's
-    trials had finished (None: it was not)."""
+    when every trial errored, or when it was stopped hard), when it ended before all its trials
+    (Ctrl-C, SIGTERM, a full disk) how many of the study's trials had finished (None: it did
+    not) and, when the machine stopped it (a full disk), why (``stopped``)."""
 
     trials: int
     errors: int
     report: Path | None
     interrupted_at: int | None = None
+    stopped: str | None = None
 
 
 def resolve(
@@ -118,10 +121,17 @@ def check_inputs(
     storage, the URIs (no credentials in them), the OOD files and, for a study that runs on this
     machine (``runs_here``, default: no ``address``), every device and dataset. Returns the
     study's paths."""
-    from study.inputs import check_address, check_no_credentials, check_storage, check_tracking_uri
+    from study.inputs import (
+        check_address,
+        check_no_credentials,
+        check_storage,
+        check_tracking_reachable,
+        check_tracking_uri,
+    )
 
     with user_errors():
         check_tracking_uri(tracking_uri)
+        check_tracking_reachable(tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}")
         check_no_credentials(address, "--address")
         check_address(address)
         check_storage(storage)
@@ -277,9 +287,16 @@ class Study:
 
         Prints one line per trial event and a progress line; Ray's and Tune's own output goes
         to ``<study>/driver.log`` (``verbose``: to the console, as Ray prints it)."""
+        return self._start(address, verbose, restart=False)
+
+    def _start(self, address: str | None, verbose: bool, restart: bool) -> RunSummary:
+        """Run the study from the Optuna database with a new Tuner. ``restart``: a start that
+        ended before Tune recorded anything (``resume()``): its leftovers are cleared first."""
         from study.events import TrialEvents
+        from study.search import create_optuna_db
         from study.storage import has_tune_state
         from study.tracking import MlflowTrialCallback
+        from study.trials import finished_count
         from study.tuner import build_tuner
 
         with self._driving(address):
@@ -288,6 +305,12 @@ class Study:
                     f"study {self.name!r} has already started its trials; continue it with "
                     f"'study resume {self.name}'"
                 )
+            remaining = self.space.trials
+            if restart:
+                self._clear_unstarted()
+                if self._asked_any():
+                    remaining -= finished_count(self.optuna())
+            create_optuna_db(self.space, self.name, self.paths.optuna_db, self.paths.optuna_url)
             info = self.tracking()
             callbacks: list[Any] = [TrialEvents(self.space, self.name, self.paths.optuna_url)]
             if info:
@@ -301,8 +324,29 @@ class Study:
                     )
                 )
             return self._fit(
-                lambda: build_tuner(self.space, self.name, self.paths, callbacks), verbose
+                lambda: build_tuner(self.space, self.name, self.paths, callbacks, remaining),
+                verbose,
             )
+
+    def _clear_unstarted(self) -> None:
+        """What a start killed before Tune's first snapshot left: Tune's files (nothing a restore
+        could continue) and the Optuna trials it asked for (failed as orphans, with any evidence
+        of theirs), so that a new start neither repeats nor counts them."""
+        from study.storage import discard_unstarted_tune_dir, has_unstarted_tune_dir
+        from study.trials import TRIAL_ID_ATTR, fail_orphans
+        from trainables.layout import resolve_fs, trial_evidence_uri
+
+        if has_unstarted_tune_dir(self.paths):
+            discard_unstarted_tune_dir(self.paths)
+        if not self._asked_any():
+            return
+        study = self.optuna(writable=True)
+        orphans = set(fail_orphans(study))
+        for trial in study.get_trials(deepcopy=False):
+            trial_id = trial.user_attrs.get(TRIAL_ID_ATTR)
+            if trial.number in orphans and trial_id:
+                fs, root = resolve_fs(trial_evidence_uri(self.paths.data_uri, trial_id))
+                fs.delete_dir_contents(root, missing_dir_ok=True)
 
     def resume(self, address: str | None = None, verbose: bool = False) -> RunSummary:
         """Continue an interrupted study from Tune's experiment state and the Optuna database:
@@ -325,8 +369,12 @@ class Study:
             # policy is check_in_place's)
             check_optuna_db(self.paths, self.space.name or self.name)
         self.tracking()  # readable, before Ray starts
-        if not has_tune_state(self.paths) and not self._asked_any():
-            return self.run(address, verbose)
+        if not has_tune_state(self.paths):
+            # Tune recorded nothing: a start that failed, or was killed before Tune's first
+            # snapshot. The study starts again from its Optuna database (``_clear_unstarted``).
+            with user_errors():
+                check_in_place(self.space, self.name, self.paths)
+            return self._start(address, verbose, restart=True)
         with user_errors():
             check_resumable(self.paths, self.name)
             check_restorable(self.paths, self.name)  # this user's own, before unpickling
@@ -377,34 +425,67 @@ class Study:
 
     def _fit(self, make_tuner: Callable[[], Any], verbose: bool) -> RunSummary:
         """Fit the tuner, then fail orphans and write the report, inside the study's console; a
-        Ray started here is stopped here (so nothing of it prints after the summary)."""
+        Ray started here is stopped here (so nothing of it prints after the summary).
+
+        Ctrl-C or SIGTERM while the trials run stops Tune gracefully (``DriverSignals``); a
+        second signal, or one elsewhere, stops at once; either way the study ends "interrupted"
+        (``RunSummary.interrupted_at``) and its unfinished trials wait for ``resume()``. A full
+        disk stops it the same way (``RunSummary.stopped``), the driver alive to say so."""
         import ray
 
+        from study.interrupts import DriverSignals, disk_full
         from study.output import console
-        from study.trials import fail_orphans
-        from study.tuner import init_ray, sigterm_as_sigint
+        from study.trials import fail_orphans, finished_count
+        from study.tuner import init_ray
+        from trainables.hold import hold_driver_if_asked
 
-        with console(self.paths.log, self.space.trials, verbose), ExitStack() as signals:
+        results: Any = None
+        stopped: str | None = None
+        report: Path | None = None
+        with console(self.paths.log, self.space.trials, verbose), DriverSignals() as signals:
             started_here = not ray.is_initialized()
             try:
-                init_ray(self._address)
-                signals.enter_context(sigterm_as_sigint())  # after Ray installed its own
-                with user_errors():
-                    tuner = make_tuner()
-                results = tuner.fit()
-                if len(results) >= self.space.trials and all(r.metrics or r.error for r in results):
-                    # the study is over: nothing can still be running
+                try:
+                    init_ray(self._address)
+                    signals.install()  # again: ray.init installed its own SIGTERM handler
+                    hold_driver_if_asked("tuner")
+                    with user_errors():
+                        tuner = make_tuner()
+                    with signals.fitting():
+                        results = tuner.fit()
+                except KeyboardInterrupt:
+                    signals.received = max(signals.received, 1)
+                except Exception as err:
+                    full = disk_full(err)
+                    if full is None:
+                        raise
+                    stopped = f"{full} (writing the study's files in {self.paths.root})"
+                complete = (
+                    results is not None
+                    and not signals.received
+                    and stopped is None
+                    and len(results) >= self.space.trials
+                    and all(r.metrics or r.error for r in results)
+                )
+                if complete:  # the study is over: nothing can still be running
                     fail_orphans(self.optuna(writable=True))
-                trials = self.optuna().get_trials(deepcopy=False)
-                finished = sum(t.state.is_finished() for t in trials)
-                interrupted = finished if finished < self.space.trials else None
-                report = None if len(results) == results.num_errors else self.report()
-                if report is not None:
+                ran_any = results is not None and len(results) > results.num_errors
+                if stopped is None and signals.received < 2 and ran_any:
+                    report = self.report()
                     self._log_front_models()
+            except KeyboardInterrupt:  # again, while the report was written: it is left out
+                signals.received = max(signals.received, 2)
             finally:
                 if started_here:
                     ray.shutdown()
-        return RunSummary(len(results), results.num_errors, report, interrupted)
+        finished = finished_count(self.optuna())
+        cut_short = finished < self.space.trials or (signals.received and report is None)
+        interrupted = finished if cut_short and stopped is None else None
+        if stopped is not None:
+            interrupted = finished
+        ran = len(results) if results is not None else 0
+        errors = results.num_errors if results is not None else 0
+        return RunSummary(ran, errors, report, interrupted, stopped)
 
     def _log_front_models(self) -> None:
         """Log the final model of every front trial (or the best trial) on its MLflow run; a
@@ -660,7 +741,14 @@ def _create(
     """Create the study's directory, space file and MLflow parent run under the driver lock;
     on any failure leave nothing of it behind."""
     from study.lock import StudyLock, StudyLocked
-    from study.storage import StudyExists, prepare_study, refuse_existing, save_tracking
+    from study.storage import (
+        StudyExists,
+        clear_unfinished_creation,
+        prepare_study,
+        refuse_existing,
+        save_tracking,
+        unfinished_creation,
+    )
     from study.tracking import (
         StudyTracker,
         TrackingError,
@@ -677,9 +765,10 @@ def _create(
         with user_errors(StudyExists, StudyLocked, TrackingError):
             lock.acquire()
             refuse_existing(name, paths)  # before the tracking store is touched
+            if unfinished_creation(paths):  # a start killed before space.yaml: no study yet
+                _close_abandoned_run(clear_unfinished_creation(paths))
             # a local store keeps the study's artifacts in the study (an S3 study's metadata dir)
             tracker = StudyTracker(tracking_uri, name, paths.mlflow_artifacts)
-            prepare_study(space, name, paths)
         run_tags = {
             "sampler": space.sampler,
             "objective": space.objective.type,
@@ -698,10 +787,26 @@ def _create(
                 "parent_run_id": parent,
             },
         )
+        with user_errors(StudyExists):
+            prepare_study(space, name, paths)  # space.yaml last: it makes the study one
     except BaseException:
         lock.release(discard=True)  # a refused start leaves no driver.lock behind
         if created:  # nothing of this study may stay: a new start must find the name free
             shutil.rmtree(created, ignore_errors=True)
+        elif unfinished_creation(paths):
+            clear_unfinished_creation(paths)
         raise
     finally:
         lock.release()
+
+
+def _close_abandoned_run(info: dict[str, str]) -> None:
+    """Mark the MLflow parent run of a start killed before its study existed as failed (best
+    effort: the new start makes its own)."""
+    if not info:
+        return
+    from study.tracking import make_client
+
+    # an unreachable or changed store: the run stays as it was
+    with contextlib.suppress(Exception):
+        make_client(info["tracking_uri"]).set_terminated(info["parent_run_id"], status="FAILED")

@@ -417,7 +417,15 @@ def _run_and_print(
     info = study.tracking()
     if info:
         print(f"  mlflow: {info['tracking_uri']}, run {info['parent_run_id']}", flush=True)
-    summary = run(args.address, args.verbose)
+    try:
+        summary = run(args.address, args.verbose)
+    except KeyboardInterrupt:  # before its trials started (or Ctrl-C twice): nothing to print
+        print(
+            f"study {study.name} interrupted before its trials ran; continue with "
+            f"'study resume {study.name}'",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
     paths = study.paths
     title = "Pareto front" if study.space.objective.type == "pareto" else "best trial"
     print(
@@ -431,10 +439,19 @@ def _run_and_print(
     print(f"evidence:        {paths.evidence}")
     if summary.report is not None:
         print(f"report:          {summary.report}")
+    if summary.stopped is not None:
+        print(
+            f"study {study.name} stopped: {summary.stopped}; {summary.interrupted_at or 0} of "
+            f"{plural(study.space.trials, 'trial')} finished; free space, then continue with "
+            f"'study resume {study.name}'",
+            file=sys.stderr,
+        )
+        return 1
     if summary.interrupted_at is not None:
+        report_state = "the report is partial" if summary.report else "no report was written"
         print(
             f"study {study.name} interrupted: {summary.interrupted_at} of "
-            f"{plural(study.space.trials, 'trial')} finished (the report is partial); continue "
+            f"{plural(study.space.trials, 'trial')} finished ({report_state}); continue "
             f"with 'study resume {study.name}'",
             file=sys.stderr,
         )
@@ -448,11 +465,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:  # --help, or a one-line parse error (exit 2)
         return int(exit_.code or 0)
+    from study.interrupts import terminate_as_interrupt
+
     try:
-        return args.handler(args)
+        with terminate_as_interrupt():
+            return args.handler(args)
     except StudyInputError as err:
         print(f"study {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what was half-done was cleaned up
+        print(f"study {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from search_spaces.schema import Space
 from study import output
 from study.binding import current
 from study.output import duration
-from study.trials import trial_status
+from study.trials import counted, trial_status
 
 
 def _value(value: Any) -> str:
@@ -67,7 +67,7 @@ class TrialEvents(Callback):
         from study.front import best_trials, load_optuna_study
 
         study = load_optuna_study(self.study_name, self.optuna_url)
-        finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+        finished = [t for t in counted(study.get_trials(deepcopy=False)) if t.state.is_finished()]
         done = len(finished)
         running = sum(t.status == "RUNNING" and t is not ended for t in trials)
         pending = max(0, self.space.trials - done - running)

@@ -9,6 +9,7 @@ pipe) there is no bar and no ANSI code. No Ray here: the report and tracking war
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import sys
 from collections.abc import Iterator
@@ -96,6 +97,54 @@ def _follows_sys_stderr(handler: logging.Handler) -> bool:
     return isinstance(getattr(type(handler), "stream", None), property)
 
 
+class DiskLog(io.TextIOBase):
+    """The driver's log file, which never raises: a write that fails (a full disk, a quota, an
+    I/O error) drops that text and every later one, and ``failure`` says why. Ray, Tune and
+    logging write here from any thread; a full disk must not turn their prints into the
+    driver's death."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.failure: OSError | None = None
+        try:
+            self._file: IO[str] | None = open(path, "a", buffering=1)  # noqa: SIM115
+        except OSError as err:
+            self._file, self.failure = None, err
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self._file is not None:
+            try:
+                self._file.write(text)
+            except OSError as err:
+                self._give_up(err)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.flush()
+            except OSError as err:
+                self._give_up(err)
+
+    def _give_up(self, err: OSError) -> None:
+        self.failure = self.failure or err
+        file, self._file = self._file, None
+        with contextlib.suppress(OSError):
+            file.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self.flush()
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        super().close()
+
+
 @contextlib.contextmanager
 def console(log_path: Path, total: int, verbose: bool = False) -> Iterator[None]:
     """Inside the block, trial events and the progress line go to the console and everything
@@ -114,7 +163,7 @@ def console(log_path: Path, total: int, verbose: bool = False) -> Iterator[None]
             _display = None
         return
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", buffering=1) as log:
+    with contextlib.closing(DiskLog(log_path)) as log:
         consoles = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
         swapped = _swap_handler_streams(tuple(s for s in consoles if s is not None), log)
         try:
@@ -126,6 +175,14 @@ def console(log_path: Path, total: int, verbose: bool = False) -> Iterator[None]
                 handler.setStream(previous)
             _display.close()
             _display = None
+            if log.failure is not None:
+                print(
+                    f"warning: {log_path} could not be written "
+                    f"({log.failure.strerror or type(log.failure).__name__}): Ray's and Tune's "
+                    "output after that was dropped",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
 
 def plural(count: int, word: str, many: str | None = None) -> str:

@@ -79,11 +79,13 @@ from study.trials import (
     STATUS_ATTR,
     TRIAL_ID_ATTR,
     configuration_key,
+    finished_count,
     trial_settings,
 )
 from trainables import calibration
 from trainables.atomic import replace_directory
 from trainables.config import TrainConfig
+from trainables.hold import hold_driver_if_asked
 from trainables.layout import StudyPaths
 from trainables.objectives import COST_METRICS, DIRECTIONS
 
@@ -756,7 +758,7 @@ def write_report(
 
 def partial_notice(view: StudyView, data: dict[str, Any]) -> str | None:
     """A warning at the top of the report of a study that has not finished all its trials."""
-    finished = sum(t.state.is_finished() for t in view.study.get_trials(deepcopy=False))
+    finished = finished_count(view.study)
     data["partial"] = finished < view.space.trials
     data["trials_finished"] = finished
     if not data["partial"]:
@@ -769,6 +771,7 @@ def partial_notice(view: StudyView, data: dict[str, Any]) -> str | None:
 
 def _write_files(view: StudyView, paths: StudyPaths, report_dir: Path) -> None:
     """Every section and figure of the report, into the (new, empty) ``report_dir``."""
+    hold_driver_if_asked("report")
     data: dict[str, Any] = {"study": view.name}
     sections = [header_section(view, paths, data)]
     notice = partial_notice(view, data)

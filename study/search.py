@@ -9,6 +9,8 @@ everything the searcher knows lives in the Optuna database, so a resumed study n
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -53,10 +55,7 @@ class StudySearch(Searcher):
     after it is asked for."""
 
     def __init__(self, space: Space, study_name: str, storage_url: str) -> None:
-        objective = space.objective
-        pareto = objective.type == "pareto"
-        metric: str | list[str] = list(objective.optuna_metrics) if pareto else "objective"
-        mode: str | list[str] = list(objective.modes) if pareto else "max"
+        metric, mode = searched_metrics(space)
         super().__init__(metric=metric, mode=mode)
         self._space = space
         self._study_name = study_name
@@ -177,6 +176,45 @@ class StudySearch(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         self._study = None  # everything else comes back from the Optuna storage
+
+
+def searched_metrics(space: Space) -> tuple[str | list[str], str | list[str]]:
+    """What the searcher is told: the objective metric(s) and their mode(s) (``max``/``min``);
+    a weighted objective is one metric, ``objective``, maximised."""
+    objective = space.objective
+    if objective.type == "pareto":
+        return list(objective.optuna_metrics), list(objective.modes)
+    return "objective", "max"
+
+
+def create_optuna_db(space: Space, study_name: str, db: Path, url: str) -> None:
+    """Create the study's Optuna database whole, where none is yet: its tables and the study
+    (directions, objective names, ``LOCATION_ATTR`` = ``url``) in a temporary file renamed into
+    place, so a driver killed meanwhile leaves no half-made database, only a ``.tmp-`` file the
+    next start removes."""
+    if db.exists() or db.is_symlink():
+        return
+    for stale in db.parent.glob(f".tmp-{db.name}-*"):
+        stale.unlink(missing_ok=True)
+    tmp = db.with_name(f".tmp-{db.name}-{os.getpid()}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp}")
+    quiet = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created" on stderr
+    try:
+        _, modes = searched_metrics(space)
+        modes = modes if isinstance(modes, list) else [modes]
+        study = optuna.create_study(
+            storage=storage,
+            study_name=study_name,
+            directions=["maximize" if m == "max" else "minimize" for m in modes],
+        )
+        name_objectives(study, space)
+        study.set_user_attr(LOCATION_ATTR, url)
+    finally:
+        optuna.logging.set_verbosity(quiet)
+        storage.remove_session()
+        storage.engine.dispose()
+    os.replace(tmp, db)
 
 
 def _objective_values(

@@ -14,7 +14,7 @@ from search_spaces.schema import Space
 from study.front import format_table, front_rows
 from study.lock import held_by
 from study.output import plural
-from study.trials import STATUS_ATTR
+from study.trials import STATUS_ATTR, counted
 from trainables.layout import StudyPaths
 
 STATES = ("completed", "diverged", "pruned", "failed", "running", "interrupted", "pending")
@@ -66,7 +66,7 @@ def study_status(
 ) -> StudyStatus:
     """The status of study ``name`` (``study`` None: no trial has started yet)."""
     driver = held_by(paths.root)
-    trials = study.get_trials(deepcopy=False) if study is not None else []
+    trials = counted(study.get_trials(deepcopy=False)) if study is not None else []
     counts = dict.fromkeys(STATES, 0)
     for trial in trials:
         counts[trial_state(trial, driver is not None)] += 1

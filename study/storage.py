@@ -4,8 +4,10 @@ file lives is ``trainables.layout``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import stat
 from pathlib import Path
@@ -17,7 +19,14 @@ import yaml
 from search_spaces import SpaceError
 from search_spaces.schema import Space, check_space
 from trainables.atomic import atomic_write_text
-from trainables.layout import LOCK_FILE, TUNE_DIR, StudyPaths, join
+from trainables.layout import (
+    LOCK_FILE,
+    MLFLOW_ARTIFACTS_DIR,
+    TRACKING_FILE,
+    TUNE_DIR,
+    StudyPaths,
+    join,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -229,8 +238,38 @@ def open_optuna_study(paths: StudyPaths, name: str) -> optuna.Study:
         ) from None
 
 
+# What a start leaves before it writes ``space.yaml``, the last file of a new study: a start
+# killed there made no study, and the next ``study run`` of the name clears it (``unfinished``).
+CREATION_FILES = (LOCK_FILE, TRACKING_FILE, MLFLOW_ARTIFACTS_DIR)
+
+
+def unfinished_creation(paths: StudyPaths) -> bool:
+    """Whether ``paths.root`` holds only what a killed start leaves before ``space.yaml``
+    (``CREATION_FILES``), at least one of them besides the lock."""
+    if not paths.root.is_dir() or paths.space.exists():
+        return False
+    names = {p.name for p in paths.root.iterdir() if not p.name.startswith(".tmp-")}
+    return bool(names - {LOCK_FILE}) and names <= set(CREATION_FILES)
+
+
+def clear_unfinished_creation(paths: StudyPaths) -> dict[str, str]:
+    """Remove what a killed start left (``unfinished_creation``); returns its tracking info (its
+    MLflow parent run is the caller's to close)."""
+    info: dict[str, str] = {}
+    with contextlib.suppress(SpaceError):
+        info = load_tracking(paths)
+    paths.tracking.unlink(missing_ok=True)
+    shutil.rmtree(paths.mlflow_artifacts, ignore_errors=True)
+    for partial in paths.root.glob(".tmp-*"):  # an atomic write the kill interrupted
+        partial.unlink(missing_ok=True)
+    return info
+
+
 def refuse_existing(name: str, paths: StudyPaths) -> None:
-    """Raise ``StudyExists`` when ``name`` already has a study: `study resume` continues it."""
+    """Raise ``StudyExists`` when ``name`` already has a study: `study resume` continues it.
+    What a start killed before ``space.yaml`` left is no study (``unfinished_creation``)."""
+    if unfinished_creation(paths):
+        return
     if paths.root.exists() and any(p.name != LOCK_FILE for p in paths.root.iterdir()):
         raise StudyExists(
             f"study {name!r} already exists in {paths.root}: continue it with "
@@ -239,8 +278,9 @@ def refuse_existing(name: str, paths: StudyPaths) -> None:
 
 
 def prepare_study(space: Space, name: str, paths: StudyPaths) -> None:
-    """Create the study directory and save the resolved space (without the schema's unset
-    ``null`` keys; a setting's ``null`` stays); refuse an existing study."""
+    """Save the resolved space (without the schema's unset ``null`` keys; a setting's ``null``
+    stays) in the study directory: the last file of a new study, which makes it one; refuse an
+    existing study."""
     refuse_existing(name, paths)
     paths.root.mkdir(parents=True, exist_ok=True)
     data = space.model_dump(mode="json", exclude_none=True)
@@ -260,13 +300,53 @@ def load_study_space(paths: StudyPaths, name: str) -> Space:
     return check_space(read_space_yaml(paths.space), str(paths.space))
 
 
+EXPERIMENT_STATE_PREFIX = "experiment_state-"  # Tune's record of its trials, a JSON file
+
+
+def _tune_dir_names(paths: StudyPaths) -> list[str]:
+    """The names directly in the study's ``tune/`` (local or object storage; [] if absent)."""
+    import pyarrow.fs as pafs
+
+    from trainables.layout import resolve_fs
+
+    fs, root = resolve_fs(paths.tune)
+    found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return [info.base_name for info in found]
+
+
 def has_tune_state(paths: StudyPaths) -> bool:
-    """Whether the study's trials have started: Tune saved an experiment state (no Ray needed)."""
+    """Whether the study's trials have started: Tune saved its tuner and an experiment state
+    recording its trials (no Ray needed). Tune writes ``tuner.pkl`` first and the experiment
+    state seconds later: a driver killed in between leaves nothing a restore could continue
+    (``has_unstarted_tune_dir``)."""
     from ray import tune
 
     storage_path, storage_filesystem = paths.tune_storage()
     tune_path = join(storage_path, TUNE_DIR)
-    return tune.Tuner.can_restore(tune_path, storage_filesystem=storage_filesystem)
+    if not tune.Tuner.can_restore(tune_path, storage_filesystem=storage_filesystem):
+        return False
+    return any(
+        n.startswith(EXPERIMENT_STATE_PREFIX) and n.endswith(".json")
+        for n in _tune_dir_names(paths)
+    )
+
+
+def has_unstarted_tune_dir(paths: StudyPaths) -> bool:
+    """Whether ``tune/`` holds anything although Tune recorded no experiment state (a start
+    killed before Tune's first snapshot)."""
+    return bool(_tune_dir_names(paths)) and not has_tune_state(paths)
+
+
+def discard_unstarted_tune_dir(paths: StudyPaths) -> None:
+    """Remove what a start killed before Tune's first snapshot left in ``tune/`` (its tuner
+    and the directories of trials it never recorded), so the study starts again from nothing.
+    Only for a study with no experiment state, under its driver lock."""
+    from trainables.layout import resolve_fs
+
+    if has_tune_state(paths):
+        raise RuntimeError(f"{paths.tune} has Tune's experiment state: it is not discarded")
+    fs, root = resolve_fs(paths.tune)
+    fs.delete_dir_contents(root, missing_dir_ok=True)
 
 
 def check_resumable(paths: StudyPaths, name: str) -> None:

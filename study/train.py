@@ -79,11 +79,12 @@ def train(
     training starts. ``on_start`` sees the built trainer, ``on_epoch`` each epoch's record
     (after it is logged), ``on_batch`` each step: the command prints through them."""
     from study.api import user_errors
-    from study.inputs import check_tracking_uri
+    from study.inputs import check_tracking_reachable, check_tracking_uri
     from study.tracking import TrackingError, TrainRunLogger, default_tracking_uri
 
     with user_errors():
         check_tracking_uri(tracking_uri)
+        check_tracking_reachable(tracking_uri or default_tracking_uri())
     cfg = train_config(space, overrides)
     with user_errors(TrackingError):
         trainer = Trainer(cfg)

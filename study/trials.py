@@ -28,6 +28,9 @@ POINT_ATTR = "point"  # the index in the space's ``points`` of the configuration
 # MO-ASHA's state lives in the Optuna database, like the searcher's: a resumed study rebuilds it
 # from there and decides alike.
 RUNGS_ATTR = "sharpcal.rungs"
+# Set on an Optuna trial that a killed driver asked for but Tune never ran (failed by
+# ``fail_orphans``): it is no trial of the study and counts nowhere.
+ORPHAN_ATTR = "sharpcal.orphan"
 RECORDED_PREFIXES = ("test_", "val_", *(f"{split}_" for split in OOD_SPLITS))
 RECORDED_KEYS = (
     "temperature", "temperature_at_bound", "epoch", "epochs", "train_loss", "train_seconds",
@@ -99,11 +102,30 @@ def trial_status(result: dict[str, Any] | None, error: bool) -> str:
 
 
 def fail_orphans(study: optuna.Study) -> list[int]:
-    """Once every trial of a study has ended, fail the Optuna trials still RUNNING: asked for
-    by a driver that was killed before Tune recorded the trial, so nothing will ever tell them.
-    Returns their numbers."""
+    """Once every trial of a study has ended (or none was ever recorded by Tune), fail the
+    Optuna trials still RUNNING: asked for by a driver that was killed before Tune recorded the
+    trial, so nothing will ever tell them. They are marked ``ORPHAN_ATTR`` and count nowhere
+    (``counted``). Returns their numbers."""
     orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in orphans:
         log.warning("failing Optuna trial %d: asked before a crash, never run", trial.number)
+        _set_orphan(study, trial.number)
         study.tell(trial.number, state=TrialState.FAIL)
     return [t.number for t in orphans]
+
+
+def _set_orphan(study: optuna.Study, number: int) -> None:
+    storage = study._storage  # Optuna's Study has no public setter for another trial's attrs
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    storage.set_trial_user_attr(trial_id, ORPHAN_ATTR, True)
+
+
+def counted(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials, without the orphans ``fail_orphans`` failed."""
+    return [t for t in trials if not t.user_attrs.get(ORPHAN_ATTR)]
+
+
+def finished_count(study: optuna.Study) -> int:
+    """How many of the study's trials have finished (orphans not counted)."""
+    return sum(t.state.is_finished() for t in counted(study.get_trials(deepcopy=False)))

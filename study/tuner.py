@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,10 +24,30 @@ SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 DRIVER_MEMORY = 256 * 1024**2  # what a multi-worker trial's own process reserves
 
 
+# What Tune copies from the driver's environment into every trial's runtime environment, which
+# Ray's runtime-env agent then logs in plain text: not done (see ``keep_credentials_off_workers``).
+PROPAGATED_CREDENTIALS = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN",
+)  # fmt: skip
+
+
+def keep_credentials_off_workers() -> None:
+    """Stop Tune from copying the driver's ``AWS_*`` credentials into each trial's runtime
+    environment: Ray's runtime-env agent writes that environment, secrets included, to a log
+    that every user of the machine can read. A private local Ray's workers inherit the driver's
+    environment anyway, and a cluster's nodes reach object storage through their own role
+    (cluster.yaml's instance profile, the KubeRay service account)."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(PROPAGATED_CREDENTIALS)
+
+
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Join the cluster at ``address`` (e.g. ``auto``), or start a private local Ray."""
+    """Join the cluster at ``address`` (e.g. ``auto``), or start a private local Ray whose
+    temporary directory (sockets, logs, spilled objects) only this user can enter."""
     import ray
 
+    keep_credentials_off_workers()
     if ray.is_initialized():
         return
     common: dict[str, Any] = dict(
@@ -44,8 +62,15 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     elif address:
         ray.init(address=address, **common)
     else:
+        from study.ray_temp import private_ray_temp_dir
+
         with loopback_only():
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **common)
+            ray.init(
+                address="local",
+                num_cpus=num_cpus or os.cpu_count(),
+                _temp_dir=str(private_ray_temp_dir()),
+                **common,
+            )
 
 
 def is_loopback_address(address: str) -> bool:
@@ -60,26 +85,6 @@ def is_loopback_address(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-@contextlib.contextmanager
-def sigterm_as_sigint() -> Iterator[None]:
-    """Inside the block, SIGTERM (what ``timeout``, ``kill`` and cluster schedulers send first)
-    stops the driver as Ctrl-C does: Tune saves its state and stops its trials, and the study
-    ends "interrupted" with its partial report and the resume hint, instead of Ray's own
-    SIGTERM handler aborting the process. Only in the main thread (where signals are handled)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def forward(signum: int, frame: Any) -> None:
-        os.kill(os.getpid(), signal.SIGINT)
-
-    previous = signal.signal(signal.SIGTERM, forward)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -158,8 +163,11 @@ def trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def build_tuner(space: Space, name: str, paths: StudyPaths, callbacks: list[Any]) -> Any:
-    """A fresh Tuner for ``space``; its Optuna study lives in ``paths.optuna_db``."""
+def build_tuner(
+    space: Space, name: str, paths: StudyPaths, callbacks: list[Any], trials: int | None = None
+) -> Any:
+    """A fresh Tuner for ``space`` running ``trials`` trials (default: all of the study's); its
+    Optuna study lives in ``paths.optuna_db``."""
     from ray import tune
 
     from study.schedulers import InPlaceFIFOScheduler, MOASHAScheduler
@@ -174,7 +182,7 @@ def build_tuner(space: Space, name: str, paths: StudyPaths, callbacks: list[Any]
         tune_config=tune.TuneConfig(
             search_alg=search,
             scheduler=scheduler,
-            num_samples=space.trials,
+            num_samples=space.trials if trials is None else trials,
             max_concurrent_trials=space.concurrency,
             reuse_actors=True,
             trial_name_creator=trial_name,

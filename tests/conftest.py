@@ -4,8 +4,12 @@ rules (``make test-fast``: no Ray, no subprocess, no compile; everything else is
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,3 +49,30 @@ def _fast_tier_starts_no_ray() -> Iterator[None]:
         import ray
 
         assert not ray.is_initialized(), "this test starts Ray: mark it slow"
+
+
+@pytest.fixture
+def mount_dir(tmp_path: Path) -> Iterator[Path]:
+    """An empty directory to mount a tmpfs on (root only; skipped elsewhere)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    target = Path(tempfile.mkdtemp(dir=tmp_path))
+    yield target
+    # lazy: the in-process Optuna engine may still hold the database open
+    subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True)
+
+
+def mount_tmpfs(target: Path, options: str) -> None:
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+
+
+def fill_disk(mount_dir: Path, chunk: int) -> None:
+    """Fill the filesystem at ``mount_dir`` with a file, ``chunk`` bytes at a time, until it is
+    full (to the last ``chunk``)."""
+    with (mount_dir / "filler").open("wb", buffering=0) as f, pytest.raises(OSError):
+        while True:
+            f.write(b"\0" * chunk)

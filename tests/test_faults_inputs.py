@@ -180,3 +180,98 @@ def test_a_tracking_uri_of_no_known_scheme_is_one_line_before_work(capsys, tmp_p
     argv = [command, str(path)] if command == "run" else [command, "--space", str(path)]
     line = refused(capsys, tmp_path, *argv, "--tracking-uri", "notascheme://x")
     assert "--tracking-uri" in line and "scheme" in line
+
+
+# -- issue 34, item 8: what the run would refuse, the dry run refuses, before anything exists ----
+
+
+def _refused_by_run_and_dry_run(capsys, tmp_path: Path, *argv: str) -> str:
+    """``study run ARGV`` refused in one line with and without ``--dry-run``, nothing written
+    (no study directory, no MLflow database), the same line both times."""
+    path = space_file(tmp_path)
+    dry = refused(capsys, tmp_path, "run", str(path), "--name", "s", *argv, "--dry-run")
+    line = refused(capsys, tmp_path, "run", str(path), "--name", "s", *argv)
+    assert line == dry
+    assert not (tmp_path / "mlflow.db").exists()
+    return line
+
+
+def test_a_storage_uri_no_object_store_has_is_refused_before_work(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARPCAL_STATE", str(tmp_path / "state"))
+    line = _refused_by_run_and_dry_run(capsys, tmp_path, "--storage", "http://127.0.0.1:9/x")
+    assert "--storage" in line and "'http'" in line and "s3://" in line
+    assert not (tmp_path / "state").exists()
+
+
+def test_an_object_store_that_does_not_answer_is_refused_before_work(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARPCAL_STATE", str(tmp_path / "state"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "planted")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", PASSWORD)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    line = _refused_by_run_and_dry_run(capsys, tmp_path, "--storage", "s3://bucket/studies")
+    assert "--storage" in line and "object store" in line and PASSWORD not in line
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_a_tracking_server_that_does_not_answer_is_refused_before_work(capsys, tmp_path, command):
+    path = space_file(tmp_path)
+    argv = [command, str(path)] if command == "run" else [command, "--space", str(path)]
+    line = refused(capsys, tmp_path, *argv, "--tracking-uri", "http://127.0.0.1:9")
+    assert "--tracking-uri" in line and "no MLflow server answers" in line
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_a_token_in_the_tracking_uri_is_refused_and_never_echoed(capsys, tmp_path, command):
+    path = space_file(tmp_path)
+    argv = [command, str(path)] if command == "run" else [command, "--space", str(path)]
+    uri = f"http://127.0.0.1:9/?token={PASSWORD}"
+    line = refused(capsys, tmp_path, *argv, "--tracking-uri", uri)
+    assert PASSWORD not in line and "holds credentials" in line and "MLFLOW_TRACKING" in line
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [{"TMPDIR": "/proc/sys"}, {"RAY_TMPDIR": "/proc/sys"}, {"RAY_TMPDIR": "/tmp/" + "r" * 40}],
+    ids=["unwritable TMPDIR", "unwritable RAY_TMPDIR", "RAY_TMPDIR too long for sockets"],
+)
+def test_a_temporary_directory_ray_cannot_use_is_refused_before_work(
+    capsys, tmp_path, monkeypatch, variables
+):
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    line = _refused_by_run_and_dry_run(capsys, tmp_path)
+    assert "RAY_TMPDIR" in line and ("not a directory" in line or "too long" in line)
+
+
+def test_a_storage_path_with_a_segment_too_long_for_the_filesystem_is_refused(capsys, tmp_path):
+    line = _refused_by_run_and_dry_run(capsys, tmp_path, "--storage", "s" * 300 + "/studies")
+    assert "--storage" in line and "300 bytes" in line
+    assert "Traceback" not in line
+
+
+def test_a_setting_written_twice_in_a_space_file_is_refused(capsys, tmp_path):
+    path = write(
+        tmp_path / "space.yaml",
+        "fixed:\n  dataset: digits\n  epochs: 1\n  epochs: 3\n"
+        "search:\n  lr: {loguniform: [0.02, 0.2]}\n",
+    )
+    line = refused(capsys, tmp_path, "run", str(path), "--dry-run")
+    assert "space.yaml:4" in line and "'epochs' appears twice" in line
+    line = refused(capsys, tmp_path, "spaces", "validate", str(path))
+    assert "'epochs' appears twice" in line
+
+
+@pytest.mark.parametrize(
+    "section, expected",
+    [({"fashion_mnist_c": {"subset_per_severity": 10**12}}, "50000"),
+     ({"fashion_mnist_c": {"subset_per_severity": 10_001}}, "test images"),
+     ({"cifar10_c": {"root": "/tmp", "subset_per_severity": 50_001}}, "50000")],
+    ids=["1e12", "one more than the test set", "more than any -C set"],
+)  # fmt: skip
+def test_a_corruption_subset_larger_than_its_set_is_refused(capsys, tmp_path, section, expected):
+    path = space_file(tmp_path, fixed={"dataset": "fashion_mnist", "ood": section})
+    line = refused(capsys, tmp_path, "run", str(path), "--dry-run")
+    assert "subset_per_severity" in line and expected in line

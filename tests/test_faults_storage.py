@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -21,6 +19,7 @@ import yaml
 from search_spaces.schema import check_space
 from study.cli import main
 from study.lock import StudyLock, StudyLocked
+from tests.conftest import fill_disk, mount_tmpfs
 from trainables.evidence import evidence_table, write_evidence
 from trainables.layout import evidence_uri, study_paths
 
@@ -329,36 +328,9 @@ def test_a_name_that_is_a_file_is_refused_by_the_dry_run_and_leaves_no_lock(stor
     assert sorted(p.name for p in nest.iterdir()) == ["evidence", "optuna.db", "space.yaml"]
 
 
-@pytest.fixture
-def mount_dir(tmp_path: Path) -> Iterator[Path]:
-    """An empty directory to mount a tmpfs on (root only; skipped elsewhere)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    target = Path(tempfile.mkdtemp(dir=tmp_path))
-    yield target
-    # lazy: the in-process Optuna engine may still hold the database open
-    subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True)
-
-
-def _mount(target: Path, options: str) -> None:
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-
-
-def _fill(mount_dir: Path, chunk: int) -> None:
-    """Fill the filesystem at ``mount_dir`` with a file, ``chunk`` bytes at a time, until it is
-    full (to the last ``chunk``)."""
-    with (mount_dir / "filler").open("wb", buffering=0) as f, pytest.raises(OSError):
-        while True:
-            f.write(b"\0" * chunk)
-
-
 @pytest.mark.slow
 def test_a_read_only_study_directory_is_one_line(pristine, mount_dir, capsys):
-    _mount(mount_dir, "size=16m")
+    mount_tmpfs(mount_dir, "size=16m")
     shutil.copytree(pristine, mount_dir / "studies")
     subprocess.run(["mount", "-o", "remount,ro", str(mount_dir)], check=True)
     storage = str(mount_dir / "studies")
@@ -371,9 +343,9 @@ def test_a_read_only_study_directory_is_one_line(pristine, mount_dir, capsys):
 
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_before_work(pristine, mount_dir, capsys):
-    _mount(mount_dir, "size=2m")
+    mount_tmpfs(mount_dir, "size=2m")
     shutil.copytree(pristine, mount_dir / "studies")
-    _fill(mount_dir, 65536)
+    fill_disk(mount_dir, 65536)
     storage = str(mount_dir / "studies")
     for argv in [("report", NAME), ("resume", NAME), ("run", "--name", "new", "--dry-run")]:
         line = _refused(capsys, *argv, "--storage", storage)
@@ -386,9 +358,9 @@ def test_a_disk_filling_up_while_the_report_is_written_is_one_line(
 ):
     import study.storage
 
-    _mount(mount_dir, "size=2m")
+    mount_tmpfs(mount_dir, "size=2m")
     shutil.copytree(pristine, mount_dir / "studies")
-    _fill(mount_dir, 4096)
+    fill_disk(mount_dir, 4096)
     monkeypatch.setattr(study.storage, "MIN_FREE_BYTES", 0)  # past the check before work
     line = _refused(capsys, "report", NAME, "--storage", str(mount_dir / "studies"))
     assert "No space left on device" in line and f"study report {NAME}" in line

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -126,25 +127,51 @@ def test_a_uri_with_credentials_is_refused_without_echoing_them(
         assert PASSWORD not in line
 
 
+# Every credential variable the README names, and the usual cloud ones: each set to its own marker.
+CREDENTIAL_VARIABLES = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+    "AZURE_STORAGE_KEY", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_CLIENT_SECRET",
+    "GOOGLE_APPLICATION_CREDENTIALS", "HF_TOKEN", "WANDB_API_KEY", "GITHUB_TOKEN",
+    "DATABRICKS_TOKEN",
+)  # fmt: skip
+
+
 @pytest.mark.slow
 def test_credentials_from_the_environment_reach_no_file_and_no_output(tmp_path, space):
-    """The supported way (environment variables): a whole study, then every file it wrote —
-    Tune's pickled state, Optuna's and MLflow's databases, evidence, report — and its output
-    are searched for the planted password."""
-    env = {**os.environ, "MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": PASSWORD}
-    data = yaml.safe_load(space.read_text())
-    write(space, yaml.safe_dump({**data, "samples": 2}))
-    proc = run_study(
-        "run", str(space), "--name", "s", "--storage", "studies", cwd=tmp_path, env=env
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert PASSWORD not in proc.stdout + proc.stderr
-    written = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert any(p.name == "tuner.pkl" for p in written) and any(
-        p.suffix == ".parquet" for p in written
-    )
-    leaked = [p for p in written if PASSWORD.encode() in p.read_bytes()]
-    assert leaked == []
+    """The supported way (environment variables): a whole study with every credential variable
+    set to a marker, then every file it wrote — Tune's pickled state, Optuna's and MLflow's
+    databases, evidence, report, driver.log — and every file of the Ray session it started
+    (issue 34: Tune copied AWS_* into the trials' runtime environment, which Ray's agent logged
+    in a world-readable file) are searched for the markers; that session's directory is this
+    user's alone."""
+    import tempfile
+
+    markers = {name: f"{PASSWORD}-{i}" for i, name in enumerate(CREDENTIAL_VARIABLES)}
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths
+    try:
+        env = {**os.environ, **markers, "RAY_TMPDIR": str(ray_tmp)}
+        data = yaml.safe_load(space.read_text())
+        write(space, yaml.safe_dump({**data, "samples": 2}))
+        proc = run_study(
+            "run", str(space), "--name", "s", "--storage", "studies", cwd=tmp_path, env=env
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert PASSWORD not in proc.stdout + proc.stderr
+        written = [p for p in tmp_path.rglob("*") if p.is_file()]
+        assert any(p.name == "tuner.pkl" for p in written) and any(
+            p.suffix == ".parquet" for p in written
+        )
+        assert any(p.name == "driver.log" for p in written)
+        (private,) = ray_tmp.iterdir()
+        assert private.name == f"sharpcal-ray-{os.getuid()}"
+        assert private.stat().st_mode & 0o777 == 0o700
+        ray_files = [p for p in private.rglob("*") if p.is_file() and not p.is_symlink()]
+        assert any(p.name == "runtime_env_agent.log" for p in ray_files), ray_files[:20]
+        leaked = [p for p in written + ray_files if PASSWORD.encode() in p.read_bytes()]
+        assert leaked == []
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 # -- bad input: one line, exit 2, nothing written, Ray not started -------------------------------

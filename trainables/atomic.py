@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -39,20 +41,40 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is over (their handlers run after it): two
+    renames that must happen together are not split by Ctrl-C. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def replace_directory(target: Path, build: Callable[[Path], None]) -> None:
     """Build a new version of the directory ``target`` beside it, then swap it in.
 
     ``build`` fills an empty temporary directory; only when it returns is the old ``target``
-    moved aside and the new one renamed into place, so a failed build keeps the old directory."""
+    moved aside and the new one renamed into place (signals deferred), so a failed or interrupted
+    build keeps the old directory and leaves no temporary one."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    new = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    new: Path | None = None
     try:
+        with signals_deferred():
+            new = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
         build(new)
     except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
+        if new is not None:
+            shutil.rmtree(new, ignore_errors=True)
         raise
     old = target.with_name(f".old-{target.name}-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
+    with signals_deferred():
+        if target.exists():
+            os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)

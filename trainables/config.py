@@ -95,7 +95,8 @@ class CorruptionSettings(BaseModel):
     root: str | None = None
     corruptions: tuple[str, ...] | None = None  # None: every corruption present under root
     severities: tuple[int, ...] = SEVERITIES
-    subset_per_severity: int | None = Field(None, ge=1)  # same seeded images at every severity
+    # the same seeded images at every severity; at most a whole set's (ImageNet-C's 50 000)
+    subset_per_severity: int | None = Field(None, ge=1, le=50_000)
 
     _root_has_no_credentials = field_validator("root")(no_credentials)
 
@@ -126,6 +127,9 @@ class CorruptionSettings(BaseModel):
         return tuple(sorted(levels))
 
 
+FASHION_MNIST_TEST_IMAGES = 10_000  # what Fashion-MNIST-C corrupts: the whole test set
+
+
 class OodSettings(BaseModel):
     """The ``ood`` section: which OOD / corruption sets to evaluate the final model on.
 
@@ -140,6 +144,17 @@ class OodSettings(BaseModel):
     cifar100_c: CorruptionSettings | None = None
     fashion_mnist_c: CorruptionSettings | None = None
     imagenet_c: CorruptionSettings | None = None
+
+    @model_validator(mode="after")
+    def _fashion_mnist_c_subset(self) -> OodSettings:
+        section = self.fashion_mnist_c
+        if section and (section.subset_per_severity or 0) > FASHION_MNIST_TEST_IMAGES:
+            raise ValueError(
+                f"fashion_mnist_c: subset_per_severity {section.subset_per_severity} is more than "
+                f"the {FASHION_MNIST_TEST_IMAGES} test images it corrupts; give at most that, or "
+                "null for all of them"
+            )
+        return self
 
     def section(
         self, split: str

@@ -13,11 +13,18 @@ MAX_SHOWN = 60  # characters of a bad value echoed back in a message
 # ``scheme://user:secret@host``: everything up to the last '@' of the token is user info (a
 # secret may hold '/', AWS keys do); ``sqlite:////abs`` has no authority, so it has none.
 _USER_INFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)(?!/)[^\s'\"?#]*@")
+# A query parameter that carries a secret (``?token=``, ``&X-Amz-Signature=``, ``?sig=``).
+SECRET_QUERY_PARAM = re.compile(
+    r"([?&;](?:[A-Za-z0-9_.\-]*(?:token|secret|passw(?:or)?d|pwd|key|sig|signature|auth|"
+    r"credential|session)[A-Za-z0-9_.\-]*)=)[^&;#\s'\"]*",
+    re.IGNORECASE,
+)
 
 
 def redact_credentials(text: str) -> str:
-    """``text`` with the user info of every URI in it replaced by ``***``."""
-    return _USER_INFO.sub(r"\1***@", text)
+    """``text`` with the user info of every URI in it, and the value of every query parameter
+    that names a secret (``token``, ``key``, ``signature``, ...), replaced by ``***``."""
+    return SECRET_QUERY_PARAM.sub(r"\1***", _USER_INFO.sub(r"\1***@", text))
 
 
 def uri_credentials(uri: str) -> str | None:
