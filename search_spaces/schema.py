@@ -157,10 +157,13 @@ class Objective(BaseModel):
 
 
 class Asha(BaseModel):
-    """MO-ASHA's settings (``study.moasha``): rungs at ``grace_period * reduction_factor**k``
-    epochs below ``max_t`` (default: the trials' ``epochs``); about 1/``reduction_factor`` of a
-    rung's configurations continue, ordered by non-dominated fronts and, inside a front, by
-    ``ranking`` (``eps_net`` or ``crowding``)."""
+    """MO-ASHA's settings (``study.moasha``): rungs at the distinct epochs
+    ``round(grace_period * reduction_factor**k)`` below ``max_t`` (default: the trials'
+    ``epochs``), at most ``study.moasha.MAX_RUNGS`` of them; at a rung holding at least
+    ``reduction_factor`` configurations, one continues iff its place is within the first
+    count / ``reduction_factor``, ordered by non-dominated fronts and, inside a front, by
+    ``ranking`` (``eps_net`` or ``crowding``). ``reduction_factor`` is any real number in
+    (1, 1000]."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -258,6 +261,16 @@ class Space(BaseModel):
             raise ValueError(
                 f"asha: grace_period ({self.asha.grace_period}) must be below max_t ({max_t}): "
                 "no rung would stop anything"
+            )
+        from study.moasha import MAX_RUNGS, rung_milestones  # the rule's own count (pure)
+
+        asha = self.asha
+        rungs = rung_milestones(asha.grace_period, asha.reduction_factor, max_t, MAX_RUNGS)
+        if len(rungs) > MAX_RUNGS:
+            raise ValueError(
+                f"asha: reduction_factor {asha.reduction_factor} with grace_period "
+                f"{asha.grace_period} puts more than {MAX_RUNGS} rungs below max_t ({max_t}): "
+                "raise reduction_factor (3 is usual) or grace_period"
             )
 
     @property

@@ -1,16 +1,21 @@
 """Multi-objective asynchronous successive halving (MO-ASHA, Schmucker et al. 2021): the rung
 logic, pure (no Ray; ``study.schedulers`` adapts it to Tune).
 
-Rungs sit at ``grace_period * reduction_factor**k`` epochs, below ``max_t``. When an entry (a
-trial, or a configuration's seeds under ``repeats``) reaches a rung, its objective vector is
-recorded there; once ``round(reduction_factor)`` entries are in, the rung's entries are ordered —
-each objective normalised by its rank among them (ECE's scale is a tenth of accuracy's), then
-non-dominated sorting into fronts (strict dominance), each front ordered by the epsilon-net
-(greedy farthest-first, from the entry best on the first objective) or by crowding distance
-(NSGA-II, boundary entries first), the fronts concatenated — and the entry continues when its
-*own* position in that order, over the rung's count, is at most ``1 / reduction_factor``. Every
-tie is broken by the entry's key, so the decisions depend only on what was recorded, never on the
-order it arrived in: a resumed study that records the same values takes the same decisions.
+Rungs sit at the distinct epochs ``round(grace_period * reduction_factor**k)``, below ``max_t``
+(``rung_milestones``: in bounded time for any factor above 1, at most ``MAX_RUNGS`` of them).
+When an entry (a trial, or a configuration's seeds under ``repeats``) reaches a rung, its
+objective vector is recorded there. While fewer than ``reduction_factor`` entries are in, it
+continues (ASHA's rule: none of a rung is promotable before it holds ``reduction_factor``
+entries); then the rung's entries are ordered — each objective normalised by its rank among them
+(ECE's scale is a tenth of accuracy's), then non-dominated sorting into fronts (strict
+dominance), each front ordered by the epsilon-net (greedy farthest-first, from the entry best on
+the first objective) or by crowding distance (NSGA-II, boundary entries first), the fronts
+concatenated — and the entry continues when its *own* position in that order is at most
+``count / reduction_factor`` (exact rational arithmetic on the factor's float value). So the
+first entry at a rung always continues, and so does one ranked first when it arrives; a real
+factor such as 1.2 or 2.5 means what it says. Every tie is broken by the entry's key, so the
+decisions depend only on what was recorded, never on the order it arrived in: a resumed study
+that records the same values takes the same decisions.
 
 A configuration repeated over seeds is one entry: its vector at a rung is the mean over the seeds
 recorded there, and the first seed to reach a rung decides for all of them (its later seeds get
@@ -19,6 +24,7 @@ the same decision there: they are stopped together).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -30,6 +36,10 @@ if TYPE_CHECKING:
 
 Ranking = Literal["eps_net", "crowding"]
 RANKINGS: tuple[Ranking, ...] = ("eps_net", "crowding")
+# Each trial's rung records live in one Optuna attribute (``study.schedulers``, ~120 bytes a
+# rung), rewritten at every decision. More than 100 rungs take a factor near 1 (below ~1.11 over
+# the longest run allowed, 100 000 epochs), whose rungs each stop little.
+MAX_RUNGS = 100
 
 
 def minimised(values: Sequence[float], modes: Sequence[str]) -> list[float]:
@@ -117,12 +127,33 @@ def mo_order(points: np.ndarray, keys: Sequence[str], ranking: Ranking = "eps_ne
     return order
 
 
-def rung_milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
-    """The epochs at which rungs sit: ``grace_period * reduction_factor**k`` (rounded), below
-    ``max_t``, ascending and distinct."""
+def rung_milestones(
+    grace_period: int, reduction_factor: float, max_t: int, limit: int | None = None
+) -> list[int]:
+    """The epochs at which rungs sit: the distinct values of
+    ``round(grace_period * reduction_factor**k)`` for k = 0, 1, ... below ``max_t``, ascending
+    (at most ``limit + 1`` of them when a ``limit`` is given: enough to tell it is exceeded).
+
+    Bounded work for any factor above 1: while consecutive values are less than a quarter epoch
+    apart (``grace_period * reduction_factor**k < 0.25 / (reduction_factor - 1)``) each step
+    adds at most one to the rounded value, so every epoch from ``grace_period`` up to there is a
+    rung and that stretch is written down in closed form; past it each step adds at least a
+    quarter epoch."""
+    if not (grace_period >= 1 and math.isfinite(reduction_factor) and reduction_factor > 1):
+        raise ValueError(
+            f"rung milestones need grace_period >= 1 and a finite reduction_factor > 1 (got "
+            f"{grace_period}, {reduction_factor})"
+        )
+    cap = max_t if limit is None else limit + 1
     milestones: list[int] = []
     k = 0
-    while (t := round(grace_period * reduction_factor**k)) < max_t:
+    dense_below = 0.25 / (reduction_factor - 1)
+    if grace_period < dense_below:
+        k = int(math.log(dense_below / grace_period) / math.log1p(reduction_factor - 1))
+        top = min(round(grace_period * reduction_factor**k), max_t - 1)
+        milestones = list(range(grace_period, min(top + 1, grace_period + cap)))
+        k += 1
+    while len(milestones) < cap and (t := round(grace_period * reduction_factor**k)) < max_t:
         if not milestones or t > milestones[-1]:
             milestones.append(t)
         k += 1
@@ -158,7 +189,9 @@ class RungLadder:
         num_objectives: the length of every recorded vector (1: plain ASHA).
         max_t: no rung at or above this epoch.
         grace_period: the first rung's epoch.
-        reduction_factor: eta > 1; about 1/eta of a rung's entries continue.
+        reduction_factor: eta > 1 (real); an entry waits for eta entries at its rung, then
+            continues iff its place is within the first count / eta. At most ``MAX_RUNGS``
+            rungs (``rung_milestones``), else ValueError.
         ranking: the order inside a front, ``eps_net`` or ``crowding``.
     """
 
@@ -170,9 +203,14 @@ class RungLadder:
         reduction_factor: float = 3.0,
         ranking: Ranking = "eps_net",
     ) -> None:
-        if num_objectives < 1 or grace_period < 1 or max_t < 1 or reduction_factor <= 1:
+        if (
+            num_objectives < 1
+            or grace_period < 1
+            or max_t < 1
+            or not (math.isfinite(reduction_factor) and reduction_factor > 1)
+        ):
             raise ValueError(
-                "MO-ASHA needs num_objectives >= 1, grace_period >= 1, max_t >= 1 and "
+                "MO-ASHA needs num_objectives >= 1, grace_period >= 1, max_t >= 1 and a finite "
                 f"reduction_factor > 1 (got {num_objectives}, {grace_period}, {max_t}, "
                 f"{reduction_factor})"
             )
@@ -180,8 +218,15 @@ class RungLadder:
             raise ValueError(f"ranking must be one of {RANKINGS} (got {ranking!r})")
         self.num_objectives = num_objectives
         self.reduction_factor = reduction_factor
+        # eta as an exact ratio: the waiting and cut rules compare integers, never rounded floats
+        self._eta = float(reduction_factor).as_integer_ratio()
         self.ranking: Ranking = ranking
-        self.milestones = rung_milestones(grace_period, reduction_factor, max_t)
+        self.milestones = rung_milestones(grace_period, reduction_factor, max_t, limit=MAX_RUNGS)
+        if len(self.milestones) > MAX_RUNGS:
+            raise ValueError(
+                f"reduction_factor {reduction_factor} with grace_period {grace_period} puts more "
+                f"than {MAX_RUNGS} rungs below max_t {max_t}"
+            )
         self.rungs: dict[int, dict[str, RungEntry]] = {m: {} for m in self.milestones}
 
     def record(
@@ -233,7 +278,8 @@ class RungLadder:
 
     def _decide(self, milestone: int, key: str) -> Decision:
         entries = self.rungs[milestone]
-        if len(entries) < round(self.reduction_factor):
+        numerator, denominator = self._eta
+        if len(entries) * denominator < numerator:  # fewer than eta in: none is judged yet
             return Decision(False, milestone, 0, len(entries))
         return self._place(milestone, key, None)
 
@@ -244,8 +290,9 @@ class RungLadder:
         points = np.array([entries[k].mean() for k in keys])
         order = mo_order(points, keys, self.ranking)
         position = order.index(keys.index(key)) + 1
-        if stop is None:
-            stop = position / len(keys) > 1 / self.reduction_factor
+        if stop is None:  # beyond the first count / eta places
+            numerator, denominator = self._eta
+            stop = position * numerator > len(keys) * denominator
         return Decision(stop, milestone, position, len(keys))
 
 
