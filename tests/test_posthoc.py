@@ -96,7 +96,7 @@ def _ece(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
 
 @pytest.fixture(scope="module")
 def recalibrated(tmp_path_factory) -> tuple[str, dict]:
-    root = str(tmp_path_factory.mktemp("posthoc") / "evidence")
+    root = str(tmp_path_factory.mktemp("posthoc") / "p" / "evidence")  # study p's
     confs = comparison_tables(_study(root), SPACE)[0].confs
     notes: list[str] = []
     tables = dict(calibrated_tables(confs, root, ["ts", "vs", "ms", "hb", "iso"], notes))
@@ -161,12 +161,12 @@ def test_differences_are_paired_by_seed_after_the_same_calibrator(recalibrated):
 
 
 def test_a_trial_without_val_evidence_is_left_out_and_named(tmp_path):
-    root = str(tmp_path / "evidence")
+    root = str(tmp_path / "p" / "evidence")
     study = _study(root)
     confs = comparison_tables(study, SPACE)[0].confs
     lost = confs[0].trials[1]
     for path in (
-        tmp_path / "evidence" / f"trial_id={lost.user_attrs[TRIAL_ID_ATTR]}" / "split=val"
+        tmp_path / "p" / "evidence" / f"trial_id={lost.user_attrs[TRIAL_ID_ATTR]}" / "split=val"
     ).iterdir():
         path.unlink()
     notes: list[str] = []
@@ -188,7 +188,7 @@ def test_the_report_section_pairs_after_each_calibrator_and_draws_ece_against_se
 ):
     from study.report_posthoc import posthoc_section, severity_curve
 
-    root = str(tmp_path / "evidence")
+    root = str(tmp_path / "p" / "evidence")
     study = _study(root)
     data: dict = {}
     figure = tmp_path / "shift.png"
