@@ -4,14 +4,16 @@ time, the best so far and the MLflow run; no Ray (see also test_modules)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import optuna
+import pytest
 import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from search_spaces.schema import check_space
-from study import Study
+from study import Study, StudyInputError
 from study.cli import main
 from study.lock import StudyLock
 from study.status import STATES
@@ -131,3 +133,20 @@ def test_a_finished_study_shows_its_front_and_no_resume_hint(tmp_path, capsys, m
     assert "resume" not in out and "so far" not in out
     assert "\nPareto front:\n" in out
     assert "driver:  none (the study is finished)" in out
+
+
+def test_rerun_refuses_a_study_still_running_or_unfinished(tmp_path):
+    """Issue 34, item 10: `study rerun` of a study still running ranked its partial results
+    (and `study rerun` then ran them)."""
+    study = _make_study(tmp_path)
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    running = StudyLock(study.paths.root, "st")  # as `study run` holds it
+    with running, pytest.raises(StudyInputError, match="still running") as err:
+        study.rerun(top=1, seeds=2, name="again", tracking_uri=tracking)
+    assert f"pid {os.getpid()}" in str(err.value) and "study status st" in str(err.value)
+    # no driver: 5 of its 8 trials finished, one interrupted, two never started
+    with pytest.raises(StudyInputError, match="unfinished") as err:
+        study.rerun(top=1, seeds=2, name="again", tracking_uri=tracking)
+    assert "(5 of 8 trials finished)" in str(err.value) and "study resume st" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "studies" / "again").exists() and not (tmp_path / "mlflow.db").exists()
