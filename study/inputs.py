@@ -73,7 +73,7 @@ def check_tracking_uri(uri: str | None) -> None:
         )
 
 
-def _recorded_cluster() -> str | None:
+def recorded_cluster() -> str | None:
     """The address `ray start` recorded on this machine (what Ray's ``auto`` reads), if any."""
     recorded = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray")) / "ray_current_cluster"
     try:
@@ -90,7 +90,7 @@ def check_address(address: str | None, timeout: float = 3.0) -> None:
         return
     target = address
     if address == "auto":
-        target = os.environ.get("RAY_ADDRESS") or _recorded_cluster() or ""
+        target = os.environ.get("RAY_ADDRESS") or recorded_cluster() or ""
         if not target:
             raise InputError(
                 "--address auto: no running Ray cluster on this machine (no RAY_ADDRESS, nothing "

@@ -150,3 +150,52 @@ def test_rerun_refuses_a_study_still_running_or_unfinished(tmp_path):
     assert "(5 of 8 trials finished)" in str(err.value) and "study resume st" in str(err.value)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "studies" / "again").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+# A driver's private local Ray in its own process, up until its stdin closes.
+PRIVATE_RAY = """
+import sys
+import ray
+from study.tuner import init_ray
+init_ray(None, num_cpus=1)
+print("up", flush=True)
+sys.stdin.read()
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_status_beside_a_running_local_study_is_fast_and_quiet(tmp_path, capfd, monkeypatch):
+    """Issue 34, item 11: with the default ``--address auto``, `study status` of a study whose
+    driver runs a private local Ray waited ~40 s and printed three Ray warnings (Ray's ``auto``
+    found the driver's GCS, tried it on the machine's address, and retried)."""
+    import subprocess
+    import sys
+    import time
+
+    _make_study(tmp_path)
+    # no cluster of `ray start` on this machine (another user's would be listed, as it should)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "no-ray-start"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", PRIVATE_RAY],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "RAY_TMPDIR"},
+    )
+    try:
+        assert driver.stdout.readline().strip() == "up"
+        capfd.readouterr()
+        with StudyLock(tmp_path / "studies" / "st", "st"):  # the lock the driver holds
+            started = time.monotonic()
+            code = main(["status", "st"])  # --address auto
+            seconds = time.monotonic() - started
+            out, err = capfd.readouterr()  # Ray's warnings come from its C++ core, on fd 2
+    finally:
+        driver.communicate(timeout=120)  # stdin closed: the driver stops its Ray
+    assert code == 0, err
+    assert "driver:  pid" in out and "1 running" in out
+    assert err.strip() == "", err  # no Ray warning
+    assert seconds < 10, seconds  # Ray's retries took 40 s
