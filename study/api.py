@@ -639,8 +639,8 @@ class Study:
         """Where the study stands, from its storage (works while another process runs it):
         trials by state, the driver, elapsed time, the best trials so far, the MLflow run; while
         its driver runs, the alive nodes of the Ray cluster at ``address`` by node type, from
-        Ray's state API (``auto``: the cluster this machine runs, e.g. on its head; None, or no
-        cluster there: none)."""
+        Ray's state API (``auto``: ``RAY_ADDRESS`` or the cluster ``ray start`` runs on this
+        machine, never a driver's private Ray; None, or no cluster there: none, at once)."""
         from study.cluster_nodes import nodes_by_type
         from study.status import study_status
         from study.storage import check_study_name
