@@ -553,9 +553,11 @@ class Study:
     ) -> Study:
         """A new study (created, not run) of this study's ``top`` best configurations with
         ``seeds`` seeds each; ``name`` defaults to ``<name>-rerun``; ``address`` as in
-        ``create``."""
+        ``create``. Only of a finished study: while its driver runs, or with trials unfinished
+        (an interrupted study), its ranking is partial and the rerun is refused (one line)."""
         from study import arguments
         from study.compare import top_configurations
+        from study.lock import StudyLocked, held_by
 
         with user_errors():
             arguments.count(top, "top")
@@ -565,7 +567,22 @@ class Study:
             storage = arguments.storage_arg(storage)
             arguments.optional_str(tracking_uri, "tracking_uri")
             arguments.optional_str(address, "address")
-        best = top_configurations(self.optuna(), self.space, top)
+        with user_errors(StudyLocked):
+            driver = held_by(self.paths.root)
+        if driver:
+            raise StudyInputError(
+                f"study {self.name!r} is still running (its driver: {driver}); a rerun would "
+                f"rank its partial results: wait for it to finish ('study status {self.name}')"
+            )
+        study = self.optuna()
+        finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+        if finished < self.space.trials:
+            raise StudyInputError(
+                f"study {self.name!r} is unfinished ({finished} of "
+                f"{plural(self.space.trials, 'trial')} finished); a rerun would rank its partial "
+                f"results: finish it first with 'study resume {self.name}'"
+            )
+        best = top_configurations(study, self.space, top)
         if not best:
             raise StudyInputError(f"study {self.name!r} has no completed trial to rerun")
         new_name = name or f"{self.name}-rerun"
@@ -703,8 +720,8 @@ class Study:
         """Where the study stands, from its storage (works while another process runs it):
         trials by state, the driver, elapsed time, the best trials so far, the MLflow run; while
         its driver runs, the alive nodes of the Ray cluster at ``address`` by node type, from
-        Ray's state API (``auto``: the cluster this machine runs, e.g. on its head; None, or no
-        cluster there: none)."""
+        Ray's state API (``auto``: ``RAY_ADDRESS`` or the cluster ``ray start`` runs on this
+        machine, never a driver's private Ray; None, or no cluster there: none, at once)."""
         from study.cluster_nodes import nodes_by_type
         from study.status import study_status
         from study.storage import check_study_name

@@ -22,6 +22,11 @@ ignores); for vector and matrix scaling on ``log p`` it is Kull et al.'s Dirichl
 A one-vs-rest map can send every class of a row to 0 (netcal leaves that row NaN): such a row
 keeps its uncalibrated probabilities, and ``Calibrated.fallback_rows`` counts them.
 
+Each needs a val split of at least ``min_val_samples`` samples: ``SAMPLES_PER_PARAMETER`` (10) per
+parameter it fits. Below that its result is not reported (``study.posthoc`` shows n/a and says
+why): fitted on a handful of images an unregularised map interpolates them (one val image sent
+ECE to 91% after vector scaling).
+
 VS and MS are fitted here (scipy's L-BFGS on the NLL with its analytic gradient) rather than with
 netcal, whose install pulls pyro, gpytorch and tensorboard and whose fit uses finite
 differences; netcal and scikit-learn are the tests' oracles.
@@ -50,6 +55,7 @@ NAMES = {
 }
 HB_BINS = 15
 MAX_ITER = 1000  # L-BFGS iterations of VS and MS
+SAMPLES_PER_PARAMETER = 10
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,39 @@ def parse_calibrators(text: str) -> list[str]:
             f"{','.join(CALIBRATORS)} (comma-separated)"
         )
     return list(dict.fromkeys(names))
+
+
+def fitted_parameters(name: str, classes: int) -> int:
+    """How many parameters calibrator ``name`` fits for ``classes`` classes, counting only those
+    the data can tell apart (a softmax ignores what is added to every class's logit): TS 1; VS
+    ``2C - 1`` (C weights, C biases less one); MS ``C^2 - 1`` (``C^2 + C``, less the ``C + 1``
+    of a shift common to every row of ``[W, b]``); HB and Iso ``HB_BINS`` per class, each
+    class's map estimated from all the samples (isotonic regression's steps adapt to the data:
+    it is held to binning's count)."""
+    if name not in CALIBRATORS:
+        raise ValueError(f"unknown calibrator {name!r}: choose among {','.join(CALIBRATORS)}")
+    return {
+        "ts": 1,
+        "vs": 2 * classes - 1,
+        "ms": classes * classes - 1,
+        "hb": HB_BINS,
+        "iso": HB_BINS,
+    }[name]
+
+
+def min_val_samples(name: str, classes: int) -> int:
+    """The fewest val samples calibrator ``name`` is fitted on: ``SAMPLES_PER_PARAMETER`` per
+    fitted parameter (``fitted_parameters``), e.g. for 10 classes TS 10, VS 190, MS 990, HB and
+    Iso 150.
+
+    Why ten: an unregularised multinomial fit (VS, MS) has no finite maximum-likelihood solution
+    once the samples can be separated, which happens with high probability when there are fewer
+    than about two per parameter, and well before that its estimates are inflated, i.e. the map
+    is over-confident on new data (Sur & Candès, PNAS 2019); ten per parameter is the usual rule
+    for logistic models (Peduzzi et al., J Clin Epidemiol 1996). For the one-vs-rest binning maps
+    it leaves ten samples per bin on average.
+    """
+    return SAMPLES_PER_PARAMETER * fitted_parameters(name, classes)
 
 
 def fit_calibrator(name: str, probs: np.ndarray, labels: np.ndarray) -> Calibrator:

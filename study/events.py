@@ -55,9 +55,7 @@ class TrialEvents(Callback):
             display.progress(self._progress(trials, None))
 
     def _shown_settings(self, config: dict[str, Any]) -> str:
-        """The trial's method (always, default or not), the searched settings, a point's
-        settings where they differ from the fixed ones (or the defaults), and the seed of a
-        repeated study."""
+        """``shown_settings`` of this study."""
         return shown_settings(self.space, config)
 
     def _elapsed(self) -> str:
@@ -123,16 +121,21 @@ class TrialEvents(Callback):
 
 
 def shown_settings(space: Space, config: dict[str, Any]) -> str:
-    """What a trial line says of a trial's ``config``: ``method=sam rho=0.05 seed=0``."""
-    base = space.train_config().model_dump()
+    """What a trial line says of a trial's ``config``: every setting that varies within the
+    study, at its value for this trial whether it is the default or not, so that rows of one
+    kind read alike (``method=sam lr=0.02 rho=0.1`` beside ``method=sam lr=0.02 rho=0.03``).
+
+    That is: the method (always); each searched setting that applies to the trial (its ``when``
+    holds for the trial's settings); each setting that a point of the trial's method sets (a
+    point's ``rho`` is shown on every SAM trial, not on SGD's); the seed of a repeated study."""
     settings = space.train_config(config).model_dump()
-    pointed = dict.fromkeys(k for p in space.points for k in p)
     shown = ["method"]
-    shown += [k for k in space.search if k in config and k not in shown]
-    shown += [k for k in pointed if k in config and k not in shown and settings[k] != base[k]]
+    shown += [k for k, dist in space.search.items() if dist.applies(settings)]
+    same_kind = [p for p in space.points if space.train_config(p).method == settings["method"]]
+    shown += [k for p in same_kind for k in p]
     if space.repeats > 1:
         shown.append("seed")
-    return " ".join(filter(None, (_shown(k, settings[k]) for k in shown)))
+    return " ".join(filter(None, (_shown(k, settings[k]) for k in dict.fromkeys(shown))))
 
 
 def _shown(key: str, value: Any) -> str:

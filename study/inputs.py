@@ -115,7 +115,7 @@ def check_tracking_reachable(uri: str | None, timeout: float = 5.0) -> None:
             )
 
 
-def _recorded_cluster() -> str | None:
+def recorded_cluster() -> str | None:
     """The address `ray start` recorded on this machine (what Ray's ``auto`` reads), if any."""
     recorded = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray")) / "ray_current_cluster"
     try:
@@ -132,7 +132,7 @@ def check_address(address: str | None, timeout: float = 3.0) -> None:
         return
     target = address
     if address == "auto":
-        target = os.environ.get("RAY_ADDRESS") or _recorded_cluster() or ""
+        target = os.environ.get("RAY_ADDRESS") or recorded_cluster() or ""
         if not target:
             raise InputError(
                 "--address auto: no running Ray cluster on this machine (no RAY_ADDRESS, nothing "
@@ -308,7 +308,8 @@ def check_ray_temp() -> None:
 
 def check_runs_here(space: Space) -> None:
     """For a study on this machine's local Ray: Ray's temporary directory is usable, every device
-    exists and every dataset's files are found (or will be downloaded), before Ray starts."""
+    exists, every dataset's files are found (or will be downloaded) and every Fashion-MNIST-C
+    generated earlier is intact, before Ray starts."""
     from trainables.config import ConfigError
     from trainables.data import DataError, check_data_available
     from trainables.loop import resolve_device
@@ -316,12 +317,27 @@ def check_runs_here(space: Space) -> None:
     check_ray_temp()
     seen: set[tuple[Any, ...]] = set()
     for cfg in reachable_configs(space):
-        key = (cfg.device, cfg.dataset, cfg.data_root, cfg.download)
+        ood = cfg.ood.model_dump_json() if cfg.ood is not None else None
+        key = (cfg.device, cfg.dataset, cfg.data_root, cfg.download, ood)
         if key in seen:
             continue
         seen.add(key)
         try:
             resolve_device(cfg.device)
             check_data_available(cfg.dataset, cfg.data_root, cfg.download)
+            check_fashion_mnist_c(cfg)
         except (ConfigError, DataError) as err:
             raise InputError(str(err)) from None
+
+
+def check_fashion_mnist_c(cfg: TrainConfig) -> None:
+    """The Fashion-MNIST-C that ``cfg``'s ``ood.fashion_mnist_c`` reads, when generated before,
+    is unchanged (``fashion_mnist_c.check_cached``): a changed file is a one-line ``DataError``
+    now rather than after a trial has trained."""
+    section = cfg.ood.fashion_mnist_c if cfg.ood is not None else None
+    if section is None:
+        return
+    from trainables.fashion_mnist_c import check_cached
+    from trainables.ood import fashion_mnist_c_dir
+
+    check_cached(fashion_mnist_c_dir(section, cfg.data_root))

@@ -7,7 +7,9 @@ from the same float16 vectors): test accuracy (binning can move an argmax), ECE,
 NLL, and on a corruption split its ECE averaged over corruption x severity as a trial computes it
 (``<split>_ece``) and per severity (``<split>_s<k>_ece``). Each is a column ``<metric>@<name>``
 of a configuration's rows, so the paired differences to a baseline row are taken *after the same
-calibrator*, seed by seed.
+calibrator*, seed by seed. A calibrator is fitted only on a val split of at least
+``calibrators.min_val_samples`` samples: below it, that trial's values after it are n/a and a
+note says which trials and why.
 """
 
 from __future__ import annotations
@@ -19,8 +21,16 @@ import numpy as np
 import torch
 from optuna.trial import FrozenTrial
 
-from study.calibrators import Calibrated, fit_calibrator
+from study.calibrators import (
+    CALIBRATORS,
+    NAMES,
+    SAMPLES_PER_PARAMETER,
+    Calibrated,
+    fit_calibrator,
+    min_val_samples,
+)
 from study.compare import Column, Configuration, Table, split_title
+from study.output import plural
 from study.stored import (
     StoredSplit,
     missing_evidence_note,
@@ -43,6 +53,8 @@ class Recalibrated(Configuration):
     (``metrics``: trial number -> ``<metric>@<calibrator>`` -> value)."""
 
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    # calibrator -> trial number -> (its val samples, the fewest that calibrator is fitted on)
+    too_small: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)
 
     def value(self, trial: FrozenTrial, metric: str) -> float | None:
         found = self.metrics.get(trial.number, {}).get(metric)
@@ -62,11 +74,17 @@ def trial_metrics(
 ) -> dict[str, float]:
     """``<metric>@<calibrator>`` of one trial: test's ``TEST_METRICS`` and each shifted split's
     mean and per-severity ECE, uncalibrated (``none``) and after each calibrator fitted on
-    ``val``."""
+    ``val``; a calibrator whose ``min_val_samples`` ``val`` does not reach is not fitted, and
+    its values are absent (n/a in the tables)."""
     out: dict[str, float] = {}
+    probs, labels = val.require_probs().numpy(), val.labels.numpy()
     fitted = {NONE: lambda p: Calibrated(p)}
     fitted.update(
-        {n: fit_calibrator(n, val.require_probs().numpy(), val.labels.numpy()) for n in calibrators}
+        {
+            n: fit_calibrator(n, probs, labels)
+            for n in calibrators
+            if len(labels) >= min_val_samples(n, probs.shape[1])
+        }
     )
     for name, calibrator in fitted.items():
         for metric, value in _metrics(_apply(calibrator, test).probs, test, TEST_METRICS).items():
@@ -91,7 +109,8 @@ def recalibrated(
     vals = read_trial_splits(evidence, conf.trials, "val", notes)
     tests = read_trial_splits(evidence, conf.trials, "test", notes)
     shifted = {s: read_trial_splits(evidence, conf.trials, s, notes) for s in CORRUPTION_SPLITS}
-    metrics = {}
+    metrics: dict[int, dict[str, float]] = {}
+    too_small: dict[str, dict[int, tuple[int, int]]] = {}
     for trial in conf.trials:
         tune_id = str(trial.user_attrs.get(TRIAL_ID_ATTR, ""))
         val, test = vals.get(tune_id), tests.get(tune_id)
@@ -104,7 +123,33 @@ def recalibrated(
         here = {s: found[tune_id] for s, found in shifted.items() if tune_id in found}
         here = {s: stored for s, stored in here.items() if stored.probs is not None}
         metrics[trial.number] = trial_metrics(val, test, here, calibrators)
-    return Recalibrated(conf.label, conf.settings, conf.trials, metrics)
+        for name in calibrators:
+            minimum = min_val_samples(name, val.require_probs().shape[1])
+            if len(val.labels) < minimum:
+                too_small.setdefault(name, {})[trial.number] = (len(val.labels), minimum)
+    return Recalibrated(conf.label, conf.settings, conf.trials, metrics, too_small)
+
+
+def too_small_notes(rows: Sequence[Recalibrated]) -> list[str]:
+    """One note per calibrator (and minimum) that some trials' val splits were too small for:
+    which trials, with how many val samples."""
+    grouped: dict[tuple[str, int], dict[int, int]] = {}
+    for row in rows:
+        for name, trials in row.too_small.items():
+            for number, (size, minimum) in trials.items():
+                grouped.setdefault((name, minimum), {})[number] = size
+    notes = []
+    for (name, minimum), small in sorted(
+        grouped.items(), key=lambda item: (CALIBRATORS.index(item[0][0]), item[0][1])
+    ):
+        trials = ", ".join(
+            f"trial {n} ({plural(size, 'val sample')})" for n, size in sorted(small.items())
+        )
+        notes.append(
+            f"{NAMES[name]} needs at least {minimum} val samples ({SAMPLES_PER_PARAMETER} per "
+            f"parameter it fits), so it is n/a for {trials}"
+        )
+    return notes
 
 
 def columns(confs: Sequence[Recalibrated], name: str) -> dict[str, Column]:
@@ -137,4 +182,5 @@ def calibrated_tables(
         notes.append(missing)
         return []
     rows = [recalibrated(c, evidence, calibrators, notes) for c in confs]
+    notes.extend(too_small_notes(rows))
     return [(n, Table(list(rows), columns(rows, n))) for n in (NONE, *calibrators)]

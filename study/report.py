@@ -196,6 +196,13 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def inert(text: str) -> str:
+    """User text (the space's description, setting values, file names) for report.md: ``<``
+    written as ``&lt;``, so no Markdown viewer reads a tag in it (it still shows as ``<``).
+    report.html is sanitised besides (``study.report_html``)."""
+    return text.replace("<", "&lt;")
+
+
 def fmt_param(value: Any) -> str:
     """A hyperparameter value: floats to 4 significant digits."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -280,8 +287,8 @@ def header_section(view: StudyView, paths: StudyPaths, data: dict[str, Any]) -> 
     data["settings"] = {r[0]: r[1] for r in rows}
     lines = [f"# Study report: {view.name}"]
     if space.description:
-        lines.append(space.description)
-    lines.append(markdown_table(["setting", "value"], rows, cell=fmt))
+        lines.append(inert(space.description))
+    lines.append(markdown_table(["setting", "value"], [[k, inert(v)] for k, v in rows], cell=fmt))
     return "\n\n".join(lines)
 
 
@@ -714,7 +721,7 @@ def evidence_notice(view: StudyView) -> str | None:
     """The trials whose evidence is missing or unreadable, at the top of the report."""
     if not view.notes:
         return None
-    lines = [f"> - {note}" for note in view.notes]
+    lines = [f"> - {inert(note)}" for note in view.notes]
     return "\n".join(["> **Evidence left out** of every recomputed metric:", ">", *lines])
 
 

@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial
 from study.trials import STATUS_ATTR, TRIAL_ID_ATTR
 from trainables import calibration
 from trainables.evidence import MAX_PROBS_CLASSES, open_evidence
-from trainables.layout import partition_uri, resolve_fs
+from trainables.layout import EVIDENCE_DIR, partition_uri, resolve_fs
 
 N_BINS = 15  # every binned metric recomputed from evidence (the trials' own default too)
 # A float16 probability stored as 0 was below 2**-25; calibration.PROB_FLOOR (2**-24, float16's
@@ -135,9 +135,10 @@ def read_trial_splits(
 ) -> dict[str, StoredSplit]:
     """``split`` of each trial (by Tune id) at the last epoch it ran. A trial is left out, and
     why goes to ``notes`` (one line naming it), when a file of its evidence cannot be read, when
-    the evidence of its last epoch is gone (an earlier epoch's is never read in its place) or,
-    for a completed trial's test split, when it has none; a missing evidence directory is one
-    note. A diverged trial or one without a Tune id stored nothing and is left out silently."""
+    a file of it is another study's or another trial's (``foreign_file``), when the evidence of
+    its last epoch is gone (an earlier epoch's is never read in its place) or, for a completed
+    trial's test split, when it has none; a missing evidence directory is one note. A diverged
+    trial or one without a Tune id stored nothing and is left out silently."""
     wanted = {str(t.user_attrs.get(TRIAL_ID_ATTR, "")): t for t in trials}
     wanted.pop("", None)
     say = notes.append if notes is not None else (lambda _: None)
@@ -151,8 +152,9 @@ def read_trial_splits(
             say(note)
         return {}
     found: dict[str, StoredSplit] = {}
+    study = evidence_study(evidence)
     for tune_id, trial in wanted.items():
-        stored, why = _read_trial(dataset, evidence, tune_id, trial, split)
+        stored, why = _read_trial(dataset, evidence, tune_id, trial, split, study)
         if why:
             say(f"trial {trial.number} ({tune_id}): {why}; it is left out")
         elif stored is not None:
@@ -180,15 +182,69 @@ def _has_test(trial: FrozenTrial) -> bool:
     return trial.user_attrs.get(STATUS_ATTR) == "completed"
 
 
+def evidence_study(evidence: str) -> str | None:
+    """The study an evidence directory belongs to: the name of the study directory holding it
+    (``<storage>/<name>/evidence``, ``trainables.layout``); None for a directory not so named,
+    whose rows are then not checked against a study."""
+    parts = evidence.rstrip("/").split("/")
+    return parts[-2] if len(parts) >= 2 and parts[-1] == EVIDENCE_DIR and parts[-2] else None
+
+
+def foreign_file(
+    dataset: ds.Dataset, where: ds.Expression, tune_id: str, split: str, study: str | None
+) -> str | None:
+    """Why a file of trial ``tune_id``'s ``split`` (rows ``where``) is not that trial's: its
+    ``study`` column names another study than ``study`` (e.g. a file copied from another
+    study's directory), or it carries its own ``trial_id`` column naming another trial (the
+    partition in its path would hide it). None when every file is the trial's own."""
+    import pyarrow.parquet as pq
+
+    for fragment in sorted(dataset.get_fragments(filter=where), key=lambda f: f.path):
+        # the file itself: a dataset (or a fragment) shows the partition's trial_id instead
+        with dataset.filesystem.open_input_file(fragment.path) as stream:
+            file = pq.ParquetFile(stream)
+            columns = [c for c in ("study", "trial_id") if c in file.schema_arrow.names]
+            if not columns:
+                continue
+            table = file.read(columns=columns)
+        if "trial_id" in columns:
+            others = set(table["trial_id"].unique().to_pylist()) - {tune_id, None}
+            if others:
+                return (
+                    f"its {split} evidence file {fragment.path} holds rows of trial "
+                    f"{_listed(others)}, not {tune_id!r}"
+                )
+        if "study" in columns and study is not None:
+            others = set(table["study"].unique().to_pylist()) - {study, None}
+            if others:
+                return (
+                    f"its {split} evidence file {fragment.path} is study {_listed(others)}'s, "
+                    f"not {study!r}'s (copied from another study?)"
+                )
+    return None
+
+
+def _listed(values: Iterable[object]) -> str:
+    return ", ".join(repr(v) for v in sorted(map(str, values)))
+
+
 def _read_trial(
-    dataset: ds.Dataset, evidence: str, tune_id: str, trial: FrozenTrial, split: str
+    dataset: ds.Dataset,
+    evidence: str,
+    tune_id: str,
+    trial: FrozenTrial,
+    split: str,
+    study: str | None = None,
 ) -> tuple[StoredSplit | None, str | None]:
-    """One trial's split, or why it cannot be used."""
+    """One trial's split, or why it cannot be used (``study``: the study it must belong to)."""
     where = (ds.field("split") == split) & (ds.field("trial_id") == tune_id)
     try:
         table = dataset.to_table(columns=COLUMNS, filter=where)
+        foreign = foreign_file(dataset, where, tune_id, split, study) if table.num_rows else None
     except (pa.ArrowException, OSError) as err:
         return None, _unreadable(evidence, tune_id, split, err)
+    if foreign:
+        return None, foreign
     if table.num_rows == 0:
         if split == "test" and _has_test(trial):
             where = partition_uri(evidence, tune_id, split)

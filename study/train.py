@@ -52,14 +52,17 @@ def train_settings(
 def train_config(
     space: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
-    """``train_settings`` validated; bad input is a ``StudyInputError``."""
+    """``train_settings`` validated, the OOD files it reads checked (a Fashion-MNIST-C generated
+    before must be unchanged); bad input is a ``StudyInputError``."""
     from study.api import user_errors
+    from study.inputs import check_fashion_mnist_c
     from trainables.config import parse_config
     from trainables.ood import check_ood_config
 
     with user_errors():
         cfg = parse_config(train_settings(space, overrides), where="study train")
         check_ood_config(cfg)
+        check_fashion_mnist_c(cfg)
     return cfg
 
 
@@ -78,9 +81,10 @@ def train(
     ``reliability.png``) in ``experiment``. Every bad input is a ``StudyInputError`` before
     training starts. ``on_start`` sees the built trainer, ``on_epoch`` each epoch's record
     (after it is logged), ``on_batch`` each step: the command prints through them."""
-    from study.api import user_errors
+    from study.api import StudyInputError, user_errors
     from study.inputs import check_tracking_reachable, check_tracking_uri
     from study.tracking import TrackingError, TrainRunLogger, default_tracking_uri
+    from trainables.data import DataError
 
     with user_errors():
         check_tracking_uri(tracking_uri)
@@ -103,6 +107,9 @@ def train(
 
     try:
         result = trainer.fit(on_epoch=epoch_done, on_batch=on_batch)
+    except DataError as err:  # an OOD file changed while it trained: one line, not a traceback
+        tracker.finish("failed", {})
+        raise StudyInputError(str(err)) from None
     except BaseException:  # a crash or Ctrl-C: the run is not left "running"
         tracker.finish("failed", {})
         raise

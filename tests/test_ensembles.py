@@ -140,7 +140,7 @@ def _nll_at(probs: np.ndarray, labels: np.ndarray, temperature: float) -> float:
 
 
 def test_each_configuration_with_seeds_is_one_ensemble_recomputed_by_hand(tmp_path):
-    root = str(tmp_path / "evidence")
+    root = str(tmp_path / "e" / "evidence")  # study e's: its rows name it
     study = _study(root)
     tables = comparison_tables(study, SPACE)
     found = ensembles(tables[0].confs, root)
@@ -169,7 +169,7 @@ def test_each_configuration_with_seeds_is_one_ensemble_recomputed_by_hand(tmp_pa
 
 
 def test_compare_shows_ensemble_rows_after_the_configurations(tmp_path):
-    root = str(tmp_path / "evidence")
+    root = str(tmp_path / "e" / "evidence")
     tables = with_ensembles(comparison_tables(_study(root), SPACE), root)
     assert len(tables) == 2  # calibration, and the OOD table (SVHN AUROC)
     confs = tables[0].confs
@@ -213,7 +213,7 @@ def _two_seeds(root: str, same_test: bool, same_val: bool, flushed: bool = False
 
 
 def test_seeds_tested_on_different_samples_give_no_ensemble_and_say_why(tmp_path):
-    root = str(tmp_path / "evidence")
+    root = str(tmp_path / "e" / "evidence")
     confs = comparison_tables(_two_seeds(root, same_test=False, same_val=True), SPACE)[0].confs
     skipped: list[str] = []
     assert ensembles(confs, root, skipped) == []
@@ -223,7 +223,7 @@ def test_seeds_tested_on_different_samples_give_no_ensemble_and_say_why(tmp_path
 
 
 def test_a_val_split_drawn_per_seed_gives_no_temperature(tmp_path):
-    root = str(tmp_path / "evidence")
+    root = str(tmp_path / "e" / "evidence")
     confs = comparison_tables(_two_seeds(root, same_test=True, same_val=False), SPACE)[0].confs
     (ensemble,) = ensembles(confs, root)
     assert np.isnan(ensemble.metrics["temperature"]) and np.isnan(ensemble.metrics["test_ece_ts"])
@@ -231,7 +231,7 @@ def test_a_val_split_drawn_per_seed_gives_no_temperature(tmp_path):
 
 
 def test_an_ensemble_nll_is_not_charged_27_6_for_each_probability_float16_flushed(tmp_path):
-    root = str(tmp_path / "evidence")
+    root = str(tmp_path / "e" / "evidence")
     study = _two_seeds(root, same_test=True, same_val=True, flushed=True)
     frame = _frame(root, "s0", "test")
     flushed = np.array([p[y] == 0 for p, y in zip(frame.probs, frame.label)])

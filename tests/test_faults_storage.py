@@ -204,6 +204,42 @@ def test_a_deleted_last_epoch_evidence_file_leaves_the_trial_out_visibly(storage
     assert "trial 0" in text and "left out" in text
 
 
+@pytest.mark.parametrize("source", ["another study", "another trial"])
+def test_evidence_of_another_study_or_trial_is_named_and_its_trial_left_out(
+    storage, tmp_path, capsys, source
+):
+    """Issue 34, item 10: another study's Parquet file copied into a trial's directory was used
+    by `compare` with no note (an ensemble's ECE went from 7.8% to 32.4%)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    labels = torch.randint(0, 10, (60,), generator=torch.Generator().manual_seed(7))
+    logits = 9 * torch.randn(60, 10, generator=torch.Generator().manual_seed(99))
+    if source == "another study":  # `cp` of the same trial's file of another study
+        table = evidence_table(logits, labels, study="other", epoch=2, temperature=1.5)
+        foreign = write_evidence(table, str(tmp_path / "other" / "evidence"), "t0", "test", 2)
+        shutil.copy(foreign, _evidence_file(storage, "t0"))
+        expected = "study 'other'"
+    else:  # a file carrying its own trial_id column (e.g. a DuckDB export of trial t3's rows)
+        table = evidence_table(logits, labels, study=NAME, epoch=2, temperature=1.5)
+        table = table.append_column("trial_id", pa.array(["t3"] * 60))
+        pq.write_table(table, _evidence_file(storage, "t0"))
+        expected = "trial 't3'"
+    code, out, err = _cli(capsys, "compare", NAME, "--ensembles", "--storage", str(storage))
+    assert code == 0 and "Traceback" not in err, err
+    notes = [line for line in err.splitlines() if "trial 0" in line]
+    assert len(notes) == 1 and "epoch-0002.parquet" in notes[0] and expected in notes[0], err
+    assert "left out" in notes[0]
+    assert "ensemble x 1" not in out and "ensemble x 2" in out  # t2/t3's, not t0/t1's
+    assert out.count("ensemble x 2") == 1
+    if source == "another trial":
+        return  # the report reads the evidence through the same reader
+    code, out, err = _cli(capsys, "report", NAME, "--storage", str(storage))
+    assert code == 0 and "Traceback" not in err, err
+    text = (storage / NAME / "report" / "report.md").read_text()
+    assert "trial 0" in text and expected in text and "left out" in text
+
+
 def test_a_missing_evidence_directory_is_said_once(storage, capsys):
     shutil.rmtree(storage / NAME / "evidence")
     code, out, err = _cli(capsys, "compare", NAME, "--ensembles", "--storage", str(storage))

@@ -167,3 +167,41 @@ def test_fashion_mnist_c_is_generated_once_cached_and_evaluated_like_cifar_c(tmp
     with pytest.raises(DataError, match="fog.npy") as err:
         _trial(trainer, tmp_path / "changed")
     assert "\n" not in str(err.value)
+
+
+def test_a_changed_fashion_mnist_c_file_is_refused_before_any_work(tmp_path, capsys) -> None:
+    """Issue 34, item 10: `study train` with a changed Fashion-MNIST-C file trained, then
+    printed a 12-frame traceback; `study run` refused it only after each trial had trained."""
+    import yaml
+
+    from study.cli import main
+    from trainables.config import CorruptionSettings
+    from trainables.corruptions import CORRUPTIONS
+    from trainables.fashion_mnist_c import build_fashion_mnist_c
+    from trainables.ood import SUBSET_SEED, fashion_mnist_c_dir, subset_indices
+
+    section = {"root": str(tmp_path / "fmnist-c"), "subset_per_severity": 5}
+    x, y = read_test_images("fashion_mnist")  # generated as a trial generates it
+    chosen = subset_indices(len(y), seed=SUBSET_SEED, subset=5).numpy()
+    directory = fashion_mnist_c_dir(CorruptionSettings(**section), None)
+    build_fashion_mnist_c(x[chosen, 0], y[chosen], directory, CORRUPTIONS, seed=SUBSET_SEED)
+    fog = np.load(directory / "fog.npy")
+    fog[0, 0, 0] ^= 1
+    np.save(directory / "fog.npy", fog)
+    space = tmp_path / "space.yaml"
+    fixed = {"dataset": "fashion_mnist", "model": "cnn", "epochs": 1, "method": "sgd",
+             "train_subset": 200, "test_subset": 100, "device": "cpu"}  # fmt: skip
+    space.write_text(yaml.safe_dump({"fixed": fixed, "ood": {"fashion_mnist_c": section}}))
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = tmp_path / "studies"
+    for argv in (
+        ["train", "--space", str(space), "--tracking-uri", tracking],
+        ["run", str(space), "--name", "c", "--storage", str(storage), "--dry-run"],
+        ["run", str(space), "--name", "c", "--storage", str(storage), "--tracking-uri", tracking],
+    ):
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "fog.npy changed since it was generated" in lines[0], err
+        assert "epoch" not in out  # nothing trained
+    assert not (tmp_path / "mlflow.db").exists() and not (storage / "c").exists()

@@ -29,7 +29,7 @@ SPACE = check_space(
     },
     "test",
 )
-N_TEST, N_VAL, N_SHIFT, CLASSES = 400, 300, 100, 10
+N_TEST, N_VAL, N_SHIFT, CLASSES = 400, 300, 100, 5  # 300 val: enough for every calibrator
 SHIFTS = [("fog", 1), ("fog", 3), ("blur", 1), ("blur", 3)]
 
 
@@ -39,14 +39,16 @@ def _logits(g: torch.Generator, labels: torch.Tensor, sharp: float) -> torch.Ten
     return logits * sharp  # overconfident for large ``sharp``
 
 
-def _study(root: str) -> optuna.Study:
-    """Two configurations (lr) x three seeds with val, test and a corruption split."""
+def _study(root: str, n_val: dict[str, int] | None = None) -> optuna.Study:
+    """Two configurations (lr) x three seeds with val (``N_VAL`` samples, or ``n_val[trial
+    id]``), test and a corruption split."""
     g = torch.Generator().manual_seed(0)
     study = optuna.create_study(directions=["maximize", "minimize"])
     for lr, sharp in ((0.01, 1.2), (0.1, 2.5)):
         for seed in range(3):
             trial_id = f"t{lr}-{seed}"
-            for split, n in (("test", N_TEST), ("val", N_VAL)):
+            val = (n_val or {}).get(trial_id, N_VAL)
+            for split, n in (("test", N_TEST), ("val", val)):
                 labels = torch.randint(0, CLASSES, (n,), generator=g)
                 table = evidence_table(
                     _logits(g, labels, sharp), labels, study="p", epoch=1, temperature=1.0
@@ -96,7 +98,7 @@ def _ece(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
 
 @pytest.fixture(scope="module")
 def recalibrated(tmp_path_factory) -> tuple[str, dict]:
-    root = str(tmp_path_factory.mktemp("posthoc") / "evidence")
+    root = str(tmp_path_factory.mktemp("posthoc") / "p" / "evidence")  # study p's
     confs = comparison_tables(_study(root), SPACE)[0].confs
     notes: list[str] = []
     tables = dict(calibrated_tables(confs, root, ["ts", "vs", "ms", "hb", "iso"], notes))
@@ -161,12 +163,12 @@ def test_differences_are_paired_by_seed_after_the_same_calibrator(recalibrated):
 
 
 def test_a_trial_without_val_evidence_is_left_out_and_named(tmp_path):
-    root = str(tmp_path / "evidence")
+    root = str(tmp_path / "p" / "evidence")
     study = _study(root)
     confs = comparison_tables(study, SPACE)[0].confs
     lost = confs[0].trials[1]
     for path in (
-        tmp_path / "evidence" / f"trial_id={lost.user_attrs[TRIAL_ID_ATTR]}" / "split=val"
+        tmp_path / "p" / "evidence" / f"trial_id={lost.user_attrs[TRIAL_ID_ATTR]}" / "split=val"
     ).iterdir():
         path.unlink()
     notes: list[str] = []
@@ -174,6 +176,39 @@ def test_a_trial_without_val_evidence_is_left_out_and_named(tmp_path):
     assert any(f"trial {lost.number}:" in n and "left out" in n for n in notes)
     assert tables["ts"].confs[0].value(lost, "test_ece@ts") is None
     assert len(tables["ts"].confs[0].values("test_ece@ts")) == 2
+
+
+def test_a_calibrator_fitted_on_too_few_val_samples_is_na_with_a_note(tmp_path):
+    """Issue 34, item 10: calibrators fitted on a one-image val split were reported without a
+    note (ECE 91% after vector scaling)."""
+    root = str(tmp_path / "p" / "evidence")
+    small = {"t0.1-0": 1, "t0.1-1": 120}  # 120: enough for TS and VS, not for MS, HB or Iso
+    confs = comparison_tables(_study(root, small), SPACE)[0].confs
+    one, some, full = confs[1].trials
+    notes: list[str] = []
+    tables = dict(calibrated_tables(confs, root, ["ts", "vs", "ms", "hb", "iso"], notes))
+    enough = {"none", "ts", "vs"}  # for trial ``some``
+    one_, some_ = f"trial {one.number} (1 val sample)", f"trial {some.number} (120 val samples)"
+    assert notes == [
+        f"temperature scaling needs at least 10 val samples (10 per parameter it fits), so it "
+        f"is n/a for {one_}",
+        f"vector scaling needs at least 90 val samples (10 per parameter it fits), so it is n/a "
+        f"for {one_}",
+        f"matrix (Dirichlet) scaling needs at least 240 val samples (10 per parameter it fits), "
+        f"so it is n/a for {one_}, {some_}",
+        f"histogram binning needs at least 150 val samples (10 per parameter it fits), so it is "
+        f"n/a for {one_}, {some_}",
+        f"isotonic regression needs at least 150 val samples (10 per parameter it fits), so it "
+        f"is n/a for {one_}, {some_}",
+    ]
+    for name, table in tables.items():
+        row = table.confs[1]
+        assert row.value(one, "test_ece@none") is not None  # before calibration: as stored
+        assert (row.value(one, f"test_ece@{name}") is None) == (name != "none"), name
+        assert (row.value(some, f"test_ece@{name}") is None) == (name not in enough), name
+        assert row.value(full, f"test_ece@{name}") is not None, name
+        assert (row.value(one, f"cifar10_c_ece@{name}") is None) == (name != "none"), name
+    assert len(tables["ms"].confs[1].values("test_ece@ms")) == 1  # the mean: the full one only
 
 
 def test_unknown_calibrators_are_refused_in_one_line():
@@ -188,7 +223,7 @@ def test_the_report_section_pairs_after_each_calibrator_and_draws_ece_against_se
 ):
     from study.report_posthoc import posthoc_section, severity_curve
 
-    root = str(tmp_path / "evidence")
+    root = str(tmp_path / "p" / "evidence")
     study = _study(root)
     data: dict = {}
     figure = tmp_path / "shift.png"

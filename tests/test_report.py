@@ -3,6 +3,7 @@ synthetic weighted one (repeat seeds, a diverged trial, no rho/gamma)."""
 
 from __future__ import annotations
 
+import html.parser
 import json
 import math
 from types import SimpleNamespace
@@ -429,3 +430,101 @@ def test_evidence_of_more_than_100_classes_reports_and_says_why_there_is_no_ense
     assert "No ensemble of the top-2: evidence keeps probabilities" in text
     assert (paths.report / "reliability.png").read_bytes().startswith(PNG_MAGIC)
     assert sorted(data["trial_ece_intervals"]) == ["0", "1"]
+
+
+HOSTILE = [
+    "<script>alert('description')</script>",
+    "<img src=x onerror=alert(1)>",
+    "[a link](javascript:alert(2))",
+    "![an image](javascript:alert(3))",
+    '<a href="JaVaScRiPt:alert(4)" onclick="alert(5)">click</a>',
+    "<svg onload=alert(6)></svg><iframe src=javascript:alert(7)></iframe>",
+    '<p style="background:url(javascript:alert(8))" onmouseover="alert(9)">hover</p>',
+    "[a data link](data:text/html;base64,PHNjcmlwdD5hbGVydCgxMCk8L3NjcmlwdD4=)",
+]
+
+
+# what Markdown's tables, lists, quotes and emphasis produce; nothing that runs or loads
+BODY_TAGS = {"h1", "h2", "h3", "p", "br", "blockquote", "code", "em", "strong", "ul", "li", "a"}
+BODY_TAGS |= {"img", "table", "thead", "tbody", "tr", "th", "td"}
+
+
+class _Page(html.parser.HTMLParser):
+    """Every tag and attribute of an HTML page, as a browser's parser sees them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_no_user_text_injects_html_or_script_into_the_report(tmp_path):
+    """Issue 34, item 6: the space's description (and setting values, file names in notes)
+    reached report.html raw through Python-Markdown, and the MLflow UI shows that page."""
+    space = check_space(
+        {
+            "description": " ".join(HOSTILE),
+            "fixed": {
+                **SPACE["fixed"],
+                "method": "sam",
+                "data_root": "/data/<img src=y onerror=alert(11)>",
+            },
+            "search": {"lr": {"loguniform": [0.02, 0.2]}, "seed": {"categorical": [0, 1]}},
+            "objective": {"type": "weighted"},
+            "samples": 4,
+        },
+        "test",
+    )
+    paths = StudyPaths(tmp_path / "w", str(tmp_path / "w"))
+    paths.root.mkdir()
+    study = optuna.create_study(study_name="w", storage=paths.optuna_url, direction="maximize")
+    _synthetic_trial(study, paths, {"lr": 0.05, "seed": 0}, "t0", 0.8)
+    _synthetic_trial(study, paths, {"lr": 0.1, "seed": 1}, "t1", 0.7)
+    # a completed trial whose Tune id is hostile and whose evidence is missing: a note names it
+    hostile_id = "t<script>alert(12)</script>"
+    study.enqueue_trial({"lr": 0.2, "seed": 0})
+    trial = study.ask()
+    trial.suggest_float("lr", 0.02, 0.2, log=True)
+    trial.suggest_categorical("seed", [0, 1])
+    trial.set_user_attr("status", "completed")
+    trial.set_user_attr("tune_trial_id", hostile_id)
+    study.tell(trial, 0.75)
+
+    md = write_report(paths, "w", space)
+    text = md.read_text()
+    page = (paths.report / "report.html").read_text()
+    data = json.loads((paths.report / "report.json").read_text())
+    assert any(hostile_id in note for note in data["evidence_left_out"])
+
+    # report.md: no tag of the user's text survives for a Markdown viewer to render
+    for tag in ("<script", "<img", "<a ", "<svg", "<iframe", "<p style"):
+        assert tag not in text, tag
+    # report.html: nothing that runs, nothing that loads from elsewhere
+    parsed = _Page()
+    parsed.feed(page)
+    tags = [tag for tag, _ in parsed.tags]
+    assert not set(tags) & {"script", "iframe", "svg", "object", "embed", "form", "base"}
+    assert tags[:5] == ["html", "head", "meta", "title", "style"] and tags[5] == "body"
+    assert set(tags[6:]) <= BODY_TAGS, set(tags[6:]) - BODY_TAGS
+    for tag, attrs in parsed.tags:
+        assert not [k for k in attrs if k.startswith("on")], (tag, attrs)
+        assert "style" not in attrs or attrs["style"].startswith("text-align"), (tag, attrs)
+        for key in ("href", "src"):
+            value = (attrs.get(key) or "").strip().lower()
+            assert not value.startswith(("javascript:", "vbscript:")), (tag, attrs)
+            if key == "href":
+                assert not value.startswith("data:"), (tag, attrs)
+        if tag == "img" and attrs.get("src"):
+            assert attrs["src"].startswith("data:image/png;base64,"), attrs
+    # the figures are still embedded, and the user's text is still there, as text
+    assert "pareto.png" in {a.get("data-file") for tag, a in parsed.tags if tag == "img"}
+    shown = "".join(parsed.text)
+    assert "<script>alert('description')</script>" in shown
+    assert "/data/<img src=y onerror=alert(11)>" in shown
+    assert hostile_id in shown

@@ -4,14 +4,16 @@ time, the best so far and the MLflow run; no Ray (see also test_modules)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import optuna
+import pytest
 import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from search_spaces.schema import check_space
-from study import Study
+from study import Study, StudyInputError
 from study.cli import main
 from study.lock import StudyLock
 from study.status import STATES
@@ -131,3 +133,69 @@ def test_a_finished_study_shows_its_front_and_no_resume_hint(tmp_path, capsys, m
     assert "resume" not in out and "so far" not in out
     assert "\nPareto front:\n" in out
     assert "driver:  none (the study is finished)" in out
+
+
+def test_rerun_refuses_a_study_still_running_or_unfinished(tmp_path):
+    """Issue 34, item 10: `study rerun` of a study still running ranked its partial results
+    (and `study rerun` then ran them)."""
+    study = _make_study(tmp_path)
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    running = StudyLock(study.paths.root, "st")  # as `study run` holds it
+    with running, pytest.raises(StudyInputError, match="still running") as err:
+        study.rerun(top=1, seeds=2, name="again", tracking_uri=tracking)
+    assert f"pid {os.getpid()}" in str(err.value) and "study status st" in str(err.value)
+    # no driver: 5 of its 8 trials finished, one interrupted, two never started
+    with pytest.raises(StudyInputError, match="unfinished") as err:
+        study.rerun(top=1, seeds=2, name="again", tracking_uri=tracking)
+    assert "(5 of 8 trials finished)" in str(err.value) and "study resume st" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "studies" / "again").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+# A driver's private local Ray in its own process, up until its stdin closes.
+PRIVATE_RAY = """
+import sys
+import ray
+from study.tuner import init_ray
+init_ray(None, num_cpus=1)
+print("up", flush=True)
+sys.stdin.read()
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_status_beside_a_running_local_study_is_fast_and_quiet(tmp_path, capfd, monkeypatch):
+    """Issue 34, item 11: with the default ``--address auto``, `study status` of a study whose
+    driver runs a private local Ray waited ~40 s and printed three Ray warnings (Ray's ``auto``
+    found the driver's GCS, tried it on the machine's address, and retried)."""
+    import subprocess
+    import sys
+    import time
+
+    _make_study(tmp_path)
+    # no cluster of `ray start` on this machine (another user's would be listed, as it should)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "no-ray-start"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", PRIVATE_RAY],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "RAY_TMPDIR"},
+    )
+    try:
+        assert driver.stdout.readline().strip() == "up"
+        capfd.readouterr()
+        with StudyLock(tmp_path / "studies" / "st", "st"):  # the lock the driver holds
+            started = time.monotonic()
+            code = main(["status", "st"])  # --address auto
+            seconds = time.monotonic() - started
+            out, err = capfd.readouterr()  # Ray's warnings come from its C++ core, on fd 2
+    finally:
+        driver.communicate(timeout=120)  # stdin closed: the driver stops its Ray
+    assert code == 0, err
+    assert "driver:  pid" in out and "1 running" in out
+    assert err.strip() == "", err  # no Ray warning
+    assert seconds < 10, seconds  # Ray's retries took 40 s

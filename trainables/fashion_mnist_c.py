@@ -133,11 +133,31 @@ def _verified(directory: Path, manifest: dict[str, Any]) -> bool:
         if not path.is_file():
             return False
         if _file_sha256(path) != expected:
-            raise DataError(
-                f"Fashion-MNIST-C file {path} changed since it was generated (its sha256 is not "
-                f"the one in {MANIFEST}); delete {directory} to regenerate it"
-            )
+            raise _changed(path, directory)
     return True
+
+
+def _changed(path: Path, directory: Path) -> DataError:
+    return DataError(
+        f"Fashion-MNIST-C file {path} changed since it was generated (its sha256 is not "
+        f"the one in {MANIFEST}); delete {directory} to regenerate it"
+    )
+
+
+def check_cached(directory: Path) -> None:
+    """Before any work: a one-line ``DataError`` when ``directory`` holds a Fashion-MNIST-C
+    (its manifest) with a file whose sha256 is not the manifest's, or an unreadable manifest
+    (the build would refuse either, but only when a trial evaluates it, after training).
+    Nothing there, or files missing (the build regenerates them): nothing to say. Hashes every
+    file present (about a second for the full 588 MB)."""
+    directory = Path(directory)
+    manifest = _read_manifest(directory / MANIFEST)
+    if manifest is None:
+        return
+    for name, expected in manifest["files"].items():
+        path = directory / str(name)
+        if path.parent == directory and path.is_file() and _file_sha256(path) != expected:
+            raise _changed(path, directory)
 
 
 def _versions() -> dict[str, str]:
