@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -164,9 +163,7 @@ def log_trial_model(
     requirements = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
     from study.served_model import NETWORK
 
-    with tempfile.TemporaryDirectory(prefix="sharpcal-model-") as tmp, warnings.catch_warnings():
-        # MLflow warns that the served model's predict has no type hints: its signature is given
-        warnings.simplefilter("ignore", UserWarning)
+    with tempfile.TemporaryDirectory(prefix="sharpcal-model-") as tmp:
         network = Path(tmp) / NETWORK
         mlflow.pytorch.save_model(
             module,

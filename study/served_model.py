@@ -38,7 +38,12 @@ class CalibratedProbabilities(PythonModel):
 
         self.network = mlflow.pytorch.load_model(context.artifacts[NETWORK])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    def predict(
+        self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
+    ) -> np.ndarray:
+        """The calibrated probabilities of ``model_input``, ``[N, C, H, W]`` (refused with
+        INVALID_PARAMETER_VALUE if any value is not finite). ``np.ndarray``: a type hint MLflow
+        takes as no schema (the signature is the schema)."""
         import torch
 
         x = np.ascontiguousarray(model_input, dtype=np.float32)

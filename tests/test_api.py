@@ -374,7 +374,7 @@ def test_every_kind_of_model_serves_the_probabilities_its_trial_logged_for_any_b
                 (probs.argmax(dim=1) == labels).float().mean().item(), abs=1e-6
             )
             assert float(tags["test_ece_ts"]) == pytest.approx(
-                calibration.ece(probs, labels, 15), abs=1e-5
+                float(calibration.ece(probs, labels, 15)), abs=1e-5
             )
             start = 0
             for size in (1, 3, 7):  # any batch: the same rows
