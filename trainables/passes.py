@@ -106,14 +106,15 @@ class SeededPasses:
         self.passes = passes
         self.mc_dropout = mc_dropout
         self.bsam = bsam
-        self._masks: dict[tuple[int, int], torch.Tensor] = {}
+        self._masks: dict[tuple[int, int, tuple[int, ...]], torch.Tensor] = {}
         self._noise: dict[int, list[torch.Tensor]] = {}
         params = sum(p.numel() for p in model.parameters()) if bsam is not None else 0
         self._keep_noise = params * passes * 4 <= NOISE_CACHE_BYTES
 
     def mask(self, index: int, site: int, layer: nn.Dropout, shape: Sequence[int]) -> torch.Tensor:
-        """Pass ``index``'s mask of dropout layer ``site`` (CPU float32)."""
-        key = (index, site)
+        """Pass ``index``'s mask of dropout layer ``site`` over features of ``shape`` (CPU
+        float32)."""
+        key = (index, site, tuple(shape))
         if key not in self._masks:
             generator = pass_generator(self.seed, index, DROPOUT, site)
             self._masks[key] = dropout_mask(layer.p, shape, generator)
@@ -193,10 +194,10 @@ class FrozenPasses(nn.Module):
             for site, factor in enumerate(factors(model)):
                 draws = [seeded.factor(k, site, factor) for k in range(self.passes)]
                 self.register_buffer(f"factor_{site}", torch.stack(draws).detach().clone())
-        self.names = [name for name, _ in model.named_parameters()] if seeded.bsam else []
-        for k in range(self.passes if seeded.bsam is not None else 0):
-            assert seeded.bsam is not None
-            with torch.no_grad(), seeded.bsam.sampled_weights(seeded.noise(k)):
+        bsam = seeded.bsam
+        self.names = [name for name, _ in model.named_parameters()] if bsam is not None else []
+        for k in range(self.passes if bsam is not None else 0):
+            with torch.no_grad(), bsam.sampled_weights(seeded.noise(k)):  # type: ignore[union-attr]
                 for i, (_, p) in enumerate(model.named_parameters()):
                     self.register_buffer(f"weights_{k}_{i}", p.detach().clone())
 
