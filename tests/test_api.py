@@ -244,7 +244,7 @@ def kinds(workdir: Path) -> Study:
     from tests.test_model_registry import KINDS
 
     space = {
-        "fixed": {**SPACE["fixed"], "epochs": 1},
+        "fixed": {**SPACE["fixed"], "epochs": 1, "train_subset": 256},
         "points": [*KINDS.values(), DIVERGES],
         "concurrency": 2,
         "sampler": "random",
