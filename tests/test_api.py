@@ -234,7 +234,8 @@ def test_register_by_trial_number_and_its_one_line_errors(finished, capsys, monk
 
 # ------------------------------------------------------------ issue 34, item 5: what is served
 
-DIVERGES = {"method": "sgd", "lr": 100.0, "model": "cnn_fc"}  # no BatchNorm: lr 100 diverges
+# no BatchNorm: lr 100 diverges (on every digit: on 256 it happens not to)
+DIVERGES = {"method": "sgd", "lr": 100.0, "model": "cnn_fc", "train_subset": None}
 
 
 @pytest.fixture(scope="module")
