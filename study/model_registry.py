@@ -36,6 +36,10 @@ from trainables.trial_outputs import CHECKPOINT_FILE
 
 MODEL_NAME = "model"  # the logged model's name within its run
 MODEL_URI_TAG = "sharpcal.model_uri"  # on the trial's run, once its model is logged
+# the format of the logged model: a run whose model has another (or none: logged before issue 34,
+# a pt2 export that took only batches of two) logs it again
+MODEL_FORMAT_TAG = "sharpcal.model_format"
+MODEL_FORMAT = "served-pt2-2"
 EXAMPLE_SIZE = 2  # images in the input example
 SERVED_MODEL = Path(__file__).with_name("served_model.py")
 
@@ -139,8 +143,8 @@ def _tracking(tracking_uri: str) -> Iterator[None]:
 def log_trial_model(
     paths: StudyPaths, trial: optuna.trial.FrozenTrial, tracking_uri: str, run_id: str
 ) -> str | None:
-    """Log ``trial``'s final model on its MLflow run ``run_id`` (once: a run that has one keeps
-    it); returns the model's URI, or None when the trial left no checkpoint or diverged (its
+    """Log ``trial``'s final model on its MLflow run ``run_id`` (once: a run that has one in
+    this format, ``MODEL_FORMAT``, keeps it); returns the model's URI, or None when the trial left no checkpoint or diverged (its
     weights predict NaN: never logged)."""
     import mlflow
     from mlflow.models import infer_signature
@@ -149,8 +153,9 @@ def log_trial_model(
     if is_diverged(trial):
         return None
     client = MlflowClient(tracking_uri)
-    logged = client.get_run(run_id).data.tags.get(MODEL_URI_TAG)
-    if logged:
+    tags = client.get_run(run_id).data.tags
+    logged = tags.get(MODEL_URI_TAG)
+    if logged and tags.get(MODEL_FORMAT_TAG) == MODEL_FORMAT:
         return logged
     state = last_checkpoint(paths, trial.user_attrs[TRIAL_ID_ATTR])
     if state is None or state.get("diverged"):
@@ -183,6 +188,7 @@ def log_trial_model(
                 pip_requirements=requirements,
             )
     client.set_tag(run_id, MODEL_URI_TAG, info.model_uri)
+    client.set_tag(run_id, MODEL_FORMAT_TAG, MODEL_FORMAT)
     return info.model_uri
 
 

@@ -329,7 +329,10 @@ def invoke(url: str, images: np.ndarray) -> tuple[int, dict]:
 
 def test_every_kind_of_model_serves_the_probabilities_its_trial_logged_for_any_batch(kinds):
     import torch
+    from mlflow.tracking import MlflowClient
 
+    from study.front import best_trials
+    from study.model_registry import MODEL_FORMAT_TAG, MODEL_URI_TAG
     from tests.test_model_registry import KINDS
     from trainables import calibration
     from trainables.data import load_data
@@ -343,7 +346,15 @@ def test_every_kind_of_model_serves_the_probabilities_its_trial_logged_for_any_b
     }
     assert sorted(trials) == sorted(KINDS)
     assert all(t.user_attrs["status"] == "completed" for t in trials.values())
+    # a model logged before this format (one that took batches of two only) is logged again
+    client = MlflowClient(study.tracking()["tracking_uri"])
+    front = {t.number for t in best_trials(study.optuna())}
+    old = next(t for t in trials.values() if t.number in front)  # logged at the end of the run
+    run_id = old.user_attrs["mlflow_run_id"]
+    before = client.get_run(run_id).data.tags[MODEL_URI_TAG]
+    client.delete_tag(run_id, MODEL_FORMAT_TAG)
     versions = {kind: study.register(f"kinds-{kind}", trial=t.number) for kind, t in trials.items()}
+    assert client.get_run(run_id).data.tags[MODEL_URI_TAG] != before
     uris = {kind: f"models:/kinds-{kind}/{v.version}" for kind, v in versions.items()}
     x = np.concatenate([b[0].numpy() for b in load_data("digits").eval_batches("test", 1024)])
     with model_servers(uris, study.tracking()["tracking_uri"]) as urls:
