@@ -510,11 +510,9 @@ class Study:
         ``model_name`` (tagged with its test metrics and temperature); returns the
         ``ModelVersion``. ``trial``: an Optuna trial number; default the best trial (under a
         Pareto objective, the front trial with the highest ``compare.rank_score``: by default
-        ``val_accuracy - val_ece``)."""
+        ``val_accuracy - val_ece``). A diverged trial is never registered."""
         from study import arguments
-        from study.compare import rank_score
-        from study.front import best_trials
-        from study.model_registry import register_trial_model
+        from study.model_registry import DivergedTrial, choose_trial, register_trial_model
 
         with user_errors():
             arguments.model_name(model_name)
@@ -525,20 +523,8 @@ class Study:
                 f"study {self.name!r} is not tracked in MLflow: nothing to register"
             )
         study = self.optuna()
-        if trial is None:
-            front = best_trials(study)
-            if not front:
-                raise StudyInputError(f"study {self.name!r} has no completed trial to register")
-            chosen = max(front, key=lambda t: rank_score(t, self.space))
-        else:
-            numbers = {t.number: t for t in study.get_trials(deepcopy=False)}
-            if trial not in numbers or not numbers[trial].state.is_finished():
-                raise StudyInputError(
-                    f"study {self.name!r} has no finished trial {trial}; 'study status "
-                    f"{self.name}' lists its trials"
-                )
-            chosen = numbers[trial]
-        with user_errors(LookupError):
+        with user_errors(LookupError, DivergedTrial):
+            chosen = choose_trial(study, self.space, self.name, trial)
             return register_trial_model(self.paths, chosen, info, model_name)
 
     def rerun(

@@ -1,19 +1,24 @@
 """Trained models where MLflow users look for them: the final model of each Pareto-front trial (or
-of the best trial) logged on its trial's run as an MLflow PyTorch model returning calibrated
-probabilities, and a trial's model registered in the Model Registry.
+of the best trial) logged on its trial's run, returning calibrated probabilities, and a trial's
+model registered in the Model Registry.
 
 The model is rebuilt on the driver from the trial's last Tune checkpoint (its weights and settings)
-and wrapped in ``CalibratedClassifier`` with the temperature the trial fitted on val. Its input is
-what the trial evaluated: normalised images, float32 ``[N, C, H, W]`` (the dataset's mean and std;
-``trainables.data.Normaliser``). ``mlflow.pyfunc.load_model(uri).predict(x)`` returns the
-probabilities, ``[N, classes]``; the model carries sharpcal's ``trainables`` package, so loading
-it needs only torch (and timm for timm models).
+and wrapped in ``CalibratedClassifier`` with the temperature the trial fitted on val and, for a
+stochastic evaluation (MC dropout, a rank-1 BNN, bSAM), the very draws of every pass the trial's
+evaluation made (``trainables.passes``), so it returns the probabilities the trial logged, for any
+batch size. Its input is what the trial evaluated: normalised images, float32 ``[N, C, H, W]``
+(the dataset's mean and std; ``trainables.data.Normaliser``). The network is exported with
+``torch.export`` (MLflow's ``pt2`` format, batch size dynamic) and served by
+``study/served_model.py``, which refuses non-finite inputs: ``mlflow.pyfunc.load_model(uri)
+.predict(x)`` returns the probabilities, ``[N, classes]``; loading it needs MLflow, NumPy and
+torch, not sharpcal.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,36 +28,45 @@ import optuna
 import torch
 from torch import nn
 
-from study.trials import TRIAL_ID_ATTR
+from study.trials import STATUS_ATTR, TRIAL_ID_ATTR
 from trainables import calibration
 from trainables.layout import StudyPaths, join, resolve_fs
+from trainables.passes import FrozenPasses
 from trainables.trial_outputs import CHECKPOINT_FILE
 
 MODEL_NAME = "model"  # the logged model's name within its run
 MODEL_URI_TAG = "sharpcal.model_uri"  # on the trial's run, once its model is logged
+# the format of the logged model: a run whose model has another (or none: logged before issue 34,
+# a pt2 export that took only batches of two) logs it again
+MODEL_FORMAT_TAG = "sharpcal.model_format"
+MODEL_FORMAT = "served-pt2-2"
 EXAMPLE_SIZE = 2  # images in the input example
+SERVED_MODEL = Path(__file__).with_name("served_model.py")
 
 
 class CalibratedClassifier(nn.Module):
     """A classifier whose output is ``softmax(log(p) / temperature)``: calibrated probabilities,
-    ``p`` being its softmax or, with ``mc_samples > 1``, the mean softmax of that many passes
-    with dropout on (MC dropout, as the trial evaluated it; the masks are not seeded here) or a
-    rank-1 BNN's posterior samples (its members are averaged in every pass)."""
+    ``p`` being its softmax or, with ``passes``, the mean softmax of the trial's stochastic
+    evaluation passes (MC dropout's masks, a rank-1 BNN's draws, bSAM's posterior samples),
+    frozen as the trial drew them."""
 
-    def __init__(self, model: nn.Module, temperature: float, mc_samples: int = 1) -> None:
+    def __init__(
+        self, model: nn.Module, temperature: float, passes: FrozenPasses | None = None
+    ) -> None:
         super().__init__()
         self.model = model
-        self.mc_samples = mc_samples
+        self.passes = passes
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mc_samples <= 1:
+        if self.passes is None:
             return torch.softmax(self.model(x).float() / self.temperature, dim=1)
-        for module in self.model.modules():
-            if isinstance(module, nn.Dropout):
-                module.train()
-        passes = [self.model(x).float().softmax(dim=1) for _ in range(self.mc_samples)]
-        return torch.softmax(calibration.log_mean_probs(passes) / self.temperature, dim=1)
+        probs = [self.passes.pass_probs(self.model, x, k) for k in range(self.passes.passes)]
+        return torch.softmax(calibration.log_mean_probs(probs) / self.temperature, dim=1)
+
+
+class DivergedTrial(ValueError):
+    """A trial whose training diverged: its weights predict NaN, it is never logged."""
 
 
 def last_checkpoint(paths: StudyPaths, tune_trial_id: str) -> dict[str, Any] | None:
@@ -70,17 +84,47 @@ def last_checkpoint(paths: StudyPaths, tune_trial_id: str) -> dict[str, Any] | N
 
 
 def calibrated_model(state: dict[str, Any], temperature: float) -> tuple[nn.Module, Any]:
-    """The trial's model from its checkpoint, wrapped with ``temperature``; and its data."""
+    """The trial's model from its checkpoint, wrapped with ``temperature`` and the draws of its
+    stochastic evaluation; and its data."""
+    from trainables.bsam import BSAM
     from trainables.config import parse_config
-    from trainables.loop import config_data, config_model
+    from trainables.loop import build_optimizer, config_data, config_model
+    from trainables.passes import SeededPasses
 
     cfg = parse_config({**state["config"], "device": "cpu", "compile": False}, where="a model")
     data = config_data(cfg)
     model = config_model(cfg, data.info)
     weights = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
     model.load_state_dict(weights)
+    model.eval()
     passes = cfg.rank1_eval_samples if cfg.rank1 is not None else cfg.mc_samples
-    return CalibratedClassifier(model, temperature, passes).eval(), data
+    bsam = None
+    if cfg.method == "bsam":
+        bsam = build_optimizer(cfg, model, data.split_size("train"))
+        bsam.load_state_dict(state["optimizer"])
+        assert isinstance(bsam, BSAM)
+        passes = cfg.bsam_samples
+    frozen = None
+    if passes > 1 or cfg.rank1 is not None:
+        seeded = SeededPasses(model, cfg.seed, passes, cfg.mc_samples > 1, bsam)
+        example, _ = next(iter(data.eval_batches("test", 1)))
+        frozen = FrozenPasses(seeded, example)
+    return CalibratedClassifier(model, temperature, frozen).eval(), data
+
+
+def is_diverged(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial's training diverged (its loss became non-finite)."""
+    return trial.user_attrs.get(STATUS_ATTR) == "diverged"
+
+
+def refuse_diverged(trial: optuna.trial.FrozenTrial) -> None:
+    """Raise ``DivergedTrial`` for a diverged trial."""
+    if is_diverged(trial):
+        raise DivergedTrial(
+            f"trial {trial.number} diverged (its training loss became non-finite), so its "
+            "model predicts NaN: it is not registered; choose a completed trial with --trial "
+            "('study status' lists them)"
+        )
 
 
 @contextmanager
@@ -99,36 +143,52 @@ def _tracking(tracking_uri: str) -> Iterator[None]:
 def log_trial_model(
     paths: StudyPaths, trial: optuna.trial.FrozenTrial, tracking_uri: str, run_id: str
 ) -> str | None:
-    """Log ``trial``'s final model on its MLflow run ``run_id`` (once: a run that has one keeps
-    it); returns the model's URI, or None when the trial left no checkpoint."""
+    """Log ``trial``'s final model on its MLflow run ``run_id`` (once: a run that has one in
+    this format, ``MODEL_FORMAT``, keeps it); returns the model's URI, or None when the trial left no checkpoint or diverged (its
+    weights predict NaN: never logged)."""
     import mlflow
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
+    if is_diverged(trial):
+        return None
     client = MlflowClient(tracking_uri)
-    logged = client.get_run(run_id).data.tags.get(MODEL_URI_TAG)
-    if logged:
+    tags = client.get_run(run_id).data.tags
+    logged = tags.get(MODEL_URI_TAG)
+    if logged and tags.get(MODEL_FORMAT_TAG) == MODEL_FORMAT:
         return logged
     state = last_checkpoint(paths, trial.user_attrs[TRIAL_ID_ATTR])
-    if state is None:
+    if state is None or state.get("diverged"):
         return None
     module, data = calibrated_model(state, trial.user_attrs.get("temperature", 1.0))
     x, _ = next(iter(data.eval_batches("test", EXAMPLE_SIZE)))
     example = x.numpy()
     with torch.no_grad():
         signature = infer_signature(example, module(x).numpy())
-    import trainables
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
+    from study.served_model import NETWORK
 
-    with _tracking(tracking_uri), mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
+    with tempfile.TemporaryDirectory(prefix="sharpcal-model-") as tmp:
+        network = Path(tmp) / NETWORK
+        mlflow.pytorch.save_model(
             module,
-            name=MODEL_NAME,
+            network,
             signature=signature,
             input_example=example,
-            code_paths=[str(Path(trainables.__file__).parent)],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+            pip_requirements=requirements,
+            serialization_format="pt2",  # torch.export, batch dimension dynamic; no pickle
         )
+        with _tracking(tracking_uri), mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME,
+                python_model=str(SERVED_MODEL),
+                artifacts={NETWORK: str(network)},
+                signature=signature,
+                input_example=example,
+                pip_requirements=requirements,
+            )
     client.set_tag(run_id, MODEL_URI_TAG, info.model_uri)
+    client.set_tag(run_id, MODEL_FORMAT_TAG, MODEL_FORMAT)
     return info.model_uri
 
 
@@ -150,6 +210,35 @@ def trial_run_id(tracking_uri: str, experiment_id: str, trial: optuna.trial.Froz
     return found[0].info.run_id
 
 
+def choose_trial(
+    study: optuna.Study, space: Any, name: str, number: int | None = None
+) -> optuna.trial.FrozenTrial:
+    """The trial to register: trial ``number`` if it finished and did not diverge, else (no
+    ``number``) the best completed trial (under a Pareto objective, the front trial with the
+    highest ``compare.rank_score``); diverged trials, which Optuna holds as complete with the
+    worst values, are never chosen. Raises ``LookupError`` or ``DivergedTrial``."""
+    from study.compare import is_completed, rank_score
+    from study.front import best_trials
+
+    trials = study.get_trials(deepcopy=False)
+    if number is not None:
+        found = {t.number: t for t in trials}
+        if number not in found or not found[number].state.is_finished():
+            raise LookupError(
+                f"study {name!r} has no finished trial {number}; 'study status {name}' lists "
+                "its trials"
+            )
+        refuse_diverged(found[number])
+        return found[number]
+    completed = [t for t in trials if is_completed(t)]
+    if not completed:
+        diverged = sum(is_diverged(t) for t in trials)
+        why = f" ({diverged} diverged: their models predict NaN)" if diverged else ""
+        raise LookupError(f"study {name!r} has no completed trial to register{why}")
+    front = [t for t in best_trials(study) if is_completed(t)] or completed
+    return max(front, key=lambda t: rank_score(t, space))
+
+
 def register_trial_model(
     paths: StudyPaths,
     trial: optuna.trial.FrozenTrial,
@@ -158,10 +247,11 @@ def register_trial_model(
 ) -> Any:
     """Register ``trial``'s model (logged first if it is not yet) as a new version of
     ``model_name``, tagged with the trial's test metrics and fitted temperature; returns the
-    ``ModelVersion``."""
+    ``ModelVersion``. Raises ``DivergedTrial`` for a diverged trial."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    refuse_diverged(trial)
     run_id = trial_run_id(tracking["tracking_uri"], tracking["experiment_id"], trial)
     uri = log_trial_model(paths, trial, tracking["tracking_uri"], run_id)
     if uri is None:

@@ -230,3 +230,200 @@ def test_register_by_trial_number_and_its_one_line_errors(finished, capsys, monk
     assert main(["register", "api", "api-model", "--trial", "99"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "no finished trial 99" in line
+
+
+# ------------------------------------------------------------ issue 34, item 5: what is served
+
+# no BatchNorm: lr 100 diverges (on every digit: on 256 it happens not to)
+DIVERGES = {"method": "sgd", "lr": 100.0, "model": "cnn_fc", "train_subset": None}
+
+
+@pytest.fixture(scope="module")
+def kinds(workdir: Path) -> Study:
+    """A study whose trials are the five kinds of model the registry serves (plain, MC dropout,
+    MIMO, rank-1, bSAM; ``tests.test_model_registry.KINDS``) and a diverged one, one epoch."""
+    from tests.test_model_registry import KINDS
+
+    space = {
+        "fixed": {**SPACE["fixed"], "epochs": 1, "train_subset": 256},
+        "points": [*KINDS.values(), DIVERGES],
+        "concurrency": 2,
+        "sampler": "random",
+    }
+    study = Study.create(space, name="kinds", storage=str(workdir / "studies"))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert study.run().trials == len(KINDS) + 1
+    return study
+
+
+@contextlib.contextmanager
+def model_servers(uris: dict[str, str], tracking_uri: str) -> Iterator[dict[str, str]]:
+    """``mlflow models serve`` of each model URI, started together on 127.0.0.1; their URLs."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.test_tracking import free_port, stop_server
+
+    bin_dir = str(Path(sys.executable).parent)  # uvicorn, which the server runs, is beside it
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": bin_dir + ":" + os.environ["PATH"],
+    }
+    servers, urls = [], {}
+    try:
+        for key, uri in uris.items():
+            port = free_port()
+            command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri]
+            command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+            servers.append(
+                subprocess.Popen(
+                    command,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,  # uvicorn, its child, dies with it
+                    env=env,
+                )
+            )
+            urls[key] = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        for proc, url in zip(servers, urls.values(), strict=True):
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/ping", timeout=2):
+                        break
+                except OSError:
+                    pass
+                assert proc.poll() is None, f"mlflow models serve of {url} exited"
+                assert time.monotonic() < deadline, "mlflow models serve did not start"
+                time.sleep(0.5)
+        yield urls
+    finally:
+        for proc in servers:
+            stop_server(proc)
+
+
+def point_of(trial: optuna.trial.FrozenTrial) -> dict:
+    """The point of the space a trial ran (its settings but the seed)."""
+    return {k: v for k, v in trial_settings(trial).items() if k != "seed"}
+
+
+def invoke(url: str, images: np.ndarray) -> tuple[int, dict]:
+    """POST ``images`` to a model server's ``/invocations``; the status and the JSON answer."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"inputs": images.tolist()}).encode()  # NaN and Infinity as JSON allows
+    request = urllib.request.Request(
+        f"{url}/invocations", body, {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_every_kind_of_model_serves_the_probabilities_its_trial_logged_for_any_batch(kinds):
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from study.front import best_trials
+    from study.model_registry import MODEL_FORMAT_TAG, MODEL_URI_TAG
+    from tests.test_model_registry import KINDS
+    from trainables import calibration
+    from trainables.data import load_data
+
+    study = kinds
+    trials = {
+        kind: trial
+        for trial in study.optuna().get_trials()
+        for kind, point in KINDS.items()
+        if point_of(trial) == point
+    }
+    assert sorted(trials) == sorted(KINDS)
+    assert all(t.user_attrs["status"] == "completed" for t in trials.values())
+    # a model logged before this format (one that took batches of two only) is logged again
+    client = MlflowClient(study.tracking()["tracking_uri"])
+    front = {t.number for t in best_trials(study.optuna())}
+    old = next(t for t in trials.values() if t.number in front)  # logged at the end of the run
+    run_id = old.user_attrs["mlflow_run_id"]
+    before = client.get_run(run_id).data.tags[MODEL_URI_TAG]
+    client.delete_tag(run_id, MODEL_FORMAT_TAG)
+    versions = {kind: study.register(f"kinds-{kind}", trial=t.number) for kind, t in trials.items()}
+    assert client.get_run(run_id).data.tags[MODEL_URI_TAG] != before
+    uris = {kind: f"models:/kinds-{kind}/{v.version}" for kind, v in versions.items()}
+    x = np.concatenate([b[0].numpy() for b in load_data("digits").eval_batches("test", 1024)])
+    with model_servers(uris, study.tracking()["tracking_uri"]) as urls:
+        for kind, trial in trials.items():
+            status, answer = invoke(urls[kind], x)
+            assert status == 200, answer
+            served = np.asarray(answer["predictions"])
+            rows = (
+                study.evidence()
+                .to_table(
+                    filter=(pc.field("trial_id") == trial.user_attrs["tune_trial_id"])
+                    & (pc.field("split") == "test")
+                )
+                .to_pandas()
+                .sort_values("sample_id")
+            )
+            # what the trial logged: its calibrated confidence (float32) and probabilities
+            # (float16, before scaling), and the version's metric tags
+            assert served.shape == (len(rows), 10)
+            np.testing.assert_allclose(served.max(axis=1), rows.confidence_ts, rtol=0, atol=1e-5)
+            stored = np.stack(rows.probs.to_list()).astype(np.float64)
+            scaled = stored ** (1 / trial.user_attrs["temperature"])
+            scaled /= scaled.sum(axis=1, keepdims=True)
+            np.testing.assert_allclose(served, scaled, rtol=0, atol=2e-3)
+            tags = versions[kind].tags
+            labels = torch.tensor(rows.label.to_numpy(), dtype=torch.int64)
+            probs = torch.tensor(served, dtype=torch.float32)
+            assert float(tags["test_accuracy"]) == pytest.approx(
+                (probs.argmax(dim=1) == labels).float().mean().item(), abs=1e-6
+            )
+            assert float(tags["test_ece_ts"]) == pytest.approx(
+                float(calibration.ece(probs, labels, 15)), abs=1e-5
+            )
+            start = 0
+            for size in (1, 3, 7):  # any batch: the same rows
+                status, answer = invoke(urls[kind], x[start : start + size])
+                assert status == 200, f"{kind}, a batch of {size}: {answer}"
+                found = np.asarray(answer["predictions"])
+                np.testing.assert_allclose(found, served[start : start + size], rtol=0, atol=1e-6)
+                start += size
+        # a NaN or infinite pixel: 400, naming the problem, for every kind
+        for kind, value in zip(KINDS, [np.nan, np.inf, -np.inf, np.nan, np.inf], strict=True):
+            bad = x[:3].copy()
+            bad[1, 0, 2, 3] = value
+            status, answer = invoke(urls[kind], bad)
+            assert status == 400, f"{kind}: {status} {answer}"
+            assert answer["error_code"] == "INVALID_PARAMETER_VALUE"
+            assert "non-finite value" in answer["message"] and "[1, 0, 2, 3]" in answer["message"]
+
+
+def test_a_diverged_trial_is_never_registered(kinds, capsys, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from study.cli import main
+    from study.model_registry import MODEL_URI_TAG
+
+    study = kinds
+    (diverged,) = [
+        t
+        for t in study.optuna().get_trials()
+        if t.params.get("lr") == 100.0 or trial_settings(t).get("lr") == 100.0
+    ]
+    assert diverged.user_attrs["status"] == "diverged"
+    with pytest.raises(StudyInputError, match=f"trial {diverged.number} diverged"):
+        study.register("kinds-diverged", trial=diverged.number)
+    monkeypatch.chdir(study.paths.root.parent.parent)
+    assert main(["register", "kinds", "kinds-diverged", "--trial", str(diverged.number)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "diverged" in line and "predicts NaN" in line
+    client = MlflowClient(study.tracking()["tracking_uri"])
+    assert MODEL_URI_TAG not in client.get_run(diverged.user_attrs["mlflow_run_id"]).data.tags
+    assert not client.search_model_versions("name = 'kinds-diverged'")

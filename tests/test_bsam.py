@@ -11,7 +11,8 @@ from torch import nn
 
 from trainables.bsam import BSAM
 from trainables.config import parse_config
-from trainables.loop import MC_SEED_OFFSET, Trainer
+from trainables.loop import Trainer
+from trainables.passes import WEIGHTS, pass_generator
 
 HYPER = dict(beta1=0.9, beta2=0.99, rho=0.05, prior_precision=2.0, n_data=50.0, damping=0.1)
 
@@ -104,13 +105,13 @@ def test_the_predictive_averages_posterior_samples_and_is_seeded(digits_settings
     ((x, _),) = trainer.data.eval_batches("val", 1024)
     mean = [p.detach().clone() for p in trainer.model.parameters()]
     optimizer = trainer.optimizer
-    with torch.random.fork_rng(), torch.no_grad():
-        torch.manual_seed(cfg.seed + MC_SEED_OFFSET)
+    with torch.no_grad():  # pass k: one weight sample for the batch, from the run's seed and k
         probs = []
-        for _ in range(4):
+        for k in range(4):
+            generator = pass_generator(cfg.seed, k, WEIGHTS, 0)
             for p, w in zip(trainer.model.parameters(), mean, strict=True):
                 s, n = optimizer.state[p]["s"], optimizer.param_groups[0]["n_data"]
-                p.copy_(w + torch.randn_like(w) * (n * s).rsqrt())
+                p.copy_(w + torch.randn(w.shape, generator=generator) * (n * s).rsqrt())
             probs.append(trainer.model.eval()(x).softmax(dim=1))
         for p, w in zip(trainer.model.parameters(), mean, strict=True):
             p.copy_(w)

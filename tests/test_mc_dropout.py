@@ -1,5 +1,6 @@
 """MC dropout: a dropout layer before every model's classifier, and evaluation as the mean softmax
-of ``mc_samples`` stochastic passes (BatchNorm in eval mode), seeded so reruns are identical."""
+of ``mc_samples`` stochastic passes (BatchNorm in eval mode), each pass one seeded mask per layer
+shared by the batch, so reruns are identical and no prediction depends on its batch."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from torch import nn
 
 from tests.test_loop import untimed
 from trainables.config import ConfigError, parse_config
-from trainables.loop import MC_SEED_OFFSET, Trainer
+from trainables.loop import Trainer
 from trainables.models import build_model, model_names
+from trainables.passes import DROPOUT, dropout_mask, pass_generator
 
 
 @pytest.mark.parametrize("name", [*model_names(), "timm:resnet10t"])
@@ -35,20 +37,30 @@ def test_mc_predictions_are_the_mean_softmax_of_seeded_stochastic_passes(digits_
     logits, labels = trainer.predict("val")
     again, _ = trainer.predict("val")
     assert torch.equal(logits, again)  # the same masks each time: reruns are identical
-    # by hand: eval mode, dropout on, the run's MC seed, 5 passes over the (single) val batch
+    # by hand: eval mode; pass k multiplies the dropout layer's output by one mask over its
+    # features for the whole batch, drawn from the run's seed and k; 5 passes averaged
     ((x, _),) = trainer.data.eval_batches("val", 1024)
     model = trainer.model.eval()
-    model.apply(lambda m: m.train() if isinstance(m, nn.Dropout) else None)
-    with torch.random.fork_rng(), torch.no_grad():
-        torch.manual_seed(cfg.seed + MC_SEED_OFFSET)
-        expected = torch.stack([model(x).softmax(dim=1) for _ in range(5)]).mean(dim=0)
-    model.eval()
+    (layer,) = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    probs = []
+    for k in range(5):
+        mask = dropout_mask(0.5, (layer_width(model),), pass_generator(cfg.seed, k, DROPOUT, 0))
+        handle = layer.register_forward_hook(lambda m, i, out, mask=mask: out * mask)
+        with torch.no_grad():
+            probs.append(model(x).softmax(dim=1))
+        handle.remove()
+    expected = torch.stack(probs).mean(dim=0)
     assert torch.allclose(logits.softmax(dim=1), expected, atol=1e-6)
     single = Trainer(parse_config({**cfg.model_dump(), "mc_samples": 1}))
     single.model.load_state_dict(trainer.model.state_dict())
     assert not torch.allclose(single.predict("val")[0].softmax(dim=1), expected, atol=1e-3)
     after = [m.running_mean for m in trainer.model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(torch.equal(a, b) for a, b in zip(bn, after, strict=True))  # BatchNorm in eval
+
+
+def layer_width(model: nn.Module) -> int:
+    """The input width of the model's classifier (its last linear layer)."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1].in_features
 
 
 def test_a_rerun_with_mc_dropout_gives_the_same_metrics(digits_settings):

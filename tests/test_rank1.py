@@ -126,22 +126,3 @@ def test_the_factors_have_no_weight_decay_and_everything_else_keeps_it(digits_se
         assert len(decay) == len(list(trainer.model.parameters()))
         assert factors and all(decay[i] == 0.0 for i in factors)
         assert all(d == 5e-4 for i, d in decay.items() if i not in factors)
-
-
-@pytest.mark.parametrize("members", [{"rank1": 2, "rank1_eval_samples": 2}, {"mimo": 2}])
-def test_the_registry_rebuilds_the_ensemble_that_the_trial_evaluated(digits_settings, members):
-    from study.model_registry import calibrated_model
-    from trainables.config import parse_config
-    from trainables.loop import Trainer
-
-    trainer = Trainer(parse_config({**digits_settings, "epochs": 1, **members}))
-    trainer.fit()
-    module, data = calibrated_model(trainer.state_dict(), temperature=1.0)
-    x, _ = next(iter(data.eval_batches("test", 16)))
-    torch.manual_seed(3)
-    with torch.no_grad():
-        served = module(x)
-    with trainer.evaluating(), torch.no_grad():
-        torch.manual_seed(3)
-        expected = trainer.eval_logits(x).softmax(1)
-    assert torch.allclose(served, expected, atol=1e-5)

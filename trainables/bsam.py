@@ -19,7 +19,7 @@ The reference splits each batch into several sub-batches (m-sharpness); here one
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -76,12 +76,19 @@ class BSAM(torch.optim.Optimizer):
                     state["m"] = torch.zeros_like(p)
                 yield group, p, state
 
+    def params(self) -> list[torch.Tensor]:
+        """The parameters, in the order ``sampled_weights`` takes its noise."""
+        return [p for group in self.param_groups for p in group["params"]]
+
     @torch.no_grad()
-    def _sample(self) -> None:
-        """Keep each mean ``w`` and move the parameter to ``w + e``, e ~ N(0, 1 / (N s))."""
-        for group, p, state in self._params():
+    def _sample(self, noise: Sequence[torch.Tensor] | None = None) -> None:
+        """Keep each mean ``w`` and move the parameter to ``w + e``, e ~ N(0, 1 / (N s)): the
+        standard normal draws ``noise`` (one per parameter, ``params()`` order) scaled, or fresh
+        ones from the global RNG."""
+        for i, (group, p, state) in enumerate(self._params()):
             state["w"] = p.detach().clone()
-            p.add_(torch.randn_like(p) * (group["n_data"] * state["s"]).rsqrt())
+            eps = torch.randn_like(p) if noise is None else noise[i]
+            p.add_(eps * (group["n_data"] * state["s"]).rsqrt())
 
     @torch.no_grad()
     def _restore(self) -> None:
@@ -119,9 +126,11 @@ class BSAM(torch.optim.Optimizer):
             p.grad = None
 
     @contextmanager
-    def sampled_weights(self) -> Iterator[None]:
-        """Inside the block the parameters are a sample of the posterior N(w, 1 / (N s))."""
-        self._sample()
+    def sampled_weights(self, noise: Sequence[torch.Tensor] | None = None) -> Iterator[None]:
+        """Inside the block the parameters are a sample of the posterior N(w, 1 / (N s)): drawn
+        from the global RNG, or ``w + noise / sqrt(N s)`` for given standard normal ``noise``
+        (one tensor per parameter, in ``params()`` order)."""
+        self._sample(noise)
         try:
             yield
         finally:

@@ -27,12 +27,12 @@ from trainables.data import Data, DatasetInfo, load_data, train_steps
 from trainables.losses import LossFn, build_loss, cross_entropy, csam_loss
 from trainables.mimo import mimo_batch, mimo_indices, mimo_loss
 from trainables.models import build_model
+from trainables.passes import SeededPasses
 from trainables.rank1 import Rank1Factor, rank1_spec
 from trainables.sam import SAM, frozen_batchnorm_stats
 
 SAM_METHODS = ("sam", "asam", "csam")
 EVAL_BATCH = 1024
-MC_SEED_OFFSET = 7_919  # MC dropout's masks: seeded from the run's seed, apart from training's
 MIMO_SEED_OFFSET = 104_729  # MIMO's per-member shuffles, apart from the data's batch order
 
 
@@ -258,6 +258,7 @@ class Trainer:
         self.diverged = False
         self.history: list[dict[str, float]] = []
         self._predictions: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
+        self._passes: SeededPasses | None = None  # inside ``evaluating()``
 
     # -- training -------------------------------------------------------------------------------
 
@@ -411,43 +412,38 @@ class Trainer:
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:
-        """The model in eval mode for predictions. With several passes (``eval_passes``) the
-        random state is seeded from the run's seed inside the block and restored after it, so
-        each evaluation draws the same dropout masks and weight samples (a rerun is identical on
-        CPU) and training's random stream is untouched; with ``mc_samples > 1`` the dropout
-        layers stay stochastic (BatchNorm does not)."""
+        """The model in eval mode for predictions. With stochastic passes (``eval_passes`` > 1,
+        or a rank-1 BNN) each pass is one network drawn from the run's seed and the pass's index
+        (``trainables.passes``): MC dropout's masks, rank-1 factors and bSAM's posterior sample
+        are shared by every image of the pass, so an image's prediction does not depend on its
+        batch or the device, every evaluation draws the same ones, and training's random stream
+        is untouched. BatchNorm stays in eval mode."""
         self.model.eval()
-        if self.eval_passes <= 1 and self.cfg.rank1 is None:  # rank1 samples even in one pass
+        self._passes = self.seeded_passes()
+        try:
             yield
-            return
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.cfg.seed + MC_SEED_OFFSET)
-            if self.cfg.mc_samples > 1:
-                for module in self.model.modules():
-                    if isinstance(module, nn.Dropout):
-                        module.train()
-            try:
-                yield
-            finally:
-                self.model.eval()
+        finally:
+            self._passes = None
 
-    def _pass(self, x: torch.Tensor) -> torch.Tensor:
-        """One stochastic pass's probabilities (bSAM: at a sample of its posterior)."""
-        if isinstance(self.optimizer, BSAM):
-            with self.optimizer.sampled_weights():
-                return self.model(x).float().softmax(dim=1)
-        return self.model(x).float().softmax(dim=1)
+    def seeded_passes(self) -> SeededPasses | None:
+        """The run's stochastic evaluation passes (None: one deterministic pass)."""
+        if self.eval_passes <= 1 and self.cfg.rank1 is None:  # rank1 samples even in one pass
+            return None
+        bsam = self.optimizer if isinstance(self.optimizer, BSAM) else None
+        return SeededPasses(
+            self.model, self.cfg.seed, self.eval_passes, self.cfg.mc_samples > 1, bsam
+        )
 
     def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits of a normalised batch, inside ``evaluating()``: one pass, or the log of
-        the mean softmax of ``eval_passes`` stochastic ones (logits whose softmax is the
+        the mean softmax of ``eval_passes`` seeded stochastic ones (logits whose softmax is the
         average, so every metric, the temperature and the evidence use it). Never under
         autocast: the temperature, NLL and evidence need float32 logits, not bf16's 8-bit
         mantissa; autocast is for training only."""
-        if self.eval_passes <= 1:
+        passes = self._passes if self._passes is not None else self.seeded_passes()
+        if passes is None:
             return self.model(x).float()
-        return calibration.log_mean_probs([self._pass(x) for _ in range(self.eval_passes)])
+        return passes.logits(x)
 
     @torch.inference_mode()
     def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:

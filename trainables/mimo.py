@@ -42,7 +42,7 @@ class Mimo(nn.Module):
             z = self.backbone(x.reshape(rows, members * c, h, w))
             return z.view(rows, members, -1)
         z = self.backbone(x.repeat(1, m, 1, 1))
-        probs = z.float().view(len(x), m, -1).softmax(dim=-1).mean(dim=1)
+        probs = z.float().unflatten(1, (m, -1)).softmax(dim=-1).mean(dim=1)  # any batch size
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
 

@@ -64,21 +64,38 @@ class Rank1Factor(nn.Module):
         else:
             noise = torch.zeros(members, size)
         self.raw_scale = nn.Parameter(start + noise)
+        # evaluation's draws [M, D], one per member for a whole pass (``trainables.passes``)
+        self.fixed: torch.Tensor | None = None
 
     @property
     def scale(self) -> torch.Tensor:
         return F.softplus(self.raw_scale)
 
+    def _noise(
+        self, shape: tuple[int, ...], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Standard draws of the family: from the global RNG on the factor's device, or from
+        ``generator`` (a CPU one) and then moved there."""
+        device = self.loc.device if generator is None else torch.device("cpu")
+        if self.family == "normal":
+            noise = torch.randn(shape, device=device, generator=generator)
+        else:
+            noise = torch.tan(
+                math.pi * (torch.rand(shape, device=device, generator=generator) - 0.5)
+            )
+        return noise.to(self.loc.device)
+
     def sample(self, per_member: int) -> torch.Tensor:
         """``[M * per_member, D]``: a draw per example, member-major, from the global RNG."""
         members, size = self.loc.shape
-        eps_shape = (members, per_member, size)
-        if self.family == "normal":
-            noise = torch.randn(eps_shape, device=self.loc.device)
-        else:
-            noise = torch.tan(math.pi * (torch.rand(eps_shape, device=self.loc.device) - 0.5))
+        noise = self._noise((members, per_member, size))
         draws = self.loc[:, None] + self.scale[:, None] * noise
         return draws.clamp(-CLAMP, CLAMP).reshape(members * per_member, size)
+
+    def draw(self, generator: torch.Generator) -> torch.Tensor:
+        """``[M, D]``: one draw per member from ``generator`` (a CPU one), for a whole pass."""
+        draws = self.loc + self.scale * self._noise(tuple(self.loc.shape), generator)
+        return draws.clamp(-CLAMP, CLAMP)
 
     def kl(self, prior_mean: float, prior_stddev: float) -> torch.Tensor:
         """KL(q || prior), summed over members and entries (normal: exact; cauchy: one draw)."""
@@ -112,6 +129,11 @@ class Rank1Linear(nn.Module):
         self.gamma = Rank1Factor(spec.members, linear.out_features, spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r, s = self.alpha.fixed, self.gamma.fixed
+        if r is not None and s is not None:  # a pass's draws: one per member
+            rows = x.unflatten(0, (self.members, -1))
+            out = rank1_linear(rows, self.weight, r[:, None], s[:, None], self.member_bias[:, None])
+            return out.flatten(0, 1)
         per_member = len(x) // self.members
         bias = self.member_bias.repeat_interleave(per_member, dim=0)
         return rank1_linear(
@@ -137,6 +159,12 @@ class Rank1Conv2d(nn.Module):
         self.gamma = Rank1Factor(spec.members, out, spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r_fixed, s_fixed = self.alpha.fixed, self.gamma.fixed
+        if r_fixed is not None and s_fixed is not None:  # a pass's draws: one per member
+            rows = x.unflatten(0, (self.members, -1)) * r_fixed[:, None, :, None, None]
+            out = self.conv(rows.flatten(0, 1)).unflatten(0, (self.members, -1))
+            out = out * s_fixed[:, None, :, None, None] + self.member_bias[:, None, :, None, None]
+            return out.flatten(0, 1)
         per_member = len(x) // self.members
         r = self.alpha.sample(per_member)[:, :, None, None]
         s = self.gamma.sample(per_member)[:, :, None, None]
@@ -159,7 +187,8 @@ def to_rank1(model: nn.Module, spec: Rank1Spec) -> nn.Module:
 class Rank1Ensemble(nn.Module):
     """A rank-1 network of M members. Training input is the batch tiled M times (``[M * E,
     ...]``, member-major) and gives each member's logits; evaluation input ``[B, ...]`` is tiled
-    here and gives the log of the members' mean softmax."""
+    here and gives the log of the members' mean softmax (each example its own draws, unless a
+    pass's draws are fixed: ``trainables.passes``)."""
 
     def __init__(self, backbone: nn.Module, spec: Rank1Spec) -> None:
         super().__init__()
@@ -171,7 +200,7 @@ class Rank1Ensemble(nn.Module):
             return self.backbone(x)
         m = self.spec.members
         z = self.backbone(x.repeat(m, *([1] * (x.dim() - 1))))
-        probs = z.float().view(m, len(x), -1).softmax(dim=-1).mean(dim=0)
+        probs = z.float().unflatten(0, (m, -1)).softmax(dim=-1).mean(dim=0)
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
     def kl(self) -> torch.Tensor:
