@@ -143,9 +143,7 @@ def test_csam_descent_gradient_is_sams_reweighted_per_sample_by_its_loss(digits_
         # float32 sums of 64 per-sample terms that cancel: absolute error relative to the scale
         scale = float(expected_sam.abs().max())
         torch.testing.assert_close(found_sam.double(), expected_sam, rtol=1e-4, atol=2e-4 * scale)
-        torch.testing.assert_close(
-            found_csam.double(), expected_csam, rtol=1e-4, atol=2e-4 * scale
-        )
+        torch.testing.assert_close(found_csam.double(), expected_csam, rtol=1e-4, atol=2e-4 * scale)
         assert not torch.allclose(expected_sam, expected_csam, rtol=1e-3, atol=1e-5)
 
 
