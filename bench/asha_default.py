@@ -3,7 +3,7 @@ trials, several study seeds (the sampler's seed); epochs trained, wall time and 
 of the front found, on val (what the search sees) and on test (the same trials' test values).
 
 Each study runs through the ``Study`` API on this machine's Ray (local, loopback), in a temporary
-storage and MLflow store. Hypervolume: ``study.hypervolume`` against the reference point fixed
+storage and MLflow store. Hypervolume: ``study.analysis.hypervolume`` against the reference point fixed
 before any run, (accuracy 0, ECE 1), in minimised form; the test front is the non-dominated set
 of the completed trials' (test accuracy, test ECE).
 
@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from search_spaces import read_space_yaml, resolve_space
 from study import Study
-from study.hypervolume import hypervolume, reference_point
+from study.analysis.hypervolume import hypervolume, reference_point
 
 REFERENCE = reference_point(["val_accuracy", "val_ece"])
 

@@ -15,9 +15,9 @@ import statistics
 import time
 from pathlib import Path
 
-from study.settings import parse_sets
+from study.cli.settings import parse_sets
 from trainables.config import parse_config
-from trainables.loop import Trainer
+from trainables.engine.loop import Trainer
 
 METHODS = ("sgd", "sam", "csam")
 COLUMNS = (

@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.mc_dropout import eval_seconds
 from trainables.config import parse_config
-from trainables.loop import Trainer
+from trainables.engine.loop import Trainer
 
 
 def epoch_seconds(trainer: Trainer, epochs: int) -> float:

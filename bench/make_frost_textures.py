@@ -5,7 +5,7 @@ Each texture is read as OpenCV does (RGB, alpha dropped), turned into ITU-R 601 
 package's ``rgb2gray`` weights, applied to RGB) and shrunk by 0.2 * 28/32 / 1.1 with OpenCV's
 bilinear ``resize(fx, fy)`` rule (no antialiasing), as ``make_cifar_c.py`` shrinks them by 0.2 for
 32-px CIFAR: 28/32 keeps the frost's scale relative to the object, and the 1.1 undoes the 1.1x
-enlargement the package's frost (and ``trainables.corruptions.frost``) applies to any texture.
+enlargement the package's frost (and ``trainables.data.corruptions.frost``) applies to any texture.
 frost6.jpg is not made: both draw ``randint(5)`` over the six files, so it is never used.
 
     pip download imagecorruptions==1.1.2 --no-deps && unzip imagecorruptions-1.1.2-*.whl
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from trainables.corruptions import FROST_FILES, IMAGE_SIZE
+from trainables.data.corruptions import FROST_FILES, IMAGE_SIZE
 
 SOURCES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
 SCALE = 0.2 * IMAGE_SIZE / 32 / 1.1

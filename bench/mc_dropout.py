@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from trainables.config import parse_config
-from trainables.loop import Trainer
+from trainables.engine.loop import Trainer
 
 
 def eval_seconds(trainer: Trainer, repeats: int) -> float:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from study.moasha import RungLadder
+from study.search.rungs import RungLadder
 
 EXAMPLES = {
     "a newcomer dominating every earlier result": [

@@ -23,8 +23,8 @@ import torch
 
 from search_spaces import read_space_yaml, resolve_space
 from trainables.config import parse_config
-from trainables.loop import Trainer
-from trainables.objectives import ACCURACY_METRICS, CALIBRATION_METRICS
+from trainables.engine.loop import Trainer
+from trainables.metrics.objectives import ACCURACY_METRICS, CALIBRATION_METRICS
 
 POINT = {"method": "sam", "lr": 0.08, "rho": 0.1}
 

@@ -7,8 +7,8 @@ it spent, relative to the table's oracle front.
     python bench/replay_search.py --replays 30 --workers 2 --contenders tpe,tpe+asha
 
 Contenders: sharpcal's own studies — the samplers ``random``, ``tpe``, ``nsga2`` and ``gp`` built
-by ``study.trials.build_sampler`` from the default space, asked through the space's define-by-run
-function, each with and without MO-ASHA (``study.moasha.RungLadder`` with the space's ``asha``
+by ``study.storage.records.build_sampler`` from the default space, asked through the space's define-by-run
+function, each with and without MO-ASHA (``study.search.rungs.RungLadder`` with the space's ``asha``
 settings, or ``SAMPLER+asha:G`` with a grace period of G epochs) — and Syne Tune's
 (``bench/replay_syne_tune.py``, the ``bench`` extra) on the same table.
 
@@ -55,9 +55,9 @@ import pandas as pd
 from scipy import stats
 
 from search_spaces.schema import Space, load_space
-from study.hypervolume import hypervolume
-from study.moasha import ladder_for, minimised, nondominated_fronts
-from study.trials import SpaceSampler, build_sampler
+from study.analysis.hypervolume import hypervolume
+from study.search.rungs import ladder_for, minimised, nondominated_fronts
+from study.storage.records import SpaceSampler, build_sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "bench" / "tables" / "default.parquet"

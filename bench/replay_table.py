@@ -25,9 +25,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from study import Study
-from study.trials import REPEAT_OF_ATTR, STATUS_ATTR, TRIAL_ID_ATTR, trial_settings
+from study.storage.records import REPEAT_OF_ATTR, STATUS_ATTR, TRIAL_ID_ATTR, trial_settings
 from trainables.layout import resolve_fs
-from trainables.objectives import DIRECTIONS
+from trainables.metrics.objectives import DIRECTIONS
 
 SETTINGS = ("method", "lr", "rho", "gamma", "seed")
 METRICS = [m.removeprefix("val_") for m in DIRECTIONS if m.startswith("val_")]

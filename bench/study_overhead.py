@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from search_spaces.schema import check_space
-from study.storage import prepare_study
-from study.tuner import build_tuner, init_ray
+from study.runtime.tuner import build_tuner, init_ray
+from study.storage.files import prepare_study
+from trainables.engine.loop import Trainer
 from trainables.layout import study_paths
-from trainables.loop import Trainer
 
 FIXED = dict(
     dataset="digits", train_subset=None, model="cnn", batch_size=64, device="cpu", method="sam"

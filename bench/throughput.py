@@ -45,10 +45,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from trainables.config import TrainConfig, parse_config
-from trainables.data import DatasetInfo, load_data
-from trainables.loop import Trainer
-from trainables.losses import csam_loss
-from trainables.models import build_model
+from trainables.data.datasets import DatasetInfo, load_data
+from trainables.engine.loop import Trainer
+from trainables.losses.common import csam_loss
+from trainables.models.zoo import build_model
 
 METHODS = ("sgd", "sam", "csam")
 MODEL = "resnet18"

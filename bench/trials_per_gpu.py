@@ -57,7 +57,7 @@ def run_one_trial(settings: dict[str, Any], threads: int) -> dict[str, Any]:
     start = time.perf_counter()
     torch.set_num_threads(threads)
     from trainables.config import parse_config
-    from trainables.loop import Trainer
+    from trainables.engine.loop import Trainer
 
     trainer = Trainer(parse_config(settings, where="trials_per_gpu"))
     epochs: list[float] = []

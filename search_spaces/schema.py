@@ -26,7 +26,7 @@ from search_spaces import SpaceError, read_space_yaml, resolve_space
 from search_spaces.names import check_study_name
 from trainables.config import ConfigError, TrainConfig, parse_config
 from trainables.messages import first_problem, shown
-from trainables.objectives import (
+from trainables.metrics.objectives import (
     ACCURACY_METRICS,
     CALIBRATION_METRICS,
     COST_METRICS,
@@ -96,7 +96,7 @@ class Distribution(BaseModel):
 
 class Objective(BaseModel):
     """What the search optimises. ``pareto``: the front of ``metrics`` (2 or 3 of
-    ``trainables.objectives.DIRECTIONS``, a cost among them at most once; each one's direction is
+    ``trainables.metrics.objectives.DIRECTIONS``, a cost among them at most once; each one's direction is
     known); ``weighted``: maximise ``metrics[0] - weight * metrics[1]``, an accuracy metric and a
     calibration metric. Default metrics: val_accuracy and val_ece."""
 
@@ -157,9 +157,9 @@ class Objective(BaseModel):
 
 
 class Asha(BaseModel):
-    """MO-ASHA's settings (``study.moasha``): rungs at the distinct epochs
+    """MO-ASHA's settings (``study.search.rungs``): rungs at the distinct epochs
     ``round(grace_period * reduction_factor**k)`` below ``max_t`` (default: the trials'
-    ``epochs``), at most ``study.moasha.MAX_RUNGS`` of them; at a rung holding at least
+    ``epochs``), at most ``study.search.rungs.MAX_RUNGS`` of them; at a rung holding at least
     ``reduction_factor`` configurations, one continues iff its place is within the first
     count / ``reduction_factor``, ordered by non-dominated fronts and, inside a front, by
     ``ranking`` (``eps_net`` or ``crowding``). ``reduction_factor`` is any real number in
@@ -262,7 +262,7 @@ class Space(BaseModel):
                 f"asha: grace_period ({self.asha.grace_period}) must be below max_t ({max_t}): "
                 "no rung would stop anything"
             )
-        from study.moasha import MAX_RUNGS, rung_milestones  # the rule's own count (pure)
+        from study.search.rungs import MAX_RUNGS, rung_milestones  # the rule's own count (pure)
 
         asha = self.asha
         rungs = rung_milestones(asha.grace_period, asha.reduction_factor, max_t, MAX_RUNGS)

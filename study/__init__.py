@@ -4,9 +4,9 @@ from typing import Any
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so that `import study.lock` (or the CLI's --help) does not load torch and Ray.
+    # Lazy, so that `import study.storage.lock` (or the CLI's --help) does not load torch and Ray.
     if name in ("Study", "StudyInputError", "RunSummary"):
-        from study import api
+        from study.api import study as api
 
         return getattr(api, name)
     raise AttributeError(f"module 'study' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m study`` is the ``study`` command."""
 
-from study.cli import main
+from study.cli.main import main
 
 raise SystemExit(main())

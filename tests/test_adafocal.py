@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.adafocal import AdaFocalBins, adafocal_loss, update_bins, validation_bins
 from trainables.config import ConfigError, parse_config
-from trainables.loop import Trainer
+from trainables.engine.loop import Trainer
+from trainables.losses.adafocal import AdaFocalBins, adafocal_loss, update_bins, validation_bins
 
 # Six validation samples (confidence, correct), 3 equal-mass bins of two samples each.
 CONF = np.array([0.30, 0.40, 0.60, 0.70, 0.90, 0.95])

@@ -18,7 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from study import RunSummary, Study, StudyInputError
-from study.trials import trial_settings
+from study.storage.records import trial_settings
 from tests.test_study import DIGITS
 
 pytestmark = pytest.mark.slow
@@ -182,9 +182,9 @@ def test_front_models_are_logged_and_a_registered_model_gives_calibrated_probabi
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from study.front import best_trials
-    from study.model_registry import MODEL_URI_TAG
-    from trainables.data import load_data
+    from study.analysis.front import best_trials
+    from study.tracking.model_registry import MODEL_URI_TAG
+    from trainables.data.datasets import load_data
 
     study, *_ = finished
     uri = study.tracking()["tracking_uri"]
@@ -221,7 +221,7 @@ def test_front_models_are_logged_and_a_registered_model_gives_calibrated_probabi
 
 
 def test_register_by_trial_number_and_its_one_line_errors(finished, capsys, monkeypatch):
-    from study.cli import main
+    from study.cli.main import main
 
     study, *_ = finished
     monkeypatch.chdir(study.paths.root.parent.parent)
@@ -331,11 +331,11 @@ def test_every_kind_of_model_serves_the_probabilities_its_trial_logged_for_any_b
     import torch
     from mlflow.tracking import MlflowClient
 
-    from study.front import best_trials
-    from study.model_registry import MODEL_FORMAT_TAG, MODEL_URI_TAG
+    from study.analysis.front import best_trials
+    from study.tracking.model_registry import MODEL_FORMAT_TAG, MODEL_URI_TAG
     from tests.test_model_registry import KINDS
-    from trainables import calibration
-    from trainables.data import load_data
+    from trainables.data.datasets import load_data
+    from trainables.metrics import calibration
 
     study = kinds
     trials = {
@@ -408,8 +408,8 @@ def test_every_kind_of_model_serves_the_probabilities_its_trial_logged_for_any_b
 def test_a_diverged_trial_is_never_registered(kinds, capsys, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from study.cli import main
-    from study.model_registry import MODEL_URI_TAG
+    from study.cli.main import main
+    from study.tracking.model_registry import MODEL_URI_TAG
 
     study = kinds
     (diverged,) = [

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.bsam import BSAM
 from trainables.config import parse_config
-from trainables.loop import Trainer
-from trainables.passes import WEIGHTS, pass_generator
+from trainables.engine.loop import Trainer
+from trainables.evaluation.passes import WEIGHTS, pass_generator
+from trainables.methods.bsam import BSAM
 
 HYPER = dict(beta1=0.9, beta2=0.99, rho=0.05, prior_precision=2.0, n_data=50.0, damping=0.1)
 

@@ -1,4 +1,4 @@
-"""Tests for trainables.calibration: hand-worked cases, torchmetrics parity, temperature fits."""
+"""Tests for trainables.metrics.calibration: hand-worked cases, torchmetrics parity, temperature fits."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassCalibrationError
 
-from trainables import calibration as cal
-from trainables.calibration import (
+from trainables.metrics import calibration as cal
+from trainables.metrics.calibration import (
     accuracy,
     adaptive_ece,
     bootstrap_ece,

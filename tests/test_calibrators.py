@@ -1,4 +1,4 @@
-"""The post-hoc calibrators of ``study.calibrators`` against netcal's and scikit-learn's on the
+"""The post-hoc calibrators of ``study.analysis.calibrators`` against netcal's and scikit-learn's on the
 same random over-confident logits (netcal is a test-only dependency)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from scipy.special import softmax
 from sklearn.linear_model import LogisticRegression
 
-from study.calibrators import CALIBRATORS, fit_calibrator, log_probs, parse_calibrators
+from study.analysis.calibrators import CALIBRATORS, fit_calibrator, log_probs, parse_calibrators
 
 netcal_scaling = pytest.importorskip("netcal.scaling")
 netcal_binning = pytest.importorskip("netcal.binning")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from study.settings import parse_set
+from study.cli.settings import parse_set
 from tests.conftest import FAST_TIER_ENV
 from trainables.config import ConfigError
 
@@ -35,10 +35,10 @@ def run_study(
 
 
 def study_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``study ARGS`` run by ``study.cli.main`` in this process, in ``cwd``, its output captured:
+    """``study ARGS`` run by ``study.cli.main.main`` in this process, in ``cwd``, its output captured:
     the CLI over the Python API, without a new interpreter (a study stops the local Ray it
     started before it returns)."""
-    from study import cli
+    from study.cli import main as cli
 
     out, err = io.StringIO(), io.StringIO()
     previous = os.getcwd()
@@ -130,7 +130,7 @@ def _train(tmp_path: Path, *args: str) -> tuple[dict[str, float], dict[str, str]
     numbers, the MLflow run's params and everything printed."""
     from mlflow.tracking import MlflowClient
 
-    from study.cli import main
+    from study.cli.main import main
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = io.StringIO()
@@ -184,7 +184,7 @@ def test_study_train_takes_a_spaces_top_level_ood_section(tmp_path):
     import numpy as np
     import scipy.io
 
-    from study.train import train_config
+    from study.api.train import train_config
     from trainables.config import OodSettings, SvhnSettings
 
     svhn = tmp_path / "svhn"

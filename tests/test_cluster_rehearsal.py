@@ -13,8 +13,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from study.cluster_nodes import HEAD, nodes_by_type
-from study.rehearsal import CLUSTER_YAML, FakeCluster, fake_cluster_config, free_port
+from study.runtime.cluster import HEAD, nodes_by_type
+from study.runtime.rehearsal import CLUSTER_YAML, FakeCluster, fake_cluster_config, free_port
 from tests.test_multinode import _rows
 from tests.test_s3 import s3_env  # noqa: F401  (a fixture)
 from tests.test_study import (
@@ -26,9 +26,9 @@ from tests.test_study import (
     wait_until,
     write_space,
 )
-from trainables.data import load_data
-from trainables.evidence import open_evidence
-from trainables.hold import HOLD_ENV
+from trainables.data.datasets import load_data
+from trainables.evaluation.evidence import open_evidence
+from trainables.trial.hold import HOLD_ENV
 
 EPOCHS = 5
 S3_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")

@@ -13,7 +13,7 @@ import scipy.stats
 from optuna.distributions import FloatDistribution
 
 from search_spaces.schema import check_space
-from study.compare import (
+from study.analysis.compare import (
     comparison_tables,
     find_row,
     paired_columns,
@@ -22,7 +22,7 @@ from study.compare import (
     render,
     render_paired,
 )
-from study.trials import SETTINGS_ATTR, STATUS_ATTR
+from study.storage.records import SETTINGS_ATTR, STATUS_ATTR
 
 SPACE = check_space(
     {
@@ -153,7 +153,7 @@ def test_compare_csv_with_a_baseline_is_one_table_pandas_reads(tmp_path, capsys)
     """Issue 22, item 9: one CSV table (the paired columns join the rows), not two in a row."""
     import pandas as pd
 
-    from study.cli import main
+    from study.cli.main import main
 
     storage = _stored_study(tmp_path)
     assert main(["compare", "st", "--storage", storage, "--baseline", "1", "--format", "csv"]) == 0
@@ -173,7 +173,7 @@ def test_latex_output_escapes_the_percent_sign(tmp_path, capsys):
     """Issue 22, item 9: LaTeX reads an unescaped % as a comment to the end of the line."""
     import re
 
-    from study.cli import main
+    from study.cli.main import main
 
     storage = _stored_study(tmp_path)
     assert (
@@ -217,7 +217,7 @@ def test_the_apis_comparison_holds_the_tables_the_command_prints(tmp_path, capsy
     """Issue 22, "the CLI over the API": `Study.compare` returns the tables, the paired table
     and the ensemble notes; the command prints its rendering and nothing else."""
     from study import Study
-    from study.cli import main
+    from study.cli.main import main
 
     storage = _stored_study(tmp_path)
     comparison = Study.load("st", storage).compare(baseline=1)
@@ -334,7 +334,7 @@ def test_rows_trained_without_some_classes_are_paired_with_the_baseline_on_their
 def test_a_study_of_points_shows_every_point_and_a_search_its_best_per_method(monkeypatch):
     """Issue 24, item 5: paper-fashion-mnist's 15 points were cut to the best per method and
     loss, dropping SGD, SAM and CSAM for their held-out-class twins."""
-    import study.compare as compare
+    import study.analysis.compare as compare
 
     monkeypatch.setattr(compare, "MAX_ROWS", 1)
     assert len(compare.configurations(_tasks_study(), TASKS_SPACE)) == 5

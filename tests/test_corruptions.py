@@ -1,4 +1,4 @@
-"""trainables.corruptions against the ``imagecorruptions`` package, and the Fashion-MNIST-C cache."""
+"""trainables.data.corruptions against the ``imagecorruptions`` package, and the Fashion-MNIST-C cache."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainables import corruptions as C
-from trainables.corruptions import CORRUPTIONS, SEVERITY_CONSTANTS, corrupt, corrupt_batch
-from trainables.data import FASHION_MNIST_SYSTEM_DIR, DataError
-from trainables.fashion_mnist_c import (
+from trainables.data import corruptions as C
+from trainables.data.corruptions import CORRUPTIONS, SEVERITY_CONSTANTS, corrupt, corrupt_batch
+from trainables.data.datasets import FASHION_MNIST_SYSTEM_DIR, DataError
+from trainables.data.fashion_mnist_c import (
     LABELS_FILE,
     MANIFEST,
     build_fashion_mnist_c,

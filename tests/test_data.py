@@ -12,7 +12,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from trainables.data import (
+from trainables.data.datasets import (
     DATASETS,
     FASHION_MNIST_SYSTEM_DIR,
     Data,
@@ -291,7 +291,7 @@ def test_data_seed_shares_the_splits_across_seeds_and_leaves_training_to_the_see
     tmp_path: Path,
 ) -> None:
     from trainables.config import parse_config
-    from trainables.loop import Trainer
+    from trainables.engine.loop import Trainer
 
     root = str(write_fashion(tmp_path, n_train=60))
     fixed = dict(
@@ -396,7 +396,7 @@ def test_missing_root_names_the_path(tmp_path: Path, name: str) -> None:
 
 
 def test_default_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("trainables.data.FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr("trainables.data.datasets.FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("SHARPCAL_DATA", str(tmp_path / "shared"))
     with pytest.raises(DataError) as err:
@@ -418,7 +418,7 @@ def test_download_only_fetches_missing_files(
         fetched.append(name)
         return write_svhn(Path(root))
 
-    monkeypatch.setattr("trainables.data.download_dataset", fake_download)
+    monkeypatch.setattr("trainables.data.datasets.download_dataset", fake_download)
     root = str(tmp_path / "svhn")
     assert load_data("svhn", root=root, download=True).split_size("test") == 10
     assert load_data("svhn", root=root, download=True).split_size("test") == 10

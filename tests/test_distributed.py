@@ -15,13 +15,13 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from search_spaces import SpaceError
 from search_spaces.schema import check_space
-from study.tuner import loopback_only
+from study.runtime.tuner import loopback_only
 from tests.conftest import DIGITS_FAST
 from tests.test_cli import run_study
 from tests.test_study import DIGITS, optuna_study, run_and_kill_while_held, write_space
 from trainables.config import parse_config
-from trainables.distributed import DataParallel
-from trainables.loop import Trainer
+from trainables.engine.distributed import DataParallel
+from trainables.engine.loop import Trainer
 
 pytestmark = pytest.mark.slow  # Ray Train workers
 

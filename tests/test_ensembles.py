@@ -15,10 +15,10 @@ import torch
 from optuna.distributions import FloatDistribution
 
 from search_spaces.schema import check_space
-from study.compare import comparison_tables, render
-from study.ensembles import Ensemble, ensembles, with_ensembles
-from study.trials import SETTINGS_ATTR, STATUS_ATTR, TRIAL_ID_ATTR
-from trainables.evidence import evidence_table, write_evidence
+from study.analysis.compare import comparison_tables, render
+from study.analysis.ensembles import Ensemble, ensembles, with_ensembles
+from study.storage.records import SETTINGS_ATTR, STATUS_ATTR, TRIAL_ID_ATTR
+from trainables.evaluation.evidence import evidence_table, write_evidence
 
 SPACE = check_space(
     {
@@ -86,7 +86,7 @@ def _frame(root: str, trial_id: str, split: str) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class HandEnsemble:
-    """Members' stored rows averaged in NumPy, by the rule ``study.stored`` states: the float16
+    """Members' stored rows averaged in NumPy, by the rule ``study.storage.evidence`` states: the float16
     vectors renormalised and averaged; where every member predicts the same class, that class;
     the mean of their float32 ``true_prob``."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from search_spaces.schema import check_space
-from study.events import TrialEvents
+from study.runtime.events import TrialEvents
 
 SPACE = check_space(
     {

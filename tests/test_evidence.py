@@ -14,14 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from trainables import calibration
-from trainables.evidence import (
+from trainables.evaluation.evidence import (
     SCHEMA_KEY,
     SCHEMA_VERSION,
     evidence_table,
     open_evidence,
     write_evidence,
 )
+from trainables.metrics import calibration
 
 
 def _logits(n: int = 200, k: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +117,7 @@ def test_a_writer_killed_mid_write_leaves_no_partial_rows(tmp_path):
     )
     script = textwrap.dedent(f"""
         import os, signal, pyarrow.parquet as pq, torch
-        from trainables.evidence import evidence_table, write_evidence
+        from trainables.evaluation.evidence import evidence_table, write_evidence
         real = pq.write_table
         def write_then_die(table, out, **kw):
             out.write(b"PAR1 half a file")

@@ -28,8 +28,8 @@ import pytest
 import torch
 
 from trainables.config import TrainConfig, parse_config
-from trainables.data import Data, DatasetInfo, InMemoryData
-from trainables.loop import Trainer
+from trainables.data.datasets import Data, DatasetInfo, InMemoryData
+from trainables.engine.loop import Trainer
 
 CPU_STEPS = 40
 CPU_BATCH = 32

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import fill_disk, mount_tmpfs
 from tests.test_study import held_trial, hold_env, release_hold, wait_until, write_space
-from trainables.hold import DRIVER_HOLD_ENV, HOLD_ENV
+from trainables.trial.hold import DRIVER_HOLD_ENV, HOLD_ENV
 
 pytestmark = pytest.mark.slow
 

@@ -17,10 +17,10 @@ import torch
 import yaml
 
 from search_spaces.schema import check_space
-from study.cli import main
-from study.lock import StudyLock, StudyLocked
+from study.cli.main import main
+from study.storage.lock import StudyLock, StudyLocked
 from tests.conftest import fill_disk, mount_tmpfs
-from trainables.evidence import evidence_table, write_evidence
+from trainables.evaluation.evidence import evidence_table, write_evidence
 from trainables.layout import evidence_uri, study_paths
 
 NAME = "fs"
@@ -330,7 +330,7 @@ def test_resume_refuses_tune_state_owned_by_another_user(storage, capsys):
 
 
 def test_check_restorable_refuses_a_foreign_tune_directory(storage):
-    from study.storage import StudyFilesError, check_restorable
+    from study.storage.files import StudyFilesError, check_restorable
 
     paths = study_paths(NAME, str(storage))
     tune = Path(paths.tune)
@@ -392,11 +392,11 @@ def test_a_full_disk_is_one_line_before_work(pristine, mount_dir, capsys):
 def test_a_disk_filling_up_while_the_report_is_written_is_one_line(
     pristine, mount_dir, capsys, monkeypatch
 ):
-    import study.storage
+    import study.storage.files
 
     mount_tmpfs(mount_dir, "size=2m")
     shutil.copytree(pristine, mount_dir / "studies")
     fill_disk(mount_dir, 4096)
-    monkeypatch.setattr(study.storage, "MIN_FREE_BYTES", 0)  # past the check before work
+    monkeypatch.setattr(study.storage.files, "MIN_FREE_BYTES", 0)  # past the check before work
     line = _refused(capsys, "report", NAME, "--storage", str(mount_dir / "studies"))
     assert "No space left on device" in line and f"study report {NAME}" in line

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from search_spaces.schema import Space
-from study.cli import main
+from study.cli.main import main
 from trainables.config import TrainConfig
 
 BASE = {"dataset": "digits", "train_subset": None, "model": "cnn", "device": "cpu", "epochs": 1}

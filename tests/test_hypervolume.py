@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pymoo.indicators.hv import HV
 
-from study.hypervolume import hypervolume, reference_point
+from study.analysis.hypervolume import hypervolume, reference_point
 
 
 def test_hand_values():

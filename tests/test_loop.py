@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 
-from trainables import calibration
 from trainables.config import parse_config
-from trainables.loop import Trainer, load_checkpoint, save_checkpoint
+from trainables.engine.loop import Trainer, load_checkpoint, save_checkpoint
+from trainables.metrics import calibration
 
 
 class _Interrupt(Exception):

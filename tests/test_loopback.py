@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from study.tuner import LOOPBACK, init_ray, is_loopback_address
+from study.runtime.tuner import LOOPBACK, init_ray, is_loopback_address
 
 
 @pytest.mark.slow

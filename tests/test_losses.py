@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.losses import (
+from trainables.losses.common import (
     build_loss,
     cross_entropy,
     csam_loss,

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from study import Study
-from study.front import best_trials
-from study.model_registry import MODEL_URI_TAG
-from trainables.evidence import MAX_PROBS_CLASSES
+from study.analysis.front import best_trials
+from study.tracking.model_registry import MODEL_URI_TAG
+from trainables.evaluation.evidence import MAX_PROBS_CLASSES
 
 CLASSES = 1000
 

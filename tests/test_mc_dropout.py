@@ -10,9 +10,9 @@ from torch import nn
 
 from tests.test_loop import untimed
 from trainables.config import ConfigError, parse_config
-from trainables.loop import Trainer
-from trainables.models import build_model, model_names
-from trainables.passes import DROPOUT, dropout_mask, pass_generator
+from trainables.engine.loop import Trainer
+from trainables.evaluation.passes import DROPOUT, dropout_mask, pass_generator
+from trainables.models.zoo import build_model, model_names
 
 
 @pytest.mark.parametrize("name", [*model_names(), "timm:resnet10t"])

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.losses import cross_entropy
-from trainables.mimo import Mimo, mimo_batch, mimo_indices, mimo_loss
-from trainables.models import build_model
+from trainables.losses.common import cross_entropy
+from trainables.models.mimo import Mimo, mimo_batch, mimo_indices, mimo_loss
+from trainables.models.zoo import build_model
 
 
 def _linear_mimo(weight: torch.Tensor) -> Mimo:

@@ -1,4 +1,4 @@
-"""Issue 23, item 2: MO-ASHA's rung decisions on hand-made results (``study.moasha``, no Ray)."""
+"""Issue 23, item 2: MO-ASHA's rung decisions on hand-made results (``study.search.rungs``, no Ray)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from study.moasha import (
+from study.search.rungs import (
     RungLadder,
     crowding_order,
     eps_net_order,

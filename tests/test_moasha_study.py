@@ -12,9 +12,9 @@ import pytest
 from optuna.trial import TrialState
 
 from search_spaces.schema import check_space
-from study.moasha import RungLadder
-from study.search import PRUNED_VALUES_ATTR, _next_repeat
-from study.trials import REPEAT_OF_ATTR, RUNGS_ATTR, SETTINGS_ATTR, TRIAL_ID_ATTR
+from study.search.rungs import RungLadder
+from study.search.searcher import PRUNED_VALUES_ATTR, _next_repeat
+from study.storage.records import REPEAT_OF_ATTR, RUNGS_ATTR, SETTINGS_ATTR, TRIAL_ID_ATTR
 from tests.test_cli import run_study
 from tests.test_study import (
     DIGITS,

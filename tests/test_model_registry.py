@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import DIGITS_FAST
 from trainables.config import parse_config
-from trainables.loop import Trainer
+from trainables.engine.loop import Trainer
 
 # the five kinds of model the registry serves, small: digits, one epoch
 KINDS: dict[str, dict[str, Any]] = {
@@ -61,7 +61,7 @@ def test_a_prediction_does_not_depend_on_its_batch(trained, kind):
 def test_the_registered_model_returns_the_trials_probabilities_for_any_batch(trained, kind):
     from torch.export import Dim
 
-    from study.model_registry import calibrated_model
+    from study.tracking.model_registry import calibrated_model
 
     trainer = trained[kind]
     logits, _ = trainer.predict("test")
@@ -80,7 +80,7 @@ def test_a_diverged_trial_is_never_chosen_for_the_registry():
     import optuna
 
     from search_spaces.schema import check_space
-    from study.model_registry import DivergedTrial, choose_trial
+    from study.tracking.model_registry import DivergedTrial, choose_trial
 
     space = check_space({"fixed": DIGITS_FAST, "points": [{"method": "sgd"}]}, "test")
     study = optuna.create_study(directions=["maximize", "minimize"])

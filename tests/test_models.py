@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.models import MODELS, ModelError, build_model, model_names, register_model
+from trainables.models.zoo import MODELS, ModelError, build_model, model_names, register_model
 
 # (name, in_channels, image_size) for each registered model, kept small for the CPU.
 CASES = [

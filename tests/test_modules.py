@@ -84,19 +84,19 @@ def top_level_closure(start: str) -> set[str]:
 
 
 def test_the_layout_and_the_lock_need_neither_torch_nor_ray():
-    for start in ("trainables.layout", "study.lock"):
+    for start in ("trainables.layout", "study.storage.lock"):
         seen = top_level_closure(start)
         assert not seen & {"torch", "ray", "pydantic"}, (start, sorted(seen))
 
 
 def test_the_readers_of_a_study_need_no_ray():
     for start in (
-        "study.status",
-        "study.front",
-        "study.compare",
-        "study.report",
-        "study.trials",
-        "study.stored",
-        "study.storage",
+        "study.api.status",
+        "study.analysis.front",
+        "study.analysis.compare",
+        "study.report.writer",
+        "study.storage.records",
+        "study.storage.evidence",
+        "study.storage.files",
     ):
         assert "ray" not in top_level_closure(start), start

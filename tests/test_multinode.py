@@ -22,10 +22,10 @@ from tests.test_study import (
     wait_until,
     write_space,
 )
-from trainables.data import load_data
-from trainables.evidence import open_evidence
-from trainables.hold import HOLD_ENV
+from trainables.data.datasets import load_data
+from trainables.evaluation.evidence import open_evidence
 from trainables.layout import resolve_fs
+from trainables.trial.hold import HOLD_ENV
 
 pytestmark = pytest.mark.slow
 

@@ -13,11 +13,11 @@ from torchmetrics.classification import MulticlassCalibrationError
 
 from search_spaces import SpaceError
 from search_spaces.schema import check_space
-from study.compare import rank_score
-from study.front import front_rows
+from study.analysis.compare import rank_score
+from study.analysis.front import front_rows
 from tests.test_study import DIGITS, PARETO_SEARCH, api_study  # noqa: F401  (a fixture)
-from trainables import calibration
-from trainables.trial_outputs import objective_value
+from trainables.metrics import calibration
+from trainables.trial.outputs import objective_value
 
 
 def _space(**objective) -> dict:
@@ -151,7 +151,7 @@ def test_a_three_metric_pareto_study_on_smooth_and_cross_fitted_ece_runs_and_rep
 
 
 def test_compare_shows_every_objective_metric():
-    from study.compare import CALIBRATION_COLUMNS, calibration_columns
+    from study.analysis.compare import CALIBRATION_COLUMNS, calibration_columns
 
     space = check_space(
         _space(metrics=["val_accuracy", "val_classwise_ece", "train_seconds"]), "s.yaml"

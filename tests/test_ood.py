@@ -16,7 +16,6 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from tests.test_data import write_cifar10, write_image_folder
-from trainables import calibration
 from trainables.config import (
     OOD_SPLITS,
     ConfigError,
@@ -26,10 +25,10 @@ from trainables.config import (
     ood_section_key,
     parse_config,
 )
-from trainables.data import DATASET_INFO, DataError, DatasetInfo
-from trainables.evidence import SCHEMA_KEY, evidence_table, open_evidence, write_evidence
-from trainables.loop import EpochRecord, Trainer
-from trainables.ood import (
+from trainables.data.datasets import DATASET_INFO, DataError, DatasetInfo
+from trainables.engine.loop import EpochRecord, Trainer
+from trainables.evaluation.evidence import SCHEMA_KEY, evidence_table, open_evidence, write_evidence
+from trainables.evaluation.ood import (
     auroc,
     check_ood,
     check_ood_config,
@@ -37,7 +36,8 @@ from trainables.ood import (
     max_softmax,
     ood_metric_names,
 )
-from trainables.trial_outputs import TrialContext, epoch_metrics, run_ood
+from trainables.metrics import calibration
+from trainables.trial.outputs import TrialContext, epoch_metrics, run_ood
 
 PER_SEVERITY = 6  # CIFAR-C images per severity
 CORRUPTIONS = ("fog", "gaussian_noise")

@@ -14,10 +14,10 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from trainables.config import ConfigError, parse_config
-from trainables.data import DataError, load_data, read_test_images
-from trainables.evidence import open_evidence
-from trainables.loop import EpochRecord, Trainer
-from trainables.ood import (
+from trainables.data.datasets import DataError, load_data, read_test_images
+from trainables.engine.loop import EpochRecord, Trainer
+from trainables.evaluation.evidence import open_evidence
+from trainables.evaluation.ood import (
     DETECTION_METRICS,
     aupr,
     auroc,
@@ -27,7 +27,7 @@ from trainables.ood import (
     negative_entropy,
     ood_metric_names,
 )
-from trainables.trial_outputs import TrialContext, epoch_metrics, run_ood
+from trainables.trial.outputs import TrialContext, epoch_metrics, run_ood
 
 HELD_OUT = (3, 7)  # dress and sneaker
 
@@ -174,11 +174,11 @@ def test_a_changed_fashion_mnist_c_file_is_refused_before_any_work(tmp_path, cap
     printed a 12-frame traceback; `study run` refused it only after each trial had trained."""
     import yaml
 
-    from study.cli import main
+    from study.cli.main import main
     from trainables.config import CorruptionSettings
-    from trainables.corruptions import CORRUPTIONS
-    from trainables.fashion_mnist_c import build_fashion_mnist_c
-    from trainables.ood import SUBSET_SEED, fashion_mnist_c_dir, subset_indices
+    from trainables.data.corruptions import CORRUPTIONS
+    from trainables.data.fashion_mnist_c import build_fashion_mnist_c
+    from trainables.evaluation.ood import SUBSET_SEED, fashion_mnist_c_dir, subset_indices
 
     section = {"root": str(tmp_path / "fmnist-c"), "subset_per_severity": 5}
     x, y = read_test_images("fashion_mnist")  # generated as a trial generates it

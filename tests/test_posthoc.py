@@ -13,12 +13,12 @@ import torch
 from optuna.distributions import FloatDistribution
 
 from search_spaces.schema import check_space
-from study.arguments import InputError, calibrators_arg
-from study.calibrators import fit_calibrator
-from study.compare import Comparison, comparison_tables, paired_table, render_paired
-from study.posthoc import calibrated_tables
-from study.trials import SETTINGS_ATTR, STATUS_ATTR, TRIAL_ID_ATTR
-from trainables.evidence import evidence_table, write_evidence
+from study.analysis.calibrators import fit_calibrator
+from study.analysis.compare import Comparison, comparison_tables, paired_table, render_paired
+from study.analysis.posthoc import calibrated_tables
+from study.api.arguments import InputError, calibrators_arg
+from study.storage.records import SETTINGS_ATTR, STATUS_ATTR, TRIAL_ID_ATTR
+from trainables.evaluation.evidence import evidence_table, write_evidence
 
 SPACE = check_space(
     {
@@ -221,7 +221,7 @@ def test_unknown_calibrators_are_refused_in_one_line():
 def test_the_report_section_pairs_after_each_calibrator_and_draws_ece_against_severity(
     tmp_path,
 ):
-    from study.report_posthoc import posthoc_section, severity_curve
+    from study.report.sections.posthoc import posthoc_section, severity_curve
 
     root = str(tmp_path / "p" / "evidence")
     study = _study(root)

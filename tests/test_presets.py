@@ -1,5 +1,5 @@
 """Presets, repeats, rerun and compare on real studies (local Ray, Optuna, MLflow on sqlite), run
-by the CLI in-process (``study.cli.main`` over the Python API)."""
+by the CLI in-process (``study.cli.main.main`` over the Python API)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.rank1 import Rank1Conv2d, Rank1Factor, Rank1Spec, rank1_linear
+from trainables.models.rank1 import Rank1Conv2d, Rank1Factor, Rank1Spec, rank1_linear
 
 SPEC = Rank1Spec(members=2)
 
@@ -88,7 +88,7 @@ def test_the_cauchy_kl_is_a_one_draw_estimate_that_vanishes_at_the_prior():
 
 
 def test_evaluation_averages_the_members_softmax():
-    from trainables.rank1 import Rank1Ensemble
+    from trainables.models.rank1 import Rank1Ensemble
 
     linear = nn.Linear(2, 2, bias=False)
     with torch.no_grad():
@@ -108,8 +108,8 @@ def test_evaluation_averages_the_members_softmax():
 
 def test_the_factors_have_no_weight_decay_and_everything_else_keeps_it(digits_settings):
     from trainables.config import parse_config
-    from trainables.loop import Trainer
-    from trainables.rank1 import Rank1Factor
+    from trainables.engine.loop import Trainer
+    from trainables.models.rank1 import Rank1Factor
 
     for method in ("sgd", "sam"):
         cfg = parse_config({**digits_settings, "method": method, "rank1": 2, "weight_decay": 5e-4})

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from search_spaces.schema import check_space
-from study.cli import _parser
+from study.cli.main import _parser
 from trainables.config import TrainConfig
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -109,8 +109,8 @@ def test_every_python_snippet_parses_and_the_api_example_names_what_exists():
     import ast
 
     from study import Study
-    from study.compare import Comparison
-    from study.train import TrainResult, train  # noqa: F401 - the example imports it
+    from study.analysis.compare import Comparison
+    from study.api.train import TrainResult, train  # noqa: F401 - the example imports it
 
     for snippet in fenced("python"):
         ast.parse(snippet)

@@ -1,5 +1,5 @@
 """The regime map reads SGD's fitted temperature as a verdict only where the fit did not stop on
-a bound (``trainables.calibration.temperature_at_bound``)."""
+a bound (``trainables.metrics.calibration.temperature_at_bound``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import optuna
 import pytest
 
 from search_spaces.schema import check_space
-from study.compare import grouped
-from study.regimes import draw_regime_map, regime_text, regimes
+from study.analysis.compare import grouped
+from study.analysis.regimes import draw_regime_map, regime_text, regimes
 
 FIXED = {
     "dataset": "digits",

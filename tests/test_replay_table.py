@@ -13,7 +13,7 @@ import pytest
 from search_spaces.schema import load_space
 from tests.test_study import api_study  # noqa: F401  (a fixture)
 from trainables.config import parse_config
-from trainables.loop import Trainer
+from trainables.engine.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

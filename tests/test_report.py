@@ -20,13 +20,13 @@ from optuna.trial import TrialState
 
 from search_spaces.schema import check_space
 from study import Study
-from study.front import best_trials, load_optuna_study
-from study.report import StudyView, compute_importances, log_report, rank_score, write_report
-from study.storage import load_study_space, load_tracking
+from study.analysis.front import best_trials, load_optuna_study
+from study.report.writer import StudyView, compute_importances, log_report, rank_score, write_report
+from study.storage.files import load_study_space, load_tracking
 from tests.test_ensembles import HandEnsemble, numpy_ece
-from trainables import calibration
-from trainables.evidence import evidence_table, write_evidence
+from trainables.evaluation.evidence import evidence_table, write_evidence
 from trainables.layout import StudyPaths, evidence_uri, study_paths
+from trainables.metrics import calibration
 
 NAME = "rep"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

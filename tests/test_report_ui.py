@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from study import Study
-from study.front import best_trials
+from study.analysis.front import best_trials
 from tests.test_study import DIGITS
 from tests.test_tracking import mlflow_server
 

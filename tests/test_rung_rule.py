@@ -25,9 +25,9 @@ from optuna.trial import TrialState
 
 from search_spaces import SpaceError
 from search_spaces.schema import check_space
-from study.cli import main
-from study.moasha import MAX_RUNGS, RungLadder, rung_milestones
-from study.trials import RUNGS_ATTR
+from study.cli.main import main
+from study.search.rungs import MAX_RUNGS, RungLadder, rung_milestones
+from study.storage.records import RUNGS_ATTR
 from tests.test_study import (
     DIGITS,
     held_trial,

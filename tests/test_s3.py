@@ -24,8 +24,8 @@ from tests.test_study import (
     write_space,
 )
 from tests.test_tracking import free_port
-from trainables.data import load_data
-from trainables.evidence import open_evidence
+from trainables.data.datasets import load_data
+from trainables.evaluation.evidence import open_evidence
 
 pytestmark = pytest.mark.slow
 

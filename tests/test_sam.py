@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.loop import sam_param_groups
-from trainables.sam import SAM, frozen_batchnorm_stats
+from trainables.engine.loop import sam_param_groups
+from trainables.methods.sam import SAM, frozen_batchnorm_stats
 
 
 def _tiny_problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

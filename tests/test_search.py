@@ -11,8 +11,8 @@ import pytest
 from optuna.trial import TrialState
 
 from search_spaces.schema import check_space
-from study.search import StudySearch
-from study.trials import REPEAT_OF_ATTR, STATUS_ATTR, TRIAL_ID_ATTR
+from study.search.searcher import StudySearch
+from study.storage.records import REPEAT_OF_ATTR, STATUS_ATTR, TRIAL_ID_ATTR
 from tests.conftest import DIGITS_FAST
 
 EPOCHS = DIGITS_FAST["epochs"]

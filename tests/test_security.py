@@ -15,7 +15,7 @@ import pytest
 import ray
 import yaml
 
-from study.cli import main
+from study.cli.main import main
 from tests.test_cli import run_study
 from tests.test_data import write_crafted_cifar10
 from tests.test_study import DIGITS
@@ -321,7 +321,7 @@ def test_a_failed_write_keeps_the_previous_file_and_directory(tmp_path):
 
 
 def test_a_second_lock_names_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path):
-    from study.lock import StudyLock, StudyLocked
+    from study.storage.lock import StudyLock, StudyLocked
 
     with StudyLock(tmp_path, "s"), pytest.raises(StudyLocked, match=rf"pid {os.getpid()} on "):
         StudyLock(tmp_path, "s").acquire()

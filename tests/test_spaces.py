@@ -10,7 +10,7 @@ import yaml
 
 from search_spaces import BUNDLED_DIR, SpaceError, bundled_names
 from search_spaces.schema import check_space, load_space, reachable_combinations
-from study.trials import SpaceSampler
+from study.storage.records import SpaceSampler
 from tests.test_cli import run_study
 
 BUNDLED = ("default", "cifar10-resnet18", "cifar100-wrn28-10", "imagenet-resnet50")
@@ -120,7 +120,7 @@ def test_fashion_mnist_presets_train_in_the_regime_they_claim():
 
 
 def test_regime_map_trains_sgd_sam_and_csam_in_every_budget_with_three_seeds():
-    from study.regimes import METHOD_KEYS
+    from study.analysis.regimes import METHOD_KEYS
 
     space = load_space("regime-map-fashion-mnist")
     budgets: dict[tuple, set[str]] = {}
@@ -300,7 +300,7 @@ def test_set_ood_null_skips_a_presets_top_level_ood_section():
 
 def test_spaces_validate_checks_the_ood_files_as_run_does(tmp_path, capsys):
     """Issue 17, item 6: a space whose OOD files are missing is not called valid."""
-    from study.cli import main
+    from study.cli.main import main
 
     path = tmp_path / "ood.yaml"
     nowhere = tmp_path / "nowhere"
@@ -319,7 +319,7 @@ def test_spaces_validate_checks_the_ood_files_as_run_does(tmp_path, capsys):
 
 def test_a_yaml_syntax_error_keeps_pyyamls_line_and_column(tmp_path, capsys):
     """Issue 22, item 9: ``FILE:LINE:COL: problem``, as PyYAML marks it (1-based)."""
-    from study.cli import main
+    from study.cli.main import main
 
     path = tmp_path / "broken.yaml"
     path.write_text("fixed:\n  epochs: 1\n  lr: 0.1: 2\n")
@@ -330,7 +330,7 @@ def test_a_yaml_syntax_error_keeps_pyyamls_line_and_column(tmp_path, capsys):
 
 def test_a_bad_set_is_blamed_on_the_set_not_the_space_file(capsys):
     """Issue 22, item 9: the bundled file is fine; ``--set rho=-1`` is what is wrong."""
-    from study.cli import main
+    from study.cli.main import main
 
     assert main(["run", "default", "--dry-run", "--set", "rho=-1"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
@@ -344,7 +344,7 @@ def test_a_bad_set_is_blamed_on_the_set_not_the_space_file(capsys):
 
 def test_a_set_of_a_searched_key_says_it_leaves_the_search(capsys, tmp_path):
     """Issue 22, item 9: ``--set lr=0.1`` fixes lr, which the space searched: say so."""
-    from study.cli import main
+    from study.cli.main import main
 
     argv = ["run", "default", "--dry-run", "--storage", str(tmp_path / "st")]
     assert main([*argv, "--set", "lr=0.1", "--set", "epochs=2"]) == 0
@@ -357,7 +357,7 @@ def test_a_set_of_a_searched_key_says_it_leaves_the_search(capsys, tmp_path):
 def test_the_saved_space_has_no_null_keys_and_says_what_was_overridden(tmp_path):
     """Issue 22, item 9: the resolved space.yaml: no schema ``null`` keys (a setting's null
     stays), and a description that --set made false is marked."""
-    from study.storage import prepare_study
+    from study.storage.files import prepare_study
     from trainables.layout import study_paths
 
     space = load_space("default", {"epochs": 1, "train_subset": None, "samples": 2})
@@ -383,7 +383,7 @@ def test_the_saved_space_has_no_null_keys_and_says_what_was_overridden(tmp_path)
 
 def test_validate_reports_the_schema_and_missing_data_on_separate_lines(capsys, monkeypatch):
     """Issue 22, item 9: a bundled preset whose data are absent is not a schema error."""
-    from study.cli import main
+    from study.cli.main import main
 
     monkeypatch.setenv("HOME", "/nonexistent-home")
     assert main(["spaces", "validate", "paper-imagenet-resnet50"]) == 2
@@ -412,7 +412,7 @@ def test_validate_reports_the_schema_and_missing_data_on_separate_lines(capsys, 
 )
 def test_counts_are_singular_or_plural_as_english_has_them(tmp_path, capsys, study, expected):
     """Issue 22, item 9: "1 configurations"."""
-    from study.cli import main
+    from study.cli.main import main
 
     path = tmp_path / "one.yaml"
     path.write_text(yaml.safe_dump({"fixed": {"dataset": "digits"}, **study}))

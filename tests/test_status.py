@@ -14,10 +14,10 @@ from optuna.trial import TrialState
 
 from search_spaces.schema import check_space
 from study import Study, StudyInputError
-from study.cli import main
-from study.lock import StudyLock
-from study.status import STATES
-from study.trials import STATUS_ATTR, name_objectives
+from study.api.status import STATES
+from study.cli.main import main
+from study.storage.lock import StudyLock
+from study.storage.records import STATUS_ATTR, name_objectives
 from trainables.layout import study_paths
 
 SPACE = {
@@ -156,7 +156,7 @@ def test_rerun_refuses_a_study_still_running_or_unfinished(tmp_path):
 PRIVATE_RAY = """
 import sys
 import ray
-from study.tuner import init_ray
+from study.runtime.tuner import init_ray
 init_ray(None, num_cpus=1)
 print("up", flush=True)
 sys.stdin.read()

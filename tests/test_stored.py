@@ -1,4 +1,4 @@
-"""``study.stored``, the one reader of stored evidence: each metric from its exact float32 column,
+"""``study.storage.evidence``, the one reader of stored evidence: each metric from its exact float32 column,
 the float16 vectors only where they are needed, and a floor float16 can hold; no Ray."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from study.stored import (
+from study.storage.evidence import (
     NO_PROBS,
     PROB_FLOOR,
     NoProbabilities,
@@ -20,8 +20,8 @@ from study.stored import (
     same_samples,
     split_metrics,
 )
-from trainables import calibration
-from trainables.evidence import MAX_PROBS_CLASSES, evidence_table, write_evidence
+from trainables.evaluation.evidence import MAX_PROBS_CLASSES, evidence_table, write_evidence
+from trainables.metrics import calibration
 
 
 def _write(root: str, trial_id: str, classes: int, scale: float = 4.0) -> dict[str, float]:

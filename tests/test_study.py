@@ -23,8 +23,8 @@ from optuna.trial import TrialState
 
 from study import Study
 from tests.test_cli import run_study
-from trainables.hold import HELD_FILE, HOLD_ENV, RELEASE_FILE
 from trainables.layout import resolve_fs
+from trainables.trial.hold import HELD_FILE, HOLD_ENV, RELEASE_FILE
 
 TUNE_STATE_PREFIXES = ("experiment_state-", "searcher-state-", "search_gen_state-")
 
@@ -373,7 +373,7 @@ def test_study_killed_with_sigkill_resumes_to_exactly_n_trials(tmp_path):
 
 
 def test_trials_left_running_by_a_killed_driver_are_failed_once_the_study_is_over():
-    from study.trials import fail_orphans
+    from study.storage.records import fail_orphans
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     done = study.ask()

@@ -30,9 +30,9 @@ from tests.test_study import (
     wait_until,
     write_space,
 )
-from trainables import calibration
-from trainables.data import dataset_source, load_data
-from trainables.evidence import open_evidence
+from trainables.data.datasets import dataset_source, load_data
+from trainables.evaluation.evidence import open_evidence
+from trainables.metrics import calibration
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from types import ModuleType
 
-import study.tracking
+import study.tracking.runs
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false"]
 
@@ -18,7 +18,7 @@ def _tracking_at(directory: Path) -> ModuleType:
     ``git_commit`` looks where that copy lives, as sharpcal's does where it is installed."""
     (directory / "study").mkdir(parents=True)
     copy = directory / "study" / "tracking.py"
-    shutil.copy(study.tracking.__file__, copy)
+    shutil.copy(study.tracking.runs.__file__, copy)
     spec = importlib.util.spec_from_file_location(f"tracking_copy_{directory.name}", copy)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

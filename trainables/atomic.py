@@ -3,7 +3,7 @@
 Each write goes to a hidden temporary file in the target's directory, is flushed to disk and then
 renamed over the target (``os.replace`` is atomic on POSIX). A crash, a kill or a full disk mid-write
 leaves the previous version in place and, at worst, a ``.tmp-*`` file that nothing reads.
-(Object storage writes go through ``trainables.evidence``, where an upload appears whole.)
+(Object storage writes go through ``trainables.evaluation.evidence``, where an upload appears whole.)
 """
 
 from __future__ import annotations

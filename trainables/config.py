@@ -7,9 +7,9 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.data import check_dataset_name
+from trainables.data.datasets import check_dataset_name
 from trainables.messages import first_problem, shown, uri_credentials
-from trainables.models import MODELS, check_model_name
+from trainables.models.zoo import MODELS, check_model_name
 
 Method = Literal["sgd", "sam", "asam", "csam", "bsam"]
 MAX_IMAGES = 1_000_000_000  # upper bound of any image count: beyond it a value cannot be meant
@@ -62,7 +62,7 @@ class SvhnSettings(BaseModel):
 class DigitsSettings(BaseModel):
     """scikit-learn's digits as far-OOD data for a 1-channel 28x28 model (Fashion-MNIST): the
     8x8 images scaled to 0..255, resized to 20x20 and centred in 28x28 as MNIST's digits are
-    (``trainables.ood.digits_images``). Both store the background as 0 (black), so no inversion
+    (``trainables.evaluation.ood.digits_images``). Both store the background as 0 (black), so no inversion
     is needed."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -1,0 +1,255 @@
+"""Build, run and resume a study: a Ray Tune ``Tuner`` searching with Optuna, on a Ray it joins
+or starts. The study's own files are ``study.storage.files``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from search_spaces import SpaceError
+from search_spaces.schema import Space
+from study.storage.files import check_resumable
+from trainables.layout import TUNE_DIR, StudyPaths, join
+
+# The experiment state is what `study resume` continues from: write it often (it is small).
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+# Each epoch's checkpoint forces a (small) state snapshot on purpose; Tune warns about that.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+LOOPBACK = "127.0.0.1"
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+DRIVER_MEMORY = 256 * 1024**2  # what a multi-worker trial's own process reserves
+
+
+# What Tune copies from the driver's environment into every trial's runtime environment, which
+# Ray's runtime-env agent then logs in plain text: not done (see ``keep_credentials_off_workers``).
+PROPAGATED_CREDENTIALS = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN",
+)  # fmt: skip
+
+
+def keep_credentials_off_workers() -> None:
+    """Stop Tune from copying the driver's ``AWS_*`` credentials into each trial's runtime
+    environment: Ray's runtime-env agent writes that environment, secrets included, to a log
+    that every user of the machine can read. A private local Ray's workers inherit the driver's
+    environment anyway, and a cluster's nodes reach object storage through their own role
+    (cluster.yaml's instance profile, the KubeRay service account)."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(PROPAGATED_CREDENTIALS)
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Join the cluster at ``address`` (e.g. ``auto``), or start a private local Ray whose
+    temporary directory (sockets, logs, spilled objects) only this user can enter."""
+    import ray
+
+    keep_credentials_off_workers()
+    if ray.is_initialized():
+        return
+    common: dict[str, Any] = dict(
+        include_dashboard=False, log_to_driver=True, configure_logging=False
+    )
+    if address and is_loopback_address(address):
+        # A cluster on loopback (its nodes started with --node-ip-address 127.0.0.1): this
+        # driver must take the loopback address too, or it waits for a raylet on the
+        # machine's own address that never comes.
+        with loopback_only():
+            ray.init(address=address, **common)
+    elif address:
+        ray.init(address=address, **common)
+    else:
+        from study.runtime.ray_temp import private_ray_temp_dir
+
+        with loopback_only():
+            ray.init(
+                address="local",
+                num_cpus=num_cpus or os.cpu_count(),
+                _temp_dir=str(private_ray_temp_dir()),
+                **common,
+            )
+
+
+def is_loopback_address(address: str) -> bool:
+    """Whether a Ray address (``HOST:PORT``, possibly with a scheme) names this machine's
+    loopback interface."""
+    import ipaddress
+
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """A private local Ray started inside the block listens on loopback only.
+
+    On Linux Ray gives its node this machine's own address, and ``ray.init(_node_ip_address=
+    "127.0.0.1")`` is turned back into it (``resolve_ip_for_localhost``); Ray's single-machine
+    switch, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (what it uses on macOS and Windows), gives it
+    the loopback address instead. Set for the start only: the processes Ray starts inherit it, and
+    once a node runs Ray reads the address from the node, not the switch.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    saved_env = os.environ.get(SINGLE_MACHINE_ENV)
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = saved_env
+
+
+def _trainable(space: Space, name: str, paths: StudyPaths) -> Any:
+    from ray import tune
+
+    from trainables.trial.outputs import TrialContext
+    from trainables.trial.trainable import train_trial
+
+    weight = space.objective.weight if space.objective.type == "weighted" else None
+    ctx = TrialContext(
+        study=name,
+        objective_weight=weight,
+        cpus_per_trial=space.resources.cpu,
+        study_uri=paths.data_uri,
+        evidence=space.evidence,
+        workers=space.resources.workers,
+        gpus_per_worker=space.resources.gpu,
+        objective_metrics=space.objective.metrics,
+    )
+    resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
+    if space.resources.workers > 1:
+        # The trial only drives its Ray Train workers, which hold the CPUs and GPUs; Ray needs
+        # some resource in the trial's own bundle, so it holds a little memory.
+        resources = {"cpu": 0, "gpu": 0, "memory": DRIVER_MEMORY}
+    return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
+
+
+def _run_config(space: Space, paths: StudyPaths, callbacks: list[Any]) -> Any:
+    from ray import tune
+
+    storage_path, storage_filesystem = paths.tune_storage()
+    return tune.RunConfig(
+        callbacks=callbacks,
+        name=TUNE_DIR,
+        storage_path=storage_path,
+        storage_filesystem=storage_filesystem,
+        failure_config=tune.FailureConfig(max_failures=space.max_failures),
+        # Two, not one: Tune deletes a trial's older checkpoints as soon as a new one is
+        # registered, but uploads the experiment state that names the latest a moment later. With
+        # one kept, a driver killed in between leaves a state naming a deleted checkpoint, and the
+        # trial fails on resume ("Could not recover from checkpoint"); with two, the state would
+        # have to miss a whole epoch's snapshots for that (they are taken every 2 s, see above).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        verbose=1,
+    )
+
+
+def trial_name(trial: Any) -> str:
+    """``trial_<id>``: short names for the Tune trial and its directory."""
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(
+    space: Space, name: str, paths: StudyPaths, callbacks: list[Any], trials: int | None = None
+) -> Any:
+    """A fresh Tuner for ``space`` running ``trials`` trials (default: all of the study's); its
+    Optuna study lives in ``paths.optuna_db``."""
+    from ray import tune
+
+    from study.search.schedulers import InPlaceFIFOScheduler, MOASHAScheduler
+    from study.search.searcher import build_search
+
+    search = build_search(space, name, paths.optuna_url)
+    scheduler: Any = InPlaceFIFOScheduler()
+    if space.scheduler == "asha":
+        scheduler = MOASHAScheduler(space, optuna_url=paths.optuna_url, study_name=name)
+    return tune.Tuner(
+        _trainable(space, name, paths),
+        tune_config=tune.TuneConfig(
+            search_alg=search,
+            scheduler=scheduler,
+            num_samples=space.trials if trials is None else trials,
+            max_concurrent_trials=space.concurrency,
+            reuse_actors=True,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=_run_config(space, paths, callbacks),
+    )
+
+
+def check_in_place(space: Space, name: str, paths: StudyPaths) -> None:
+    """``SpaceError`` unless the study at ``paths`` can resume where it is now: its directory
+    still has the name its ``space.yaml`` gives it, and a study copied or moved from another
+    place (its Optuna study records where it was created) is not tracked in MLflow, whose
+    experiment and runs belong to the original (checked without Ray)."""
+    from study.storage.files import check_study_name, load_tracking
+
+    check_study_name(paths, name, space)
+    created = _created_at(paths, name)
+    if created is None or created == paths.optuna_url or not load_tracking(paths):
+        return
+    origin = created.removeprefix("sqlite:///").removesuffix("/optuna.db")
+    raise SpaceError(
+        f"study {name!r} in {paths.root} was copied or moved from {origin}, and its MLflow runs "
+        f"belong to the study there: resume it there, or delete {paths.tracking} to resume "
+        "this copy without MLflow tracking"
+    )
+
+
+def _created_at(paths: StudyPaths, name: str) -> str | None:
+    """The Optuna URL the study was created at, as its Optuna study records it (None: not
+    recorded, or no Optuna study yet)."""
+    import optuna
+
+    from study.search.searcher import LOCATION_ATTR
+
+    if not paths.optuna_db.is_file():
+        return None
+    from study.storage.files import read_only_url
+
+    storage = optuna.storages.RDBStorage(read_only_url(paths.optuna_db), skip_table_creation=True)
+    try:
+        study_id = storage.get_study_id_from_name(name)
+        return storage.get_study_user_attrs(study_id).get(LOCATION_ATTR)
+    except KeyError:
+        return None
+    finally:
+        storage.remove_session()
+
+
+def restore_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
+    """The Tuner of an interrupted study: finished trials stay, unfinished ones resume. What
+    Tune pickled (the searcher, the callbacks, MLflow's included) is bound to the study where
+    it is now (``study.storage.binding``), never to where it was saved."""
+    from ray import tune
+
+    from study.storage.binding import BoundStudy, bound_study
+    from study.storage.files import load_tracking
+
+    check_resumable(paths, name)
+    check_in_place(space, name, paths)
+    bound = BoundStudy(name, space, paths.optuna_url, paths.data_uri, load_tracking(paths))
+    storage_path, storage_filesystem = paths.tune_storage()
+    with bound_study(bound):
+        return tune.Tuner.restore(
+            join(storage_path, TUNE_DIR),
+            storage_filesystem=storage_filesystem,
+            trainable=_trainable(space, name, paths),
+            resume_unfinished=True,
+            resume_errored=True,
+        )

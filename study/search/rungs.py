@@ -1,0 +1,308 @@
+"""Multi-objective asynchronous successive halving (MO-ASHA, Schmucker et al. 2021): the rung
+logic, pure (no Ray; ``study.search.schedulers`` adapts it to Tune).
+
+Rungs sit at the distinct epochs ``round(grace_period * reduction_factor**k)``, below ``max_t``
+(``rung_milestones``: in bounded time for any factor above 1, at most ``MAX_RUNGS`` of them).
+When an entry (a trial, or a configuration's seeds under ``repeats``) reaches a rung, its
+objective vector is recorded there. While fewer than ``reduction_factor`` entries are in, it
+continues (ASHA's rule: none of a rung is promotable before it holds ``reduction_factor``
+entries); then the rung's entries are ordered — each objective normalised by its rank among them
+(ECE's scale is a tenth of accuracy's), then non-dominated sorting into fronts (strict
+dominance), each front ordered by the epsilon-net (greedy farthest-first, from the entry best on
+the first objective) or by crowding distance (NSGA-II, boundary entries first), the fronts
+concatenated — and the entry continues when its *own* position in that order is at most
+``count / reduction_factor`` (exact rational arithmetic on the factor's float value). So the
+first entry at a rung always continues, and so does one ranked first when it arrives; a real
+factor such as 1.2 or 2.5 means what it says. Every tie is broken by the entry's key, so the
+decisions depend only on what was recorded, never on the order it arrived in: a resumed study
+that records the same values takes the same decisions.
+
+A configuration repeated over seeds is one entry: its vector at a rung is the mean over the seeds
+recorded there, and the first seed to reach a rung decides for all of them (its later seeds get
+the same decision there: they are stopped together).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from search_spaces.schema import Space
+
+Ranking = Literal["eps_net", "crowding"]
+RANKINGS: tuple[Ranking, ...] = ("eps_net", "crowding")
+# Each trial's rung records live in one Optuna attribute (``study.search.schedulers``, ~120 bytes a
+# rung), rewritten at every decision. More than 100 rungs take a factor near 1 (below ~1.11 over
+# the longest run allowed, 100 000 epochs), whose rungs each stop little.
+MAX_RUNGS = 100
+
+
+def minimised(values: Sequence[float], modes: Sequence[str]) -> list[float]:
+    """``values`` turned so that lower is better in every objective (``max`` ones negated)."""
+    return [-float(v) if m == "max" else float(v) for v, m in zip(values, modes, strict=True)]
+
+
+def nondominated_fronts(points: np.ndarray) -> list[list[int]]:
+    """The rows of ``points`` (minimised) sorted into non-dominated fronts, best front first;
+    each front lists its row indices in ascending order. Equal rows share a front."""
+    pts = np.asarray(points, dtype=float).reshape(len(points), -1)
+    no_worse = (pts[:, None, :] <= pts[None, :, :]).all(axis=-1)
+    better = (pts[:, None, :] < pts[None, :, :]).any(axis=-1)
+    beats = no_worse & better  # beats[j, i]: row j strictly dominates row i
+    remaining = np.ones(len(pts), dtype=bool)
+    fronts = []
+    while remaining.any():
+        front = np.flatnonzero(remaining & ~(beats & remaining[:, None]).any(axis=0))
+        fronts.append(front.tolist())
+        remaining[front] = False
+    return fronts
+
+
+def rank_normalised(points: np.ndarray) -> np.ndarray:
+    """Each column replaced by its average rank among the rows, scaled to [0, 1] (ties share a
+    rank; a single row, or a column of equal values, is all 0)."""
+    n = len(points)
+    out = np.zeros_like(points, dtype=float)
+    if n < 2:
+        return out
+    for col in range(points.shape[1]):
+        column = points[:, col]
+        below = (column[:, None] > column[None, :]).sum(axis=1)
+        equal = (column[:, None] == column[None, :]).sum(axis=1)
+        out[:, col] = (below + (equal - 1) / 2) / (n - 1)
+    return out
+
+
+def eps_net_order(points: np.ndarray, keys: Sequence[str]) -> list[int]:
+    """Row indices of one front in epsilon-net order: first the row lowest on the first
+    objective, then repeatedly the row farthest (Euclidean) from those already chosen; ties to
+    the smaller key."""
+    if len(points) == 0:
+        return []
+    by_key = np.array(sorted(range(len(points)), key=lambda i: keys[i]))
+    pts = np.asarray(points, dtype=float)[by_key]  # key order: argmax takes the first of equals
+    first = min(range(len(pts)), key=lambda i: (pts[i][0], keys[by_key[i]]))
+    gap = np.linalg.norm(pts - pts[first], axis=1)  # each row's distance to the nearest chosen
+    chosen = np.zeros(len(pts), dtype=bool)
+    chosen[first] = True
+    order = [first]
+    while len(order) < len(pts):
+        best = int(np.argmax(np.where(chosen, -np.inf, gap)))
+        order.append(best)
+        chosen[best] = True
+        gap = np.minimum(gap, np.linalg.norm(pts - pts[best], axis=1))
+    return by_key[order].tolist()
+
+
+def crowding_order(points: np.ndarray, keys: Sequence[str]) -> list[int]:
+    """Row indices of one front by descending crowding distance (NSGA-II: boundary rows of every
+    objective first); ties to the smaller key."""
+    n = len(points)
+    distance = np.zeros(n)
+    for col in range(points.shape[1]):
+        order = sorted(range(n), key=lambda i: (points[i, col], keys[i]))
+        span = points[order[-1], col] - points[order[0], col]
+        distance[order[0]] = distance[order[-1]] = np.inf
+        if span <= 0:
+            continue
+        for a, i, b in zip(order, order[1:], order[2:]):
+            distance[i] += (points[b, col] - points[a, col]) / span
+    return sorted(range(n), key=lambda i: (-distance[i], keys[i]))
+
+
+def mo_order(points: np.ndarray, keys: Sequence[str], ranking: Ranking = "eps_net") -> list[int]:
+    """All rows of ``points`` (minimised objectives), best first: rank-normalised, sorted into
+    non-dominated fronts, each front ordered by ``ranking``."""
+    normalised = rank_normalised(np.asarray(points, dtype=float))
+    within = eps_net_order if ranking == "eps_net" else crowding_order
+    order: list[int] = []
+    for front in nondominated_fronts(normalised):
+        inner = within(normalised[front], [keys[i] for i in front])
+        order += [front[i] for i in inner]
+    return order
+
+
+def rung_milestones(
+    grace_period: int, reduction_factor: float, max_t: int, limit: int | None = None
+) -> list[int]:
+    """The epochs at which rungs sit: the distinct values of
+    ``round(grace_period * reduction_factor**k)`` for k = 0, 1, ... below ``max_t``, ascending
+    (at most ``limit + 1`` of them when a ``limit`` is given: enough to tell it is exceeded).
+
+    Bounded work for any factor above 1: while consecutive values are less than a quarter epoch
+    apart (``grace_period * reduction_factor**k < 0.25 / (reduction_factor - 1)``) each step
+    adds at most one to the rounded value, so every epoch from ``grace_period`` up to there is a
+    rung and that stretch is written down in closed form; past it each step adds at least a
+    quarter epoch."""
+    if not (grace_period >= 1 and math.isfinite(reduction_factor) and reduction_factor > 1):
+        raise ValueError(
+            f"rung milestones need grace_period >= 1 and a finite reduction_factor > 1 (got "
+            f"{grace_period}, {reduction_factor})"
+        )
+    cap = max_t if limit is None else limit + 1
+    milestones: list[int] = []
+    k = 0
+    dense_below = 0.25 / (reduction_factor - 1)
+    if grace_period < dense_below:
+        k = int(math.log(dense_below / grace_period) / math.log1p(reduction_factor - 1))
+        top = min(round(grace_period * reduction_factor**k), max_t - 1)
+        milestones = list(range(grace_period, min(top + 1, grace_period + cap)))
+        k += 1
+    while len(milestones) < cap and (t := round(grace_period * reduction_factor**k)) < max_t:
+        if not milestones or t > milestones[-1]:
+            milestones.append(t)
+        k += 1
+    return milestones
+
+
+@dataclass
+class RungEntry:
+    """What one entry (trial or configuration) recorded at one rung: each member's minimised
+    vector, and the decision taken when its first member arrived."""
+
+    members: dict[str, list[float]] = field(default_factory=dict)
+    stop: bool = False
+
+    def mean(self) -> np.ndarray:
+        return np.mean(np.array(list(self.members.values()), dtype=float), axis=0)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A rung decision: whether the entry stops, at which rung, and its place there."""
+
+    stop: bool
+    milestone: int
+    position: int  # 1-based, in the rung's order
+    count: int  # entries at the rung then
+
+
+class RungLadder:
+    """MO-ASHA's bookkeeping for one study (one bracket), in minimised objectives.
+
+    Args:
+        num_objectives: the length of every recorded vector (1: plain ASHA).
+        max_t: no rung at or above this epoch.
+        grace_period: the first rung's epoch.
+        reduction_factor: eta > 1 (real); an entry waits for eta entries at its rung, then
+            continues iff its place is within the first count / eta. At most ``MAX_RUNGS``
+            rungs (``rung_milestones``), else ValueError.
+        ranking: the order inside a front, ``eps_net`` or ``crowding``.
+    """
+
+    def __init__(
+        self,
+        num_objectives: int,
+        max_t: int,
+        grace_period: int = 1,
+        reduction_factor: float = 3.0,
+        ranking: Ranking = "eps_net",
+    ) -> None:
+        if (
+            num_objectives < 1
+            or grace_period < 1
+            or max_t < 1
+            or not (math.isfinite(reduction_factor) and reduction_factor > 1)
+        ):
+            raise ValueError(
+                "MO-ASHA needs num_objectives >= 1, grace_period >= 1, max_t >= 1 and a finite "
+                f"reduction_factor > 1 (got {num_objectives}, {grace_period}, {max_t}, "
+                f"{reduction_factor})"
+            )
+        if ranking not in RANKINGS:
+            raise ValueError(f"ranking must be one of {RANKINGS} (got {ranking!r})")
+        self.num_objectives = num_objectives
+        self.reduction_factor = reduction_factor
+        # eta as an exact ratio: the waiting and cut rules compare integers, never rounded floats
+        self._eta = float(reduction_factor).as_integer_ratio()
+        self.ranking: Ranking = ranking
+        self.milestones = rung_milestones(grace_period, reduction_factor, max_t, limit=MAX_RUNGS)
+        if len(self.milestones) > MAX_RUNGS:
+            raise ValueError(
+                f"reduction_factor {reduction_factor} with grace_period {grace_period} puts more "
+                f"than {MAX_RUNGS} rungs below max_t {max_t}"
+            )
+        self.rungs: dict[int, dict[str, RungEntry]] = {m: {} for m in self.milestones}
+
+    def record(
+        self, milestone: int, key: str, member: str, values: Sequence[float], stop: bool
+    ) -> None:
+        """Put back a result recorded earlier, with the decision taken then (a resume)."""
+        entry = self.rungs[milestone].setdefault(key, RungEntry(stop=stop))
+        entry.members[member] = self._vector(values)
+
+    def on_result(
+        self, key: str, epoch: int, values: Sequence[float], member: str | None = None
+    ) -> Decision | None:
+        """An entry's result after ``epoch`` epochs, ``values`` minimised. Records it at the
+        highest rung it has reached and not yet recorded, and returns that rung's decision (None:
+        no rung reached, or this member was recorded there already — then its earlier decision
+        stands, see ``stopped_at``)."""
+        member = key if member is None else member
+        vector = self._vector(values)
+        reached = [m for m in self.milestones if m <= epoch]
+        for milestone in reversed(reached):
+            entries = self.rungs[milestone]
+            if member in entries.get(key, RungEntry()).members:
+                return None
+            entry = entries.get(key)
+            if entry is not None:  # another seed of the configuration decided here
+                entry.members[member] = vector
+                return self._place(milestone, key, entry.stop)
+            entries[key] = RungEntry({member: vector})
+            decision = self._decide(milestone, key)
+            entries[key].stop = decision.stop
+            return decision
+        return None
+
+    def stopped_at(self, key: str) -> int | None:
+        """The rung at which ``key`` was stopped, if it was."""
+        for milestone in self.milestones:
+            entry = self.rungs[milestone].get(key)
+            if entry is not None and entry.stop:
+                return milestone
+        return None
+
+    def _vector(self, values: Sequence[float]) -> list[float]:
+        vector = [float(v) for v in values]
+        if len(vector) != self.num_objectives or not np.all(np.isfinite(vector)):
+            raise ValueError(
+                f"expected {self.num_objectives} finite objective values, got {list(values)}"
+            )
+        return vector
+
+    def _decide(self, milestone: int, key: str) -> Decision:
+        entries = self.rungs[milestone]
+        numerator, denominator = self._eta
+        if len(entries) * denominator < numerator:  # fewer than eta in: none is judged yet
+            return Decision(False, milestone, 0, len(entries))
+        return self._place(milestone, key, None)
+
+    def _place(self, milestone: int, key: str, stop: bool | None) -> Decision:
+        """``key``'s place in its rung's order; ``stop`` as given, else from that place."""
+        entries = self.rungs[milestone]
+        keys = sorted(entries)
+        points = np.array([entries[k].mean() for k in keys])
+        order = mo_order(points, keys, self.ranking)
+        position = order.index(keys.index(key)) + 1
+        if stop is None:  # beyond the first count / eta places
+            numerator, denominator = self._eta
+            stop = position * numerator > len(keys) * denominator
+        return Decision(stop, milestone, position, len(keys))
+
+
+def ladder_for(space: Space) -> RungLadder:
+    """The ladder of a study of ``space``: its objectives and its ``asha`` settings (what the
+    Tune adapter builds, and what ``bench/replay_search.py`` replays)."""
+    return RungLadder(
+        num_objectives=len(space.objective.optuna_metrics),
+        max_t=space.asha_max_t,
+        grace_period=space.asha.grace_period,
+        reduction_factor=space.asha.reduction_factor,
+        ranking=space.asha.ranking,
+    )

@@ -1,0 +1,263 @@
+"""Optuna behind Ray Tune: the define-by-run space, the sampler, and how trials are asked and told.
+
+``StudySearch`` is a Tune ``Searcher`` written on Optuna's public ask-and-tell API (not on Ray's
+``OptunaSearch``, whose private state it would have to reach into): trials stopped early by ASHA
+are told PRUNED, each trial records its status and test metrics as Optuna user attributes, and
+everything the searcher knows lives in the Optuna database, so a resumed study needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from search_spaces.schema import Space
+from study.storage.binding import current
+from study.storage.records import (
+    POINT_ATTR,
+    RECORDED_KEYS,
+    RECORDED_PREFIXES,
+    REPEAT_OF_ATTR,
+    SETTINGS_ATTR,
+    STATUS_ATTR,
+    TRIAL_ID_ATTR,
+    SpaceSampler,
+    build_sampler,
+    name_objectives,
+    trial_settings,
+    trial_status,
+)
+
+# A trial user attribute of a trial MO-ASHA stopped: its objective values at the last epoch it ran
+# (a single objective is also Optuna's intermediate value at that epoch).
+PRUNED_VALUES_ATTR = "values_when_stopped"
+# A study user attribute: the Optuna URL the study was created at. A study whose attribute names
+# another URL was copied or moved there (``study.runtime.tuner.check_in_place``).
+LOCATION_ATTR = "sharpcal.optuna_url"
+
+
+class StudySearch(Searcher):
+    """A Tune searcher over Optuna's public ask-and-tell API, the Optuna study being the single
+    source of truth: which Tune trial is which Optuna trial (a user attribute), which ``points``
+    and seed ``repeats`` are still to run, what has been told. Nothing of it lives in this object,
+    so a driver killed at any moment resumes from the database alone, whatever Tune's own saved
+    state holds.
+
+    Trials stopped early by ASHA are told PRUNED (their partial values would mislead the
+    sampler), failed ones FAIL; every trial records its status and test metrics as user
+    attributes. Points run first, and each configuration is repeated with ``repeats`` seeds right
+    after it is asked for."""
+
+    def __init__(self, space: Space, study_name: str, storage_url: str) -> None:
+        metric, mode = searched_metrics(space)
+        super().__init__(metric=metric, mode=mode)
+        self._space = space
+        self._study_name = study_name
+        self._storage_url = storage_url
+        self._study: optuna.Study | None = None
+        self._storage: optuna.storages.BaseStorage | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_study=None, _storage=None)  # reopened from the URL where unpickled
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickled by a resume (Tuner.restore): the study is where the driver found it now,
+        # not where it was when Tune saved this searcher (it may have been copied or moved).
+        self.__dict__.update(state)
+        bound = current()
+        if bound is not None:
+            self._space, self._study_name = bound.space, bound.name
+            self._storage_url = bound.optuna_url
+
+    @property
+    def study(self) -> optuna.Study:
+        """The Optuna study, created on first use (or loaded: a resumed study)."""
+        if self._study is None:
+            self._storage = optuna.storages.RDBStorage(self._storage_url)
+            modes = self._mode if isinstance(self._mode, list) else [self._mode]
+            self._study = optuna.create_study(
+                storage=self._storage,
+                study_name=self._study_name,
+                sampler=build_sampler(self._space),
+                directions=["maximize" if m == "max" else "minimize" for m in modes],
+                load_if_exists=True,
+            )
+            name_objectives(self._study, self._space)
+            if LOCATION_ATTR not in self._study.user_attrs:
+                self._study.set_user_attr(LOCATION_ATTR, self._storage_url)
+            done = len(self._study.get_trials(deepcopy=False))
+            if done:  # resumed: seeded past what it drew, so it does not draw that again
+                self._study.sampler = build_sampler(self._space, offset=done)
+        return self._study
+
+    def _trials(self) -> list[optuna.trial.FrozenTrial]:
+        return self.study.get_trials(deepcopy=False)
+
+    def _set_attr(self, number: int, key: str, value: Any) -> None:
+        assert self._storage is not None
+        study_id = self._storage.get_study_id_from_name(self._study_name)
+        trial_id = self._storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        self._storage.set_trial_user_attr(trial_id, key, value)
+
+    def _record_intermediate(self, number: int, step: int, value: float) -> None:
+        assert self._storage is not None
+        study_id = self._storage.get_study_id_from_name(self._study_name)
+        trial_id = self._storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        self._storage.set_trial_intermediate_value(trial_id, step, value)
+
+    def _enqueue_next(self, trials: list[optuna.trial.FrozenTrial]) -> None:
+        """Queue the next seed of a repeated configuration, else the next point, unless a
+        queued trial is already waiting."""
+        if any(t.state == TrialState.WAITING for t in trials):
+            return
+        repeat = _next_repeat(trials, self._space)
+        if repeat is not None:
+            settings, attrs = repeat
+        else:
+            asked = {t.user_attrs.get(POINT_ATTR) for t in trials}
+            left = [i for i in range(len(self._space.points)) if i not in asked]
+            if not left:
+                return
+            settings, attrs = dict(self._space.points[left[0]]), {POINT_ATTR: left[0]}
+        params = {k: v for k, v in settings.items() if k in self._space.search}
+        self.study.enqueue_trial(
+            params, user_attrs={SETTINGS_ATTR: settings, **attrs}, skip_if_exists=False
+        )
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        self._enqueue_next(self._trials())
+        trial = self.study.ask()
+        trial.set_user_attr(TRIAL_ID_ATTR, trial_id)
+        constants = SpaceSampler(self._space)(trial)
+        return {**constants, **trial.params}
+
+    def _find(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
+        for trial in reversed(self._trials()):
+            if trial.user_attrs.get(TRIAL_ID_ATTR) == trial_id:
+                return trial
+        return None
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        trial = self._find(trial_id)
+        if trial is None or trial.state.is_finished():  # told before a driver crash
+            return
+        status = trial_status(result, error)
+        self._set_attr(trial.number, STATUS_ATTR, status)
+        for key, value in (result or {}).items():
+            recorded = key.startswith(RECORDED_PREFIXES) or key in RECORDED_KEYS
+            if recorded and isinstance(value, (int, float)):
+                self._set_attr(trial.number, key, float(value))
+        values = _objective_values(result, self._metric)
+        if status == "pruned":
+            if values is not None:  # where it stood when stopped (Optuna keeps no values)
+                self._set_attr(trial.number, PRUNED_VALUES_ATTR, values)
+                if len(values) == 1:
+                    self._record_intermediate(trial.number, int(result["epoch"]), values[0])
+            self.study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
+        elif status == "failed" or values is None:
+            self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        else:
+            self.study.tell(trial.number, values, skip_if_finished=True)
+
+    def save(self, checkpoint_path: str) -> None:
+        # Tune wants a file; the state is the Optuna study, so it only names it.
+        with open(checkpoint_path, "w") as file:
+            json.dump({"optuna_study": self._study_name}, file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self._study = None  # everything else comes back from the Optuna storage
+
+
+def searched_metrics(space: Space) -> tuple[str | list[str], str | list[str]]:
+    """What the searcher is told: the objective metric(s) and their mode(s) (``max``/``min``);
+    a weighted objective is one metric, ``objective``, maximised."""
+    objective = space.objective
+    if objective.type == "pareto":
+        return list(objective.optuna_metrics), list(objective.modes)
+    return "objective", "max"
+
+
+def create_optuna_db(space: Space, study_name: str, db: Path, url: str) -> None:
+    """Create the study's Optuna database whole, where none is yet: its tables and the study
+    (directions, objective names, ``LOCATION_ATTR`` = ``url``) in a temporary file renamed into
+    place, so a driver killed meanwhile leaves no half-made database, only a ``.tmp-`` file the
+    next start removes."""
+    if db.exists() or db.is_symlink():
+        return
+    for stale in db.parent.glob(f".tmp-{db.name}-*"):
+        stale.unlink(missing_ok=True)
+    tmp = db.with_name(f".tmp-{db.name}-{os.getpid()}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp}")
+    quiet = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created" on stderr
+    try:
+        _, modes = searched_metrics(space)
+        modes = modes if isinstance(modes, list) else [modes]
+        study = optuna.create_study(
+            storage=storage,
+            study_name=study_name,
+            directions=["maximize" if m == "max" else "minimize" for m in modes],
+        )
+        name_objectives(study, space)
+        study.set_user_attr(LOCATION_ATTR, url)
+    finally:
+        optuna.logging.set_verbosity(quiet)
+        storage.remove_session()
+        storage.engine.dispose()
+    os.replace(tmp, db)
+
+
+def _objective_values(
+    result: dict[str, Any] | None, metric: str | list[str] | None
+) -> list[float] | None:
+    """The result's objective value(s) in the study's order, or None where one is missing."""
+    names = metric if isinstance(metric, list) else [metric]
+    values = [(result or {}).get(name) for name in names]
+    if any(not isinstance(v, (int, float)) for v in values):
+        return None
+    return [float(v) for v in values]
+
+
+def _next_repeat(
+    trials: list[optuna.trial.FrozenTrial], space: Space
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The first seed still to run of a repeated configuration, oldest configuration first:
+    its settings and user attributes, or None."""
+    if space.repeats < 2:
+        return None
+    seeds_run: dict[int, set[int]] = {}
+    for trial in trials:
+        base = trial.user_attrs.get(REPEAT_OF_ATTR)
+        if base is not None:
+            seeds_run.setdefault(base, set()).add(int(trial_settings(trial)["seed"]))
+    default_seed = space.train_config().seed  # the fixed section's, or the settings' default
+    stopped = {  # configurations MO-ASHA stopped: their seeds are stopped together
+        trial.user_attrs.get(REPEAT_OF_ATTR, trial.number)
+        for trial in trials
+        if trial.state == TrialState.PRUNED
+    }
+    for trial in trials:
+        if REPEAT_OF_ATTR in trial.user_attrs or trial.number in stopped:
+            continue
+        settings = trial_settings(trial)
+        base_seed = int(settings.get("seed", default_seed))
+        for k in range(1, space.repeats):
+            if base_seed + k not in seeds_run.get(trial.number, set()):
+                seeded = {**settings, "seed": base_seed + k}
+                return seeded, {REPEAT_OF_ATTR: trial.number}
+    return None
+
+
+def build_search(space: Space, study_name: str, storage_url: str) -> StudySearch:
+    """The searcher of a study, its Optuna study persisted in ``storage_url``."""
+    return StudySearch(space, study_name, storage_url)

@@ -1,0 +1,1 @@
+"""trainables.data.datasets."""
