@@ -356,7 +356,6 @@ class Study:
         from study.storage import (
             check_optuna_db,
             check_restorable,
-            check_resumable,
             check_writable,
             has_tune_state,
         )
@@ -369,6 +368,8 @@ class Study:
             # policy is check_in_place's)
             check_optuna_db(self.paths, self.space.name or self.name)
         self.tracking()  # readable, before Ray starts
+        with user_errors():
+            check_restorable(self.paths, self.name)  # this user's own, before reading or clearing
         if not has_tune_state(self.paths):
             # Tune recorded nothing: a start that failed, or was killed before Tune's first
             # snapshot. The study starts again from its Optuna database (``_clear_unstarted``).
@@ -376,8 +377,6 @@ class Study:
                 check_in_place(self.space, self.name, self.paths)
             return self._start(address, verbose, restart=True)
         with user_errors():
-            check_resumable(self.paths, self.name)
-            check_restorable(self.paths, self.name)  # this user's own, before unpickling
             check_in_place(self.space, self.name, self.paths)
         with self._driving(address):
             return self._fit(lambda: restore_tuner(self.space, self.name, self.paths), verbose)

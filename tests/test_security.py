@@ -284,12 +284,6 @@ def test_a_corrupt_mlflow_json_is_one_line_on_resume(capsys, tmp_path):
     assert "mlflow.json" in line and "not readable tracking info" in line
 
 
-def test_resume_without_tune_state_says_so_before_ray_starts(capsys, tmp_path):
-    _half_study(tmp_path, optuna_db=True, tracking=None)
-    line = refused(capsys, tmp_path, "resume", "half", "--storage", "studies")
-    assert "no Tune experiment state" in line
-
-
 # -- atomic files -------------------------------------------------------------------------------
 
 
