@@ -77,17 +77,29 @@ def _stopped_cleanly(driver: subprocess.Popen, out: str, err: str) -> None:
     assert f"study resume {NAME}" in err, err[-2000:]
 
 
-def _hold_the_last_trial(tmp_path: Path, hold_dir: Path) -> subprocess.Popen:
+SEARCH_STATE = ("search_gen_state-", "searcher-state-")  # Tune's count of trials asked, etc.
+TRIAL_LIST = ("experiment_state-",)  # Tune's list of its trials
+
+
+def _tune_files(tmp_path: Path, prefixes: tuple[str, ...] = SEARCH_STATE) -> dict[str, bytes]:
+    tune = _study_dir(tmp_path) / "tune"
+    return {p.name: p.read_bytes() for p in tune.iterdir() if p.name.startswith(prefixes)}
+
+
+def _hold_the_last_trial(tmp_path: Path, hold_dir: Path) -> tuple[subprocess.Popen, dict]:
     """`study resume` with every trial held after epoch 1 in turn (``*``): each is released
     until one is held while all the others have completed, i.e. the study's last trial is
-    running alone (a trial restored past epoch 1 is never held; restored trials run first)."""
+    running alone (a trial restored past epoch 1 is never held; restored trials run first).
+    Returns the driver and Tune's state files as they were when the first trial was held
+    (older than the trial list and the count of trials asked by then)."""
     driver = _driver(tmp_path, ["resume", NAME], {**os.environ, HOLD_ENV: f"{hold_dir}:1:*"})
-    ticket = 1
+    ticket, early = 1, {}
     while True:
         held = hold_dir / f"held-{ticket}"
         wait_until(held.exists, driver, f"trial {ticket} held")
+        early = early or _tune_files(tmp_path, SEARCH_STATE + TRIAL_LIST)
         if sum(s == TrialState.COMPLETE for s in _states(tmp_path)) == TRIALS - 1:
-            return driver
+            return driver, early
         (hold_dir / f"release-{ticket}").touch()
         ticket += 1
 
@@ -166,11 +178,17 @@ def test_sigkill_at_every_stage_of_start_up_and_with_the_last_trial_running(tmp_
         _signal(driver, signal.SIGKILL)
     assert (root / "space.yaml").is_file()
 
-    # the last trial running, alone
+    # the last trial running, alone; killed as Tune copied its state files: its trial list
+    # new, its count of trials asked for and its searcher's state older (a known Tune window,
+    # made certain here by putting back the search state of when the first trial was held)
     hold_dir = tmp_path / "hold"
-    driver = _hold_the_last_trial(tmp_path, hold_dir)
+    driver, early = _hold_the_last_trial(tmp_path, hold_dir)
     _signal(driver, signal.SIGKILL)
     _release_all(hold_dir)
+    search = {k: v for k, v in early.items() if k.startswith(SEARCH_STATE)}
+    assert search and search != _tune_files(tmp_path)
+    for name, data in search.items():
+        (root / "tune" / name).write_bytes(data)
 
     proc = subprocess.run(
         [sys.executable, "-m", "study", "resume", NAME, "--storage", "studies"],
@@ -210,7 +228,7 @@ def test_sigterm_and_ctrl_c_at_every_stage_are_one_line_and_the_study_still_fini
 
     # only the last trial running
     hold_dir = tmp_path / "hold2"
-    driver = _hold_the_last_trial(tmp_path, hold_dir)
+    driver, early = _hold_the_last_trial(tmp_path, hold_dir)
     os.kill(driver.pid, signal.SIGINT)
     _release_all(hold_dir)
     out, err = driver.communicate(timeout=300)
@@ -222,6 +240,15 @@ def test_sigterm_and_ctrl_c_at_every_stage_are_one_line_and_the_study_still_fini
          "none"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert "the study is finished" not in status.stdout and "1 interrupted" in status.stdout
+
+    # Tune's trial list as it was when the first trial was held (the last trial missing from
+    # it), its count of trials asked for as now: Tune restores fewer trials than the study
+    # needs and asks for none, the trial it lost is failed as an orphan before the restore,
+    # and a new Tuner runs the one still missing once Tune's run ends
+    trial_list = {k: v for k, v in early.items() if k.startswith(TRIAL_LIST)}
+    assert trial_list and trial_list != _tune_files(tmp_path, TRIAL_LIST)
+    for name, data in trial_list.items():
+        (root / "tune" / name).write_bytes(data)
 
     # the rest runs; SIGTERM lands while the report is being written
     stage_dir = tmp_path / "stage2"

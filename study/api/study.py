@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from study.analysis.compare import Comparison
     from study.api.status import StudyStatus
 
+# New Tuners a run may start after Tune's own ends short of the study's trials (see ``_fit``).
+MAX_TOP_UPS = 3
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, ModelError, SpaceError)
 
 
@@ -292,12 +294,9 @@ class Study:
     def _start(self, address: str | None, verbose: bool, restart: bool) -> RunSummary:
         """Run the study from the Optuna database with a new Tuner. ``restart``: a start that
         ended before Tune recorded anything (``resume()``): its leftovers are cleared first."""
-        from study.runtime.events import TrialEvents
-        from study.runtime.tuner import build_tuner
         from study.search.searcher import create_optuna_db
         from study.storage.files import has_tune_state
         from study.storage.records import finished_count
-        from study.tracking.runs import MlflowTrialCallback
 
         with self._driving(address):
             if has_tune_state(self.paths):
@@ -311,42 +310,41 @@ class Study:
                 if self._asked_any():
                     remaining -= finished_count(self.optuna())
             create_optuna_db(self.space, self.name, self.paths.optuna_db, self.paths.optuna_url)
-            info = self.tracking()
-            callbacks: list[Any] = [TrialEvents(self.space, self.name, self.paths.optuna_url)]
-            if info:
-                callbacks.append(
-                    MlflowTrialCallback(
-                        info["tracking_uri"],
-                        info["experiment_id"],
-                        info["parent_run_id"],
-                        self.paths.data_uri,
-                        optuna_study=(self.paths.optuna_url, self.name),
-                    )
+            return self._fit(lambda: self._fresh_tuner(remaining), verbose)
+
+    def _fresh_tuner(self, trials: int) -> Any:
+        """A new Tuner running ``trials`` more trials of the study, with its callbacks (trial
+        events, MLflow)."""
+        from study.runtime.events import TrialEvents
+        from study.runtime.tuner import build_tuner
+        from study.tracking.runs import MlflowTrialCallback
+
+        info = self.tracking()
+        callbacks: list[Any] = [TrialEvents(self.space, self.name, self.paths.optuna_url)]
+        if info:
+            callbacks.append(
+                MlflowTrialCallback(
+                    info["tracking_uri"],
+                    info["experiment_id"],
+                    info["parent_run_id"],
+                    self.paths.data_uri,
+                    optuna_study=(self.paths.optuna_url, self.name),
                 )
-            return self._fit(
-                lambda: build_tuner(self.space, self.name, self.paths, callbacks, remaining),
-                verbose,
             )
+        return build_tuner(self.space, self.name, self.paths, callbacks, trials)
 
     def _clear_unstarted(self) -> None:
         """What a start killed before Tune's first snapshot left: Tune's files (nothing a restore
         could continue) and the Optuna trials it asked for (failed as orphans, with any evidence
         of theirs), so that a new start neither repeats nor counts them."""
         from study.storage.files import discard_unstarted_tune_dir, has_unstarted_tune_dir
-        from study.storage.records import TRIAL_ID_ATTR, fail_orphans
-        from trainables.layout import resolve_fs, trial_evidence_uri
+        from study.storage.records import fail_orphans
 
         if has_unstarted_tune_dir(self.paths):
             discard_unstarted_tune_dir(self.paths)
         if not self._asked_any():
             return
-        study = self.optuna(writable=True)
-        orphans = set(fail_orphans(study))
-        for trial in study.get_trials(deepcopy=False):
-            trial_id = trial.user_attrs.get(TRIAL_ID_ATTR)
-            if trial.number in orphans and trial_id:
-                fs, root = resolve_fs(trial_evidence_uri(self.paths.data_uri, trial_id))
-                fs.delete_dir_contents(root, missing_dir_ok=True)
+        fail_orphans(self.optuna(writable=True), data_uri=self.paths.data_uri)
 
     def resume(self, address: str | None = None, verbose: bool = False) -> RunSummary:
         """Continue an interrupted study from Tune's experiment state and the Optuna database:
@@ -441,6 +439,7 @@ class Study:
         results: Any = None
         stopped: str | None = None
         report: Path | None = None
+        ran = errors = 0
         with console(self.paths.log, self.space.trials, verbose), DriverSignals() as signals:
             started_here = not ray.is_initialized()
             try:
@@ -452,6 +451,23 @@ class Study:
                         tuner = make_tuner()
                     with signals.fitting():
                         results = tuner.fit()
+                    ran, errors = len(results), results.num_errors
+                    # Optuna, not Tune's saved state, says how many trials the study still
+                    # needs (a kill can leave Tune's trial list and its count of trials asked
+                    # for disagreeing): a normal end short of them runs a new Tuner for the rest
+                    for _ in range(MAX_TOP_UPS):
+                        if not self._ended_normally(results, signals):
+                            break
+                        # nothing can still be running
+                        fail_orphans(self.optuna(writable=True), data_uri=self.paths.data_uri)
+                        missing = self.space.trials - finished_count(self.optuna())
+                        if missing <= 0:
+                            break
+                        with user_errors():
+                            tuner = self._fresh_tuner(missing)
+                        with signals.fitting():
+                            results = tuner.fit()
+                        ran, errors = ran + len(results), errors + results.num_errors
                 except KeyboardInterrupt:
                     signals.received = max(signals.received, 1)
                 except Exception as err:
@@ -459,16 +475,7 @@ class Study:
                     if full is None:
                         raise
                     stopped = f"{full} (writing the study's files in {self.paths.root})"
-                complete = (
-                    results is not None
-                    and not signals.received
-                    and stopped is None
-                    and len(results) >= self.space.trials
-                    and all(r.metrics or r.error for r in results)
-                )
-                if complete:  # the study is over: nothing can still be running
-                    fail_orphans(self.optuna(writable=True))
-                ran_any = results is not None and len(results) > results.num_errors
+                ran_any = ran > errors
                 if stopped is None and signals.received < 2 and ran_any:
                     report = self.report()
                     self._log_front_models()
@@ -482,9 +489,12 @@ class Study:
         interrupted = finished if cut_short and stopped is None else None
         if stopped is not None:
             interrupted = finished
-        ran = len(results) if results is not None else 0
-        errors = results.num_errors if results is not None else 0
         return RunSummary(ran, errors, report, interrupted, stopped)
+
+    @staticmethod
+    def _ended_normally(results: Any, signals: Any) -> bool:
+        """Tune's run ended by itself: no signal, every trial finished or errored."""
+        return not signals.received and all(r.metrics or r.error for r in results)
 
     def _log_front_models(self) -> None:
         """Log the final model of every front trial (or the best trial) on its MLflow run; a

@@ -114,10 +114,22 @@ class TrialEvents(Callback):
             text += f"  (loss not finite at epoch {epoch})"
         if result.get("node_type"):  # a cluster whose node types label their nodes
             text += f"  on {result['node_type']} {str(result.get('node_id', ''))[:6]}"
+        self._record(trial, error=False)
         self._show(text, trials, trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial, error=True)
         self._show(f"{trial.trial_id} failed    {_error_line(trial)}", trials, trial)
+
+    def _record(self, trial: Any, error: bool) -> None:
+        """Make sure the Optuna study knows how ``trial`` ended: the searcher records it, but
+        Tune's concurrency wrapper of a study started before issue 34 drops the results of
+        trials missing from its own restored record (``study.search.TrialRecorder`` records
+        once)."""
+        from study.search.searcher import TrialRecorder
+
+        recorder = TrialRecorder.open(self.space, self.study_name, self.optuna_url)
+        recorder.record(trial.trial_id, trial.last_result or None, error)
 
 
 def shown_settings(space: Space, config: dict[str, Any]) -> str:

@@ -232,6 +232,24 @@ def _created_at(paths: StudyPaths, name: str) -> str | None:
         storage.remove_session()
 
 
+def fail_unrecorded(paths: StudyPaths, name: str, known: set[str]) -> list[int]:
+    """Before a restore: fail (as orphans) the Optuna trials left RUNNING that the experiment
+    state Tune is about to restore does not list (``known``: a driver killed between asking for
+    a trial and Tune's next snapshot, or a state Tune cannot read): Tune will never run nor tell
+    them, and they must not hold a place among the running trials. Returns their numbers."""
+    import optuna
+
+    from study.storage.records import fail_orphans
+
+    if not paths.optuna_db.is_file():
+        return []
+    try:
+        study = optuna.load_study(study_name=name, storage=paths.optuna_url)
+    except KeyError:
+        return []
+    return fail_orphans(study, known=known, data_uri=paths.data_uri)
+
+
 def restore_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
     """The Tuner of an interrupted study: finished trials stay, unfinished ones resume. What
     Tune pickled (the searcher, the callbacks, MLflow's included) is bound to the study where
@@ -239,11 +257,16 @@ def restore_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
     from ray import tune
 
     from study.storage.binding import BoundStudy, bound_study
-    from study.storage.files import load_tracking
+    from study.storage.files import load_tracking, tune_trial_states
 
     check_resumable(paths, name)
     check_in_place(space, name, paths)
-    bound = BoundStudy(name, space, paths.optuna_url, paths.data_uri, load_tracking(paths))
+    states = tune_trial_states(paths)
+    fail_unrecorded(paths, name, set(states))
+    live = frozenset(t for t, status in states.items() if status != "TERMINATED")
+    bound = BoundStudy(
+        name, space, paths.optuna_url, paths.data_uri, load_tracking(paths), live=live
+    )
     storage_path, storage_filesystem = paths.tune_storage()
     with bound_study(bound):
         return tune.Tuner.restore(

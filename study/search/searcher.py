@@ -29,6 +29,7 @@ from study.storage.records import (
     TRIAL_ID_ATTR,
     SpaceSampler,
     build_sampler,
+    counted,
     name_objectives,
     trial_settings,
     trial_status,
@@ -62,20 +63,26 @@ class StudySearch(Searcher):
         self._storage_url = storage_url
         self._study: optuna.Study | None = None
         self._storage: optuna.storages.BaseStorage | None = None
+        self._max_concurrent = 0
+        self._live: set[str] = set()  # Tune trials running or to run (asked here, or restored)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_study=None, _storage=None)  # reopened from the URL where unpickled
+        state.update(_study=None, _storage=None, _live=set())  # rebuilt where unpickled
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Unpickled by a resume (Tuner.restore): the study is where the driver found it now,
-        # not where it was when Tune saved this searcher (it may have been copied or moved).
+        # not where it was when Tune saved this searcher (it may have been copied or moved),
+        # and its running trials are the ones Tune restores.
         self.__dict__.update(state)
+        self.__dict__.setdefault("_max_concurrent", 0)  # pickled before issue 34
+        self._live = set()
         bound = current()
         if bound is not None:
             self._space, self._study_name = bound.space, bound.name
             self._storage_url = bound.optuna_url
+            self._live = set(bound.live)
 
     @property
     def study(self) -> optuna.Study:
@@ -101,18 +108,6 @@ class StudySearch(Searcher):
     def _trials(self) -> list[optuna.trial.FrozenTrial]:
         return self.study.get_trials(deepcopy=False)
 
-    def _set_attr(self, number: int, key: str, value: Any) -> None:
-        assert self._storage is not None
-        study_id = self._storage.get_study_id_from_name(self._study_name)
-        trial_id = self._storage.get_trial_id_from_study_id_trial_number(study_id, number)
-        self._storage.set_trial_user_attr(trial_id, key, value)
-
-    def _record_intermediate(self, number: int, step: int, value: float) -> None:
-        assert self._storage is not None
-        study_id = self._storage.get_study_id_from_name(self._study_name)
-        trial_id = self._storage.get_trial_id_from_study_id_trial_number(study_id, number)
-        self._storage.set_trial_intermediate_value(trial_id, step, value)
-
     def _enqueue_next(self, trials: list[optuna.trial.FrozenTrial]) -> None:
         """Queue the next seed of a repeated configuration, else the next point, unless a
         queued trial is already waiting."""
@@ -132,42 +127,35 @@ class StudySearch(Searcher):
             params, user_attrs={SETTINGS_ATTR: settings, **attrs}, skip_if_exists=False
         )
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Limit the trials running at once here (Tune then does not wrap this searcher in its
+        ``ConcurrencyLimiter``, whose own record of the live trials, restored from a saved state
+        that a kill can leave older than the trial list, dropped the results of restored trials
+        and could let too few or too many run)."""
+        self._max_concurrent = max_concurrent
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        trials = counted(self._trials())
+        started = [t for t in trials if t.state != TrialState.WAITING]
+        if len(started) >= self._space.trials:  # every trial of the study is asked for
+            return Searcher.FINISHED
+        if 0 < self._max_concurrent <= len(self._live):
+            return None
         self._enqueue_next(self._trials())
         trial = self.study.ask()
         trial.set_user_attr(TRIAL_ID_ATTR, trial_id)
+        self._live.add(trial_id)
         constants = SpaceSampler(self._space)(trial)
         return {**constants, **trial.params}
-
-    def _find(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
-        for trial in reversed(self._trials()):
-            if trial.user_attrs.get(TRIAL_ID_ATTR) == trial_id:
-                return trial
-        return None
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        trial = self._find(trial_id)
-        if trial is None or trial.state.is_finished():  # told before a driver crash
-            return
-        status = trial_status(result, error)
-        self._set_attr(trial.number, STATUS_ATTR, status)
-        for key, value in (result or {}).items():
-            recorded = key.startswith(RECORDED_PREFIXES) or key in RECORDED_KEYS
-            if recorded and isinstance(value, (int, float)):
-                self._set_attr(trial.number, key, float(value))
-        values = _objective_values(result, self._metric)
-        if status == "pruned":
-            if values is not None:  # where it stood when stopped (Optuna keeps no values)
-                self._set_attr(trial.number, PRUNED_VALUES_ATTR, values)
-                if len(values) == 1:
-                    self._record_intermediate(trial.number, int(result["epoch"]), values[0])
-            self.study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
-        elif status == "failed" or values is None:
-            self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        else:
-            self.study.tell(trial.number, values, skip_if_finished=True)
+        self._live.discard(trial_id)
+        study = self.study  # opens the storage the recorder writes to
+        assert self._storage is not None
+        TrialRecorder(study, self._storage, self._metric).record(trial_id, result, error)
 
     def save(self, checkpoint_path: str) -> None:
         # Tune wants a file; the state is the Optuna study, so it only names it.
@@ -176,6 +164,66 @@ class StudySearch(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         self._study = None  # everything else comes back from the Optuna storage
+
+
+class TrialRecorder:
+    """Tells the Optuna study how a Tune trial ended — its status and recorded metrics as user
+    attributes, then COMPLETE with its objective values, PRUNED (where it stood when the
+    scheduler stopped it) or FAIL — once: a trial already finished is left as it is, so the
+    searcher and the trial events callback (``study.events``, which Tune calls for every trial
+    whatever its searcher wrapper passes on) can both record it."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        storage: optuna.storages.BaseStorage,
+        metric: str | list[str] | None,
+    ) -> None:
+        self.study, self.storage, self.metric = study, storage, metric
+
+    @classmethod
+    def open(cls, space: Space, study_name: str, url: str) -> TrialRecorder:
+        """A recorder on the study ``study_name`` in the Optuna database at ``url``."""
+        storage = optuna.storages.RDBStorage(url)
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        return cls(study, storage, searched_metrics(space)[0])
+
+    def _trial_id(self, number: int) -> int:
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        return self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+    def record(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        """Record how Tune trial ``trial_id`` ended (nothing when it was recorded already)."""
+        trial = next(
+            (
+                t
+                for t in reversed(self.study.get_trials(deepcopy=False))
+                if t.user_attrs.get(TRIAL_ID_ATTR) == trial_id
+            ),
+            None,
+        )
+        if trial is None or trial.state.is_finished():  # told before (a driver crash, twice)
+            return
+        number, storage_id = trial.number, self._trial_id(trial.number)
+        status = trial_status(result, error)
+        self.storage.set_trial_user_attr(storage_id, STATUS_ATTR, status)
+        for key, value in (result or {}).items():
+            recorded = key.startswith(RECORDED_PREFIXES) or key in RECORDED_KEYS
+            if recorded and isinstance(value, (int, float)):
+                self.storage.set_trial_user_attr(storage_id, key, float(value))
+        values = _objective_values(result, self.metric)
+        if status == "pruned":
+            if values is not None:  # where it stood when stopped (Optuna keeps no values)
+                self.storage.set_trial_user_attr(storage_id, PRUNED_VALUES_ATTR, values)
+                if len(values) == 1:
+                    assert result is not None
+                    epoch = int(result["epoch"])
+                    self.storage.set_trial_intermediate_value(storage_id, epoch, values[0])
+            self.study.tell(number, state=TrialState.PRUNED, skip_if_finished=True)
+        elif status == "failed" or values is None:
+            self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        else:
+            self.study.tell(number, values, skip_if_finished=True)
 
 
 def searched_metrics(space: Space) -> tuple[str | list[str], str | list[str]]:

@@ -27,6 +27,9 @@ class BoundStudy:
     optuna_url: str
     data_uri: str
     tracking: dict[str, str] = field(default_factory=dict)
+    # the trials Tune's restored state will run again (unfinished): the searcher counts them
+    # among the running ones
+    live: frozenset[str] = frozenset()
 
 
 _bound: BoundStudy | None = None

@@ -331,6 +331,29 @@ def has_tune_state(paths: StudyPaths) -> bool:
     )
 
 
+def tune_trial_states(paths: StudyPaths) -> dict[str, str]:
+    """Each trial id in the experiment state a restore loads (Tune's newest) and its status
+    there (``TERMINATED``, ``RUNNING``, ...); {} when there is none or it cannot be read (a disk
+    that filled while Tune wrote it: Tune then starts its experiment again, with no trial)."""
+    from trainables.layout import resolve_fs
+
+    names = sorted(
+        n
+        for n in _tune_dir_names(paths)
+        if n.startswith(EXPERIMENT_STATE_PREFIX) and n.endswith(".json")
+    )
+    if not names:
+        return {}
+    fs, root = resolve_fs(paths.tune)
+    try:
+        with fs.open_input_stream(f"{root}/{names[-1]}") as src:
+            state = json.loads(src.read())
+        trials = [json.loads(trial) for trial, _ in state["trial_data"]]
+        return {str(t["trial_id"]): str(t.get("status", "")) for t in trials}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def has_unstarted_tune_dir(paths: StudyPaths) -> bool:
     """Whether ``tune/`` holds anything although Tune recorded no experiment state (a start
     killed before Tune's first snapshot)."""

@@ -101,17 +101,39 @@ def trial_status(result: dict[str, Any] | None, error: bool) -> str:
     return "completed"
 
 
-def fail_orphans(study: optuna.Study) -> list[int]:
-    """Once every trial of a study has ended (or none was ever recorded by Tune), fail the
-    Optuna trials still RUNNING: asked for by a driver that was killed before Tune recorded the
-    trial, so nothing will ever tell them. They are marked ``ORPHAN_ATTR`` and count nowhere
-    (``counted``). Returns their numbers."""
-    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+def fail_orphans(
+    study: optuna.Study, known: set[str] | None = None, data_uri: str | None = None
+) -> list[int]:
+    """Fail the Optuna trials still RUNNING that Tune will never tell: asked for by a driver
+    that was killed before Tune recorded the trial. Called once every trial of a study has
+    ended, when none was ever recorded by Tune, or before a restore with ``known``, the trial
+    ids in the state Tune restores (only RUNNING trials outside it are orphans then). They are
+    marked ``ORPHAN_ATTR`` and count nowhere (``counted``); with the study's ``data_uri``, any
+    evidence an orphan wrote before its driver stopped is removed (it is no trial's). Returns
+    their numbers."""
+    orphans = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if known is None or t.user_attrs.get(TRIAL_ID_ATTR) not in known
+    ]
     for trial in orphans:
         log.warning("failing Optuna trial %d: asked before a crash, never run", trial.number)
         _set_orphan(study, trial.number)
         study.tell(trial.number, state=TrialState.FAIL)
+        trial_id = trial.user_attrs.get(TRIAL_ID_ATTR)
+        if data_uri and trial_id:
+            _discard_evidence(data_uri, str(trial_id))
     return [t.number for t in orphans]
+
+
+def _discard_evidence(data_uri: str, trial_id: str) -> None:
+    import pyarrow.fs as pafs
+
+    from trainables.layout import resolve_fs, trial_evidence_uri
+
+    fs, root = resolve_fs(trial_evidence_uri(data_uri, trial_id))
+    if fs.get_file_info(root).type != pafs.FileType.NotFound:
+        fs.delete_dir(root)
 
 
 def _set_orphan(study: optuna.Study, number: int) -> None:
