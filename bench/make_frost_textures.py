@@ -1,4 +1,4 @@
-"""Make trainables/frost/frost{1..5}.png, the frost textures of Fashion-MNIST-C, from the
+"""Make trainables/data/frost/frost{1..5}.png, the frost textures of Fashion-MNIST-C, from the
 ``imagecorruptions`` package's (MIT; the same images as hendrycks/robustness, Apache-2.0).
 
 Each texture is read as OpenCV does (RGB, alpha dropped), turned into ITU-R 601 luma (the
@@ -9,7 +9,7 @@ enlargement the package's frost (and ``trainables.data.corruptions.frost``) appl
 frost6.jpg is not made: both draw ``randint(5)`` over the six files, so it is never used.
 
     pip download imagecorruptions==1.1.2 --no-deps && unzip imagecorruptions-1.1.2-*.whl
-    python bench/make_frost_textures.py [--source imagecorruptions/frost] [--out trainables/frost]
+    python bench/make_frost_textures.py [--source imagecorruptions/frost] [--out trainables/data/frost]
 
 Without ``--source`` it reads the installed package's folder (found without importing it).
 """
@@ -72,7 +72,7 @@ def make_texture(path: Path, scale: float = SCALE) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, default=None, help="the package's frost folder")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "trainables/frost")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "trainables/data/frost")
     args = parser.parse_args()
     source = args.source or _package_dir()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -56,8 +56,9 @@ from scipy import stats
 
 from search_spaces.schema import Space, load_space
 from study.analysis.hypervolume import hypervolume
-from study.search.rungs import ladder_for, minimised, nondominated_fronts
-from study.storage.records import SpaceSampler, build_sampler
+from study.search.rungs import minimised, nondominated_fronts
+from study.search.sampler import SpaceSampler, build_sampler
+from study.search.schedulers import ladder_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "bench" / "tables" / "default.parquet"

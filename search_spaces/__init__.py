@@ -7,12 +7,13 @@ from typing import Any
 
 import yaml
 
+from trainables.errors import InputError
 from trainables.messages import shown
 
 BUNDLED_DIR = Path(__file__).resolve().parent
 
 
-class SpaceError(ValueError):
+class SpaceError(InputError):
     """A space file is missing, unreadable or invalid. The message is one line: file, key, reason."""
 
 

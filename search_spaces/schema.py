@@ -23,8 +23,8 @@ from pydantic import (
 )
 
 from search_spaces import SpaceError, read_space_yaml, resolve_space
-from search_spaces.names import check_study_name
 from trainables.config import ConfigError, TrainConfig, parse_config
+from trainables.layout import check_study_name
 from trainables.messages import first_problem, shown
 from trainables.metrics.objectives import (
     ACCURACY_METRICS,
@@ -261,16 +261,6 @@ class Space(BaseModel):
             raise ValueError(
                 f"asha: grace_period ({self.asha.grace_period}) must be below max_t ({max_t}): "
                 "no rung would stop anything"
-            )
-        from study.search.rungs import MAX_RUNGS, rung_milestones  # the rule's own count (pure)
-
-        asha = self.asha
-        rungs = rung_milestones(asha.grace_period, asha.reduction_factor, max_t, MAX_RUNGS)
-        if len(rungs) > MAX_RUNGS:
-            raise ValueError(
-                f"asha: reduction_factor {asha.reduction_factor} with grace_period "
-                f"{asha.grace_period} puts more than {MAX_RUNGS} rungs below max_t ({max_t}): "
-                "raise reduction_factor (3 is usual) or grace_period"
             )
 
     @property

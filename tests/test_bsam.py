@@ -11,7 +11,7 @@ from torch import nn
 
 from trainables.config import parse_config
 from trainables.engine.loop import Trainer
-from trainables.evaluation.passes import WEIGHTS, pass_generator
+from trainables.engine.passes import WEIGHTS, pass_generator
 from trainables.methods.bsam import BSAM
 
 HYPER = dict(beta1=0.9, beta2=0.99, rho=0.05, prior_precision=2.0, n_data=50.0, damping=0.1)

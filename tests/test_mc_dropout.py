@@ -11,7 +11,7 @@ from torch import nn
 from tests.test_loop import untimed
 from trainables.config import ConfigError, parse_config
 from trainables.engine.loop import Trainer
-from trainables.evaluation.passes import DROPOUT, dropout_mask, pass_generator
+from trainables.engine.passes import DROPOUT, dropout_mask, pass_generator
 from trainables.models.zoo import build_model, model_names
 
 

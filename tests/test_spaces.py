@@ -10,7 +10,7 @@ import yaml
 
 from search_spaces import BUNDLED_DIR, SpaceError, bundled_names
 from search_spaces.schema import check_space, load_space, reachable_combinations
-from study.storage.records import SpaceSampler
+from study.search.sampler import SpaceSampler
 from tests.test_cli import run_study
 
 BUNDLED = ("default", "cifar10-resnet18", "cifar100-wrn28-10", "imagenet-resnet50")

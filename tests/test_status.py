@@ -16,8 +16,9 @@ from search_spaces.schema import check_space
 from study import Study, StudyInputError
 from study.api.status import STATES
 from study.cli.main import main
+from study.search.sampler import name_objectives
 from study.storage.lock import StudyLock
-from study.storage.records import STATUS_ATTR, name_objectives
+from study.storage.records import STATUS_ATTR
 from trainables.layout import study_paths
 
 SPACE = {

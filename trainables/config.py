@@ -8,6 +8,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.data.datasets import check_dataset_name
+from trainables.errors import InputError
 from trainables.messages import first_problem, shown, uri_credentials
 from trainables.models.zoo import MODELS, check_model_name
 
@@ -27,7 +28,7 @@ DETECTION_SPLITS = ("ood_svhn", "ood_digits", "ood_heldout")
 SEVERITIES = (1, 2, 3, 4, 5)
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A setting is unknown, of the wrong type or out of range. The message is one line."""
 
 

@@ -33,4 +33,7 @@ class StorageError(SharpcalError):
 
 class DataError(SharpcalError):
     """A dataset, an OOD set or a study's evidence: missing, unreadable or not what it should
-    be."""
+    be. The message is made one line (readers' messages are long)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))

@@ -23,11 +23,13 @@ Data, under ``data_uri`` (the same directory, or ``s3://bucket/prefix/<name>``):
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search_spaces.names import check_study_name
+from trainables.errors import InputError
+from trainables.messages import shown
 
 SPACE_FILE = "space.yaml"
 OPTUNA_FILE = "optuna.db"
@@ -40,6 +42,24 @@ TUNE_DIR = "tune"
 EVIDENCE_DIR = "evidence"
 TRIALS_DIR = "trials"
 TRAIN_DIR = "train"
+
+
+# A study's name becomes a directory, an MLflow experiment, an Optuna study and part of a SQLite
+# URI, so it is a plain name: letters, digits, ``.``, ``_`` and ``-``, starting with a letter or a
+# digit (never ``.``, ``..`` or a hidden name), at most 64 characters.
+MAX_NAME = 64
+_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME - 1}}}")
+
+
+def check_study_name(name: object, where: str = "study name") -> str:
+    """``name`` if it is a valid study name (one path segment, checked in one place for every
+    command and every source), else ``InputError`` saying what a name may hold."""
+    if isinstance(name, str) and _NAME.fullmatch(name):
+        return name
+    raise InputError(
+        f"{where} {shown(name)} is not a plain name: use 1-{MAX_NAME} letters, digits, '.', '_' "
+        "or '-', starting with a letter or digit (no '/', no '..')"
+    )
 
 
 def is_remote(uri: str) -> bool:

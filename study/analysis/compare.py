@@ -27,6 +27,7 @@ from search_spaces.schema import Space
 from study.analysis.tables import latex_escape, latex_table, markdown_table
 from study.storage.records import STATUS_ATTR, configuration_key, trial_settings
 from trainables.config import OOD_SPLITS, TrainConfig, ood_section_key
+from trainables.errors import InputError
 from trainables.metrics.objectives import COST_METRICS, signed
 
 Format = Literal["markdown", "latex", "csv"]
@@ -455,7 +456,7 @@ def paired_table(
     return table
 
 
-class RowNotFound(ValueError):
+class RowNotFound(InputError):
     """A ``--baseline`` (``baseline=``) that names no row; the message lists the rows."""
 
 

@@ -38,6 +38,7 @@ from study.storage.evidence import (
 )
 from study.storage.records import TRIAL_ID_ATTR
 from trainables.config import DETECTION_SPLITS, OOD_SPLITS
+from trainables.errors import DataError
 from trainables.evaluation.ood import aupr, auroc, negative_entropy
 from trainables.metrics import calibration
 
@@ -55,7 +56,7 @@ class Ensemble(Configuration):
         return [value] if value is not None and math.isfinite(value) else []
 
 
-class EnsembleUnavailable(ValueError):
+class EnsembleUnavailable(DataError):
     """A configuration's seeds cannot be ensembled (one line: which and why)."""
 
 

@@ -1,1 +1,2 @@
-"""study.api.study."""
+"""The Python API (``study.api.study``: ``Study``), the checks made before anything runs
+(``arguments``, ``inputs``), ``study train`` (``train``) and ``study status`` (``status``)."""

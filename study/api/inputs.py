@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces.schema import Space, reachable_combinations
+from study.runtime.cluster import recorded_cluster
 from trainables.config import TrainConfig
+from trainables.errors import InputError
 from trainables.messages import MAX_SHOWN, SECRET_QUERY_PARAM, redact_credentials, shown
 
 CREDENTIAL_HINTS = {
@@ -21,10 +23,6 @@ CREDENTIAL_HINTS = {
     "--storage": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the machine's IAM role)",
     "--address": "RAY_AUTH_TOKEN (Ray's token authentication)",
 }
-
-
-class InputError(ValueError):
-    """Bad input found before any work: one line."""
 
 
 def check_no_credentials(uri: str | None, option: str) -> None:
@@ -113,15 +111,6 @@ def check_tracking_reachable(uri: str | None, timeout: float = 5.0) -> None:
                 f"--tracking-uri {shown_uri}: {shown(str(folder))} is not a directory this user "
                 "can write (MLflow creates the database there); create it or fix the URI"
             )
-
-
-def recorded_cluster() -> str | None:
-    """The address `ray start` recorded on this machine (what Ray's ``auto`` reads), if any."""
-    recorded = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray")) / "ray_current_cluster"
-    try:
-        return recorded.read_text().strip() or None
-    except OSError:
-        return None
 
 
 def check_address(address: str | None, timeout: float = 3.0) -> None:

@@ -11,8 +11,8 @@ over it.
     s.report()                    # writes <study>/report/, returns its path
     Study.load("first").resume()  # after a crash, Ctrl-C or reboot
 
-Every bad input raises ``StudyInputError`` (one line: what, where, how to fix) before anything is
-written or started.
+Every error is a ``trainables.errors.SharpcalError`` (one line: what, where, how to fix), bad
+input before anything is written or started; ``StudyInputError`` is its older name.
 """
 
 from __future__ import annotations
@@ -26,13 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search_spaces import SpaceError
 from search_spaces.schema import Space, check_space, load_space
 from study.output import plural
-from trainables.config import ConfigError
-from trainables.data.datasets import DataError
+from trainables.errors import InputError, SharpcalError
 from trainables.layout import StudyPaths, study_paths
-from trainables.models.zoo import ModelError
 
 if TYPE_CHECKING:
     import optuna
@@ -44,22 +41,21 @@ if TYPE_CHECKING:
 
 # New Tuners a run may start after Tune's own ends short of the study's trials (see ``_fit``).
 MAX_TOP_UPS = 3
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, ModelError, SpaceError)
-
-
-class StudyInputError(ValueError):
-    """Bad input, found before any work starts: one line saying what, where and how to fix it."""
+# The name the API's errors had before they shared one base: every error sharpcal raises for its
+# user (bad input, storage, data, plugins) is a ``SharpcalError``, and catching this catches them.
+StudyInputError = SharpcalError
 
 
 @contextmanager
 def user_errors(*more: type[Exception]) -> Iterator[None]:
-    """Turn the project's input errors (and ``more``) into ``StudyInputError``."""
-    from study.api.inputs import InputError
-
+    """Let sharpcal's own errors through, and turn ``more`` (other libraries' errors that mean
+    bad input at this point) into an ``InputError`` with the same one-line message."""
     try:
         yield
-    except (*USER_ERRORS, InputError, *more) as err:
-        raise StudyInputError(str(err)) from None
+    except SharpcalError:
+        raise
+    except more as err:
+        raise InputError(str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -81,14 +77,19 @@ def resolve(
 ) -> Space:
     """A validated space from a bundled name, a YAML file, a dict or a ``Space``, with
     ``overrides`` (``--set``-style settings or study keys such as ``samples``) applied."""
+    from study.search.schedulers import check_rungs
+
     with user_errors():
         if isinstance(space, Space):
             space = space.model_dump(mode="json")
         if isinstance(space, dict):
             from search_spaces.schema import check_overridden
 
-            return check_overridden(dict(space), overrides or {}, "space")
-        return load_space(str(space), overrides)
+            resolved = check_overridden(dict(space), overrides or {}, "space")
+        else:
+            resolved = load_space(str(space), overrides)
+        check_rungs(resolved)
+        return resolved
 
 
 def unsearched_settings(
@@ -138,9 +139,9 @@ def check_inputs(
         check_address(address)
         check_storage(storage)
         paths = study_paths(name, storage)
-    from study.storage.files import StudyExists, check_new_study
+    from study.storage.files import check_new_study
 
-    with user_errors(StudyExists):
+    with user_errors():
         check_new_study(paths, name)  # what the run refuses, the dry run refuses
     check_files(space, runs_here if runs_here is not None else not address)
     return paths
@@ -300,7 +301,7 @@ class Study:
 
         with self._driving(address):
             if has_tune_state(self.paths):
-                raise StudyInputError(
+                raise InputError(
                     f"study {self.name!r} has already started its trials; continue it with "
                     f"'study resume {self.name}'"
                 )
@@ -394,12 +395,12 @@ class Study:
         from study.api import arguments
         from study.api.inputs import check_address, check_no_credentials, check_runs_here
         from study.storage.files import check_study_dir, check_writable
-        from study.storage.lock import StudyLock, StudyLocked, describe_holder
-        from study.tracking.runs import TrackingError, parent_run_open
+        from study.storage.lock import StudyLock, describe_holder
+        from study.tracking.runs import parent_run_open
 
         info = self.tracking()
         lock = StudyLock(self.paths.root, self.name)
-        with user_errors(StudyLocked):
+        with user_errors():
             check_study_dir(self.paths, self.name)  # no symlink, nothing of another user's
             check_writable(self.paths, self.name, "resume")
             arguments.optional_str(address, "address")
@@ -413,7 +414,7 @@ class Study:
                 holder = describe_holder(lock.previous)
                 print(f"taking over the lock of a driver that is gone ({holder})")
             with ExitStack() as parent_run:
-                with user_errors(TrackingError):
+                with user_errors():
                     parent_run.enter_context(parent_run_open(info, self.name))
                 self._address = address
                 yield
@@ -521,18 +522,16 @@ class Study:
         Pareto objective, the front trial with the highest ``compare.rank_score``: by default
         ``val_accuracy - val_ece``). A diverged trial is never registered."""
         from study.api import arguments
-        from study.tracking.model_registry import DivergedTrial, choose_trial, register_trial_model
+        from study.tracking.model_registry import choose_trial, register_trial_model
 
         with user_errors():
             arguments.model_name(model_name)
             arguments.trial_number(trial)
         info = self.tracking()
         if not info:
-            raise StudyInputError(
-                f"study {self.name!r} is not tracked in MLflow: nothing to register"
-            )
+            raise InputError(f"study {self.name!r} is not tracked in MLflow: nothing to register")
         study = self.optuna()
-        with user_errors(LookupError, DivergedTrial):
+        with user_errors(LookupError):
             chosen = choose_trial(study, self.space, self.name, trial)
             return register_trial_model(self.paths, chosen, info, model_name)
 
@@ -552,7 +551,7 @@ class Study:
         (an interrupted study), its ranking is partial and the rerun is refused (one line)."""
         from study.analysis.compare import top_configurations
         from study.api import arguments
-        from study.storage.lock import StudyLocked, held_by
+        from study.storage.lock import held_by
 
         with user_errors():
             arguments.count(top, "top")
@@ -562,24 +561,24 @@ class Study:
             storage = arguments.storage_arg(storage)
             arguments.optional_str(tracking_uri, "tracking_uri")
             arguments.optional_str(address, "address")
-        with user_errors(StudyLocked):
+        with user_errors():
             driver = held_by(self.paths.root)
         if driver:
-            raise StudyInputError(
+            raise InputError(
                 f"study {self.name!r} is still running (its driver: {driver}); a rerun would "
                 f"rank its partial results: wait for it to finish ('study status {self.name}')"
             )
         study = self.optuna()
         finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
         if finished < self.space.trials:
-            raise StudyInputError(
+            raise InputError(
                 f"study {self.name!r} is unfinished ({finished} of "
                 f"{plural(self.space.trials, 'trial')} finished); a rerun would rank its partial "
                 f"results: finish it first with 'study resume {self.name}'"
             )
         best = top_configurations(study, self.space, top)
         if not best:
-            raise StudyInputError(f"study {self.name!r} has no completed trial to rerun")
+            raise InputError(f"study {self.name!r} has no completed trial to rerun")
         new_name = name or f"{self.name}-rerun"
         data = self.space.model_dump(mode="json")
         data.update(
@@ -602,7 +601,7 @@ class Study:
         try:
             refuse_existing(new_name, target)
         except StudyExists:
-            raise StudyInputError(
+            raise InputError(
                 f"study {new_name!r} already exists in {target.root}: give the rerun another "
                 f"name with --new-name (name= in the API)"
             ) from None
@@ -627,7 +626,7 @@ class Study:
         from study.storage.files import check_study_name, open_optuna_study
 
         if not self.paths.optuna_db.is_file():
-            raise StudyInputError(
+            raise InputError(
                 f"study {self.name!r} has no Optuna database ({self.paths.optuna_db}): none of its "
                 f"trials has started; start them with 'study resume {self.name}'"
             )
@@ -674,7 +673,6 @@ class Study:
         row is a ``StudyInputError``."""
         from study.analysis.compare import (
             Comparison,
-            RowNotFound,
             comparison_tables,
             find_row,
             paired_columns,
@@ -692,7 +690,7 @@ class Study:
         confs = tables[0].confs
         paired, row = None, None
         if baseline is not None and confs:
-            with user_errors(RowNotFound):
+            with user_errors():
                 row = find_row(confs, str(baseline))
             paired = paired_table(confs, row, self.space, paired_columns(tables))
         skipped: list[str] = []
@@ -753,17 +751,15 @@ def _create(
     """Create the study's directory, space file and MLflow parent run under the driver lock;
     on any failure leave nothing of it behind."""
     from study.storage.files import (
-        StudyExists,
         clear_unfinished_creation,
         prepare_study,
         refuse_existing,
         save_tracking,
         unfinished_creation,
     )
-    from study.storage.lock import StudyLock, StudyLocked
+    from study.storage.lock import StudyLock
     from study.tracking.runs import (
         StudyTracker,
-        TrackingError,
         default_tracking_uri,
         flatten,
         git_commit,
@@ -774,7 +770,7 @@ def _create(
     paths.root.mkdir(parents=True, exist_ok=True)
     lock = StudyLock(paths.root, name)
     try:
-        with user_errors(StudyExists, StudyLocked, TrackingError):
+        with user_errors():
             lock.acquire()
             refuse_existing(name, paths)  # before the tracking store is touched
             if unfinished_creation(paths):  # a start killed before space.yaml: no study yet
@@ -799,7 +795,7 @@ def _create(
                 "parent_run_id": parent,
             },
         )
-        with user_errors(StudyExists):
+        with user_errors():
             prepare_study(space, name, paths)  # space.yaml last: it makes the study one
     except BaseException:
         lock.release(discard=True)  # a refused start leaves no driver.lock behind

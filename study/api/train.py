@@ -53,7 +53,7 @@ def train_config(
     space: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
     """``train_settings`` validated, the OOD files it reads checked (a Fashion-MNIST-C generated
-    before must be unchanged); bad input is a ``StudyInputError``."""
+    before must be unchanged); bad input is an ``InputError``."""
     from study.api.inputs import check_fashion_mnist_c
     from study.api.study import user_errors
     from trainables.config import parse_config
@@ -78,19 +78,18 @@ def train(
 ) -> TrainResult:
     """Train once (no Ray) from the defaults, ``space``'s fixed settings and ``overrides``,
     logging one MLflow run (params, per-epoch metrics, test metrics, status and
-    ``reliability.png``) in ``experiment``. Every bad input is a ``StudyInputError`` before
+    ``reliability.png``) in ``experiment``. Every bad input is an ``InputError`` before
     training starts. ``on_start`` sees the built trainer, ``on_epoch`` each epoch's record
     (after it is logged), ``on_batch`` each step: the command prints through them."""
     from study.api.inputs import check_tracking_reachable, check_tracking_uri
-    from study.api.study import StudyInputError, user_errors
-    from study.tracking.runs import TrackingError, TrainRunLogger, default_tracking_uri
-    from trainables.data.datasets import DataError
+    from study.api.study import user_errors
+    from study.tracking.runs import TrainRunLogger, default_tracking_uri
 
     with user_errors():
         check_tracking_uri(tracking_uri)
         check_tracking_reachable(tracking_uri or default_tracking_uri())
     cfg = train_config(space, overrides)
-    with user_errors(TrackingError):
+    with user_errors():
         trainer = Trainer(cfg)
         tracker = TrainRunLogger(
             tracking_uri or default_tracking_uri(), experiment, cfg.model_dump()
@@ -107,9 +106,6 @@ def train(
 
     try:
         result = trainer.fit(on_epoch=epoch_done, on_batch=on_batch)
-    except DataError as err:  # an OOD file changed while it trained: one line, not a traceback
-        tracker.finish("failed", {})
-        raise StudyInputError(str(err)) from None
     except BaseException:  # a crash or Ctrl-C: the run is not left "running"
         tracker.finish("failed", {})
         raise

@@ -8,14 +8,16 @@ import argparse
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from search_spaces import bundled_names, read_space_yaml, resolve_space
-from study.api.study import Study, StudyInputError, resolve, user_errors
 from study.cli.settings import parse_sets
 from study.output import plural
-from trainables.config import OOD_SPLITS
-from trainables.engine.loop import EpochRecord, Trainer
+from trainables.errors import InputError, SharpcalError
+
+if TYPE_CHECKING:  # the commands import what they run: `study --help` loads no torch
+    from study.api.study import Study
+    from trainables.engine.loop import EpochRecord, Trainer
 
 _SEVERITY = re.compile(r"_s\d+_")  # a per-severity metric (cifar10_c_s3_ece): not printed
 
@@ -228,8 +230,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Run one training (``study.api.train.train``) and print its epochs and test line."""
     from study.api.train import train
 
-    with user_errors():
-        overrides = parse_sets(args.sets)
+    overrides = parse_sets(args.sets)
     printer = _TrainPrinter()
     try:
         result = train(
@@ -254,6 +255,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"brier {f['test_brier']:.4f}  ece_ts {f['test_ece_ts']:.4f} (T={f['temperature']:.3f})"
         f"  [{result.seconds:.0f}s]"
     )
+    from trainables.config import OOD_SPLITS
+
     ood = {k: v for k, v in f.items() if k.startswith(OOD_SPLITS) and not _SEVERITY.search(k)}
     if ood:
         print("ood: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(ood.items())))
@@ -263,6 +266,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace) -> Study:
     """The existing study ``args.name`` (in ``args.storage``)."""
+    from study.api.study import Study
+
     return Study.load(args.name, args.storage or "studies")
 
 
@@ -286,9 +291,7 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     """List the bundled spaces, or validate a user's file."""
     if args.action == "validate":
         if not args.file:
-            raise StudyInputError(
-                "spaces validate needs a FILE: study spaces validate my_space.yaml"
-            )
+            raise InputError("spaces validate needs a FILE: study spaces validate my_space.yaml")
         return _validate(args.file)
     names = bundled_names()
     width = max(len(n) for n in names)
@@ -301,9 +304,9 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 def _validate(file: str) -> int:
     """`study spaces validate FILE`: the schema's verdict, then whether the data it reads are
     here (the checks ``Study.create`` makes), each on its own line; exit 2 on either."""
-    from study.api.study import check_files
+    from study.api.study import check_files, resolve
 
-    space = resolve(file)  # a bad space: StudyInputError, printed as one error line
+    space = resolve(file)  # a bad space: one error line
     repeats = f" x {plural(space.repeats, 'seed')}" if space.repeats > 1 else ""
     print(
         f"{file}: schema: ok ({plural(len(space.search), 'searched setting')}, "
@@ -312,7 +315,7 @@ def _validate(file: str) -> int:
     )
     try:
         check_files(space)
-    except StudyInputError as err:
+    except SharpcalError as err:
         print(f"{file}: data: missing: {err}", file=sys.stderr)
         return 2
     print(f"{file}: data: found (devices and every dataset it reads)")
@@ -321,8 +324,9 @@ def _validate(file: str) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate everything, create the study, run it, print the front."""
-    with user_errors():
-        overrides: dict[str, Any] = parse_sets(args.sets)
+    from study.api.study import Study
+
+    overrides: dict[str, Any] = parse_sets(args.sets)
     for key in ("samples", "repeats", "concurrency"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
@@ -470,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with terminate_as_interrupt():
             return args.handler(args)
-    except StudyInputError as err:
+    except SharpcalError as err:
         print(f"study {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what was half-done was cleaned up

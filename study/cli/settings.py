@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from trainables.config import ConfigError
+from trainables.errors import InputError
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
@@ -17,11 +17,11 @@ def parse_set(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not _KEY.match(key):
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set rho=0.1")
+        raise InputError(f"--set {item!r}: expected key=value, e.g. --set rho=0.1")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
-        raise ConfigError(f"--set {item!r}: the value is not a valid YAML scalar") from None
+        raise InputError(f"--set {item!r}: the value is not a valid YAML scalar") from None
     if isinstance(value, (dict, list)) and not raw.strip().startswith(("[", "{")):
         value = raw
     return key, value

@@ -21,7 +21,7 @@ from study.storage.evidence import StoredSplit  # noqa: E402
 from trainables.evaluation.plots import reliability_axes  # noqa: E402
 
 if TYPE_CHECKING:
-    from study.report.writer import StudyView
+    from study.report.view import StudyView
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import os
 import socket
 from collections import Counter
+from pathlib import Path
 
 from trainables.trial.nodes import NODE_TYPE_LABEL
 
@@ -59,8 +60,6 @@ def nodes_by_type(address: str = "auto", timeout: float = 10.0) -> dict[str, int
 def started_cluster() -> str | None:
     """What ``auto`` names: ``RAY_ADDRESS``, else the cluster ``ray start`` recorded on this
     machine (None: neither)."""
-    from study.api.inputs import recorded_cluster
-
     named = os.environ.get("RAY_ADDRESS", "").strip()
     if named and named not in ("auto", "local"):
         return named
@@ -95,3 +94,12 @@ def _listening(address: str) -> bool:
             return True
     except (OSError, ValueError):
         return False
+
+
+def recorded_cluster() -> str | None:
+    """The address `ray start` recorded on this machine (what Ray's ``auto`` reads), if any."""
+    recorded = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray")) / "ray_current_cluster"
+    try:
+        return recorded.read_text().strip() or None
+    except OSError:
+        return None

@@ -256,11 +256,13 @@ def restore_tuner(space: Space, name: str, paths: StudyPaths) -> Any:
     it is now (``study.storage.binding``), never to where it was saved."""
     from ray import tune
 
+    from study.runtime.legacy import alias_moved_modules
     from study.storage.binding import BoundStudy, bound_study
     from study.storage.files import load_tracking, tune_trial_states
 
     check_resumable(paths, name)
     check_in_place(space, name, paths)
+    alias_moved_modules()  # a study saved before issue 35 names the old modules
     states = tune_trial_states(paths)
     fail_unrecorded(paths, name, set(states))
     live = frozenset(t for t, status in states.items() if status != "TERMINATED")

@@ -27,12 +27,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from search_spaces.schema import Space
 
 Ranking = Literal["eps_net", "crowding"]
 RANKINGS: tuple[Ranking, ...] = ("eps_net", "crowding")
@@ -294,15 +291,3 @@ class RungLadder:
             numerator, denominator = self._eta
             stop = position * numerator > len(keys) * denominator
         return Decision(stop, milestone, position, len(keys))
-
-
-def ladder_for(space: Space) -> RungLadder:
-    """The ladder of a study of ``space``: its objectives and its ``asha`` settings (what the
-    Tune adapter builds, and what ``bench/replay_search.py`` replays)."""
-    return RungLadder(
-        num_objectives=len(space.objective.optuna_metrics),
-        max_t=space.asha_max_t,
-        grace_period=space.asha.grace_period,
-        reduction_factor=space.asha.reduction_factor,
-        ranking=space.asha.ranking,
-    )

@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from study.search.rungs import Decision, RungLadder, ladder_for, minimised
+from search_spaces import SpaceError
+from search_spaces.schema import Space
+from study.search.rungs import MAX_RUNGS, Decision, RungLadder, minimised, rung_milestones
 from study.storage.binding import current
 from study.storage.records import REPEAT_OF_ATTR, RUNGS_ATTR, TRIAL_ID_ATTR
 from trainables.layout import is_remote, resolve_fs
 
 if TYPE_CHECKING:
     import optuna
-
-    from search_spaces.schema import Space
 
 
 class _TrialsInPlace:
@@ -173,3 +173,30 @@ class MOASHAScheduler(_TrialsInPlace, FIFOScheduler):
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def ladder_for(space: Space) -> RungLadder:
+    """The ladder of a study of ``space``: its objectives and its ``asha`` settings (what the
+    Tune adapter builds, and what ``bench/replay_search.py`` replays)."""
+    return RungLadder(
+        num_objectives=len(space.objective.optuna_metrics),
+        max_t=space.asha_max_t,
+        grace_period=space.asha.grace_period,
+        reduction_factor=space.asha.reduction_factor,
+        ranking=space.asha.ranking,
+    )
+
+
+def check_rungs(space: Space) -> None:
+    """``SpaceError`` when the space's ``asha`` settings put more than ``MAX_RUNGS`` rungs below
+    ``max_t`` (counted by the rule's own ``rung_milestones``, in bounded time)."""
+    if space.scheduler != "asha":
+        return
+    asha, max_t = space.asha, space.asha_max_t
+    rungs = rung_milestones(asha.grace_period, asha.reduction_factor, max_t, MAX_RUNGS)
+    if len(rungs) > MAX_RUNGS:
+        raise SpaceError(
+            f"asha: reduction_factor {asha.reduction_factor} with grace_period "
+            f"{asha.grace_period} puts more than {MAX_RUNGS} rungs below max_t ({max_t}): "
+            "raise reduction_factor (3 is usual) or grace_period"
+        )

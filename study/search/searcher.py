@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from search_spaces.schema import Space
+from study.search.sampler import SpaceSampler, build_sampler, name_objectives
 from study.storage.binding import current
 from study.storage.records import (
     POINT_ATTR,
@@ -27,10 +28,7 @@ from study.storage.records import (
     SETTINGS_ATTR,
     STATUS_ATTR,
     TRIAL_ID_ATTR,
-    SpaceSampler,
-    build_sampler,
     counted,
-    name_objectives,
     trial_settings,
     trial_status,
 )

@@ -30,6 +30,7 @@ import torch
 from optuna.trial import FrozenTrial
 
 from study.storage.records import STATUS_ATTR, TRIAL_ID_ATTR
+from trainables.errors import DataError
 from trainables.evaluation.evidence import MAX_PROBS_CLASSES, open_evidence
 from trainables.layout import EVIDENCE_DIR, partition_uri, resolve_fs
 from trainables.metrics import calibration
@@ -46,7 +47,7 @@ COLUMNS += ["true_prob", "temperature", "probs"]
 NO_PROBS = f"evidence keeps probabilities only up to {MAX_PROBS_CLASSES} classes"
 
 
-class NoProbabilities(ValueError):
+class NoProbabilities(DataError):
     """Evidence without the probability vectors was asked for what needs them."""
 
 

@@ -19,6 +19,7 @@ import yaml
 from search_spaces import SpaceError
 from search_spaces.schema import Space, check_space
 from trainables.atomic import atomic_write_text
+from trainables.errors import StorageError
 from trainables.layout import (
     LOCK_FILE,
     MLFLOW_ARTIFACTS_DIR,
@@ -35,11 +36,11 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 OPTUNA_TABLES = ("studies", "trials", "version_info")
 
 
-class StudyExists(ValueError):
+class StudyExists(StorageError):
     """`study run` on a name that already has a study."""
 
 
-class StudyFilesError(SpaceError):
+class StudyFilesError(StorageError):
     """A study's files are corrupt, foreign, symlinked or not this study's: one line, never
     repaired."""
 

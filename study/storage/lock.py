@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trainables.errors import StorageError
 from trainables.layout import LOCK_FILE
 
 
-class StudyLocked(RuntimeError):
+class StudyLocked(StorageError):
     """Another driver holds the study: one line naming it."""
 
 

@@ -5,13 +5,11 @@ no Ray: the driver's readers (front, compare, report, status) import this, not t
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from search_spaces.schema import Space
 from trainables.config import OOD_SPLITS
 
 log = logging.getLogger(__name__)
@@ -37,34 +35,6 @@ RECORDED_KEYS = (
 )  # fmt: skip
 
 
-class SpaceSampler:
-    """The define-by-run function: draws the ``search`` section in file order, honouring ``when``,
-    and returns the fixed settings (and a point's or repeat's settings) as constants. A plain
-    class so that Tune can pickle it."""
-
-    def __init__(self, space: Space) -> None:
-        self.space = space
-
-    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        settings = dict(trial.user_attrs.get(SETTINGS_ATTR) or {})
-        constants = {
-            **self.space.fixed,
-            **{k: v for k, v in settings.items() if k not in self.space.search},
-        }
-        chosen: dict[str, Any] = dict(constants)
-        for name, dist in self.space.search.items():
-            if dist.applies(chosen):
-                chosen[name] = dist.suggest(trial, name)
-        return constants
-
-
-def name_objectives(study: optuna.Study, space: Space) -> None:
-    """Give the study's objectives their names (optuna-dashboard labels its axes with them)."""
-    with warnings.catch_warnings():  # experimental in Optuna since 3.2, unchanged since
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(space.objective.names)
-
-
 def trial_settings(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """What a trial set over the space's ``fixed``: its Optuna params and its point's/seed."""
     return {**(trial.user_attrs.get(SETTINGS_ATTR) or {}), **trial.params}
@@ -73,21 +43,6 @@ def trial_settings(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
 def configuration_key(trial: optuna.trial.FrozenTrial) -> tuple[tuple[str, str], ...]:
     """Equal for the trials of one configuration (the seeds of a repeat)."""
     return tuple(sorted((k, repr(v)) for k, v in trial_settings(trial).items() if k != "seed"))
-
-
-def build_sampler(space: Space, offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler named by the space, seeded with its seed plus ``offset``."""
-    seed = None if space.seed is None else space.seed + offset
-    if space.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
-    if space.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if space.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if space.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    grid = {name: list(d.categorical or []) for name, d in space.search.items()}
-    return optuna.samplers.GridSampler(grid, seed=seed)
 
 
 def trial_status(result: dict[str, Any] | None, error: bool) -> str:

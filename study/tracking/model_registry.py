@@ -5,7 +5,7 @@ model registered in the Model Registry.
 The model is rebuilt on the driver from the trial's last Tune checkpoint (its weights and settings)
 and wrapped in ``CalibratedClassifier`` with the temperature the trial fitted on val and, for a
 stochastic evaluation (MC dropout, a rank-1 BNN, bSAM), the very draws of every pass the trial's
-evaluation made (``trainables.evaluation.passes``), so it returns the probabilities the trial logged, for any
+evaluation made (``trainables.engine.passes``), so it returns the probabilities the trial logged, for any
 batch size. Its input is what the trial evaluated: normalised images, float32 ``[N, C, H, W]``
 (the dataset's mean and std; ``trainables.data.datasets.Normaliser``). The network is exported with
 ``torch.export`` (MLflow's ``pt2`` format, batch size dynamic) and served by
@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from study.storage.records import STATUS_ATTR, TRIAL_ID_ATTR
-from trainables.evaluation.passes import FrozenPasses
+from trainables.engine.passes import FrozenPasses
+from trainables.errors import InputError
 from trainables.layout import StudyPaths, join, resolve_fs
 from trainables.metrics import calibration
 from trainables.trial.outputs import CHECKPOINT_FILE
@@ -65,7 +66,7 @@ class CalibratedClassifier(nn.Module):
         return torch.softmax(calibration.log_mean_probs(probs) / self.temperature, dim=1)
 
 
-class DivergedTrial(ValueError):
+class DivergedTrial(InputError):
     """A trial whose training diverged: its weights predict NaN, it is never logged."""
 
 
@@ -88,7 +89,7 @@ def calibrated_model(state: dict[str, Any], temperature: float) -> tuple[nn.Modu
     stochastic evaluation; and its data."""
     from trainables.config import parse_config
     from trainables.engine.loop import build_optimizer, config_data, config_model
-    from trainables.evaluation.passes import SeededPasses
+    from trainables.engine.passes import SeededPasses
     from trainables.methods.bsam import BSAM
 
     cfg = parse_config({**state["config"], "device": "cpu", "compile": False}, where="a model")

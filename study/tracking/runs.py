@@ -24,6 +24,7 @@ from ray.tune import Callback
 from study.output import warn
 from study.storage.binding import current
 from study.storage.records import MLFLOW_RUN_ATTR, TRIAL_ID_ATTR
+from trainables.errors import StorageError
 from trainables.layout import resolve_fs, trial_artifacts_uri, trial_evidence_uri
 
 # Fail fast on a dead server: a lost server costs a warning, not minutes of retries per call.
@@ -40,7 +41,7 @@ STATUS_TAG = "status"
 PARENT_TAG = "mlflow.parentRunId"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(StorageError):
     """The tracking store cannot be reached or used: one line saying which and how to fix."""
 
 

@@ -37,7 +37,7 @@ pixel-scale effects are 32/28 = 1.14x larger relative to the object than in CIFA
 - frost: the package reads a full-size texture (315x560 to 600x900), enlarges it by 1.1
   (OpenCV INTER_CUBIC) and crops the image size, so a 28-px crop shows a tiny patch of frost.
   ``make_cifar_c.py`` first shrinks the texture by 0.2 (cv2.resize, bilinear, no antialias).
-  The bundled ``trainables/frost/frost{1..5}.png`` are the package's textures as 601 luma,
+  The bundled ``trainables/data/frost/frost{1..5}.png`` are the package's textures as 601 luma,
   shrunk the same way by 0.2 * 28/32 / 1.1, so that after the package's own 1.1 enlargement
   the frost has CIFAR-10-C's scale relative to the object (made by
   ``bench/make_frost_textures.py``). frost6.jpg is never drawn (the package and CIFAR-10-C draw

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainables.errors import DataError
 from trainables.messages import shown
 
 SPLITS = ("train", "val", "test")
@@ -41,13 +42,6 @@ _DIGITS_TEST_FRACTION = 0.2
 _CROP_PADDING = {32: 4, 28: 2, 8: 1}
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class DataError(ValueError):
-    """Bad dataset name, missing root or malformed files (one-line message: what, where, fix)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
 
 
 @dataclass(frozen=True)

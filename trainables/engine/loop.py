@@ -21,14 +21,14 @@ from torch import nn
 from trainables.atomic import atomic_write
 from trainables.config import ConfigError, TrainConfig
 from trainables.data.datasets import Data, DatasetInfo, load_data, train_steps
-from trainables.evaluation.passes import SeededPasses
+from trainables.engine.passes import SeededPasses
 from trainables.losses.adafocal import AdaFocalBins, adafocal_loss, update_bins
 from trainables.losses.common import LossFn, build_loss, cross_entropy, csam_loss
 from trainables.methods.bsam import BSAM
 from trainables.methods.sam import SAM, frozen_batchnorm_stats
 from trainables.metrics import calibration
 from trainables.models.mimo import mimo_batch, mimo_indices, mimo_loss
-from trainables.models.rank1 import Rank1Factor, rank1_spec
+from trainables.models.rank1 import Rank1Factor, Rank1Spec
 from trainables.models.zoo import build_model
 
 SAM_METHODS = ("sam", "asam", "csam")
@@ -161,6 +161,20 @@ class EpochRecord:
         }
         out.update({f"val_{k}": v for k, v in self.val.items()})
         return out
+
+
+def rank1_spec(cfg: TrainConfig) -> Rank1Spec | None:
+    """The rank-1 settings of ``cfg`` (None: not a rank-1 run)."""
+    if cfg.rank1 is None:
+        return None
+    return Rank1Spec(
+        members=cfg.rank1,
+        family=cfg.rank1_family,
+        prior_mean=cfg.rank1_prior_mean,
+        prior_stddev=cfg.rank1_prior_stddev,
+        dropout_rate=cfg.rank1_dropout_rate,
+        random_sign_init=cfg.rank1_random_sign_init,
+    )
 
 
 def config_model(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
@@ -414,7 +428,7 @@ class Trainer:
     def evaluating(self) -> Iterator[None]:
         """The model in eval mode for predictions. With stochastic passes (``eval_passes`` > 1,
         or a rank-1 BNN) each pass is one network drawn from the run's seed and the pass's index
-        (``trainables.evaluation.passes``): MC dropout's masks, rank-1 factors and bSAM's posterior sample
+        (``trainables.engine.passes``): MC dropout's masks, rank-1 factors and bSAM's posterior sample
         are shared by every image of the pass, so an image's prediction does not depend on its
         batch or the device, every evaluation draws the same ones, and training's random stream
         is untouched. BatchNorm stays in eval mode."""

@@ -1,1 +1,1 @@
-"""trainables.metrics."""
+"""Metrics: calibration and accuracy measures, and the objectives a study can optimise."""

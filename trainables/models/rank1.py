@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-if TYPE_CHECKING:
-    from trainables.config import TrainConfig
 
 Family = Literal["normal", "cauchy"]
 CLAMP = 10.0
@@ -64,7 +61,7 @@ class Rank1Factor(nn.Module):
         else:
             noise = torch.zeros(members, size)
         self.raw_scale = nn.Parameter(start + noise)
-        # evaluation's draws [M, D], one per member for a whole pass (``trainables.evaluation.passes``)
+        # evaluation's draws [M, D], one per member for a whole pass (``trainables.engine.passes``)
         self.fixed: torch.Tensor | None = None
 
     @property
@@ -188,7 +185,7 @@ class Rank1Ensemble(nn.Module):
     """A rank-1 network of M members. Training input is the batch tiled M times (``[M * E,
     ...]``, member-major) and gives each member's logits; evaluation input ``[B, ...]`` is tiled
     here and gives the log of the members' mean softmax (each example its own draws, unless a
-    pass's draws are fixed: ``trainables.evaluation.passes``)."""
+    pass's draws are fixed: ``trainables.engine.passes``)."""
 
     def __init__(self, backbone: nn.Module, spec: Rank1Spec) -> None:
         super().__init__()
@@ -212,17 +209,3 @@ class Rank1Ensemble(nn.Module):
             if isinstance(f, Rank1Factor)
         ]
         return torch.stack(terms).sum()
-
-
-def rank1_spec(cfg: TrainConfig) -> Rank1Spec | None:
-    """The rank-1 settings of ``cfg`` (None: not a rank-1 run)."""
-    if cfg.rank1 is None:
-        return None
-    return Rank1Spec(
-        members=cfg.rank1,
-        family=cfg.rank1_family,
-        prior_mean=cfg.rank1_prior_mean,
-        prior_stddev=cfg.rank1_prior_stddev,
-        dropout_rate=cfg.rank1_dropout_rate,
-        random_sign_init=cfg.rank1_random_sign_init,
-    )

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
+from trainables.errors import InputError
 from trainables.messages import shown
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 TIMM_PREFIX = "timm:"
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """Unknown model name or bad constructor arguments (one-line message)."""
 
     def __init__(self, message: str) -> None:

@@ -25,7 +25,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Run one trial from its flat settings; resume from Tune's checkpoint when there is one."""
     cfg = parse_config(config, where=f"trial of study {ctx.study}")
     if ctx.workers > 1:
-        from trainables.engine.distributed import run_ddp_trial
+        from trainables.trial.distributed import run_ddp_trial
 
         trial_id = tune.get_context().get_trial_id()
         run_ddp_trial(config, ctx, trial_id, ctx.workers, ctx.cpus_per_trial, ctx.gpus_per_worker)

@@ -1,1 +1,1 @@
-"""study.report.writer.sections."""
+"""The report's sections, one module each."""

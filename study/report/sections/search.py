@@ -19,7 +19,7 @@ from study.storage.records import RUNGS_ATTR, STATUS_ATTR
 from trainables.metrics.objectives import DIRECTIONS
 
 if TYPE_CHECKING:
-    from study.report.writer import StudyView
+    from study.report.view import StudyView
 
 
 @dataclass(frozen=True)
