@@ -15,16 +15,11 @@ from search_spaces.schema import check_space
 from study.search.rungs import RungLadder
 from study.search.searcher import PRUNED_VALUES_ATTR, _next_repeat
 from study.storage.records import REPEAT_OF_ATTR, RUNGS_ATTR, SETTINGS_ATTR, TRIAL_ID_ATTR
-from tests.test_cli import run_study
 from tests.test_study import (
     DIGITS,
     PARETO_SEARCH,
-    _complete_count,
     api_study,  # noqa: F401  (a fixture)
-    optuna_study,
-    run_and_kill_while_held,
-    write_space,
-)
+    )
 
 ASHA = {"grace_period": 1, "reduction_factor": 2}  # rungs at epochs 1 and 2 of 4
 
@@ -92,48 +87,6 @@ def test_a_pareto_study_with_moasha_stops_trials_and_tells_them_pruned(request, 
         "## The search" in text and f"saved **{search['epochs_saved']:.0f} of 24 epochs**" in text
     )
     assert (report.parent / "search.png").stat().st_size > 0
-
-
-@pytest.mark.slow
-def test_a_study_killed_mid_rung_resumes_with_the_same_decisions(tmp_path):
-    # concurrency 1; the first trial (a point, lr 0.001) learns little in an epoch, so the
-    # second trial passes rung 1 and is held there: killed with rung 1 half full
-    path = write_space(
-        tmp_path, fixed={"epochs": 4}, search=PARETO_SEARCH, scheduler="asha", asha=ASHA,
-        points=[{"method": "sgd", "lr": 0.001}], samples=5, concurrency=1, seed=8,
-    )  # fmt: skip
-
-    def rung_records() -> int:
-        try:
-            study = optuna_study(tmp_path, "rung")
-        except KeyError:
-            return 0
-        return sum(RUNGS_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False))
-
-    # the second trial to pass epoch 1 is held there, after its rung decision was stored
-    held = run_and_kill_while_held(
-        tmp_path, path, "rung", "studies", epoch=1, nth=2, also=lambda: rung_records() >= 2
-    )
-    before = {
-        t.user_attrs[TRIAL_ID_ATTR]: t.user_attrs[RUNGS_ATTR]
-        for t in optuna_study(tmp_path, "rung").get_trials(deepcopy=False)
-        if RUNGS_ATTR in t.user_attrs
-    }
-    assert held["trial_id"] in before and 2 <= len(before) < 5
-
-    proc = run_study("resume", "rung", "--storage", "studies", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    trials = optuna_study(tmp_path, "rung").get_trials(deepcopy=False)
-    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) == 5 and _complete_count(tmp_path, "rung") >= 1
-    for tune_id, rungs in before.items():  # what was decided before the kill stands
-        (after,) = [t for t in trials if t.user_attrs.get(TRIAL_ID_ATTR) == tune_id]
-        for milestone, rec in rungs.items():
-            assert after.user_attrs[RUNGS_ATTR][milestone] == rec
-    # every trial reached rung 1, and the last one there was ranked among all five: the ladder
-    # was rebuilt from the database (a fresh one would have counted from 1 after the resume)
-    assert sorted(t.user_attrs[RUNGS_ATTR]["1"]["count"] for t in finished) == [1, 2, 3, 4, 5]
-    assert replayed_decisions_match(trials, ASHA) >= 5
 
 
 def test_seeds_of_a_stopped_configuration_are_not_queued():
