@@ -1,0 +1,78 @@
+"""What every part has in common, whatever its kind (method, loss, model, dataset, metric, OOD
+split; the driver's calibrators, schedulers and report sections): a name it is registered under,
+a title for tables and the manual, a one-line description, the paper or code it follows, and —
+for a user's part — its own settings.
+
+A part's settings are flat keys of a run's settings, as the built-in parts' are (``rho`` is
+SAM's, ``focal_gamma`` the focal loss's): a plugin declares them as a pydantic model
+(``settings``), and a space file sets or searches them like any other
+(``fixed: {method: my_sam, my_alpha: 0.3}``). Two parts cannot declare the same key, nor a key of
+the built-in settings (checked when a part registers).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from trainables.registry import Registry
+
+
+class Part:
+    """A registered part. Subclasses (one per kind) add what their kind needs."""
+
+    title: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    reference: ClassVar[str] = ""  # the paper or code it follows, for the manual's tables
+    settings: ClassVar[type[BaseModel] | None] = None  # a plugin part's own settings
+
+    @classmethod
+    def setting_names(cls) -> tuple[str, ...]:
+        """The keys of the part's own settings."""
+        return tuple(cls.settings.model_fields) if cls.settings is not None else ()
+
+    def options(self, cfg: Any) -> BaseModel | None:
+        """The part's own settings as ``cfg`` gives them (defaults filled), or None."""
+        if self.settings is None:
+            return None
+        extra = getattr(cfg, "model_extra", None) or {}
+        given = {k: extra[k] for k in self.setting_names() if k in extra}
+        return self.settings.model_validate(given)
+
+
+# The trial-side registries whose parts may declare settings of a run (filled by their kinds'
+# modules as they are imported; ``trainables.config`` imports them all).
+SETTING_REGISTRIES: list[Registry[Any]] = []
+
+
+def declared_settings() -> dict[str, tuple[Registry[Any], str, type[BaseModel]]]:
+    """Every setting a registered part declares: key -> (its registry, the part's name, the
+    part's settings model)."""
+    found: dict[str, tuple[Registry[Any], str, type[BaseModel]]] = {}
+    for registry in SETTING_REGISTRIES:
+        for name, part in registry.items():
+            model = getattr(part, "settings", None)
+            if model is not None:
+                for key in model.model_fields:
+                    found[key] = (registry, name, model)
+    return found
+
+
+def check_settings_free(kind: str, name: str, part: object, builtin: set[str]) -> None:
+    """``ValueError`` when ``part`` declares a setting a built-in setting or another part holds
+    (for a kind's registration check)."""
+    model = getattr(part, "settings", None)
+    if model is None:
+        return
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ValueError("its settings must be a pydantic BaseModel class")
+    taken = declared_settings()
+    for key in model.model_fields:
+        if key in builtin:
+            raise ValueError(f"its setting {key!r} is a built-in setting: give it another name")
+        if key in taken and taken[key][1] != name:
+            raise ValueError(f"its setting {key!r} is {taken[key][0].kind} {taken[key][1]!r}'s")
+        field = model.model_fields[key]
+        if field.is_required():
+            raise ValueError(f"its setting {key!r} needs a default")
