@@ -23,9 +23,10 @@ from pydantic import (
 )
 
 from search_spaces import SpaceError, read_space_yaml, resolve_space
-from trainables.config import ConfigError, TrainConfig, parse_config
+from trainables.config import ConfigError, TrainConfig, known_settings, parse_config
 from trainables.layout import check_study_name
 from trainables.messages import first_problem, shown
+from trainables.methods import METHODS
 from trainables.metrics.objectives import (
     ACCURACY_METRICS,
     CALIBRATION_METRICS,
@@ -285,7 +286,7 @@ def check_space(data: dict[str, Any], source: str) -> Space:
     except ValidationError as err:
         problem = first_problem(err)
         raise SpaceError(f"{source}: '{problem.key('(top level)')}': {problem.reason}") from None
-    fields = TrainConfig.model_fields
+    fields = known_settings()
     for key in space.fixed:
         if key not in fields:
             raise SpaceError(f"{source}: 'fixed.{key}': unknown setting (see README's settings)")
@@ -294,7 +295,7 @@ def check_space(data: dict[str, Any], source: str) -> Space:
     except ConfigError as err:
         raise SpaceError(f"{source}: 'fixed': {str(err).removeprefix('space: ')}") from None
     _check_batch_fits_workers(space, source)
-    _check_bsam_on_one_worker(space, source)
+    _check_methods_on_workers(space, source)
     _check_points(space, source)
     seen: set[str] = set(space.fixed)
     for name, dist in space.search.items():
@@ -370,7 +371,7 @@ def _check_combinations(space: Space, source: str) -> None:
 
 
 def _check_points(space: Space, source: str) -> None:
-    fields = TrainConfig.model_fields
+    fields = known_settings()
     for i, point in enumerate(space.points):
         for key in point:
             if key not in fields:
@@ -396,18 +397,21 @@ def _check_batch_fits_workers(space: Space, source: str) -> None:
         )
 
 
-def _check_bsam_on_one_worker(space: Space, source: str) -> None:
-    """bSAM draws its weight noise per process: data-parallel replicas would drift apart."""
+def _check_methods_on_workers(space: Space, source: str) -> None:
+    """A method that cannot train data-parallel (``Method.data_parallel``, e.g. bSAM, whose
+    weight noise is drawn per process) is refused with several workers."""
     if space.resources.workers == 1:
         return
-    methods = {space.train_config().method, *(p.get("method") for p in space.points)}
+    methods = [space.train_config().method, *(p.get("method") for p in space.points)]
     if "method" in space.search:
-        methods |= {str(v) for v in space.search["method"].categorical or []}
-    if "bsam" in methods:
-        raise SpaceError(
-            f"{source}: 'resources.workers': method bsam trains on one worker (its posterior "
-            f"noise is drawn per process); set workers: 1 or leave bsam out"
-        )
+        methods += [str(v) for v in space.search["method"].categorical or []]
+    for name in dict.fromkeys(m for m in methods if m in METHODS):
+        method = METHODS.get(name)
+        if not method.data_parallel:
+            raise SpaceError(
+                f"{source}: 'resources.workers': method {name} trains on one worker "
+                f"({method.one_worker_reason}); set workers: 1 or leave {name} out"
+            )
 
 
 def load_space(name_or_file: str, overrides: dict[str, Any] | None = None) -> Space:

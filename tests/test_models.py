@@ -74,14 +74,15 @@ def test_bare_timm_name() -> None:
 
 
 def test_register_model() -> None:
-    @register_model("_tiny_linear")
+    @register_model("test_tiny_linear")
     def tiny(num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, num_classes))
 
     try:
-        assert logits(build_model("_tiny_linear", 3, 1, 4), 1, 4).shape == (2, 3)
+        assert logits(build_model("test_tiny_linear", 3, 1, 4), 1, 4).shape == (2, 3)
     finally:
-        del MODELS["_tiny_linear"]
+        MODELS._parts.pop("test_tiny_linear")
+        MODELS._origins.pop("test_tiny_linear")
 
 
 def test_unknown_name_lists_registered_names() -> None:

@@ -6,16 +6,19 @@ import re
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from trainables.data.datasets import check_dataset_name
 from trainables.errors import InputError
+from trainables.losses import LOSSES
 from trainables.messages import first_problem, shown, uri_credentials
-from trainables.models.zoo import MODELS, check_model_name
+from trainables.methods import METHODS
+from trainables.models import MODELS
+from trainables.models.zoo import check_model_name
+from trainables.parts import declared_settings
 
-Method = Literal["sgd", "sam", "asam", "csam", "bsam"]
 MAX_IMAGES = 1_000_000_000  # upper bound of any image count: beyond it a value cannot be meant
 DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
-Loss = Literal["ce", "ls", "focal", "flsd53", "adafocal"]
 # The OOD splits in evaluation order (trainables/ood.py): each names its evidence split and
 # prefixes its metrics; its key in the ``ood`` section is ``ood_section_key(split)``.
 OOD_SPLITS = (
@@ -165,10 +168,12 @@ class OodSettings(BaseModel):
 
 
 class TrainConfig(BaseModel):
-    """Everything that defines one training run. Unknown keys are rejected."""
+    """Everything that defines one training run. Unknown keys are rejected; the keys a
+    registered part declares (``Part.settings``: a plugin's own settings) are accepted as flat
+    keys beside the built-in ones, validated by the part's model, and kept in ``model_extra``."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False
+        extra="allow", frozen=True, protected_namespaces=(), allow_inf_nan=False
     )
 
     # data
@@ -209,7 +214,7 @@ class TrainConfig(BaseModel):
     rank1_kl_annealing_epochs: float | None = Field(None, gt=0.0, le=10_000.0)
     rank1_eval_samples: int = Field(1, ge=1, le=1000)
     # optimisation
-    method: Method = "sam"
+    method: str = "sam"  # a registered method (trainables.methods.METHODS)
     rho: float = Field(0.1, gt=0.0, le=10.0)
     gamma: float = Field(1.0, ge=0.0, le=2.0)
     eta: float = Field(0.01, ge=0.0, le=10.0)
@@ -227,7 +232,7 @@ class TrainConfig(BaseModel):
     bsam_damping: float = Field(0.1, ge=0.0, le=100.0)
     bsam_s_init: float = Field(1.0, gt=0.0, le=1e6)
     bsam_samples: int = Field(32, ge=1, le=1000)  # posterior samples averaged at evaluation
-    loss: Loss = "ce"
+    loss: str = "ce"  # a registered loss (trainables.losses.LOSSES)
     ls_epsilon: float = Field(0.1, ge=0.0, lt=1.0)
     focal_gamma: float = Field(3.0, ge=0.0, le=10.0)
     # AdaFocal (trainables/adafocal.py); the defaults are its authors'
@@ -268,6 +273,44 @@ class TrainConfig(BaseModel):
         check_dataset_name(name)
         return name
 
+    @model_validator(mode="before")
+    @classmethod
+    def _parts_settings(cls, data: Any) -> Any:
+        """Keys beyond the built-in settings: a registered part's own (validated by its
+        settings model, values as it converts them), else unknown."""
+        if not isinstance(data, dict):
+            return data
+        extra = [k for k in data if k not in cls.model_fields]
+        if not extra:
+            return data
+        declared = declared_settings()
+        for key in extra:
+            if key not in declared:
+                raise PydanticCustomError("unknown_setting", "unknown key", {"key": key})
+        data = dict(data)
+        for key in extra:
+            _, _, model = declared[key]
+            try:
+                data[key] = getattr(model.model_validate({key: data[key]}), key)
+            except ValidationError as err:
+                problem = first_problem(err)
+                raise PydanticCustomError(
+                    "part_setting", "{reason}", {"key": key, "reason": problem.reason}
+                ) from None
+        return data
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        METHODS.get(name)
+        return name
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        LOSSES.get(name)
+        return name
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, device: str) -> str:
@@ -283,15 +326,11 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _method_and_loss_agree(self) -> TrainConfig:
-        if self.method == "csam" and self.loss != "ce":
-            raise ValueError(
-                "method=csam defines its own descent loss; use loss=ce (or method=sam with "
-                f"loss={self.loss})"
-            )
-        if self.loss == "adafocal" and self.val_fraction == 0:
-            raise ValueError(
-                "loss=adafocal updates its gammas from the validation split; set val_fraction > 0"
-            )
+        method = METHODS.get(self.method)
+        method.check(self)
+        LOSSES.get(self.loss).check(self)
+        if self.model in MODELS:  # else a timm model
+            MODELS.get(self.model).check(self)
         if self.adafocal_gamma_min >= self.adafocal_gamma_max:
             raise ValueError(
                 f"adafocal_gamma_min ({self.adafocal_gamma_min}) must be below adafocal_gamma_max "
@@ -300,9 +339,10 @@ class TrainConfig(BaseModel):
         if self.rank1 is not None:
             if self.mimo is not None:
                 raise ValueError("rank1 and mimo are two ensembles in one network: choose one")
-            if self.method == "bsam" or self.dropout > 0:
+            if method.eval_passes(self) is not None or self.dropout > 0:
                 raise ValueError(
-                    "rank1 samples its own weights at evaluation: not with method=bsam or dropout"
+                    f"rank1 samples its own weights at evaluation: not with method={self.method} "
+                    "or dropout"
                 )
             if self.model not in MODELS:
                 raise ValueError(
@@ -330,8 +370,32 @@ def _section_model(loc: tuple[Any, ...]) -> type[BaseModel]:
     return model
 
 
+def known_settings() -> tuple[str, ...]:
+    """Every key a run's settings may have: the built-in ones, then those the registered parts
+    declare (a plugin's own settings)."""
+    return (
+        *TrainConfig.model_fields,
+        *(k for k in declared_settings() if k not in TrainConfig.model_fields),
+    )
+
+
+def setting_default(key: str) -> Any:
+    """The default of setting ``key`` (built-in or a part's own)."""
+    if key in TrainConfig.model_fields:
+        return TrainConfig.model_fields[key].default
+    return declared_settings()[key][2].model_fields[key].default
+
+
 def describe_validation_error(err: ValidationError, where: str) -> str:
     """One line naming the first bad key, its value and the reason."""
+    first = err.errors()[0]
+    if first["type"] == "unknown_setting":
+        key = first["ctx"]["key"]
+        return f"{where}: unknown key '{key}' (known keys: {', '.join(known_settings())})"
+    if first["type"] == "part_setting":
+        key, reason = first["ctx"]["key"], first["ctx"]["reason"]
+        got = first.get("input", {}).get(key) if isinstance(first.get("input"), dict) else None
+        return f"{where}: invalid value for '{key}' (got {shown(got)}): {reason}"
     problem = first_problem(err)
     key = problem.key("(settings)")
     if problem.unknown_key:

@@ -76,3 +76,41 @@ def check_settings_free(kind: str, name: str, part: object, builtin: set[str]) -
         field = model.model_fields[key]
         if field.is_required():
             raise ValueError(f"its setting {key!r} needs a default")
+
+
+def builtin_settings() -> set[str]:
+    """The built-in settings of a run (``TrainConfig``'s keys), for a registration check.
+
+    Imported by name when a part registers: ``trainables.config`` imports the kinds' registries,
+    so the kinds' packages cannot import it."""
+    import importlib
+
+    config = importlib.import_module("trainables.config")
+    return set(config.TrainConfig.model_fields)
+
+
+# -- labels (a part's name in a table row: ``SAM (ρ=0.05)``) -------------------------------------
+
+# Greek letters of the settings that papers write so.
+SYMBOLS = {"rho": "ρ", "gamma": "γ", "eta": "η", "focal_gamma": "γ", "ls_epsilon": "ε"}
+
+
+def number(value: float, digits: int = 3) -> str:
+    """A number of a label at ``digits`` significant figures (``0.05``, ``1.58``)."""
+    return f"{value:.{digits}g}"
+
+
+def setting(cfg: Any, key: str) -> Any:
+    """Setting ``key`` of a run's settings ``cfg``: a built-in one or a part's own."""
+    if key in type(cfg).model_fields:
+        return getattr(cfg, key)
+    return (getattr(cfg, "model_extra", None) or {}).get(key)
+
+
+def labelled(title: str, cfg: Any, keys: tuple[str, ...], g: Any = number) -> str:
+    """``title (k=v, ...)`` for the settings ``keys`` of ``cfg`` (floats through ``g``)."""
+    shown = []
+    for key in keys:
+        value = setting(cfg, key)
+        shown.append(f"{SYMBOLS.get(key, key)}={g(value) if isinstance(value, float) else value}")
+    return f"{title} ({', '.join(shown)})" if shown else title

@@ -26,8 +26,10 @@ from optuna.trial import FrozenTrial, TrialState
 from search_spaces.schema import Space
 from study.analysis.tables import latex_escape, latex_table, markdown_table
 from study.storage.records import STATUS_ATTR, configuration_key, trial_settings
-from trainables.config import OOD_SPLITS, TrainConfig, ood_section_key
+from trainables.config import OOD_SPLITS, ood_section_key, setting_default
 from trainables.errors import InputError
+from trainables.losses import LOSSES
+from trainables.methods import METHODS
 from trainables.metrics.objectives import COST_METRICS, signed
 
 Format = Literal["markdown", "latex", "csv"]
@@ -72,12 +74,8 @@ PAIRED_COLUMNS: dict[str, Column] = {
 }
 AT_BOUND = "temperature_at_bound"  # 1.0 where a trial's fitted T stopped on a bound
 CONFIDENCE_LEVEL = 0.95
-METHOD_NAMES = {"sam": "SAM", "asam": "ASAM", "csam": "CSAM", "bsam": "bSAM"}
-BASE_NAMES = {"sgd": "SGD", "adamw": "AdamW"}
-LOSS_NAMES = {"ls": "LS", "focal": "Focal", "flsd53": "FLSD-53"}
-# settings already named by the label's method and loss parts
-DESCRIBED = {"method", "loss", "rho", "gamma", "focal_gamma", "ls_epsilon", "optimizer", "seed"}
-DESCRIBED |= {"dropout", "mc_samples", "ood"}  # ood: its held-out classes only
+# settings already named by the label (the method's and the loss's parts: ``described()``)
+DESCRIBED = {"method", "loss", "seed", "dropout", "mc_samples", "ood"}  # ood: held-out classes
 DESCRIBED |= {"mimo", "mimo_batch_repetitions", "mimo_input_repetition"}
 DESCRIBED |= {"rank1", "rank1_family", "rank1_eval_samples"}
 
@@ -147,20 +145,9 @@ def describe(settings: dict[str, Any], space: Space, digits: int = LABEL_DIGITS)
         return f"{value:.{digits}g}"
 
     full = space.train_config({k: v for k, v in settings.items() if k != "seed"})
-    if full.method == "sgd":
-        label = BASE_NAMES[full.optimizer]
-    elif full.method == "csam":
-        label = f"CSAM (ρ={g(full.rho)}, γ={g(full.gamma)})"
-    else:
-        label = f"{METHOD_NAMES[full.method]} (ρ={g(full.rho)})"
-    if full.loss == "focal":
-        label += f" + Focal (γ={g(full.focal_gamma)})"
-    elif full.loss == "ls":
-        label += f" + LS (ε={g(full.ls_epsilon)})"
-    elif full.loss == "flsd53":
-        label += " + FLSD-53"
-    elif full.loss == "adafocal":
-        label += " + AdaFocal"
+    label = METHODS.get(full.method).label(full, g)
+    loss = LOSSES.get(full.loss).label(full, g)
+    label += f" + {loss}" if loss else ""
     if full.dropout > 0 and full.mc_samples > 1:
         label += f" + MC dropout (p={g(full.dropout)}, {full.mc_samples} passes)"
     elif full.dropout > 0:
@@ -176,13 +163,19 @@ def describe(settings: dict[str, Any], space: Space, digits: int = LABEL_DIGITS)
         label += f", {samples} samples)" if samples > 1 else ")"
     if full.ood is not None and full.ood.heldout is not None:
         label += f" [without classes {', '.join(map(str, full.ood.heldout.classes))}]"
-    default = TrainConfig.model_fields
     others = [
         f"{k}={g(v)}" if isinstance(v, float) else f"{k}={v}"
         for k, v in sorted(settings.items())
-        if k not in DESCRIBED and v != space.fixed.get(k, default[k].default)
+        if k not in described() and v != space.fixed.get(k, setting_default(k))
     ]
     return label + (f" [{', '.join(others)}]" if others else "")
+
+
+def described() -> set[str]:
+    """The settings a row label names: ``DESCRIBED`` and every registered method's and loss's
+    ``label_keys``."""
+    parts = [*METHODS.values(), *LOSSES.values()]
+    return DESCRIBED | {k for part in parts for k in part.label_keys()}
 
 
 def _unique_labels(confs: list[Configuration], space: Space) -> None:

@@ -28,10 +28,26 @@ import numpy as np  # noqa: E402
 
 from search_spaces.schema import Space  # noqa: E402
 from study.analysis.compare import Configuration, PairedDifference, describe, paired_difference  # noqa: E402
+from trainables.losses import LOSSES  # noqa: E402
+from trainables.methods import METHODS  # noqa: E402
 from trainables.metrics.calibration import temperature_at_bound  # noqa: E402
 
-# The settings that define a method (its row in the paper's tables); all others define a regime.
-METHOD_KEYS = ("method", "rho", "gamma", "eta", "asam_scale", "loss", "focal_gamma", "ls_epsilon")
+
+def method_keys() -> tuple[str, ...]:
+    """The settings that define a method (its row in the paper's tables): ``method``, every
+    registered method's ``defining_keys``, ``loss`` and the losses'; all others define a
+    regime."""
+    keys = ["method", *(k for m in METHODS.values() for k in m.defining_keys()), "loss"]
+    keys += [k for loss in LOSSES.values() for k in loss.defining_keys()]
+    return tuple(dict.fromkeys(keys))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "METHOD_KEYS":  # read from the registries each time: plugins add theirs
+        return method_keys()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 MAP_METRICS = {"test_ece": "ECE", "test_ece_ts": "ECE after TS"}
 
 
@@ -83,7 +99,7 @@ def _fitted_temperatures(conf: Configuration) -> tuple[list[float], list[float]]
 
 def method_label(conf: Configuration, space: Space) -> str:
     """The configuration's label from its method settings alone (``SAM (ρ=0.1)``, ``CSAM ...``)."""
-    return describe({k: v for k, v in conf.settings.items() if k in METHOD_KEYS}, space)
+    return describe({k: v for k, v in conf.settings.items() if k in method_keys()}, space)
 
 
 def regimes(confs: list[Configuration], space: Space) -> list[Regime]:
@@ -91,7 +107,7 @@ def regimes(confs: list[Configuration], space: Space) -> list[Regime]:
     the bounds, and another method, ordered by SGD's fitted temperature."""
     groups: dict[tuple[tuple[str, str], ...], list[Configuration]] = {}
     for conf in confs:
-        own = {k: v for k, v in conf.settings.items() if k not in METHOD_KEYS}
+        own = {k: v for k, v in conf.settings.items() if k not in method_keys()}
         groups.setdefault(tuple(sorted((k, repr(v)) for k, v in own.items())), []).append(conf)
     found = []
     for members in groups.values():
@@ -99,7 +115,7 @@ def regimes(confs: list[Configuration], space: Space) -> list[Regime]:
         base = [c for c, f in zip(members, full) if f.method == "sgd" and f.loss == "ce"]
         others = {method_label(c, space): c for c, f in zip(members, full) if c not in base}
         if base and others and _fitted_temperatures(base[0])[0]:
-            settings = {k: v for k, v in members[0].settings.items() if k not in METHOD_KEYS}
+            settings = {k: v for k, v in members[0].settings.items() if k not in method_keys()}
             found.append(Regime(settings, base[0], others))
     return sorted(found, key=lambda r: r.temperature())
 

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainables.data import DATASETS
 from trainables.errors import DataError
-from trainables.messages import shown
 
 SPLITS = ("train", "val", "test")
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -80,7 +80,7 @@ class Data(Protocol):
 
 
 @dataclass(frozen=True)
-class _Arrays:
+class Arrays:
     """A dataset as read from disk: uint8 images [N, C, H, W] and int64 labels [N]."""
 
     train_x: np.ndarray
@@ -89,52 +89,48 @@ class _Arrays:
     test_y: np.ndarray
 
 
-@dataclass(frozen=True)
-class _Spec:
-    info: DatasetInfo
-    flip: bool
-    dir_name: str
+_Arrays = Arrays  # its name before issue 35
 
 
-_SPECS: dict[str, _Spec] = {
-    "fashion_mnist": _Spec(
-        DatasetInfo("fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,)), True, "fashion-mnist"
-    ),
-    "digits": _Spec(DatasetInfo("digits", 10, 1, 8, (0.3053,), (0.3759,)), False, "digits"),
-    "cifar10": _Spec(
-        DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-        True,
-        "cifar10",
-    ),
-    "cifar100": _Spec(
-        DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-        True,
-        "cifar100",
-    ),
-    "svhn": _Spec(
-        DatasetInfo("svhn", 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
-        False,
-        "svhn",
-    ),
-    # Uniform uint8 noise: mean 127.5/255, std sqrt((256**2 - 1) / 12) / 255.
-    "synthetic": _Spec(DatasetInfo("synthetic", 10, 3, 32, (0.5,) * 3, (0.2898,) * 3), True, ""),
-}
-# Static description of every dataset but imagefolder (whose classes are its class folders).
-DATASET_INFO: Mapping[str, DatasetInfo] = {name: spec.info for name, spec in _SPECS.items()}
-DATASETS: tuple[str, ...] = (*_SPECS, "imagefolder")
-DOWNLOADABLE = ("fashion_mnist", "cifar10", "cifar100", "svhn")
+class _InfoView(Mapping[str, DatasetInfo]):
+    """The static ``DatasetInfo`` of every registered dataset that has one, by name (a view of
+    ``DATASETS``: a plugin's dataset is in it once registered)."""
+
+    def _infos(self) -> dict[str, DatasetInfo]:
+        return {n: d.info for n, d in DATASETS.items() if d.info is not None}
+
+    def __getitem__(self, name: str) -> DatasetInfo:
+        return self._infos()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._infos())
+
+    def __len__(self) -> int:
+        return len(self._infos())
+
+
+# Static description of every dataset that has one (not imagefolder: its classes are its folders).
+DATASET_INFO: Mapping[str, DatasetInfo] = _InfoView()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DOWNLOADABLE":  # the datasets ``download=true`` fetches
+        return tuple(n for n, d in DATASETS.items() if d.downloadable)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------- locating files
 
 
 def _default_roots(name: str) -> list[Path]:
-    """Directories searched when no root is given, most preferred first."""
-    dir_name = _SPECS[name].dir_name if name in _SPECS else name
-    roots = [FASHION_MNIST_SYSTEM_DIR] if name == "fashion_mnist" else []
+    """Directories searched when no root is given, most preferred first: a registered
+    dataset's (``Dataset.default_roots``), else those of a directory called ``name``."""
+    if name in DATASETS:
+        return DATASETS.get(name).default_roots()
+    roots = []
     if os.environ.get("SHARPCAL_DATA"):
-        roots.append(Path(os.environ["SHARPCAL_DATA"]) / dir_name)
-    roots.append(Path.home() / ".cache" / "sharpcal" / dir_name)
+        roots.append(Path(os.environ["SHARPCAL_DATA"]) / name)
+    roots.append(Path.home() / ".cache" / "sharpcal" / name)
     return roots
 
 
@@ -150,48 +146,15 @@ def default_download_root(name: str) -> Path:
     return _default_roots(name)[-1]
 
 
-def _how_to_get(name: str) -> str:
-    if name == "fashion_mnist":
-        return "apt-get install dataset-fashion-mnist, or pass --set download=true"
-    if name == "imagefolder":
-        return "pass root=DIR holding train/<class>/* and val/<class>/* images"
-    return f"pass root=DIR holding the {name} files, or --set download=true"
-
-
-# Where each dataset's files live under a root: the subdirectories tried and the files needed.
-_LOCATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "fashion_mnist": (("", "FashionMNIST/raw"), _FASHION_FILES),
-    "cifar10": (("cifar-10-batches-py", ""), (*_CIFAR10_TRAIN, "test_batch")),
-    "cifar100": (("cifar-100-python", ""), ("train", "test")),
-    "svhn": (("",), ("train_32x32.mat", "test_32x32.mat")),
-    "imagefolder": (("",), ("train", "val")),
-}
-
-
 def check_data_available(name: str, root: str | None, download: bool) -> None:
     """Raise ``DataError`` (one line: what was searched, how to get it) when dataset ``name``
     cannot be found and will not be downloaded; datasets without files always pass."""
-    if name in _LOCATIONS and not (download and name in DOWNLOADABLE):
-        _locate(name, root)
+    check_dataset_name(name)
+    DATASETS.get(name).check_available(root, download)
 
 
 def _locate(name: str, root: str | Path | None) -> Path:
-    subdirs, files = _LOCATIONS[name]
-    return _find_dir(name, root, subdirs, files)
-
-
-def _find_dir(
-    name: str, root: str | Path | None, subdirs: Sequence[str], files: Sequence[str]
-) -> Path:
-    """First ``<candidate root>/<subdir>`` that holds all ``files``; DataError naming the search."""
-    searched = search_dirs(name, root, subdirs)
-    for directory in searched:
-        if all((directory / f).exists() for f in files):
-            return directory
-    where = ", ".join(str(d) for d in searched)
-    raise DataError(
-        f"{name}: files {', '.join(files)} not found (searched {where}); {_how_to_get(name)}"
-    )
+    return DATASETS.get(name).locate(root)
 
 
 # ----------------------------------------------------------------------------- readers
@@ -215,29 +178,6 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     if len(raw) != header + int(np.prod(dims)):
         raise DataError(f"{path}: size does not match IDX header dims {dims}; re-fetch the file")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def _read_fashion_mnist(root: str | Path | None, seed: int, synthetic_size: int) -> _Arrays:
-    directory = _locate("fashion_mnist", root)
-
-    def part(prefix: str) -> tuple[np.ndarray, np.ndarray]:
-        x = _read_idx(directory / f"{prefix}-images-idx3-ubyte.gz", _IDX_IMAGES_MAGIC)
-        y = _read_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", _IDX_LABELS_MAGIC)
-        return x[:, None], y.astype(np.int64)
-
-    return _Arrays(*part("train"), *part("t10k"))
-
-
-def _read_digits(root: str | Path | None, seed: int, synthetic_size: int) -> _Arrays:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    y = digits.target.astype(np.int64)
-    perm = _permutation(len(y), _DIGITS_TEST_SEED).numpy()
-    n_test = round(_DIGITS_TEST_FRACTION * len(y))
-    test, train = perm[:n_test], perm[n_test:]
-    return _Arrays(x[train], y[train], x[test], y[test])
 
 
 # The only globals a CIFAR batch pickle names: NumPy's array reconstruction (``numpy.core`` in
@@ -292,25 +232,6 @@ def _cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
         ) from e
 
 
-def _read_cifar(name: str, root: str | Path | None, label_key: bytes) -> _Arrays:
-    """CIFAR pickles: the train batches, then the test batch (``_LOCATIONS`` lists them)."""
-    directory = _locate(name, root)
-    files = _LOCATIONS[name][1]
-    parts = [_cifar_batch(directory / f, label_key) for f in files[:-1]]
-    test_x, test_y = _cifar_batch(directory / files[-1], label_key)
-    train_x = np.concatenate([p[0] for p in parts])
-    train_y = np.concatenate([p[1] for p in parts])
-    return _Arrays(train_x, train_y, test_x, test_y)
-
-
-def _read_cifar10(root: str | Path | None, seed: int, synthetic_size: int) -> _Arrays:
-    return _read_cifar("cifar10", root, b"labels")
-
-
-def _read_cifar100(root: str | Path | None, seed: int, synthetic_size: int) -> _Arrays:
-    return _read_cifar("cifar100", root, b"fine_labels")
-
-
 def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images (uint8 [N, 3, 32, 32]) and labels (int64 [N], digit 0 as class 0) of an SVHN
     ``.mat`` file; DataError when it is malformed."""
@@ -329,36 +250,7 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _read_svhn(root: str | Path | None, seed: int, synthetic_size: int) -> _Arrays:
-    directory = _locate("svhn", root)
-    train = read_svhn_mat(directory / "train_32x32.mat")
-    return _Arrays(*train, *read_svhn_mat(directory / "test_32x32.mat"))
-
-
-def _read_synthetic(root: str | Path | None, seed: int, synthetic_size: int) -> _Arrays:
-    if synthetic_size < 4:
-        raise DataError(f"synthetic: synthetic_size={synthetic_size} is too small; pass >= 4")
-    g = torch.Generator().manual_seed(seed)
-
-    def part(n: int) -> tuple[np.ndarray, np.ndarray]:
-        x = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
-        y = torch.randint(0, 10, (n,), generator=g)
-        return x.numpy(), y.numpy()
-
-    return _Arrays(*part(synthetic_size), *part(synthetic_size // 4))
-
-
-_READERS: dict[str, Callable[[str | Path | None, int, int], _Arrays]] = {
-    "fashion_mnist": _read_fashion_mnist,
-    "digits": _read_digits,
-    "cifar10": _read_cifar10,
-    "cifar100": _read_cifar100,
-    "svhn": _read_svhn,
-    "synthetic": _read_synthetic,
-}
-
-
-def _check_arrays(arrays: _Arrays, info: DatasetInfo) -> None:
+def check_arrays(arrays: Arrays, info: DatasetInfo) -> None:
     """Reject files whose shapes or labels disagree with ``info``."""
     shape = (info.in_channels, info.image_size, info.image_size)
     parts = (("train", arrays.train_x, arrays.train_y), ("test", arrays.test_x, arrays.test_y))
@@ -533,7 +425,7 @@ class InMemoryData:
             yield self._normalise(x[start : start + batch_size]), y[start : start + batch_size]
 
 
-def _without_classes(arrays: _Arrays, held_out: Sequence[int], num_classes: int) -> _Arrays:
+def _without_classes(arrays: Arrays, held_out: Sequence[int], num_classes: int) -> Arrays:
     """``arrays`` without the images of ``held_out`` classes, the other labels renumbered in
     order (the classes 0..C-1 less the held-out ones become 0..C-1-k)."""
     renumber = np.full(num_classes, -1, dtype=np.int64)
@@ -541,7 +433,7 @@ def _without_classes(arrays: _Arrays, held_out: Sequence[int], num_classes: int)
     renumber[kept] = np.arange(len(kept))
     train = ~np.isin(arrays.train_y, held_out)
     test = ~np.isin(arrays.test_y, held_out)
-    return _Arrays(
+    return Arrays(
         arrays.train_x[train], renumber[arrays.train_y[train]],
         arrays.test_x[test], renumber[arrays.test_y[test]],
     )  # fmt: skip
@@ -551,7 +443,8 @@ def read_test_images(
     name: str, *, root: str | None = None, synthetic_size: int = 2048, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dataset ``name``'s whole test set as read from disk: uint8 [N, C, H, W] and labels."""
-    arrays = _READERS[name](root, seed, synthetic_size)
+    check_dataset_name(name)
+    arrays = DATASETS.get(name).read(root, seed, synthetic_size)
     return arrays.test_x, arrays.test_y
 
 
@@ -566,10 +459,11 @@ def held_out_test_images(
     return x[chosen], y[chosen]
 
 
-def _in_memory(
-    name: str,
-    arrays: _Arrays,
+def in_memory(
+    info: DatasetInfo,
+    arrays: Arrays,
     *,
+    flip: bool,
     val_fraction: float,
     seed: int,
     train_subset: int | None,
@@ -578,9 +472,9 @@ def _in_memory(
     channels_last: bool,
     held_out: Sequence[int] = (),
 ) -> InMemoryData:
-    spec = _SPECS[name]
-    _check_arrays(arrays, spec.info)
-    info = spec.info
+    """A dataset's arrays split (seeded) into train/val/test, on ``device``: the held-out
+    classes left out and the others renumbered in order."""
+    check_arrays(arrays, info)
     if held_out:
         arrays = _without_classes(arrays, held_out, info.num_classes)
         info = replace(info, num_classes=info.num_classes - len(held_out))
@@ -598,7 +492,7 @@ def _in_memory(
         "val": take(arrays.train_x, arrays.train_y, val),
         "test": take(arrays.test_x, arrays.test_y, test),
     }
-    return InMemoryData(info, splits, flip=spec.flip, device=device, channels_last=channels_last)
+    return InMemoryData(info, splits, flip=flip, device=device, channels_last=channels_last)
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -764,35 +658,25 @@ def _folder_transforms(image_size: int) -> tuple[Callable[[Any], Tensor], Callab
 
 
 def download_dataset(name: str, root: str | Path | None = None) -> Path:
-    """Fetch ``name`` with torchvision into ``root`` (default ``~/.cache/sharpcal/<name>``).
+    """Fetch ``name`` into ``root`` (default ``~/.cache/sharpcal/<dir>``; ``Dataset.download``).
 
-    Datasets in ``DOWNLOADABLE`` are fetched (torchvision skips verified files already there);
-    the others have nothing to fetch and only the target directory is returned.
+    A downloadable dataset is fetched (files already there and verified are kept); the others
+    have nothing to fetch and only the target directory is returned.
     """
     check_dataset_name(name)
     target = Path(root).expanduser() if root is not None else default_download_root(name)
-    if name not in DOWNLOADABLE:
+    dataset = DATASETS.get(name)
+    if not dataset.downloadable:
         return target
-    from torchvision import datasets
-
     try:
-        for train in (True, False):
-            if name == "svhn":
-                datasets.SVHN(str(target), split="train" if train else "test", download=True)
-            else:
-                dataset_class = {
-                    "fashion_mnist": datasets.FashionMNIST,
-                    "cifar10": datasets.CIFAR10,
-                    "cifar100": datasets.CIFAR100,
-                }[name]
-                dataset_class(str(target), train=train, download=True)
+        dataset.download(target)
     except (OSError, RuntimeError) as e:
         raise DataError(f"{name}: download into {target} failed ({e}); check the network") from e
     return target
 
 
 @functools.lru_cache(maxsize=16)
-def _files_digest(files: tuple[tuple[str, int, int], ...], contents: bool) -> str:
+def files_digest(files: tuple[tuple[str, int, int], ...], contents: bool) -> str:
     """sha256 over each file's name and size and, with ``contents``, its bytes (the stats in
     ``files`` — path, size, mtime — key the cache, so a changed file is hashed again)."""
     digest = hashlib.sha256()
@@ -805,38 +689,23 @@ def _files_digest(files: tuple[tuple[str, int, int], ...], contents: bool) -> st
     return digest.hexdigest()
 
 
-def _stats(paths: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
+def file_stats(paths: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
     return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
 
 
 def dataset_source(
     name: str, root: str | None = None, seed: int = 0, synthetic_size: int = 2048
 ) -> tuple[str, str]:
-    """Where dataset ``name`` is read from and a digest of its source files (sha256 hex): of
-    their bytes, or for ``imagefolder`` of its file listing (names and sizes: hashing a whole
-    ImageNet per trial would cost minutes). ``synthetic`` has no files: its generator's settings.
-    For an MLflow dataset input."""
+    """Where dataset ``name`` is read from and a digest of its source (sha256 hex;
+    ``Dataset.source``). For an MLflow dataset input."""
     check_dataset_name(name)
-    if name == "synthetic":
-        spec = f"synthetic:seed={seed}:size={synthetic_size}"
-        return spec, hashlib.sha256(spec.encode()).hexdigest()
-    if name == "digits":
-        from sklearn import datasets
-
-        path = Path(datasets.__file__).parent / "data" / "digits.csv.gz"
-        return str(path), _files_digest(_stats([path]), True)
-    directory = _locate(name, root)
-    if name == "imagefolder":
-        files = sorted(p for p in directory.rglob("*") if p.is_file())
-        return str(directory), _files_digest(_stats(files), False)
-    files = [directory / f for f in _LOCATIONS[name][1]]
-    return str(directory), _files_digest(_stats(files), True)
+    return DATASETS.get(name).source(root, seed, synthetic_size)
 
 
 def check_dataset_name(name: str) -> None:
-    """Raise ``DataError`` unless ``name`` is a known dataset."""
+    """Raise ``DataError`` unless ``name`` is a registered dataset (one line: the known ones)."""
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {shown(name)}; known: {', '.join(DATASETS)}")
+        raise DataError(DATASETS.unknown(name))
 
 
 def load_data(
@@ -864,35 +733,21 @@ def load_data(
     """
     check_dataset_name(name)
     _check_val_fraction(val_fraction)
-    if held_out and name == "imagefolder":
-        raise DataError("ood.heldout: classes cannot be held out of an imagefolder; remove it")
-    if name == "imagefolder":
-        return FolderData(
-            root,
-            image_size=image_size,
-            val_fraction=val_fraction,
-            seed=seed,
-            train_subset=train_subset,
-            test_subset=test_subset,
-            device=device,
-            num_workers=num_workers,
-            channels_last=channels_last,
-        )
-    try:
-        arrays = _READERS[name](root, seed, synthetic_size)
-    except DataError:
-        if not (download and name in DOWNLOADABLE):
-            raise
-        arrays = _READERS[name](str(download_dataset(name, root)), seed, synthetic_size)
-    return _in_memory(
-        name,
-        arrays,
+    dataset = DATASETS.get(name)
+    if held_out and not dataset.held_out_ok:
+        raise DataError(f"ood.heldout: classes cannot be held out of {name}; remove it")
+    return dataset.load(
+        root,
         val_fraction=val_fraction,
         seed=seed,
         train_subset=train_subset,
         test_subset=test_subset,
         device=device,
+        download=download,
+        num_workers=num_workers,
+        synthetic_size=synthetic_size,
         channels_last=channels_last,
+        image_size=image_size,
         held_out=held_out,
     )
 
@@ -908,7 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    done = "ready in" if args[1] in DOWNLOADABLE else "needs no download; root would be"
+    done = "ready in" if DATASETS.get(args[1]).downloadable else "needs no download; root would be"
     print(f"{args[1]} {done} {target}")
     return 0
 

@@ -22,16 +22,17 @@ from trainables.atomic import atomic_write
 from trainables.config import ConfigError, TrainConfig
 from trainables.data.datasets import Data, DatasetInfo, load_data, train_steps
 from trainables.engine.passes import SeededPasses
-from trainables.losses.adafocal import AdaFocalBins, adafocal_loss, update_bins
-from trainables.losses.common import LossFn, build_loss, cross_entropy, csam_loss
-from trainables.methods.bsam import BSAM
-from trainables.methods.sam import SAM, frozen_batchnorm_stats
+from trainables.losses import LOSSES, StatefulLoss
+from trainables.losses.common import LossFn
+from trainables.methods import METHODS, Method
+from trainables.methods.optim import factors_undecayed, sam_param_groups  # noqa: F401 (their old home)
+from trainables.methods.sam import frozen_batchnorm_stats
+from trainables.methods.steps import sam_step
 from trainables.metrics import calibration
 from trainables.models.mimo import mimo_batch, mimo_indices, mimo_loss
-from trainables.models.rank1 import Rank1Factor, Rank1Spec
+from trainables.models.rank1 import Rank1Spec
 from trainables.models.zoo import build_model
 
-SAM_METHODS = ("sam", "asam", "csam")
 EVAL_BATCH = 1024
 MIMO_SEED_OFFSET = 104_729  # MIMO's per-member shuffles, apart from the data's batch order
 
@@ -52,63 +53,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, n_train: int = 1) -> torch.optim.Optimizer:
-    """The base optimizer (SGD with momentum or AdamW), wrapped in SAM for the SAM family; bSAM
-    (its own optimizer) for ``bsam``, N being ``n_train`` times ``bsam_data_factor``."""
-    if cfg.method == "bsam":
-        return BSAM(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=cfg.lr,
-            beta1=cfg.momentum,
-            beta2=cfg.bsam_beta2,
-            rho=cfg.rho,
-            prior_precision=cfg.bsam_prior_precision,
-            n_data=n_train * cfg.bsam_data_factor,
-            damping=cfg.bsam_damping,
-            s_init=cfg.bsam_s_init,
-        )
-    if cfg.optimizer == "sgd":
-        base_cls: type[torch.optim.Optimizer] = torch.optim.SGD
-        kwargs: dict[str, Any] = dict(
-            lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-    else:
-        base_cls = torch.optim.AdamW
-        kwargs = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
-    kwargs["foreach"] = True
-    if cfg.method == "sgd":
-        params = [p for p in model.parameters() if p.requires_grad]
-        return base_cls(factors_undecayed([{"params": params}], model), **kwargs)
-    groups = sam_param_groups(model, cfg.method == "asam", cfg.asam_scale)
-    return SAM(factors_undecayed(groups, model), base_cls, rho=cfg.rho, eta=cfg.eta, **kwargs)
-
-
-def factors_undecayed(groups: list[dict[str, Any]], model: nn.Module) -> list[dict[str, Any]]:
-    """``groups`` with the rank-1 factors' parameters moved to groups of their own without weight
-    decay (the authors regularise them by the KL only); unchanged for any other model."""
-    factors = {id(p) for m in model.modules() if isinstance(m, Rank1Factor) for p in m.parameters()}
-    if not factors:
-        return groups
-    split = []
-    for group in groups:
-        rest = {k: v for k, v in group.items() if k != "params"}
-        split.append({**rest, "params": [p for p in group["params"] if id(p) not in factors]})
-        undecayed = [p for p in group["params"] if id(p) in factors]
-        split.append({**rest, "params": undecayed, "weight_decay": 0.0})
-    return [g for g in split if g["params"]]
-
-
-def sam_param_groups(model: nn.Module, asam: bool, scale: str = "weights") -> list[dict[str, Any]]:
-    """SAM's parameter groups. For ASAM, ``adaptive`` (T = |w| + eta) is set on the parameters
-    whose name contains "weight" — Kwon et al.'s reference rule; biases keep T = 1 — or on every
-    parameter with ``scale="all"``; the perturbation's norm is taken over all groups together."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not asam or scale == "all":
-        return [{"params": [p for _, p in named], "adaptive": asam}]
-    groups = [
-        {"params": [p for n, p in named if "weight" in n], "adaptive": True},
-        {"params": [p for n, p in named if "weight" not in n], "adaptive": False},
-    ]
-    return [g for g in groups if g["params"]]
+    """The optimizer of ``cfg.method`` over ``model`` (``Method.build_optimizer``; ``n_train``:
+    the size of the whole train split)."""
+    return METHODS.get(cfg.method).build_optimizer(cfg, model, n_train)
 
 
 @dataclass(frozen=True)
@@ -188,6 +135,7 @@ def config_model(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
         cfg.dropout,
         cfg.mimo,
         rank1_spec(cfg),
+        cfg=cfg,
     )
 
 
@@ -246,20 +194,18 @@ class Trainer:
             torch.compile(replica.forward) if self.use_compile else replica.forward
         )
         self.ascent_sync = replica.ascent_sync
-        self.optimizer = build_optimizer(cfg, self.model, self.data.split_size("train"))
+        self.method: Method = METHODS.get(cfg.method)
+        self.optimizer = self.method.build_optimizer(cfg, self.model, self.data.split_size("train"))
         self.scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
             if cfg.schedule == "cosine"
             else None
         )
-        self.adafocal: AdaFocalBins | None = None
-        if cfg.loss == "adafocal":
-            self.adafocal = AdaFocalBins.initial(cfg.adafocal_bins, cfg.adafocal_gamma)
-            loss: LossFn = self._adafocal_loss
-        else:
-            loss = build_loss(cfg.loss, ls_epsilon=cfg.ls_epsilon, focal_gamma=cfg.focal_gamma)
-        self.ascent_loss: LossFn = cross_entropy if cfg.method == "csam" else loss
-        self.descent_loss: LossFn = csam_loss(cfg.gamma) if cfg.method == "csam" else loss
+        built = LOSSES.get(cfg.loss).build(cfg)
+        # a loss with state across epochs (AdaFocal): told each epoch's val predictions, saved
+        self.loss_state: StatefulLoss | None = built if isinstance(built, StatefulLoss) else None
+        loss: LossFn = built
+        self.ascent_loss, self.descent_loss = self.method.losses(cfg, loss)
         if cfg.mimo is not None:  # the sum over the members' heads
             self.ascent_loss = mimo_loss(self.ascent_loss)
             self.descent_loss = mimo_loss(self.descent_loss)
@@ -276,79 +222,33 @@ class Trainer:
 
     # -- training -------------------------------------------------------------------------------
 
-    def _adafocal_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        assert self.adafocal is not None
-        return adafocal_loss(logits, labels, self.adafocal)
+    @property
+    def adafocal(self) -> Any:
+        """AdaFocal's bins (``AdaFocalBins``) when the run's loss keeps them, else None."""
+        return getattr(self.loss_state, "bins", None)
 
-    def update_adafocal(self) -> None:
-        """AdaFocal's per-bin gammas, updated from this epoch's validation calibration."""
-        assert self.adafocal is not None
-        logits, labels = self.predictions("val")
-        cfg = self.cfg
-        self.adafocal = update_bins(
-            self.adafocal,
-            logits.float().softmax(dim=1),
-            labels,
-            lam=cfg.adafocal_lambda,
-            switch=cfg.adafocal_switch,
-            gamma_min=cfg.adafocal_gamma_min,
-            gamma_max=cfg.adafocal_gamma_max,
-        )
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast for the training passes (``self.bf16``); evaluation never uses it."""
         if self.bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _sgd_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
-            loss = self.descent_loss(self.forward(x), y)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    def _sam_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        optimizer = self.optimizer
-        assert isinstance(optimizer, SAM)
-        with self.ascent_sync():
-            with self._autocast():
-                loss = self.ascent_loss(self.forward(x), y)
-            loss.backward()
-        optimizer.first_step()
-        self._perturbed_backward(x, y)
-        optimizer.second_step(zero_grad=True)
-        return loss.detach()
-
-    def _perturbed_backward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def perturbed_backward(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """The second pass of SAM and bSAM: the descent loss's gradient at the perturbed weights,
         with BatchNorm's running statistics frozen (the first pass already updated them)."""
         with frozen_batchnorm_stats(self.model):
-            with self._autocast():
+            with self.autocast():
                 loss = self.descent_loss(self.forward(x), y)
             loss.backward()
 
-    def _bsam_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        optimizer = self.optimizer
-        assert isinstance(optimizer, BSAM)
-        optimizer.add_noise()
-        with self._autocast():
-            loss = self.ascent_loss(self.forward(x), y)
-        loss.backward()
-        optimizer.perturb()
-        self._perturbed_backward(x, y)
-        optimizer.step()
-        return loss.detach()
+    def _sam_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """SAM's step (``trainables.methods.steps.sam_step``), whatever the run's method."""
+        return sam_step(self, x, y)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One optimisation step on a batch; returns the loss at the weights it started from (a
-        device tensor; for bSAM, at its noisy sample of them)."""
-        if self.cfg.method == "bsam":
-            return self._bsam_step(x, y)
-        if self.cfg.method in SAM_METHODS:
-            return self._sam_step(x, y)
-        return self._sgd_step(x, y)
+        """One optimisation step on a batch (``Method.step``); returns the loss at the weights
+        it started from (a device tensor; for bSAM, at its noisy sample of them)."""
+        return self.method.step(self, x, y)
 
     def _with_kl(self, loss: LossFn) -> LossFn:
         def elbo(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -422,7 +322,8 @@ class Trainer:
         ``mc_samples``, or 1 (one deterministic pass)."""
         if self.cfg.rank1 is not None:
             return self.cfg.rank1_eval_samples
-        return self.cfg.bsam_samples if self.cfg.method == "bsam" else self.cfg.mc_samples
+        passes = self.method.eval_passes(self.cfg)
+        return self.cfg.mc_samples if passes is None else passes
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:
@@ -443,9 +344,9 @@ class Trainer:
         """The run's stochastic evaluation passes (None: one deterministic pass)."""
         if self.eval_passes <= 1 and self.cfg.rank1 is None:  # rank1 samples even in one pass
             return None
-        bsam = self.optimizer if isinstance(self.optimizer, BSAM) else None
+        posterior = self.method.posterior(self.optimizer)
         return SeededPasses(
-            self.model, self.cfg.seed, self.eval_passes, self.cfg.mc_samples > 1, bsam
+            self.model, self.cfg.seed, self.eval_passes, self.cfg.mc_samples > 1, posterior
         )
 
     def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -531,8 +432,8 @@ class Trainer:
             record = self.train_epoch(on_batch)
             if not self.diverged and self.data.split_size("val") > 0:
                 record.val = self.evaluate_val()
-                if self.adafocal is not None:
-                    self.update_adafocal()
+                if self.loss_state is not None:
+                    self.loss_state.end_epoch(*self.predictions("val"))
             if not self.diverged and self.epochs_done == self.cfg.epochs:
                 final = record.final = self.final_metrics()
             elif not self.diverged and self.cfg.test_every_epoch:
@@ -560,8 +461,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "config": self.cfg.model_dump(),
         }
-        if self.adafocal is not None:
-            state["adafocal"] = self.adafocal.state_dict()
+        if self.loss_state is not None:  # under the loss's name ("adafocal")
+            state[self.cfg.loss] = self.loss_state.state_dict()
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
@@ -579,8 +480,8 @@ class Trainer:
         self.train_seconds = state.get("train_seconds", 0.0)  # absent in older checkpoints
         self.diverged = state["diverged"]
         self.history = list(state["history"])
-        if self.adafocal is not None:
-            self.adafocal = AdaFocalBins.from_state(state["adafocal"])
+        if self.loss_state is not None:
+            self.loss_state.load_state_dict(state[self.cfg.loss])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -41,20 +41,19 @@ from trainables.config import (
     TrainConfig,
     ood_section_key,
 )
+from trainables.data import DATASETS
 from trainables.data.datasets import (
     DATASET_INFO,
     DataError,
     DatasetInfo,
     Normaliser,
     held_out_test_images,
-    imagefolder_info,
     read_svhn_mat,
     read_test_images,
     search_dirs,
     subset_indices,
 )
 from trainables.evaluation import evidence
-from trainables.messages import shown
 from trainables.metrics import calibration
 
 if TYPE_CHECKING:
@@ -297,10 +296,9 @@ def static_dataset_info(name: str, root: str | None = None, image_size: int = 22
     the class folders of ``<root>/train``)."""
     if name in DATASET_INFO:
         return DATASET_INFO[name]
-    if name != "imagefolder":
-        raise DataError(f"unknown dataset {shown(name)}")
-    train = _locate("imagefolder", root, ("",), "train") / "train"
-    return imagefolder_info(len(_class_folders(train)), image_size)
+    if name not in DATASETS:
+        raise DataError(DATASETS.unknown(name))
+    return DATASETS.get(name).static_info(root, image_size)
 
 
 def check_ood_config(cfg: TrainConfig) -> None:

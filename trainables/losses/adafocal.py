@@ -26,11 +26,13 @@ at 0.2, one update per epoch. The bins' gammas and edges are part of the trainin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables.losses import Loss, StatefulLoss, register_loss
 from trainables.losses.common import focal_weight
 
 
@@ -123,3 +125,51 @@ def update_bins(
         torch.from_numpy(lowers.astype(np.float64)),
         torch.from_numpy(uppers.astype(np.float64)),
     )
+
+
+class AdaFocalState(StatefulLoss):
+    """AdaFocal as a run's loss: the bins' gammas, updated after each epoch's validation."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.bins = AdaFocalBins.initial(cfg.adafocal_bins, cfg.adafocal_gamma)
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return adafocal_loss(logits, labels, self.bins)
+
+    def end_epoch(self, val_logits: torch.Tensor, val_labels: torch.Tensor) -> None:
+        cfg = self.cfg
+        self.bins = update_bins(
+            self.bins,
+            val_logits.float().softmax(dim=1),
+            val_labels,
+            lam=cfg.adafocal_lambda,
+            switch=cfg.adafocal_switch,
+            gamma_min=cfg.adafocal_gamma_min,
+            gamma_max=cfg.adafocal_gamma_max,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.bins.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bins = AdaFocalBins.from_state(state)
+
+
+@register_loss("adafocal")
+class AdaFocal(Loss):
+    """Focal loss whose gamma per confidence bin follows the validation calibration."""
+
+    title = "AdaFocal"
+    description = "focal loss with per-bin gammas adapted after each epoch on the val split"
+    reference = "Ghosh et al. 2022, AdaFocal (NeurIPS)"
+    needs_val = True
+
+    def check(self, cfg: Any) -> None:
+        if cfg.val_fraction == 0:
+            raise ValueError(
+                "loss=adafocal updates its gammas from the validation split; set val_fraction > 0"
+            )
+
+    def build(self, cfg: Any) -> AdaFocalState:
+        return AdaFocalState(cfg)

@@ -14,10 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from trainables.messages import shown
-
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-LOSSES = ("ce", "ls", "focal", "flsd53")  # and "adafocal", stateful: trainables/adafocal.py
 
 
 def _true_class_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -100,16 +97,13 @@ def csam_loss(gamma: float) -> LossFn:
 
 
 def build_loss(name: str, *, ls_epsilon: float = 0.1, focal_gamma: float = 3.0) -> LossFn:
-    """The training loss named in a config: ``ce``, ``ls``, ``focal`` or ``flsd53``."""
-    if name == "ce":
-        return cross_entropy
-    if name == "ls":
-        return label_smoothing(ls_epsilon)
-    if name == "focal":
-        return focal(focal_gamma)
-    if name == "flsd53":
-        return flsd53
-    raise ValueError(f"unknown loss {shown(name)}: choose one of {', '.join(LOSSES)}")
+    """The stateless registered loss ``name`` with these settings (``LOSSES``; an unknown name is
+    a one-line ``InputError``, a ``ValueError``)."""
+    from types import SimpleNamespace
+
+    from trainables.losses import LOSSES
+
+    return LOSSES.get(name).build(SimpleNamespace(ls_epsilon=ls_epsilon, focal_gamma=focal_gamma))  # type: ignore[return-value]
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:

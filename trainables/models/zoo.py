@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from trainables.errors import InputError
 from trainables.messages import shown
+from trainables.models import MODELS, register_model
 
 if TYPE_CHECKING:
     from trainables.models.rank1 import Rank1Spec
@@ -24,22 +25,11 @@ class ModelError(InputError):
 
 
 ModelFactory = Callable[..., nn.Module]
-MODELS: dict[str, ModelFactory] = {}
-
-
-def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Decorator adding ``constructor(num_classes, in_channels, image_size)`` to ``MODELS``."""
-
-    def add(factory: ModelFactory) -> ModelFactory:
-        MODELS[name] = factory
-        return factory
-
-    return add
 
 
 def model_names() -> list[str]:
     """Registered model names, sorted (timm models are named ``timm:<name>`` on top of these)."""
-    return sorted(MODELS)
+    return sorted(MODELS.names())
 
 
 def build_model(
@@ -50,19 +40,25 @@ def build_model(
     dropout: float = 0.0,
     mimo: int | None = None,
     rank1: Rank1Spec | None = None,
+    cfg: Any = None,
 ) -> nn.Module:
     """Construct model ``name`` (registered, ``timm:<name>`` or a bare timm name), untrained;
     ``dropout`` > 0 puts a dropout layer of that rate before its classifier (``with_dropout``);
     ``mimo`` M: the model as M MIMO members (``trainables.models.mimo.Mimo``: M times the input
-    channels and the classes); ``rank1``: the model as a rank-1 BNN (``trainables.models.rank1``)."""
+    channels and the classes); ``rank1``: the model as a rank-1 BNN (``trainables.models.rank1``);
+    ``cfg``: the run's settings, for a registered builder that takes them."""
     if rank1 is not None:
         from trainables.models.rank1 import Rank1Ensemble
 
-        return Rank1Ensemble(build_model(name, num_classes, in_channels, image_size), rank1)
+        return Rank1Ensemble(
+            build_model(name, num_classes, in_channels, image_size, cfg=cfg), rank1
+        )
     if mimo is not None:
         from trainables.models.mimo import Mimo
 
-        backbone = build_model(name, num_classes * mimo, in_channels * mimo, image_size, dropout)
+        backbone = build_model(
+            name, num_classes * mimo, in_channels * mimo, image_size, dropout, cfg=cfg
+        )
         return Mimo(backbone, mimo)
     if num_classes < 1 or in_channels < 1 or image_size < 1:
         raise ModelError(
@@ -70,7 +66,7 @@ def build_model(
             f"image_size={image_size} must all be >= 1"
         )
     if name in MODELS:
-        model = MODELS[name](num_classes, in_channels, image_size)
+        model = MODELS.get(name).build(cfg, num_classes, (in_channels, image_size, image_size))
     else:
         check_model_name(name)
         model = _timm_model(name.removeprefix(TIMM_PREFIX), num_classes, in_channels)
