@@ -132,9 +132,7 @@ def load_entry_points() -> None:
     from importlib.metadata import entry_points
 
     for point in entry_points(group=ENTRY_POINT_GROUP):
-        spec = (
-            f"{point.value} (entry point {point.name} of {point.dist.name if point.dist else '?'})"
-        )
+        spec = f"{point.value} (entry point {point.name} of {point.dist.name if point.dist else '?'})"
         try:
             loaded = point.load()
             if callable(loaded) and not isinstance(loaded, type(sys)):
