@@ -145,3 +145,50 @@ def test_the_built_in_methods_are_parts_of_the_registry():
     assert METHODS.get("csam").label(cfg) == "CSAM (ρ=0.05, γ=1.5)"
     assert METHODS.get("sgd").label(parse_config({"optimizer": "adamw"})) == "AdamW"
     assert not METHODS.get("bsam").data_parallel and METHODS.get("sam").data_parallel
+
+
+PLUGIN_FILE = """
+from pydantic import BaseModel, Field
+
+from trainables.methods import Method, register_method
+from trainables.methods.optim import base_optimizer, sam_param_groups
+from trainables.methods.sam import SAM
+from trainables.methods.steps import sam_step
+
+
+class MySamSettings(BaseModel):
+    test_file_alpha: float = Field(0.5, ge=0.0, le=1.0)
+
+
+@register_method("test_file_sam")
+class MySam(Method):
+    title = "My SAM"
+    settings = MySamSettings
+
+    def build_optimizer(self, cfg, model, n_train):
+        alpha = self.options(cfg).test_file_alpha
+        base, kwargs = base_optimizer(cfg)
+        return SAM(sam_param_groups(model, False), base, rho=cfg.rho * alpha, **kwargs)
+
+    def step(self, ctx, x, y):
+        return sam_step(ctx, x, y)
+"""
+
+
+def test_a_method_in_one_file_loads_as_a_plugin_and_sets_its_radius(tmp_path):
+    import sys
+
+    from trainables.plugins import load_plugins
+
+    path = tmp_path / "test_my_sam_plugin.py"
+    path.write_text(PLUGIN_FILE)
+    try:
+        load_plugins([str(path)])
+        cfg = parse_config({"method": "test_file_sam", "rho": 0.2, "test_file_alpha": 0.25})
+        model = torch.nn.Linear(3, 2)
+        optimizer = METHODS.get("test_file_sam").build_optimizer(cfg, model, 10)
+        assert optimizer.param_groups[0]["rho"] == pytest.approx(0.05)
+        assert METHODS.origin("test_file_sam") == "test_my_sam_plugin"
+    finally:
+        _forget("test_file_sam")
+        sys.modules.pop("test_my_sam_plugin", None)
