@@ -159,6 +159,7 @@ def _kind(**attrs: object) -> type[Metric]:
         ("bad_metric", _kind(diverged=math.inf), "diverged"),
         ("bad_metric", _kind(title=""), "title"),
         ("bad_metric", _kind(role="speed"), "role"),
+        ("bad_metric", _kind(needs_temperature=True), "no val value"),
         ("bad_metric", type("Bare", (Metric,), {"title": "x"}), "compute"),
         ("bad_metric", dict, "subclass"),
     ],

@@ -30,7 +30,6 @@ Importing this module imports no torch: the built-in metrics load lazily on the 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, TypeVar
 
 from trainables.parts import Part
@@ -74,6 +73,8 @@ class Metric(Part):
         scope: "split": computed on every evaluated split (``val_<name>``, ``test_<name>``);
             "fit": a fitted quantity (``temperature``); "cost": a bare cost key.
         needs_temperature: computed only where a val-fitted temperature is known (test).
+        val_by_trial: the trial logs its val value itself (``ece_ts``, cross-fitted on val),
+            which lets a ``needs_temperature`` metric be an objective.
         stored: recomputable from stored per-sample evidence (report, ensembles, post-hoc).
         needs_probs: the evidence recomputation needs the full probability vectors (NaN where
             the evidence has none, above ``MAX_PROBS_CLASSES`` classes).
@@ -94,6 +95,7 @@ class Metric(Part):
     role: ClassVar[Role | None] = None
     scope: ClassVar[Scope] = "split"
     needs_temperature: ClassVar[bool] = False
+    val_by_trial: ClassVar[bool] = False
     stored: ClassVar[bool] = True
     needs_probs: ClassVar[bool] = True
     compare: ClassVar[InCompare] = "always"
@@ -198,6 +200,11 @@ def _check(name: str, metric: Metric) -> None:
         d = metric.diverged
         if not isinstance(d, (int, float)) or isinstance(d, bool) or not math.isfinite(d):
             raise ValueError("an objective metric needs a finite diverged value (its worst)")
+    if metric.needs_temperature and metric.objective and not metric.val_by_trial:
+        raise ValueError(
+            "a metric that needs the val-fitted temperature has no val value, so it cannot be "
+            "an objective: give it role None"
+        )
     overridden = type(metric).compute is not Metric.compute
     if (
         metric.scope == "split"
@@ -239,29 +246,6 @@ def stored_metrics() -> list[Metric]:
     return [m for m in METRICS.values() if m.stored]
 
 
-def by_key(key: str) -> Metric | None:
-    """The metric a result key names (``val_ece``, ``test_ece``, ``ece``, ``train_seconds``,
-    ``test_ece@ts``), or None."""
-    base = key.split("@", 1)[0]
-    for metric in METRICS.values():
-        if metric.scope == "split":
-            for prefix in ("val_", "test_"):
-                if base == prefix + metric.name:
-                    return metric
-        if base == metric.name:
-            return metric
-    return None
-
-
 def objective_metrics() -> dict[str, Metric]:
     """Objective key -> metric, for every metric an objective may name (registration order)."""
     return {m.objective_key: m for m in METRICS.values() if m.objective}
-
-
-def titles(keys: Iterable[str]) -> dict[str, str]:
-    """Key -> its metric's title (the key itself where no metric has it)."""
-    out = {}
-    for key in keys:
-        metric = by_key(key)
-        out[key] = metric.title if metric is not None else key
-    return out

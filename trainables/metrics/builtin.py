@@ -128,6 +128,7 @@ class EceTs(_TopLabel):
     role = "calibration"
     diverged = 1.0
     needs_temperature = True
+    val_by_trial = True  # Trainer.evaluate_val: cross-fitted on val's two halves
     paired = True
 
     def compute(self, probs: Any, labels: Any) -> Any:
