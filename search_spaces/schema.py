@@ -28,11 +28,11 @@ from trainables.layout import check_study_name
 from trainables.messages import first_problem, shown
 from trainables.methods import METHODS
 from trainables.metrics.objectives import (
-    ACCURACY_METRICS,
-    CALIBRATION_METRICS,
-    COST_METRICS,
     DEFAULT_METRICS,
-    DIRECTIONS,
+    directions,
+    is_cost,
+    unknown_objective,
+    with_role,
 )
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
@@ -96,9 +96,9 @@ class Distribution(BaseModel):
 
 
 class Objective(BaseModel):
-    """What the search optimises. ``pareto``: the front of ``metrics`` (2 or 3 of
-    ``trainables.metrics.objectives.DIRECTIONS``, a cost among them at most once; each one's direction is
-    known); ``weighted``: maximise ``metrics[0] - weight * metrics[1]``, an accuracy metric and a
+    """What the search optimises. ``pareto``: the front of ``metrics`` (2 or 3 of the
+    objective-capable metrics of ``trainables.metrics.METRICS``, a cost among them at most once;
+    each one's direction is known); ``weighted``: maximise ``metrics[0] - weight * metrics[1]``, an accuracy metric and a
     calibration metric. Default metrics: val_accuracy and val_ece."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -110,9 +110,10 @@ class Objective(BaseModel):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, metrics: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [m for m in metrics if m not in DIRECTIONS]
+        known = directions()
+        unknown = [m for m in metrics if m not in known]
         if unknown:
-            raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(DIRECTIONS)}")
+            raise ValueError(unknown_objective(unknown[0]))
         if len(set(metrics)) != len(metrics):
             raise ValueError("a metric is named twice")
         return metrics
@@ -121,12 +122,13 @@ class Objective(BaseModel):
     def _metrics_fit_the_type(self) -> Objective:
         m = self.metrics
         if self.type == "weighted":
-            if len(m) != 2 or m[0] not in ACCURACY_METRICS or m[1] not in CALIBRATION_METRICS:
+            accuracy, calibration = with_role("accuracy"), with_role("calibration")
+            if len(m) != 2 or m[0] not in accuracy or m[1] not in calibration:
                 raise ValueError(
                     "a weighted objective takes metrics [ACCURACY, CALIBRATION]: one of "
-                    f"{', '.join(ACCURACY_METRICS)}, then one of {', '.join(CALIBRATION_METRICS)}"
+                    f"{', '.join(accuracy)}, then one of {', '.join(calibration)}"
                 )
-        elif not 2 <= len(m) <= 3 or sum(x in COST_METRICS for x in m) > 1:
+        elif not 2 <= len(m) <= 3 or sum(is_cost(x) for x in m) > 1:
             raise ValueError("a pareto objective takes 2 or 3 metrics, at most one of them a cost")
         return self
 
@@ -147,14 +149,18 @@ class Objective(BaseModel):
         """The two metrics a 2-D figure of the search shows, (x, y): y the first maximised
         metric (else the first), x the first other metric that is not a cost (else the other)."""
         m = list(self.metrics)
-        y = next((x for x in m if DIRECTIONS[x] == "max"), m[0])
+        known = directions()
+        y = next((x for x in m if known[x] == "max"), m[0])
         rest = [x for x in m if x != y]
-        return next((x for x in rest if x not in COST_METRICS), rest[0]), y
+        return next((x for x in rest if not is_cost(x)), rest[0]), y
 
     @property
     def modes(self) -> list[str]:
         """max/min per Optuna objective."""
-        return [DIRECTIONS[m] for m in self.metrics] if self.type == "pareto" else ["max"]
+        if self.type != "pareto":
+            return ["max"]
+        known = directions()
+        return [known[m] for m in self.metrics]
 
 
 class Asha(BaseModel):

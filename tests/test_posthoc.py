@@ -221,15 +221,17 @@ def test_unknown_calibrators_are_refused_in_one_line():
 def test_the_report_section_pairs_after_each_calibrator_and_draws_ece_against_severity(
     tmp_path,
 ):
-    from study.report.sections.posthoc import posthoc_section, severity_curve
+    from study.report.sections.posthoc import posthoc_part, severity_curve
 
     root = str(tmp_path / "p" / "evidence")
     study = _study(root)
-    data: dict = {}
     figure = tmp_path / "shift.png"
-    assert posthoc_section(study, SPACE, root, None, figure, data) is None  # no baseline row
-    text = posthoc_section(study, SPACE, root, 0, figure, data)
-    assert text is not None and text.startswith("## Post-hoc calibration")
+    assert posthoc_part(study, SPACE, root, None) is None  # no baseline row
+    section = posthoc_part(study, SPACE, root, 0)
+    assert section is not None
+    text, data = section.text, section.data
+    section.figures["shift.png"](figure)
+    assert text.startswith("## Post-hoc calibration")
     assert "Test smooth ECE after each calibrator:" in text and "| Iso" in text
     assert "*after the same calibrator*" in text and "CIFAR-10-C: ECE averaged" in text
     assert figure.stat().st_size > 10_000 and "![](shift.png)" in text

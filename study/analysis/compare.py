@@ -30,7 +30,8 @@ from trainables.config import OOD_SPLITS, ood_section_key, setting_default
 from trainables.errors import InputError
 from trainables.losses import LOSSES
 from trainables.methods import METHODS
-from trainables.metrics.objectives import COST_METRICS, signed
+from trainables.metrics import METRICS, Metric
+from trainables.metrics.objectives import is_cost, signed
 
 Format = Literal["markdown", "latex", "csv"]
 MAX_ROWS = 12  # more searched configurations: the best one per method, loss and task
@@ -55,23 +56,29 @@ class Column:
     csv_only: bool = False  # too fine for a printed table (per severity): CSV and frames only
 
 
-CALIBRATION_COLUMNS: dict[str, Column] = {
-    "test_accuracy": Column("Accuracy", "max"),
-    "test_ece": Column("ECE", "min"),
-    "test_adaece": Column("AdaECE", "min"),
-    "test_smece": Column("smECE", "min"),
-    "test_ece_ts": Column("ECE (TS)", "min"),
-    "test_overconfidence": Column("Over-conf.", None),  # signed: > 0 overconfident
-    "temperature": Column("T", None, percent=False),
-    "test_nll": Column("NLL", "min", percent=False),
-    "test_brier": Column("Brier", "min", percent=False),
-}
-# Paired differences to a baseline row: these metrics, in percentage points.
-PAIRED_COLUMNS: dict[str, Column] = {
-    "test_accuracy": Column("Δ Accuracy", "max"),
-    "test_ece": Column("Δ ECE", "min"),
-    "test_ece_ts": Column("Δ ECE (TS)", "min"),
-}
+def metric_column(metric: Metric, delta: bool = False) -> Column:
+    """A registered metric's column: its title (``Δ <title>`` for a paired difference),
+    direction and percent flag."""
+    title = f"Δ {metric.title}" if delta else metric.title
+    return Column(title, metric.direction, metric.percent)
+
+
+def main_columns() -> dict[str, Column]:
+    """The main table's columns: the test key of every metric shown ``always``, in
+    registration order (test accuracy, ECE, ..., T, NLL, Brier)."""
+    return {m.test_key: metric_column(m) for m in METRICS.values() if m.compare == "always"}
+
+
+def objective_only_columns() -> dict[str, Column]:
+    """Columns shown only when the study optimises their metric (classwise ECE, the costs)."""
+    return {m.test_key: metric_column(m) for m in METRICS.values() if m.compare == "objective"}
+
+
+def base_paired_columns() -> dict[str, Column]:
+    """Paired differences to a baseline row: the ``paired`` metrics, in percentage points."""
+    return {m.test_key: metric_column(m, delta=True) for m in METRICS.values() if m.paired}
+
+
 AT_BOUND = "temperature_at_bound"  # 1.0 where a trial's fitted T stopped on a bound
 CONFIDENCE_LEVEL = 0.95
 # settings already named by the label (the method's and the loss's parts: ``described()``)
@@ -95,7 +102,7 @@ def rank_score(trial: FrozenTrial, space: Space) -> float:
         return sum(
             signed(name, float(value))
             for name, value in zip(objective.metrics, trial.values, strict=True)
-            if name not in COST_METRICS
+            if not is_cost(name)
         )
     return float(trial.values[0])
 
@@ -421,13 +428,14 @@ def paired_table(
     confs: Sequence[Configuration],
     baseline: int,
     space: Space,
-    columns: dict[str, Column] = PAIRED_COLUMNS,
+    columns: dict[str, Column] | None = None,
 ) -> PairedTable:
     """Paired differences of each configuration to ``confs[baseline]`` (by seed) in
     ``columns``. A configuration trained on other classes (``ood.heldout``) is paired with the
     baseline's settings trained on its classes where the study has them, else left out
     (``unpaired``): its test set is another task."""
     base = confs[baseline]
+    columns = base_paired_columns() if columns is None else columns
     table = PairedTable(base, [], columns)
     counterparts = {_task(base, space): base}
     for conf in confs:  # the first: an ensemble row comes after its members' row
@@ -510,22 +518,15 @@ def render_paired(table: PairedTable, style: Format) -> str:
     return _text_table(["Method", "Pairs", *titles], rows, style)
 
 
-# Columns for objective metrics that CALIBRATION_COLUMNS lacks (the cost ones as logged).
-OBJECTIVE_COLUMNS: dict[str, Column] = {
-    "test_classwise_ece": Column("Classwise ECE", "min"),
-    "train_seconds": Column("Train s", "min", percent=False),
-    "epochs": Column("Epochs", "min", percent=False),
-}
-
-
 def calibration_columns(space: Space) -> dict[str, Column]:
-    """``CALIBRATION_COLUMNS`` and a column for each objective metric they lack (the test
-    counterpart of a val metric, or the cost itself)."""
-    columns = dict(CALIBRATION_COLUMNS)
+    """The main table's columns (``main_columns``) and a column for each objective metric they
+    lack (the test counterpart of a val metric, or the cost itself)."""
+    columns = main_columns()
+    extra = objective_only_columns()
     for metric in space.objective.metrics:
         key = f"test_{metric[4:]}" if metric.startswith("val_") else metric
-        if key not in columns and key in OBJECTIVE_COLUMNS:
-            columns[key] = OBJECTIVE_COLUMNS[key]
+        if key not in columns and key in extra:
+            columns[key] = extra[key]
     return columns
 
 
@@ -544,9 +545,9 @@ PAIRED_OOD_METRICS = ("auroc", "ece", "ece_ts")  # of each OOD / corruption spli
 
 
 def paired_columns(tables: Sequence[Table]) -> dict[str, Column]:
-    """``PAIRED_COLUMNS`` and, where the study evaluated OOD or corruption splits, their AUROC
+    """``base_paired_columns`` and, where the study evaluated OOD or corruption splits, their AUROC
     and ECE (raw and after TS): the columns of the paired table."""
-    columns = dict(PAIRED_COLUMNS)
+    columns = base_paired_columns()
     for table in tables[1:2]:
         for metric, column in table.columns.items():
             if metric.endswith(tuple(f"_{m}" for m in PAIRED_OOD_METRICS)):
@@ -700,3 +701,17 @@ def _csv_value(value: Any) -> Any:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
     return value
+
+
+_DERIVED = {
+    "CALIBRATION_COLUMNS": main_columns,
+    "PAIRED_COLUMNS": base_paired_columns,
+    "OBJECTIVE_COLUMNS": objective_only_columns,
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The column tables of earlier versions, computed from the metric registry when read."""
+    if name in _DERIVED:
+        return _DERIVED[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -40,7 +40,7 @@ from study.storage.records import TRIAL_ID_ATTR
 from trainables.config import DETECTION_SPLITS, OOD_SPLITS
 from trainables.errors import DataError
 from trainables.evaluation.ood import aupr, auroc, negative_entropy
-from trainables.metrics import calibration
+from trainables.metrics import METRICS, calibration
 
 CORRUPTION_METRICS = ("accuracy", "ece", "ece_ts")
 
@@ -65,10 +65,8 @@ def calibration_metrics(test: StoredSplit, val: StoredSplit | None) -> dict[str,
     ``test_ece_ts`` (both NaN without a shared val split)."""
     temperature = math.nan if val is None else fitted_temperature(val)
     found = split_metrics(with_temperature(test, temperature))
-    metrics = {
-        f"test_{k}": v for k, v in found.items() if k not in ("temperature", "classwise_ece")
-    }
-    metrics["temperature"] = found["temperature"]
+    # each metric under the key its trials log it (test_<name>; the fitted T bare)
+    metrics = {METRICS.get(k).test_key: v for k, v in found.items() if k != "classwise_ece"}
     if math.isfinite(temperature):
         metrics[AT_BOUND] = float(calibration.temperature_at_bound(temperature))
     return metrics

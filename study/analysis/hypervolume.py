@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from trainables.metrics.objectives import DIRECTIONS, DIVERGED_METRICS
+from trainables.metrics.objectives import directions, diverged_metrics
 
 
 def hypervolume(
@@ -58,12 +58,13 @@ def _hv3(pts: np.ndarray, ref: np.ndarray) -> float:
 
 def reference_point(metrics: Sequence[str], costs: dict[str, float] | None = None) -> list[float]:
     """A reference point fixed before looking at any result, in minimised form: each metric's
-    worst value (``DIVERGED_METRICS``: accuracy 0, ECE 1, ...); a cost's from ``costs`` (e.g. the
+    worst value (its metric's ``diverged``: accuracy 0, ECE 1, ...); a cost's from ``costs`` (e.g. the
     full budget of a trial)."""
     ref = []
+    known, diverged = directions(), diverged_metrics()
     for name in metrics:
-        worst = DIVERGED_METRICS.get(name) if costs is None or name not in costs else costs[name]
+        worst = diverged.get(name) if costs is None or name not in costs else costs[name]
         if worst is None:
             raise ValueError(f"no reference value for {name!r}: pass it in costs")
-        ref.append(-worst if DIRECTIONS[name] == "max" else worst)
+        ref.append(-worst if known[name] == "max" else worst)
     return ref

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,12 +40,25 @@ from study.storage.evidence import (
     split_metrics,
 )
 from study.storage.records import TRIAL_ID_ATTR
-from trainables.config import OOD_SPLITS
+from trainables.config import OOD_SPLITS, SEVERITIES
+from trainables.metrics import METRICS, Metric
 
 NONE = "none"
 CORRUPTION_SPLITS = tuple(s for s in OOD_SPLITS if s.endswith("_c"))
-TEST_METRICS = ("accuracy", "ece", "smece", "nll")
-TITLES = {"accuracy": "Accuracy", "ece": "ECE", "smece": "smECE", "nll": "NLL"}
+
+
+def posthoc_metrics() -> tuple[Metric, ...]:
+    """The test metrics recomputed after each calibrator (``Metric.posthoc``: accuracy, ECE,
+    smooth ECE and NLL), in registration order."""
+    return tuple(m for m in METRICS.values() if m.posthoc)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TEST_METRICS":
+        return tuple(m.name for m in posthoc_metrics())
+    if name == "TITLES":
+        return {m.name: m.title for m in posthoc_metrics()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -72,7 +86,7 @@ def _apply(calibrator, split: StoredSplit) -> Calibrated:
 def trial_metrics(
     val: StoredSplit, test: StoredSplit, shifted: dict[str, StoredSplit], calibrators: Sequence[str]
 ) -> dict[str, float]:
-    """``<metric>@<calibrator>`` of one trial: test's ``TEST_METRICS`` and each shifted split's
+    """``<metric>@<calibrator>`` of one trial: test's ``posthoc_metrics`` and each shifted split's
     mean and per-severity ECE, uncalibrated (``none``) and after each calibrator fitted on
     ``val``; a calibrator whose ``min_val_samples`` ``val`` does not reach is not fitted, and
     its values are absent (n/a in the tables)."""
@@ -87,7 +101,8 @@ def trial_metrics(
         }
     )
     for name, calibrator in fitted.items():
-        for metric, value in _metrics(_apply(calibrator, test).probs, test, TEST_METRICS).items():
+        names = [m.name for m in posthoc_metrics()]
+        for metric, value in _metrics(_apply(calibrator, test).probs, test, names).items():
             out[f"test_{metric}@{name}"] = value
         for split, stored in shifted.items():
             cells = {
@@ -157,13 +172,12 @@ def columns(confs: Sequence[Recalibrated], name: str) -> dict[str, Column]:
     ECE that any trial has and (CSV only) its ECE per severity."""
     found = {k for c in confs for m in c.metrics.values() for k in m}
     out = {
-        f"test_{m}@{name}": Column(TITLES[m], "max" if m == "accuracy" else "min", m != "nll")
-        for m in TEST_METRICS
+        f"{m.test_key}@{name}": Column(m.title, m.direction, m.percent) for m in posthoc_metrics()
     }
     for split in CORRUPTION_SPLITS:
         if f"{split}_ece@{name}" in found:
             out[f"{split}_ece@{name}"] = Column(f"{split_title(split)} ECE", "min")
-        for severity in range(1, 6):
+        for severity in SEVERITIES:
             if f"{split}_s{severity}_ece@{name}" in found:
                 title = f"{split_title(split)} s{severity} ECE"
                 out[f"{split}_s{severity}_ece@{name}"] = Column(title, "min", csv_only=True)

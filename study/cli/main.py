@@ -181,6 +181,22 @@ def epoch_bar(trainer: Trainer) -> Any:
     return tqdm(total=-(-size // batch), unit="batch", leave=False, file=sys.stdout)
 
 
+def result_line(final: dict[str, Any]) -> str:
+    """``study train``'s test line: every split metric of ``study compare``'s main table that
+    the trial logged, in registration order (``Metric.format``), then the fitted T."""
+    from trainables.metrics.base import split_metrics
+
+    shown = [
+        f"{m.name} {m.format(final[m.test_key])}"
+        for m in split_metrics()
+        if m.compare == "always" and isinstance(final.get(m.test_key), (int, float))
+    ]
+    line = "test: " + "  ".join(shown)
+    if isinstance(final.get("temperature"), (int, float)):
+        line += f" (T={final['temperature']:.3f})"
+    return line
+
+
 def _epoch_line(record: EpochRecord) -> str:
     val = record.val
     return (
@@ -248,13 +264,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"diverged: the training loss became non-finite in epoch {result.epochs}")
         return 0
     f = result.final
-    print(
-        f"test: accuracy {f['test_accuracy']:.4f}  ece {f['test_ece']:.4f}  "
-        f"adaece {f['test_adaece']:.4f}  smece {f['test_smece']:.4f}  "
-        f"overconfidence {f['test_overconfidence']:+.4f}  nll {f['test_nll']:.4f}  "
-        f"brier {f['test_brier']:.4f}  ece_ts {f['test_ece_ts']:.4f} (T={f['temperature']:.3f})"
-        f"  [{result.seconds:.0f}s]"
-    )
+    print(f"{result_line(f)}  [{result.seconds:.0f}s]")
     from trainables.config import OOD_SPLITS
 
     ood = {k: v for k, v in f.items() if k.startswith(OOD_SPLITS) and not _SEVERITY.search(k)}

@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker as ticker  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from optuna.trial import FrozenTrial  # noqa: E402
 
 from study.analysis.front import best_trials  # noqa: E402
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from study.report.view import StudyView
 
 
-def save_figure(fig: plt.Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     """Write ``fig`` as a PNG and close it."""
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=90)

@@ -1,11 +1,11 @@
 """A study as its report sees it (``StudyView``: its trials, how they rank, their test
 evidence) and the small formatting helpers every section and figure shares. The report's sections
-(``study.report.writer``) and figures (``study.report.figures``) read it; it reads neither."""
+(``study.report.sections``) and figures (``study.report.figures``) read it; it reads neither."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from search_spaces.schema import Space
-from study.analysis.compare import is_completed, rank_score
+from study.analysis.compare import Configuration, is_completed, rank_score
 from study.output import warn
 from study.storage.evidence import StoredSplit, read_trial_splits
 from study.storage.files import open_optuna_study
@@ -33,6 +33,7 @@ class StudyView:
     completed: list[FrozenTrial]  # COMPLETE and not diverged, best first
     evidence: dict[str, StoredSplit]  # Tune trial id -> its stored test split
     notes: tuple[str, ...] = ()  # evidence left out: which trial's, and why
+    paths: StudyPaths | None = None  # where the study lives (None: a view built in memory)
 
     @property
     def pareto(self) -> bool:
@@ -46,6 +47,11 @@ class StudyView:
 
     def evidence_of(self, trial: FrozenTrial) -> StoredSplit | None:
         return self.evidence.get(str(trial.user_attrs.get(TRIAL_ID_ATTR, "")))
+
+    @property
+    def evidence_root(self) -> str:
+        """The study's evidence directory (URI), "" for a view without ``paths``."""
+        return self.paths.evidence if self.paths is not None else ""
 
     def methods(self) -> list[str]:
         """Methods of the completed trials, in the order the space lists them."""
@@ -85,6 +91,16 @@ def method_best(view: StudyView) -> dict[str, FrozenTrial]:
     return {m: best[m] for m in view.methods() if m in best}
 
 
+def sgd_baseline(confs: Sequence[Configuration], space: Space) -> int | None:
+    """The row of the first SGD + cross-entropy configuration with at least two seeds: the
+    baseline the report pairs the others against."""
+    for i, conf in enumerate(confs):
+        full = space.train_config(conf.settings)
+        if full.method == "sgd" and full.loss == "ce" and len(conf.trials) >= 2:
+            return i
+    return None
+
+
 def fmt(value: Any, digits: int = 4) -> str:
     """A table cell: floats to ``digits`` decimals (small ones in e-notation), NaN as n/a."""
     if isinstance(value, bool) or value is None:
@@ -118,4 +134,4 @@ def load_view(paths: StudyPaths, name: str, space: Space) -> StudyView:
     evidence = read_trial_splits(paths.evidence, completed, "test", notes)
     for note in notes:
         warn(f"report: {note}")
-    return StudyView(name, space, study, completed, evidence, tuple(notes))
+    return StudyView(name, space, study, completed, evidence, tuple(notes), paths)

@@ -18,14 +18,20 @@ Test metrics of the per-method table and of the ensemble are recomputed with
 ``trainables.metrics.calibration`` from the per-sample Parquet evidence (``study.storage.evidence`` reads it: each
 metric from its exact float32 column where one exists, Brier and classwise ECE from the float16
 ``probs``), not copied from what the trials logged; the report says how far the two differ.
-Temperature scaling uses the evidence's ``temperature`` (fitted on val by the trial). The sections
-are assembled here; the figures are drawn by ``study.report.figures``.
+Temperature scaling uses the evidence's ``temperature`` (fitted on val by the trial); the
+metrics and their titles are the metric registry's (``trainables.metrics.METRICS``).
+
+The report is its sections (``study.report.sections.SECTIONS``), in registration order: each is
+``section(view) -> Section`` (Markdown, figures, report.json numbers); the built-in ones are
+defined here and in ``study.report.sections``, and ``_write_files`` writes what they return. The
+figures are drawn by ``study.report.figures``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,7 +43,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces.schema import Space
 from study.analysis.compare import (
-    Configuration,
     comparison_tables,
     describe,
     grouped,
@@ -53,15 +58,16 @@ from study.analysis.regimes import MAP_METRICS, draw_regime_map, regime_text, re
 from study.analysis.tables import markdown_table
 from study.output import warn
 from study.report.figures import (
+    Figure,
     draw_importance,
     draw_pareto,
     draw_reliability,
     draw_sensitivity,
+    save_figure,
     trial_value,
 )
 from study.report.html import HTML_FILE, report_html
-from study.report.sections.posthoc import posthoc_section
-from study.report.sections.search import search_section
+from study.report.sections import SECTIONS, Section, figure_name
 from study.report.view import (
     StudyView,
     fmt,
@@ -70,6 +76,7 @@ from study.report.view import (
     load_view,
     method_best,
     repeat_group,
+    sgd_baseline,
 )
 from study.storage.evidence import (
     N_BINS,
@@ -87,38 +94,25 @@ from study.storage.records import (
     trial_settings,
 )
 from trainables.atomic import replace_directory
+from trainables.errors import PluginError
 from trainables.layout import StudyPaths
-from trainables.metrics import calibration
-from trainables.metrics.objectives import COST_METRICS, DIRECTIONS
+from trainables.metrics import METRICS, Metric, calibration
+from trainables.metrics.base import stored_metrics
+from trainables.metrics.objectives import directions, is_cost
 from trainables.trial.hold import hold_driver_if_asked
 
 REPORT_FILE = "report.md"
 DATA_FILE = "report.json"
 TOP_K = 5
 SENSITIVITY_PARAMS = ("rho", "gamma")
-# Recomputed metric -> the user attribute the trial logged (see Trainer.final_metrics).
-LOGGED = {
-    "accuracy": "test_accuracy",
-    "ece": "test_ece",
-    "adaece": "test_adaece",
-    "classwise_ece": "test_classwise_ece",
-    "nll": "test_nll",
-    "brier": "test_brier",
-    "ece_ts": "test_ece_ts",
-    "smece": "test_smece",
-    "overconfidence": "test_overconfidence",
-}
-METRIC_TITLES = {
-    "accuracy": "test accuracy",
-    "ece": "ECE",
-    "adaece": "adaptive ECE",
-    "classwise_ece": "classwise ECE",
-    "nll": "NLL",
-    "brier": "Brier",
-    "ece_ts": "ECE after TS",
-    "smece": "smooth ECE",
-    "overconfidence": "over-confidence",
-}
+
+
+def report_metrics() -> list[Metric]:
+    """The columns of the per-method table: the metrics recomputed from evidence that the report
+    shows (``Metric.in_report``), in registration order; the fitted T comes last."""
+    return [m for m in stored_metrics() if m.in_report]
+
+
 BOOTSTRAP_RESAMPLES = 1000
 ENSEMBLE_METRICS = ("accuracy", "ece", "nll", "brier")
 
@@ -149,10 +143,11 @@ def _directions_text(space: Space) -> str:
 def _rank_text(space: Space) -> str:
     objective = space.objective
     if objective.type == "pareto":
-        terms = [m for m in objective.metrics if m not in COST_METRICS]
-        score = " ".join(
-            f"{'+' if DIRECTIONS[m] == 'max' else '-'} {m}" for m in terms
-        ).removeprefix("+ ")
+        terms = [m for m in objective.metrics if not is_cost(m)]
+        known = directions()
+        score = " ".join(f"{'+' if known[m] == 'max' else '-'} {m}" for m in terms).removeprefix(
+            "+ "
+        )
         return (
             f"Trials are ranked by **{score}** (highest first): the Pareto front has no single "
             "best trial, so this scalarisation picks one."
@@ -181,8 +176,9 @@ def _trial_counts(study: optuna.Study) -> str:
     return f"{len(study.trials)} trials ({detail or 'none'})"
 
 
-def header_section(view: StudyView, paths: StudyPaths, data: dict[str, Any]) -> str:
+def header_section(view: StudyView) -> Section:
     """Title and the study's settings."""
+    data: dict[str, Any] = {}
     space = view.space
     fixed = ", ".join(f"{k}={v}" for k, v in space.fixed.items()) or "(none)"
     rows = [
@@ -197,23 +193,24 @@ def header_section(view: StudyView, paths: StudyPaths, data: dict[str, Any]) -> 
         ["trials", _trial_counts(view.study)],
         ["fixed", fixed],
         ["searched", _search_text(space)],
-        ["study directory", f"`{paths.root}`"],
+        ["study directory", f"`{view.paths.root if view.paths is not None else '-'}`"],
     ]
     data["settings"] = {r[0]: r[1] for r in rows}
     lines = [f"# Study report: {view.name}"]
     if space.description:
         lines.append(inert(space.description))
     lines.append(markdown_table(["setting", "value"], [[k, inert(v)] for k, v in rows], cell=fmt))
-    return "\n\n".join(lines)
+    return Section("\n\n".join(lines), data=data)
 
 
-def front_section(view: StudyView, data: dict[str, Any]) -> str:
+def front_section(view: StudyView) -> Section:
     """The Pareto front (or the best trial) as Optuna holds it, with the logged metrics."""
+    data: dict[str, Any] = {}
     params = [p for p in view.space.search if p != "method"]
     metric_keys = ["test_accuracy", "test_ece", "test_ece_ts", "test_nll"]
     objective_keys = list(view.space.objective.metrics)
     headers = ["trial", "Tune id", "method", *params, *objective_keys]
-    headers += ["test accuracy", "test ECE", "test ECE after TS", "test NLL"]
+    headers += [f"test {METRICS.get(k.removeprefix('test_')).heading}" for k in metric_keys]
     if not view.pareto:
         headers.append("objective")
     rows, records = [], []
@@ -254,7 +251,9 @@ def front_section(view: StudyView, data: dict[str, Any]) -> str:
             f"{len(left_out)} trial(s) that did not complete normally (diverged, pruned, failed "
             "or running) are left out of the figures, the rankings and the ensemble."
         )
-    return "\n\n".join(parts)
+    return Section(
+        "\n\n".join(parts), data=data, figures={"pareto.png": lambda path: draw_pareto(view, path)}
+    )
 
 
 def _cell(values: Sequence[float]) -> str:
@@ -262,11 +261,16 @@ def _cell(values: Sequence[float]) -> str:
     return fmt(mean) if len(values) == 1 else f"{fmt(mean)} ± {fmt(std)}"
 
 
-def methods_section(view: StudyView, data: dict[str, Any]) -> str:
+def methods_section(view: StudyView) -> Section:
     """Best trial per method: test metrics recomputed from the evidence (mean ± std over seeds)."""
+    data: dict[str, Any] = {}
     best = method_best(view)
-    keys = list(METRIC_TITLES)
-    headers = ["method", "trial", "seeds", *METRIC_TITLES.values(), "T"]
+    diagrams = {m: (t, view.evidence_of(t)) for m, t in best.items()}
+    figures = {"reliability.png": lambda path: draw_reliability(diagrams, path)}  # type: ignore[arg-type]
+    shown = report_metrics()
+    keys = [m.name for m in shown]
+    logged = {m.name: m.test_key for m in shown}  # the key the trial logged it under
+    headers = ["method", "trial", "seeds", *(m.heading for m in shown), "T"]
     rows, records, gaps = [], {}, []
     for method, trial in best.items():
         group = [t for t in repeat_group(trial, view.completed) if view.evidence_of(t)]
@@ -274,7 +278,7 @@ def methods_section(view: StudyView, data: dict[str, Any]) -> str:
         for t, m in zip(group, metrics):
             gaps += [
                 abs(m[k] - float(t.user_attrs[a]))
-                for k, a in LOGGED.items()
+                for k, a in logged.items()
                 if isinstance(t.user_attrs.get(a), (int, float)) and math.isfinite(m[k])
             ]
         columns = {k: [m[k] for m in metrics] for k in [*keys, "temperature"]}
@@ -301,7 +305,7 @@ def methods_section(view: StudyView, data: dict[str, Any]) -> str:
     parts = ["## Best trial per method", _rank_text(view.space)]
     if not rows:
         parts.append("No completed trial has test evidence to recompute metrics from.")
-        return "\n\n".join(parts)
+        return Section("\n\n".join(parts), figures, data)
     parts.append(
         "Test metrics recomputed from the Parquet evidence with `trainables.metrics.calibration` "
         f"({N_BINS} bins): accuracy, the ECEs, over-confidence and NLL from the float32 columns "
@@ -317,16 +321,17 @@ def methods_section(view: StudyView, data: dict[str, Any]) -> str:
             f"{max(gaps):.1e} (float16 storage of the probability vectors)."
         )
     parts.append("![](reliability.png)")
-    return "\n\n".join(parts)
+    return Section("\n\n".join(parts), figures, data)
 
 
-def comparison_section(view: StudyView, data: dict[str, Any], evidence: str) -> str:
+def comparison_section(view: StudyView) -> Section:
     """Every configuration (best per method and loss when there are many), mean ± std over its
     seeds, and the deep ensemble of each configuration's seeds (from the ``evidence``), as
     ``study compare --ensembles`` prints them; OOD and corruption metrics in a second table."""
+    data: dict[str, Any] = {}
     tables = comparison_tables(view.study, view.space)
     skipped: list[str] = []
-    shown = with_ensembles(tables, evidence, skipped) if tables[0].confs else tables
+    shown = with_ensembles(tables, view.evidence_root, skipped) if tables[0].confs else tables
     data["ensembles_skipped"] = skipped
     data["ensembles"] = [
         {"configuration": e.label, "trials": [t.number for t in e.trials], **e.metrics}
@@ -350,13 +355,12 @@ def comparison_section(view: StudyView, data: dict[str, Any], evidence: str) -> 
         "their averaged val probabilities).",
     ]
     if not tables[0].confs:
-        return "\n\n".join([*parts, "No completed trial."])
+        return Section("\n\n".join([*parts, "No completed trial."]), data=data)
     parts.append(render(shown[0], "markdown"))
     baseline = sgd_baseline(tables[0].confs, view.space)
     if baseline is not None:
         paired = paired_table(tables[0].confs, baseline, view.space, paired_columns(tables))
         data["paired_baseline"] = paired.baseline.label
-        data["paired_row"] = baseline
         data["paired"] = {
             conf.label: {m: vars(d) for m, d in diffs.items()} for conf, diffs in paired.rows
         }
@@ -375,20 +379,12 @@ def comparison_section(view: StudyView, data: dict[str, Any], evidence: str) -> 
         )
         parts.append(render(shown[1], "markdown"))
     parts += [f"Note: {reason}." for reason in skipped if reason not in view.notes]
-    return "\n\n".join(parts)
+    return Section("\n\n".join(parts), data=data)
 
 
-def sgd_baseline(confs: Sequence[Configuration], space: Space) -> int | None:
-    """The row of the first SGD + cross-entropy configuration with at least two seeds."""
-    for i, conf in enumerate(confs):
-        full = space.train_config(conf.settings)
-        if full.method == "sgd" and full.loss == "ce" and len(conf.trials) >= 2:
-            return i
-    return None
-
-
-def trial_intervals_section(view: StudyView, data: dict[str, Any]) -> str:
+def trial_intervals_section(view: StudyView) -> Section:
     """Each trial's test ECE with a bootstrap 95% interval over its test samples."""
+    data: dict[str, Any] = {}
     parts = ["## Test ECE of each trial, with its bootstrap interval"]
     rows, records = [], {}
     for trial in view.completed:
@@ -407,7 +403,7 @@ def trial_intervals_section(view: StudyView, data: dict[str, Any]) -> str:
     data["trial_ece_intervals"] = records
     if not rows:
         parts.append("No completed trial has test evidence.")
-        return "\n\n".join(parts)
+        return Section("\n\n".join(parts), data=data)
     parts.append(
         f"Recomputed from the Parquet evidence: {BOOTSTRAP_RESAMPLES} resamples of the test "
         "samples with replacement (percentile interval, seeded by the trial number). It measures "
@@ -420,7 +416,7 @@ def trial_intervals_section(view: StudyView, data: dict[str, Any]) -> str:
             ["trial", "configuration", "ECE", "95% interval", "smooth ECE"], rows, cell=fmt
         )
     )
-    return "\n\n".join(parts)
+    return Section("\n\n".join(parts), data=data)
 
 
 def describe_trial(trial: FrozenTrial, space: Space) -> str:
@@ -430,12 +426,12 @@ def describe_trial(trial: FrozenTrial, space: Space) -> str:
     return f"{label}, seed {space.train_config(settings).seed}"
 
 
-def regime_section(view: StudyView, path: Path, data: dict[str, Any]) -> str:
+def regime_section(view: StudyView) -> Section:
     """The regime map, when the study trained SGD and other methods under several budgets."""
+    data: dict[str, Any] = {}
     found = regimes(grouped(view.study, view.space), view.space)
     if len(found) < 2:
-        data["regimes"] = None
-        return ""
+        return Section(data={"regimes": None})
     labels = sorted({label for r in found for label in r.methods})
     headers = ["regime", "SGD T", "SGD over-conf. (%)"]
     headers += [f"{label}: Δ {title} (pp)" for label in labels for title in MAP_METRICS.values()]
@@ -461,8 +457,7 @@ def regime_section(view: StudyView, path: Path, data: dict[str, Any]) -> str:
             }
         )
     data["regimes"] = records
-    draw_regime_map(found, view.space, path)
-    return "\n\n".join(
+    text = "\n\n".join(
         [
             "## Regime map: when sharpness-aware training helps calibration",
             "Each regime is one training budget (the settings in its row); in each, SGD with "
@@ -475,6 +470,9 @@ def regime_section(view: StudyView, path: Path, data: dict[str, Any]) -> str:
             "![](regimes.png)",
         ]
     )
+    return Section(
+        text, {"regimes.png": lambda path: draw_regime_map(found, view.space, path)}, data
+    )
 
 
 def _interval_cell(d: Any) -> str:
@@ -484,8 +482,9 @@ def _interval_cell(d: Any) -> str:
     return f"**{text}**" if d.excludes_zero else text
 
 
-def ensemble_section(view: StudyView, data: dict[str, Any]) -> str:
+def ensemble_section(view: StudyView) -> Section:
     """Averaged test probs of the top-k trials against the best single trial (evidence only)."""
+    data: dict[str, Any] = {}
     ranked = [t for t in view.completed if view.evidence_of(t) is not None]
     if ranked:  # only trials tested on the best one's samples (a test_subset is drawn per seed)
         first = view.evidence_of(ranked[0])
@@ -495,14 +494,14 @@ def ensemble_section(view: StudyView, data: dict[str, Any]) -> str:
     if k == 0:
         data["ensemble"] = None
         parts.append("No completed trial has test evidence: no ensemble.")
-        return "\n\n".join(parts)
+        return Section("\n\n".join(parts), data=data)
     members = ranked[:k]
     splits: list[StoredSplit] = [view.evidence_of(t) for t in members]  # type: ignore[misc]
     numbers = [t.number for t in members]
     if any(s.probs is None for s in splits):
         refused = f"no ensemble of the top-{k}: {NO_PROBS}"
         data["ensemble"] = {"k": k, "trials": numbers, "refused": refused}
-        return "\n\n".join([*parts, f"{refused[0].upper()}{refused[1:]}."])
+        return Section("\n\n".join([*parts, f"{refused[0].upper()}{refused[1:]}."]), data=data)
     singles = [split_metrics(s, ENSEMBLE_METRICS) for s in splits]
     mean_single = {m: float(np.mean([s[m] for s in singles])) for m in ENSEMBLE_METRICS}
     ensemble = split_metrics(mean_split(splits), ENSEMBLE_METRICS)
@@ -526,9 +525,11 @@ def ensemble_section(view: StudyView, data: dict[str, Any]) -> str:
         "of the label)."
     )
     parts.append(
-        markdown_table(["model", *(METRIC_TITLES[m] for m in ENSEMBLE_METRICS)], rows, cell=fmt)
+        markdown_table(
+            ["model", *(METRICS.get(m).heading for m in ENSEMBLE_METRICS)], rows, cell=fmt
+        )
     )
-    return "\n\n".join(parts)
+    return Section("\n\n".join(parts), data=data)
 
 
 def importance_targets(space: Space) -> list[tuple[str, Callable[[FrozenTrial], float]]]:
@@ -564,14 +565,15 @@ def compute_importances(view: StudyView) -> dict[str, dict[str, float]] | str:
     return out
 
 
-def importance_section(view: StudyView, path: Path, data: dict[str, Any]) -> str:
+def importance_section(view: StudyView) -> Section:
     """Importance table and figure, or a sentence."""
+    data: dict[str, Any] = {}
     found = compute_importances(view)
     parts = ["## Parameter importance"]
     if isinstance(found, str):
         data["importance"] = None
         parts.append(found)
-        return "\n\n".join(parts)
+        return Section("\n\n".join(parts), data=data)
     data["importance"] = found
     params = sorted(
         {p for v in found.values() for p in v},
@@ -586,25 +588,26 @@ def importance_section(view: StudyView, path: Path, data: dict[str, Any]) -> str
     )
     parts.append(markdown_table(["parameter", *found], rows, cell=fmt))
     parts.append("![](importance.png)")
-    draw_importance(found, path)
-    return "\n\n".join(parts)
+    figures = {"importance.png": lambda path: draw_importance(found, path)}
+    return Section("\n\n".join(parts), figures, data)
 
 
-def sensitivity_section(view: StudyView, path: Path, data: dict[str, Any]) -> str:
+def sensitivity_section(view: StudyView) -> Section:
     """Val ECE and val accuracy against rho and gamma, when they were searched."""
+    data: dict[str, Any] = {}
     params = [p for p in SENSITIVITY_PARAMS if p in view.space.search]
     parts = ["## Sensitivity to rho and gamma"]
     data["sensitivity"] = params
     if not params or not view.completed:
         parts.append("Neither rho nor gamma was searched (or no trial completed): no figure.")
-        return "\n\n".join(parts)
+        return Section("\n\n".join(parts), data=data)
     skipped = [p for p in SENSITIVITY_PARAMS if p not in params]
     text = "Val ECE and val accuracy of every completed trial against " + " and ".join(params)
     text += " (rho on a log axis), coloured by method"
     text += f"; {' and '.join(skipped)} was not searched." if skipped else "."
     parts += [text, "![](sensitivity.png)"]
-    draw_sensitivity(view, params, path)
-    return "\n\n".join(parts)
+    figures = {"sensitivity.png": lambda path: draw_sensitivity(view, params, path)}
+    return Section("\n\n".join(parts), figures, data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -612,12 +615,15 @@ def sensitivity_section(view: StudyView, path: Path, data: dict[str, Any]) -> st
 # --------------------------------------------------------------------------------------------
 
 
-def evidence_notice(view: StudyView) -> str | None:
+def evidence_notice(view: StudyView) -> Section:
     """The trials whose evidence is missing or unreadable, at the top of the report."""
+    data: dict[str, Any] = {}
+    data["evidence_left_out"] = list(view.notes)
     if not view.notes:
-        return None
+        return Section(data=data)
     lines = [f"> - {inert(note)}" for note in view.notes]
-    return "\n".join(["> **Evidence left out** of every recomputed metric:", ">", *lines])
+    text = "\n".join(["> **Evidence left out** of every recomputed metric:", ">", *lines])
+    return Section(text, data=data)
 
 
 def log_report(report_dir: Path, tracking: dict[str, str]) -> bool:
@@ -646,7 +652,7 @@ def write_report(
     """
     view = load_view(paths, name, space)
     try:
-        replace_directory(paths.report, lambda report_dir: _write_files(view, paths, report_dir))
+        replace_directory(paths.report, lambda report_dir: _write_files(view, report_dir))
     except OSError as err:  # a full disk or a read-only directory half-way: the old one stays
         raise StudyFilesError(
             f"the report of study {name!r} could not be written to {paths.report} "
@@ -658,56 +664,64 @@ def write_report(
     return paths.report / REPORT_FILE
 
 
-def partial_notice(view: StudyView, data: dict[str, Any]) -> str | None:
+def partial_notice(view: StudyView) -> Section:
     """A warning at the top of the report of a study that has not finished all its trials."""
+    data: dict[str, Any] = {}
     finished = finished_count(view.study)
     data["partial"] = finished < view.space.trials
     data["trials_finished"] = finished
     if not data["partial"]:
-        return None
-    return (
+        return Section(data=data)
+    return Section(
         f"> **Partial report:** {finished} of {view.space.trials} trials finished (the study was "
-        f"interrupted or is still running); `study resume {view.name}` completes it."
+        f"interrupted or is still running); `study resume {view.name}` completes it.",
+        data=data,
     )
 
 
-def _write_files(view: StudyView, paths: StudyPaths, report_dir: Path) -> None:
-    """Every section and figure of the report, into the (new, empty) ``report_dir``."""
+def _write_files(view: StudyView, report_dir: Path) -> None:
+    """Every section of the report (``SECTIONS``, in registration order) and its figures,
+    into the (new, empty) ``report_dir``."""
     hold_driver_if_asked("report")
     data: dict[str, Any] = {"study": view.name}
-    sections = [header_section(view, paths, data)]
-    notice = partial_notice(view, data)
-    if notice:
-        sections.append(notice)
-    data["evidence_left_out"] = list(view.notes)
-    evidence_note = evidence_notice(view)
-    if evidence_note:
-        sections.append(evidence_note)
-    sections.append(front_section(view, data))
-    draw_pareto(view, report_dir / "pareto.png")
-    sections.append(search_section(view, report_dir / "search.png", data))
-    sections.append(comparison_section(view, data, paths.evidence))
-    posthoc = posthoc_section(
-        view.study, view.space, paths.evidence, data.pop("paired_row", None),
-        report_dir / "shift.png", data,
-    )  # fmt: skip
-    if posthoc:
-        sections.append(posthoc)
-    sections.append(methods_section(view, data))
-    best = {m: (t, view.evidence_of(t)) for m, t in method_best(view).items()}
-    draw_reliability(best, report_dir / "reliability.png")  # type: ignore[arg-type]
-    sections.append(trial_intervals_section(view, data))
-    regime = regime_section(view, report_dir / "regimes.png", data)
-    if regime:
-        sections.append(regime)
-    sections.append(ensemble_section(view, data))
-    sections.append(importance_section(view, report_dir / "importance.png", data))
-    sections.append(sensitivity_section(view, report_dir / "sensitivity.png", data))
-    text = "\n\n".join(sections) + "\n"
+    texts = []
+    for name, section in SECTIONS.items():
+        found = section(view)
+        if not isinstance(found, Section):
+            raise PluginError(
+                f"report section {name!r} from {SECTIONS.origin(name)} returned "
+                f"{type(found).__name__}, not a Section: return Section(text, figures, data)"
+            )
+        if found.text:
+            texts.append(found.text)
+        data.update(found.data)
+        for file, figure in found.figures.items():
+            _write_figure(name, file, figure, report_dir)
+    text = "\n\n".join(texts) + "\n"
     (report_dir / REPORT_FILE).write_text(text)
     page = report_html(text, report_dir, f"Study report: {view.name}")
     (report_dir / HTML_FILE).write_text(page)
     (report_dir / DATA_FILE).write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _write_figure(section: str, file: str, figure: Any, report_dir: Path) -> None:
+    """One of a section's figures into ``report_dir``: a matplotlib figure saved as PNG, a
+    drawn file copied, or a function that draws to the path it is given."""
+    try:
+        path = report_dir / figure_name(file)
+    except ValueError as err:
+        raise PluginError(f"report section {section!r}: {err}") from None
+    if isinstance(figure, Figure):
+        save_figure(figure, path)
+    elif isinstance(figure, (str, Path)):
+        shutil.copyfile(figure, path)
+    elif callable(figure):
+        figure(path)
+    else:
+        raise PluginError(
+            f"report section {section!r}: figure {file!r} is a {type(figure).__name__}; give a "
+            "matplotlib Figure, a file's path, or a function that draws to a path"
+        )
 
 
 def _json_default(value: Any) -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,9 +33,11 @@ from study.storage.records import STATUS_ATTR, TRIAL_ID_ATTR
 from trainables.errors import DataError
 from trainables.evaluation.evidence import MAX_PROBS_CLASSES, open_evidence
 from trainables.layout import EVIDENCE_DIR, partition_uri, resolve_fs
-from trainables.metrics import calibration
+from trainables.metrics import METRICS, calibration
+from trainables.metrics.base import N_BINS as METRIC_BINS
+from trainables.metrics.base import stored_metrics
 
-N_BINS = 15  # every binned metric recomputed from evidence (the trials' own default too)
+N_BINS = METRIC_BINS  # every binned metric recomputed from evidence (the trials' own default too)
 # A float16 probability stored as 0 was below 2**-25; calibration.PROB_FLOOR (2**-24, float16's
 # smallest positive value) is what it is read as before a log.
 PROB_FLOOR = calibration.PROB_FLOOR
@@ -406,43 +408,17 @@ def fitted_temperature(val: StoredSplit) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _needs_probs(
-    metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-) -> Callable[[StoredSplit], float]:
-    def value(split: StoredSplit) -> float:
-        return math.nan if split.probs is None else float(metric(split.probs, split.labels))
-
-    return value
+def stored_names() -> tuple[str, ...]:
+    """The metrics recomputable from evidence (``Metric.stored``), in registration order."""
+    return tuple(m.name for m in stored_metrics())
 
 
-def _ece_ts(split: StoredSplit) -> float:
-    if not math.isfinite(split.temperature):
-        return math.nan
-    return float(calibration.ece(*split.top_label(scaled=True), N_BINS))
-
-
-def _nll(split: StoredSplit) -> float:
-    return float(-split.true_prob.double().log().mean())
-
-
-METRICS: dict[str, Callable[[StoredSplit], float]] = {
-    "accuracy": lambda s: float(calibration.accuracy(*s.top_label())),
-    "ece": lambda s: float(calibration.ece(*s.top_label(), N_BINS)),
-    "adaece": lambda s: float(calibration.adaptive_ece(*s.top_label(), N_BINS)),
-    "classwise_ece": _needs_probs(lambda p, y: calibration.classwise_ece(p, y, p.shape[1], N_BINS)),
-    "nll": _nll,
-    "brier": _needs_probs(calibration.brier),
-    "overconfidence": lambda s: float(calibration.overconfidence(*s.top_label())),
-    "smece": lambda s: calibration.smooth_ece(*s.top_label()),
-    "ece_ts": _ece_ts,
-    "temperature": lambda s: s.temperature,
-}
-
-
-def split_metrics(split: StoredSplit, names: Iterable[str] = METRICS) -> dict[str, float]:
-    """The ``METRICS`` (or those ``names``) of a stored split, each from the most exact column
-    that holds it (module docstring); NaN where the split lacks what one needs."""
-    return {name: METRICS[name](split) for name in names}
+def split_metrics(split: StoredSplit, names: Iterable[str] | None = None) -> dict[str, float]:
+    """Every stored metric of ``trainables.metrics.METRICS`` (or those ``names``) of a stored
+    split, each from the most exact column that holds it (its ``from_evidence``: module
+    docstring); NaN where the split lacks what one needs."""
+    chosen = stored_names() if names is None else names
+    return {name: METRICS.get(name).from_evidence(split) for name in chosen}
 
 
 def probs_metrics(

@@ -24,6 +24,7 @@ label surfaces as the backend's own indexing error.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -633,10 +634,10 @@ def calibration_report(
     n_bins: int = 15,
     temperature: float | None = None,
 ) -> dict[str, float]:
-    """All calibration metrics of ``softmax(logits)`` as Python floats.
-
-    Keys: ``accuracy``, ``ece``, ``adaece`` (adaptive ECE), ``classwise_ece``, ``nll``, ``brier``,
-    ``overconfidence`` (mean confidence minus accuracy) and ``smece`` (smooth ECE); with
+    """Every registered split metric (``trainables.metrics.METRICS``) of ``softmax(logits)`` as
+    Python floats. The built-in keys: ``accuracy``, ``ece``, ``adaece`` (adaptive ECE),
+    ``classwise_ece``, ``nll``, ``brier``, ``overconfidence`` (mean confidence minus accuracy)
+    and ``smece`` (smooth ECE); with
     ``temperature`` given, also ``ece_ts`` and ``nll_ts`` (the metrics of
     ``softmax(logits / temperature)``). Binned metrics use ``n_bins`` bins; equal-width bins are
     ``[a, b)`` (left edge closed) except the last, closed ``[a, 1]``.
@@ -656,25 +657,25 @@ def calibration_report(
     _check_n_bins(n_bins)
     if temperature is not None:
         _check_positive_float(temperature, "temperature")
+    from trainables.metrics.base import SplitOutputs, split_metrics
+
     with torch.no_grad():
         z = logits.detach().to(_work_dtype(logits))
-        probs = z.softmax(dim=1)
-        metrics = {
-            "accuracy": accuracy(z, labels),
-            "ece": ece(probs, labels, n_bins),
-            "adaece": adaptive_ece(probs, labels, n_bins),
-            "classwise_ece": classwise_ece(probs, labels, num_classes, n_bins),
-            "nll": nll(z, labels),
-            "brier": brier(probs, labels),
-            "overconfidence": overconfidence(probs, labels),
-        }
-        if temperature is not None:
-            z_ts = z / temperature
-            metrics["ece_ts"] = ece(z_ts.softmax(dim=1), labels, n_bins)
-            metrics["nll_ts"] = nll(z_ts, labels)
-        values = torch.stack(list(metrics.values())).tolist()  # one host sync
-        report = dict(zip(metrics.keys(), values, strict=True))
-        report["smece"] = smooth_ece(probs, labels)
+        out = SplitOutputs(z, z.softmax(dim=1), labels, num_classes, n_bins, temperature)
+        tensors: dict[str, Tensor] = {}
+        report: dict[str, float] = {}
+        for metric in split_metrics():
+            if metric.needs_temperature and temperature is None:
+                continue
+            value = metric.from_outputs(out)
+            if isinstance(value, Tensor):
+                tensors[metric.name] = value.reshape(())
+            else:
+                report[metric.name] = float(value)
+        if tensors:
+            dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors.values()))
+            values = torch.stack([t.to(dtype) for t in tensors.values()]).tolist()  # one sync
+            report = {**dict(zip(tensors, values, strict=True)), **report}
     return report
 
 

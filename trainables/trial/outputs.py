@@ -16,7 +16,7 @@ from trainables.evaluation import evidence
 from trainables.evaluation.ood import evaluate_ood, ood_evidence_table
 from trainables.evaluation.plots import reliability_png
 from trainables.layout import evidence_uri, resolve_fs, trial_artifacts_uri
-from trainables.metrics.objectives import DEFAULT_METRICS, DIVERGED_METRICS
+from trainables.metrics.objectives import DEFAULT_METRICS, diverged_metrics
 
 CHECKPOINT_FILE = "state.pt"
 RELIABILITY_FILE = "reliability.png"
@@ -117,7 +117,7 @@ def epoch_metrics(trainer: Trainer, record: EpochRecord, ctx: TrialContext) -> d
     if trainer.diverged:
         # the worst value of each objective metric, so that Optuna's samplers rank its region
         # last instead of ignoring it (as they would ignore a FAIL)
-        metrics.update(DIVERGED_METRICS)
+        metrics.update(diverged_metrics())
         metrics["train_loss"] = (
             math.inf if not math.isfinite(record.train_loss) else record.train_loss
         )

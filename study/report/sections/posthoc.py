@@ -28,11 +28,26 @@ from study.analysis.compare import (
     render_paired,
     split_title,
 )
-from study.analysis.posthoc import CORRUPTION_SPLITS, NONE, Recalibrated, calibrated_tables
+from study.analysis.posthoc import (
+    CORRUPTION_SPLITS,
+    NONE,
+    Recalibrated,
+    calibrated_tables,
+    posthoc_metrics,
+)
+from study.report.sections import Section
+from study.report.view import StudyView, sgd_baseline
+from trainables.config import SEVERITIES
+from trainables.metrics import Metric
 
 SHORT = {NONE: "none", "ts": "TS", "vs": "VS", "ms": "MS", "hb": "HB", "iso": "Iso"}
-TABLE_METRICS = {"ece": "ECE", "smece": "smooth ECE", "nll": "NLL"}
-SEVERITIES = (1, 2, 3, 4, 5)
+SHIFT_FIGURE = "shift.png"
+
+
+def table_metrics() -> list[Metric]:
+    """The metrics with a table after each calibrator: the post-hoc ones that are minimised
+    (ECE, smooth ECE, NLL)."""
+    return [m for m in posthoc_metrics() if m.direction == "min"]
 
 
 def _by_calibrator(key: str, better: str = "min", percent: bool = True) -> dict[str, Column]:
@@ -40,17 +55,21 @@ def _by_calibrator(key: str, better: str = "min", percent: bool = True) -> dict[
     return {f"{key}@{n}": Column(SHORT[n], better, percent) for n in (NONE, *CALIBRATORS)}
 
 
-def posthoc_section(
-    study: optuna.Study,
-    space: Space,
-    evidence: str,
-    baseline: int | None,
-    figure: Path,
-    data: dict[str, Any],
-) -> str | None:
-    """The section's Markdown (None: no baseline, or no trial with val and test probabilities);
-    its numbers go to ``data["posthoc"]`` and the shift figure, when there is one, to
-    ``figure``."""
+def posthoc_section(view: StudyView) -> Section:
+    """The section of a study whose report pairs its configurations against an SGD baseline
+    (``sgd_baseline``); none otherwise."""
+    confs = comparison_tables(view.study, view.space)[0].confs
+    baseline = sgd_baseline(confs, view.space)
+    found = posthoc_part(view.study, view.space, view.evidence_root, baseline)
+    return found if found is not None else Section()
+
+
+def posthoc_part(
+    study: optuna.Study, space: Space, evidence: str, baseline: int | None
+) -> Section | None:
+    """The section against row ``baseline`` (None: no section, nor without a trial with val
+    and test probabilities): its Markdown, its numbers under ``posthoc`` and, where the study
+    stored corruption splits, ``shift.png``."""
     if baseline is None:
         return None
     confs = comparison_tables(study, space)[0].confs
@@ -67,14 +86,15 @@ def posthoc_section(
         "and MS matrix (Dirichlet) scaling on log-probabilities, HB histogram binning, Iso "
         "isotonic regression. Mean ± std over seeds.",
     ]
-    data["posthoc"] = {}
-    for metric, title in TABLE_METRICS.items():
-        columns = _by_calibrator(f"test_{metric}", percent=metric != "nll")
+    data: dict[str, Any] = {"posthoc": {}}
+    figures: dict[str, Any] = {}
+    for metric in table_metrics():
+        columns = _by_calibrator(metric.test_key, percent=metric.percent)
         parts += [
-            f"Test {title} after each calibrator:",
+            f"Test {metric.heading} after each calibrator:",
             render(Table(rows, columns), "markdown"),
         ]
-        data["posthoc"][metric] = {c.label: {k: c.mean_std(k) for k in columns} for c in rows}
+        data["posthoc"][metric.name] = {c.label: {k: c.mean_std(k) for k in columns} for c in rows}
     paired = paired_table(rows, baseline, space, _by_calibrator("test_ece"))
     data["posthoc"]["paired_ece"] = {
         conf.label: {m: vars(d) for m, d in diffs.items()} for conf, diffs in paired.rows
@@ -105,10 +125,10 @@ def posthoc_section(
             for c in rows
         }
     if shifted:
-        draw_shift(rows, shifted, figure)
-        parts.append(f"![]({figure.name})")
+        figures[SHIFT_FIGURE] = lambda path: draw_shift(rows, shifted, path)
+        parts.append(f"![]({SHIFT_FIGURE})")
     parts += [f"Note: {note}." for note in notes]
-    return "\n\n".join(parts)
+    return Section("\n\n".join(parts), figures, data)
 
 
 def severity_curve(conf: Recalibrated, split: str, calibrator: str) -> list[float]:

@@ -15,8 +15,9 @@ from search_spaces.schema import Space
 from study.analysis.hypervolume import hypervolume, reference_point
 from study.analysis.tables import markdown_table
 from study.report.figures import plt, save_figure
+from study.report.sections import Section
 from study.storage.records import RUNGS_ATTR, STATUS_ATTR
-from trainables.metrics.objectives import DIRECTIONS
+from trainables.metrics.objectives import directions, with_role
 
 if TYPE_CHECKING:
     from study.report.view import StudyView
@@ -42,8 +43,9 @@ def _minimised(trial: FrozenTrial, space: Space) -> list[float]:
     objective = space.objective
     if objective.type == "weighted":
         return [-float(trial.values[0])]
+    known = directions()
     return [
-        -float(v) if DIRECTIONS[m] == "max" else float(v)
+        -float(v) if known[m] == "max" else float(v)
         for m, v in zip(objective.metrics, trial.values, strict=True)
     ]
 
@@ -56,7 +58,7 @@ def search_reference(space: Space, trials: list[FrozenTrial]) -> list[float]:
         return [objective.weight * 1.0]
     spent = {
         cost: max((float(t.user_attrs.get(cost, 0.0)) for t in trials), default=1.0) or 1.0
-        for cost in ("train_seconds", "epochs")
+        for cost in with_role("cost")
     }
     return [r + 0.0 for r in reference_point(objective.metrics, spent)]  # no -0.0
 
@@ -111,13 +113,14 @@ def _trials(n: int | None) -> str:
     return f"{n} trial{'s' if n != 1 else ''}"
 
 
-def search_section(view: StudyView, path: Path, data: dict[str, Any]) -> str:
-    """The section's Markdown; draws ``path``; records its numbers under ``data["search"]``."""
+def search_section(view: StudyView) -> Section:
+    """The hypervolume after each trial (``search.png``; its numbers under ``search``) and
+    MO-ASHA's rungs."""
     space = view.space
     trials = view.study.get_trials(deepcopy=False)
     steps = search_steps(space, trials)
     if not steps:
-        return "## The search\n\nNo trial has finished yet."
+        return Section("## The search\n\nNo trial has finished yet.")
     epochs_total = space.train_config().epochs
     reference = search_reference(space, _finished(trials))
     final = steps[-1].hypervolume
@@ -139,7 +142,7 @@ def search_section(view: StudyView, path: Path, data: dict[str, Any]) -> str:
         ),
         "![The hypervolume after each trial, against the budget and the time spent](search.png)",
     ]
-    _draw(steps, epochs_total, path)
+    figures = {"search.png": lambda path: _draw(steps, epochs_total, path)}
     record: dict[str, Any] = {
         "reference": reference,
         "hypervolume": [s.hypervolume for s in steps],
@@ -163,5 +166,4 @@ def search_section(view: StudyView, path: Path, data: dict[str, Any]) -> str:
             "finished trial to its last epoch."
         )
         record.update(rungs=rows, epochs_saved=saved, epochs_full=len(finished) * epochs_total)
-    data["search"] = record
-    return "\n\n".join(parts)
+    return Section("\n\n".join(parts), figures, {"search": record})
