@@ -433,7 +433,7 @@ class Study:
 
         from study.output import console
         from study.runtime.interrupts import DriverSignals, disk_full
-        from study.runtime.tuner import init_ray
+        from study.runtime.tuner import init_ray, probe_plugins
         from study.storage.records import fail_orphans, finished_count
         from trainables.trial.hold import hold_driver_if_asked
 
@@ -445,8 +445,11 @@ class Study:
             started_here = not ray.is_initialized()
             try:
                 try:
-                    init_ray(self._address)
+                    with user_errors():
+                        init_ray(self._address, plugins=self.space.plugins)
                     signals.install()  # again: ray.init installed its own SIGTERM handler
+                    with user_errors():
+                        probe_plugins(self.space.plugins)  # before any trial
                     hold_driver_if_asked("tuner")
                     with user_errors():
                         tuner = make_tuner()

@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 
 from search_spaces.schema import Space
-from study.analysis.calibrators import CALIBRATORS
+from study.analysis.calibrators import CALIBRATORS, short_title
 from study.analysis.compare import (
     Column,
     Table,
@@ -30,14 +30,18 @@ from study.analysis.compare import (
 )
 from study.analysis.posthoc import CORRUPTION_SPLITS, NONE, Recalibrated, calibrated_tables
 
-SHORT = {NONE: "none", "ts": "TS", "vs": "VS", "ms": "MS", "hb": "HB", "iso": "Iso"}
 TABLE_METRICS = {"ece": "ECE", "smece": "smooth ECE", "nll": "NLL"}
 SEVERITIES = (1, 2, 3, 4, 5)
 
 
+def _short(name: str) -> str:
+    """A column's heading: ``none``, or the calibrator's ``short`` title."""
+    return NONE if name == NONE else short_title(name)
+
+
 def _by_calibrator(key: str, better: str = "min", percent: bool = True) -> dict[str, Column]:
     """Columns ``<key>@<calibrator>`` for none and every calibrator."""
-    return {f"{key}@{n}": Column(SHORT[n], better, percent) for n in (NONE, *CALIBRATORS)}
+    return {f"{key}@{n}": Column(_short(n), better, percent) for n in (NONE, *CALIBRATORS)}
 
 
 def posthoc_section(
