@@ -216,7 +216,9 @@ class Space(BaseModel):
     samples: int = Field(None, ge=1, le=100_000)  # type: ignore[assignment]  # None: see the docstring
     concurrency: int = Field(2, ge=1, le=10_000)
     sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
-    scheduler: Literal["none", "asha"] = "none"
+    # a name in ``study.search.schedulers.SCHEDULERS`` (none, asha, or a plugin's): the study
+    # checks it there (search_spaces imports nothing of study); ``asha`` is MO-ASHA's section
+    scheduler: str = Field("none", pattern=r"^[a-z][a-z0-9_]{0,47}$")
     asha: Asha = Field(default_factory=Asha)
     seed: int = Field(0, ge=0, lt=2**32)
     resources: Resources = Field(default_factory=Resources)

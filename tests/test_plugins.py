@@ -243,3 +243,52 @@ def test_a_worker_imports_a_shipped_file_and_a_plugin_it_cannot_import_is_refuse
         assert "\n" not in message
     finally:
         ray.shutdown()
+
+
+def test_the_space_names_a_registered_scheduler_and_a_plugin_can_add_one() -> None:
+    """``scheduler:`` is read from ``SCHEDULERS`` (unknown: one line listing them); a scheduler
+    registered as a plugin's is checked and built like the built-ins."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from search_spaces import SpaceError
+    from study.api.study import resolve
+    from study.search.schedulers import (
+        SCHEDULERS,
+        InPlaceFIFOScheduler,
+        MOASHAScheduler,
+        Scheduler,
+        build_scheduler,
+        register_scheduler,
+    )
+
+    base = {"fixed": {"dataset": "digits", "epochs": 4, "device": "cpu"}, "samples": 1}
+    assert SCHEDULERS.names()[:2] == ("none", "asha")
+    with pytest.raises(
+        SpaceError, match=r"^'scheduler': unknown scheduler 'mine': known are none, asha"
+    ):
+        resolve({**base, "scheduler": "mine"})
+    assert isinstance(build_scheduler(resolve(base), "sqlite://", "s"), InPlaceFIFOScheduler)
+    asha = resolve({**base, "scheduler": "asha"})
+    assert isinstance(build_scheduler(asha, "sqlite://", "s"), MOASHAScheduler)
+
+    @register_scheduler("test_fifo")
+    class Mine(Scheduler):
+        title = "plain FIFO"
+
+        def check(self, space):  # type: ignore[no-untyped-def]
+            if space.samples > 2:
+                raise SpaceError("test_fifo: at most 2 samples")
+
+        def build(self, space, optuna_url, study_name):  # type: ignore[no-untyped-def]
+            return FIFOScheduler()
+
+    try:
+        space = resolve({**base, "scheduler": "test_fifo"})
+        assert type(build_scheduler(space, "sqlite://", "s")) is FIFOScheduler
+        with pytest.raises(SpaceError, match="^test_fifo: at most 2 samples$"):
+            resolve({**base, "scheduler": "test_fifo", "samples": 3})
+        with pytest.raises(PluginError, match="does not keep the scheduler contract"):
+            register_scheduler("test_bad")(type("Bad", (Scheduler,), {"title": "bad"}))
+    finally:
+        SCHEDULERS._parts.pop("test_fifo")
+        SCHEDULERS._origins.pop("test_fifo")

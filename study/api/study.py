@@ -77,7 +77,7 @@ def resolve(
 ) -> Space:
     """A validated space from a bundled name, a YAML file, a dict or a ``Space``, with
     ``overrides`` (``--set``-style settings or study keys such as ``samples``) applied."""
-    from study.search.schedulers import check_rungs
+    from study.search.schedulers import check_scheduler
 
     with user_errors():
         if isinstance(space, Space):
@@ -88,7 +88,7 @@ def resolve(
             resolved = check_overridden(dict(space), overrides or {}, "space")
         else:
             resolved = load_space(str(space), overrides)
-        check_rungs(resolved)
+        check_scheduler(resolved)  # a registered scheduler (plugins included), its settings
         return resolved
 
 

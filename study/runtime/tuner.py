@@ -254,13 +254,11 @@ def build_tuner(
     Optuna study lives in ``paths.optuna_db``."""
     from ray import tune
 
-    from study.search.schedulers import InPlaceFIFOScheduler, MOASHAScheduler
+    from study.search.schedulers import build_scheduler
     from study.search.searcher import build_search
 
     search = build_search(space, name, paths.optuna_url)
-    scheduler: Any = InPlaceFIFOScheduler()
-    if space.scheduler == "asha":
-        scheduler = MOASHAScheduler(space, optuna_url=paths.optuna_url, study_name=name)
+    scheduler = build_scheduler(space, paths.optuna_url, name)
     return tune.Tuner(
         _trainable(space, name, paths),
         tune_config=tune.TuneConfig(
