@@ -264,7 +264,7 @@ def test_the_space_names_a_registered_scheduler_and_a_plugin_can_add_one() -> No
     base = {"fixed": {"dataset": "digits", "epochs": 4, "device": "cpu"}, "samples": 1}
     assert SCHEDULERS.names()[:2] == ("none", "asha")
     with pytest.raises(
-        SpaceError, match=r"^'scheduler': unknown scheduler 'mine': known are none, asha"
+        SpaceError, match=r"^space: 'scheduler': unknown scheduler 'mine': known are none, asha"
     ):
         resolve({**base, "scheduler": "mine"})
     assert isinstance(build_scheduler(resolve(base), "sqlite://", "s"), InPlaceFIFOScheduler)
@@ -285,7 +285,7 @@ def test_the_space_names_a_registered_scheduler_and_a_plugin_can_add_one() -> No
     try:
         space = resolve({**base, "scheduler": "test_fifo"})
         assert type(build_scheduler(space, "sqlite://", "s")) is FIFOScheduler
-        with pytest.raises(SpaceError, match="^test_fifo: at most 2 samples$"):
+        with pytest.raises(SpaceError, match="^space: test_fifo: at most 2 samples$"):
             resolve({**base, "scheduler": "test_fifo", "samples": 3})
         with pytest.raises(PluginError, match="does not keep the scheduler contract"):
             register_scheduler("test_bad")(type("Bad", (Scheduler,), {"title": "bad"}))

@@ -82,13 +82,18 @@ def resolve(
     with user_errors():
         if isinstance(space, Space):
             space = space.model_dump(mode="json")
+        source = "space"
         if isinstance(space, dict):
             from search_spaces.schema import check_overridden
 
-            resolved = check_overridden(dict(space), overrides or {}, "space")
+            resolved = check_overridden(dict(space), overrides or {}, source)
         else:
+            from search_spaces import resolve_space
+
+            source = str(resolve_space(str(space)))
             resolved = load_space(str(space), overrides)
-        check_scheduler(resolved)  # a registered scheduler (plugins included), its settings
+        # a registered scheduler (plugins included) that can run the space's settings
+        check_scheduler(resolved, source)
         return resolved
 
 

@@ -284,10 +284,13 @@ def scheduler_of(space: Space) -> Scheduler:
         raise SpaceError(f"'scheduler': {err}") from None
 
 
-def check_scheduler(space: Space) -> None:
+def check_scheduler(space: Space, source: str = "space") -> None:
     """``space``'s scheduler is registered and can run its settings (``Scheduler.check``);
-    else one ``SpaceError`` line."""
-    scheduler_of(space).check(space)
+    else one ``SpaceError`` line naming ``source`` (the space file)."""
+    try:
+        scheduler_of(space).check(space)
+    except SpaceError as err:
+        raise SpaceError(f"{source}: {err}") from None
 
 
 def build_scheduler(space: Space, optuna_url: str, study_name: str) -> TrialScheduler:
