@@ -292,3 +292,16 @@ def test_the_space_names_a_registered_scheduler_and_a_plugin_can_add_one() -> No
     finally:
         SCHEDULERS._parts.pop("test_fifo")
         SCHEDULERS._origins.pop("test_fifo")
+
+
+def test_study_train_imports_the_space_plugins_first(tmp_path: Path) -> None:
+    """``study train --space FILE`` reads the space's settings after importing its plugins."""
+    from study.api.train import train_settings
+
+    (tmp_path / "train_time_part.py").write_text("VALUE = 7\n")
+    (tmp_path / "s.yaml").write_text(f"plugins: [./train_time_part.py]\n{SETTINGS}")
+    try:
+        assert train_settings(tmp_path / "s.yaml", {"epochs": 2})["epochs"] == 2
+        assert sys.modules["train_time_part"].VALUE == 7
+    finally:
+        sys.modules.pop("train_time_part", None)
