@@ -261,7 +261,9 @@ def test_the_cap_message_names_the_way_out():
     imports nothing of study."""
     from study.api.study import resolve
 
-    with pytest.raises(SpaceError, match="^space: asha: .*raise reduction_factor .* or grace_period"):
+    with pytest.raises(
+        SpaceError, match="^space: asha: .*raise reduction_factor .* or grace_period"
+    ):
         resolve(
             {"fixed": {**DIGITS, "epochs": 500}, "scheduler": "asha",
              "asha": {"reduction_factor": 1.0001}},
