@@ -24,6 +24,7 @@ from pydantic import (
 
 from search_spaces import SpaceError, read_space_yaml, resolve_space
 from trainables.config import ConfigError, TrainConfig, known_settings, parse_config
+from trainables.errors import PluginError
 from trainables.layout import check_study_name
 from trainables.messages import first_problem, shown
 from trainables.methods import METHODS
@@ -34,6 +35,7 @@ from trainables.metrics.objectives import (
     unknown_objective,
     with_role,
 )
+from trainables.plugins import load_plugins, resolve_spec
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
 
@@ -221,12 +223,17 @@ class Space(BaseModel):
     samples: int = Field(None, ge=1, le=100_000)  # type: ignore[assignment]  # None: see the docstring
     concurrency: int = Field(2, ge=1, le=10_000)
     sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
-    scheduler: Literal["none", "asha"] = "none"
+    # a name in ``study.search.schedulers.SCHEDULERS`` (none, asha, or a plugin's): the study
+    # checks it there (search_spaces imports nothing of study); ``asha`` is MO-ASHA's section
+    scheduler: str = Field("none", pattern=r"^[a-z][a-z0-9_]{0,47}$")
     asha: Asha = Field(default_factory=Asha)
     seed: int = Field(0, ge=0, lt=2**32)
     resources: Resources = Field(default_factory=Resources)
     max_failures: int = Field(1, ge=0, le=100)
     evidence: Literal["last", "every"] = "last"
+    # A user's own parts (``trainables.plugins``): module names, and ``.py`` files stored as
+    # absolute paths (a space file's relative ones are resolved against its directory).
+    plugins: list[str] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -285,8 +292,44 @@ class Space(BaseModel):
         return parse_config({**self.fixed, **(sampled or {})}, where="space")
 
 
+def space_plugins(data: dict[str, Any], source: str, base: Path | None = None) -> list[str]:
+    """The ``plugins`` of a parsed space, file plugins resolved against ``base`` (the space
+    file's directory; default the working directory) to absolute paths; a one-line
+    ``PluginError`` (naming ``source``) for a list that is not one of names, or a missing file."""
+    specs = data.get("plugins")
+    if specs is None:
+        return []
+    if not isinstance(specs, list) or not all(isinstance(s, str) and s.strip() for s in specs):
+        raise SpaceError(
+            f"{source}: 'plugins': give a list of module names (my_pkg.parts) or .py files "
+            f"(./my_parts.py), got {shown(specs)}"
+        )
+    try:
+        return list(dict.fromkeys(resolve_spec(spec.strip(), base) for spec in specs))
+    except PluginError as err:
+        raise PluginError(f"{source}: 'plugins': {err}") from None
+
+
+def import_plugins(data: dict[str, Any], source: str, base: Path | None = None) -> dict[str, Any]:
+    """Import a parsed space's plugins and the installed ``sharpcal.plugins`` entry points, so
+    that the names their parts register validate; returns ``data`` with the plugins resolved
+    (``space_plugins``). A plugin that does not import, takes a name or breaks its kind's
+    contract is a one-line ``PluginError`` naming ``source``."""
+    specs = space_plugins(data, source, base)
+    try:
+        load_plugins(specs)
+    except PluginError as err:
+        raise PluginError(f"{source}: 'plugins': {err}") from None
+    if "plugins" in data:
+        data = {**data, "plugins": specs}
+    return data
+
+
 def check_space(data: dict[str, Any], source: str) -> Space:
-    """Validate a parsed space; raise ``SpaceError`` naming the file, the key and the reason."""
+    """Validate a parsed space, after importing its plugins (``import_plugins``; relative
+    files against the working directory); raise ``SpaceError`` naming the file, the key and
+    the reason."""
+    data = import_plugins(data, source)
     try:
         space = Space(**data)
     except ValidationError as err:
@@ -425,6 +468,8 @@ def load_space(name_or_file: str, overrides: dict[str, Any] | None = None) -> Sp
     path = resolve_space(name_or_file)
     data = read_space_yaml(path)
     data.setdefault("name", Path(path).stem)
+    if "plugins" in data:  # relative to the space file, wherever it is read from
+        data["plugins"] = space_plugins(data, str(path), Path(path).parent)
     return check_overridden(data, overrides or {}, str(path))
 
 

@@ -14,6 +14,20 @@ exactly as sharpcal's built-in parts register themselves. Two ways to name one:
 
 A plugin that does not import, registers a name another part holds, or registers a part that
 does not keep its kind's contract is one ``PluginError`` line, before anything runs.
+
+Which to use where:
+
+- a ``.py`` file, or a package that is not installed (a directory on the driver's ``sys.path``):
+  the study ships it to every Ray worker, on this machine or a cluster, in the job's runtime
+  environment (Ray's ``py_modules``: one file, or the package's directory, zipped and uploaded,
+  ``.gitignore``d files, ``__pycache__`` and ``*.pyc`` left out, 512 MiB at most); a worker
+  imports the file where it lies when its node has it (a shared filesystem), else the shipped
+  copy by its module name.
+- an installed package (``pip install``, a ``sharpcal.plugins`` entry point): never shipped; it
+  must be installed on every node of the cluster, in the same version (the cluster's image).
+
+After Ray starts, one small Ray task imports every plugin on a worker (``check_on_worker``): a
+plugin a worker cannot import is refused in one line before any trial runs.
 """
 
 from __future__ import annotations
@@ -103,8 +117,13 @@ def load_plugin(spec: str) -> str:
 
 
 def _raise_for(err: BaseException, spec: str) -> None:
-    if isinstance(err, PluginError):
-        raise err
+    if isinstance(err, PluginError):  # a registration refused: say which plugin made it
+        raise (err if spec in str(err) else PluginError(f"plugin {spec}: {err}")) from None
+    if isinstance(err, ModuleNotFoundError) and err.name and f"{spec}.".startswith(f"{err.name}."):
+        raise PluginError(
+            f"plugin {spec}: no module {err.name!r} here; install it, put it on PYTHONPATH, or "
+            "name a .py file (./parts.py)"
+        ) from None
     if isinstance(err, SharpcalError):  # e.g. a registry's InputError: already one line
         raise PluginError(f"plugin {spec}: {err}") from None
     if isinstance(err, (KeyboardInterrupt, SystemExit)):
@@ -123,6 +142,69 @@ def load_plugins(specs: Iterable[str], base: Path | None = None) -> list[str]:
     return [load_plugin(resolve_spec(spec, base)) for spec in specs]
 
 
+def load_trial_plugins(specs: Iterable[str]) -> list[str]:
+    """Import a study's plugins (as ``Space.plugins`` holds them: module names and absolute
+    files) and the installed entry points in a Ray worker, before the trial reads its settings.
+    A file its node does not have is imported by its module name from the copy the job's
+    runtime environment shipped (``py_modules``); returns the modules' names."""
+    load_entry_points()
+    names = []
+    for spec in specs:
+        if is_file_spec(spec) and not Path(spec).is_file():
+            name = module_name(spec)
+            if name not in sys.modules and importlib.util.find_spec(name) is None:
+                raise PluginError(
+                    f"plugin {spec}: not on this node and not shipped with the job's runtime "
+                    "environment (py_modules); put it on a filesystem every node reads, or "
+                    "start the study from the driver that has it"
+                )
+            try:
+                names.append(load_plugin(name))
+            except PluginError as err:
+                shown = str(err).replace(f"plugin {name}", f"plugin {spec} (its shipped copy)", 1)
+                raise PluginError(shown) from None
+        else:
+            names.append(load_plugin(spec))
+    return names
+
+
+def check_on_worker(specs: list[str]) -> dict[str, str]:
+    """What the probe task runs on a Ray worker: import ``specs`` (``load_trial_plugins``);
+    returns each plugin's module file there. ``PluginError`` when one does not import."""
+    files = {}
+    for spec, name in zip(specs, load_trial_plugins(specs), strict=True):
+        files[spec] = str(getattr(sys.modules.get(name), "__file__", "") or "")
+    return files
+
+
+SHARPCAL_PACKAGES = ("study", "trainables", "search_spaces")
+
+
+def ship_paths(specs: Iterable[str]) -> list[str]:
+    """The local paths to ship to Ray's workers for ``specs`` (already imported here): every
+    file plugin, and for a module plugin whose top-level package is not an installed
+    distribution's (nor sharpcal's own), that package's directory (or its single file). An
+    installed package is expected on every node and is not shipped."""
+    from importlib.metadata import packages_distributions
+
+    installed = packages_distributions()
+    paths: list[str] = []
+    for spec in specs:
+        if is_file_spec(spec):
+            paths.append(spec)
+            continue
+        top = spec.split(".")[0]
+        if top in installed or top in SHARPCAL_PACKAGES or top in sys.stdlib_module_names:
+            continue
+        module = sys.modules.get(top)
+        locations = list(getattr(module, "__path__", None) or [])
+        if len(locations) == 1:
+            paths.append(str(Path(locations[0]).resolve()))
+        elif getattr(module, "__file__", None) and not locations:
+            paths.append(str(Path(module.__file__).resolve()))  # type: ignore[union-attr, arg-type]
+    return list(dict.fromkeys(paths))
+
+
 def load_entry_points() -> None:
     """Import every installed ``sharpcal.plugins`` entry point, once per process."""
     global _entry_points_loaded
@@ -132,7 +214,9 @@ def load_entry_points() -> None:
     from importlib.metadata import entry_points
 
     for point in entry_points(group=ENTRY_POINT_GROUP):
-        spec = f"{point.value} (entry point {point.name} of {point.dist.name if point.dist else '?'})"
+        spec = (
+            f"{point.value} (entry point {point.name} of {point.dist.name if point.dist else '?'})"
+        )
         try:
             loaded = point.load()
             if callable(loaded) and not isinstance(loaded, type(sys)):

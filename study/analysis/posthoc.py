@@ -155,7 +155,7 @@ def too_small_notes(rows: Sequence[Recalibrated]) -> list[str]:
                 grouped.setdefault((name, minimum), {})[number] = size
     notes = []
     for (name, minimum), small in sorted(
-        grouped.items(), key=lambda item: (CALIBRATORS.index(item[0][0]), item[0][1])
+        grouped.items(), key=lambda item: (CALIBRATORS.names().index(item[0][0]), item[0][1])
     ):
         trials = ", ".join(
             f"trial {n} ({plural(size, 'val sample')})" for n, size in sorted(small.items())

@@ -77,18 +77,23 @@ def resolve(
 ) -> Space:
     """A validated space from a bundled name, a YAML file, a dict or a ``Space``, with
     ``overrides`` (``--set``-style settings or study keys such as ``samples``) applied."""
-    from study.search.schedulers import check_rungs
+    from study.search.schedulers import check_scheduler
 
     with user_errors():
         if isinstance(space, Space):
             space = space.model_dump(mode="json")
+        source = "space"
         if isinstance(space, dict):
             from search_spaces.schema import check_overridden
 
-            resolved = check_overridden(dict(space), overrides or {}, "space")
+            resolved = check_overridden(dict(space), overrides or {}, source)
         else:
+            from search_spaces import resolve_space
+
+            source = str(resolve_space(str(space)))
             resolved = load_space(str(space), overrides)
-        check_rungs(resolved)
+        # a registered scheduler (plugins included) that can run the space's settings
+        check_scheduler(resolved, source)
         return resolved
 
 
@@ -433,7 +438,7 @@ class Study:
 
         from study.output import console
         from study.runtime.interrupts import DriverSignals, disk_full
-        from study.runtime.tuner import init_ray
+        from study.runtime.tuner import init_ray, probe_plugins
         from study.storage.records import fail_orphans, finished_count
         from trainables.trial.hold import hold_driver_if_asked
 
@@ -445,8 +450,11 @@ class Study:
             started_here = not ray.is_initialized()
             try:
                 try:
-                    init_ray(self._address)
+                    with user_errors():
+                        init_ray(self._address, plugins=self.space.plugins)
                     signals.install()  # again: ray.init installed its own SIGTERM handler
+                    with user_errors():
+                        probe_plugins(self.space.plugins)  # before any trial
                     hold_driver_if_asked("tuner")
                     with user_errors():
                         tuner = make_tuner()

@@ -39,12 +39,19 @@ def train_settings(
 ) -> dict[str, Any]:
     """The settings of one run: the fixed settings of ``space`` (a bundled name or a YAML file,
     read and validated by the space schema, its top-level ``ood`` section included), then
-    ``overrides``."""
+    ``overrides``. The space's plugins (and the installed ``sharpcal.plugins`` entry points)
+    are imported first, so the settings may name their parts."""
     settings: dict[str, Any] = {}
     if space:
         from study.api.study import resolve
 
-        settings.update(resolve(str(space)).fixed)
+        settings.update(resolve(str(space)).fixed)  # its plugins imported before it is checked
+    else:
+        from study.api.study import user_errors
+        from trainables.plugins import load_entry_points
+
+        with user_errors():
+            load_entry_points()
     settings.update(overrides or {})
     return settings
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from search_spaces import SpaceError
 from search_spaces.schema import Space
 from study.storage.files import check_resumable
+from trainables.errors import PluginError
 from trainables.layout import TUNE_DIR, StudyPaths, join
+from trainables.plugins import ship_paths
 
 # The experiment state is what `study resume` continues from: write it often (it is small).
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -42,9 +44,12 @@ def keep_credentials_off_workers() -> None:
     class_cache.ENV_VARS_TO_PROPAGATE.difference_update(PROPAGATED_CREDENTIALS)
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None, num_cpus: int | None = None, plugins: Sequence[str] = ()) -> None:
     """Join the cluster at ``address`` (e.g. ``auto``), or start a private local Ray whose
-    temporary directory (sockets, logs, spilled objects) only this user can enter."""
+    temporary directory (sockets, logs, spilled objects) only this user can enter. ``plugins``
+    (a study's ``Space.plugins``, imported here already) that are local files or packages not
+    installed travel to every worker in the job's runtime environment (``plugin_runtime_env``);
+    a Ray started before (by the caller) keeps its own environment."""
     import ray
 
     keep_credentials_off_workers()
@@ -53,6 +58,84 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     common: dict[str, Any] = dict(
         include_dashboard=False, log_to_driver=True, configure_logging=False
     )
+    runtime_env = plugin_runtime_env(plugins)
+    if runtime_env:
+        common["runtime_env"] = runtime_env
+    try:
+        _init(address, num_cpus, common)
+    except Exception as err:
+        if not runtime_env or ray.is_initialized():
+            raise
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise PluginError(
+            f"plugins {', '.join(runtime_env['py_modules'])}: cannot be shipped to Ray's "
+            f"workers ({reason}); keep them small (under 512 MiB, large files listed in "
+            ".gitignore) or install them on every node"
+        ) from None
+
+
+# Left out of a plugin shipped to the workers (as well as what its .gitignore lists).
+SHIP_EXCLUDES = ("__pycache__/", "*.pyc", ".git/")
+
+
+def plugin_runtime_env(plugins: Sequence[str]) -> dict[str, Any]:
+    """The job's runtime environment that ships ``plugins`` to every Ray worker: Ray's
+    ``py_modules`` with each plugin file (importable there by its stem) and each package not
+    installed (its directory), ``trainables.plugins.ship_paths``; {} when there is nothing to
+    ship. An installed package is expected on every node and is not shipped."""
+    paths = ship_paths(plugins)
+    if not paths:
+        return {}
+    return {"py_modules": paths, "excludes": list(SHIP_EXCLUDES)}
+
+
+PROBE_TIMEOUT_S = 300.0  # a cluster may first have to start a node with a CPU
+
+
+def probe_plugins(plugins: Sequence[str]) -> dict[str, str]:
+    """Import every plugin (and the installed ``sharpcal.plugins`` entry points) on a Ray
+    worker with one small task, before any trial runs; returns each plugin's module file there.
+    A plugin a worker cannot import is a one-line ``PluginError``; no answer within
+    ``PROBE_TIMEOUT_S`` (no worker free yet) is a warning, and the trials will say it."""
+    import ray
+
+    from study.output import warn
+    from trainables.plugins import ENTRY_POINT_GROUP, check_on_worker
+
+    if not plugins and not _has_entry_points(ENTRY_POINT_GROUP):
+        return {}
+    probe = ray.remote(num_cpus=1, max_retries=0)(check_on_worker)
+    try:
+        return ray.get(probe.remote(list(plugins)), timeout=PROBE_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        warn(f"no Ray worker answered in {PROBE_TIMEOUT_S:.0f} s to check the plugins")
+        return {}
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None) or err
+        if isinstance(cause, PluginError):
+            raise PluginError(f"on a Ray worker: {cause}") from None
+        raise PluginError(f"plugins on a Ray worker: {_first_line(cause)}") from None
+    except ray.exceptions.RuntimeEnvSetupError as err:
+        raise PluginError(
+            f"plugins {', '.join(plugins)}: a Ray worker cannot set up the job's runtime "
+            f"environment ({_first_line(err)})"
+        ) from None
+
+
+def _has_entry_points(group: str) -> bool:
+    from importlib.metadata import entry_points
+
+    return bool(entry_points(group=group))
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(err).__name__
+
+
+def _init(address: str | None, num_cpus: int | None, common: dict[str, Any]) -> None:
+    import ray
+
     if address and is_loopback_address(address):
         # A cluster on loopback (its nodes started with --node-ip-address 127.0.0.1): this
         # driver must take the loopback address too, or it waits for a raylet on the
@@ -129,6 +212,7 @@ def _trainable(space: Space, name: str, paths: StudyPaths) -> Any:
         workers=space.resources.workers,
         gpus_per_worker=space.resources.gpu,
         objective_metrics=space.objective.metrics,
+        plugins=tuple(space.plugins),
     )
     resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
     if space.resources.workers > 1:
@@ -170,13 +254,11 @@ def build_tuner(
     Optuna study lives in ``paths.optuna_db``."""
     from ray import tune
 
-    from study.search.schedulers import InPlaceFIFOScheduler, MOASHAScheduler
+    from study.search.schedulers import build_scheduler
     from study.search.searcher import build_search
 
     search = build_search(space, name, paths.optuna_url)
-    scheduler: Any = InPlaceFIFOScheduler()
-    if space.scheduler == "asha":
-        scheduler = MOASHAScheduler(space, optuna_url=paths.optuna_url, study_name=name)
+    scheduler = build_scheduler(space, paths.optuna_url, name)
     return tune.Tuner(
         _trainable(space, name, paths),
         tune_config=tune.TuneConfig(

@@ -1,13 +1,19 @@
-"""Tune's schedulers for a study: first-in-first-out, and MO-ASHA (``study.search.rungs``'s rung logic
-behind Tune's public ``TrialScheduler`` API); both keep every trial of a resumed study where the
-study is now (``study.storage.binding``)."""
+"""Tune's schedulers for a study, registered by name in ``SCHEDULERS`` (what a space's
+``scheduler:`` names): ``none`` (first-in-first-out) and ``asha`` (MO-ASHA: ``study.search.rungs``'s
+pure rung logic behind Tune's public ``TrialScheduler`` API); both keep every trial of a resumed
+study where the study is now (``study.storage.binding``).
+
+A scheduler is a ``Scheduler`` part: ``check(space)`` refuses settings it cannot run (one line,
+before anything is written), ``build(space, optuna_url, study_name)`` makes Tune's scheduler.
+A user's own registers the same way from a plugin (``@register_scheduler("name")``). The Tune
+classes keep their import paths: a study's Tune state pickles them by path."""
 
 from __future__ import annotations
 
 import copy
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
@@ -16,7 +22,10 @@ from search_spaces.schema import Space
 from study.search.rungs import MAX_RUNGS, Decision, RungLadder, minimised, rung_milestones
 from study.storage.binding import current
 from study.storage.records import REPEAT_OF_ATTR, RUNGS_ATTR, TRIAL_ID_ATTR
+from trainables.errors import InputError
 from trainables.layout import is_remote, resolve_fs
+from trainables.parts import Part
+from trainables.registry import Registry
 
 if TYPE_CHECKING:
     import optuna
@@ -200,3 +209,90 @@ def check_rungs(space: Space) -> None:
             f"{asha.grace_period} puts more than {MAX_RUNGS} rungs below max_t ({max_t}): "
             "raise reduction_factor (3 is usual) or grace_period"
         )
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+class Scheduler(Part):
+    """A study's trial scheduler, registered by name (``@register_scheduler("asha")``).
+
+    ``check(space)`` raises ``SpaceError`` (one line) for settings of ``space`` it cannot run;
+    ``build(space, optuna_url, study_name)`` returns Tune's ``TrialScheduler`` for the study
+    (keep its logic apart from Tune's API, as ``study.search.rungs`` is for MO-ASHA).
+    ``stops_early``: whether it ends trials before their last epoch."""
+
+    stops_early: ClassVar[bool] = False
+
+    def check(self, space: Space) -> None:
+        """``SpaceError`` for settings of ``space`` this scheduler cannot run."""
+
+    def build(self, space: Space, optuna_url: str, study_name: str) -> TrialScheduler:
+        """Tune's scheduler of a study of ``space`` (its Optuna study at ``optuna_url``)."""
+        raise NotImplementedError
+
+
+def _check_scheduler(name: str, part: Any) -> None:
+    if not (isinstance(part, type) and issubclass(part, Scheduler)):
+        raise TypeError("register a subclass of study.search.schedulers.Scheduler")
+    if part.build is Scheduler.build:
+        raise TypeError("it does not define build")
+    if not part.title:
+        raise ValueError("it has no title")
+
+
+SCHEDULERS: Registry[type[Scheduler]] = Registry("scheduler", check=_check_scheduler)
+register_scheduler = SCHEDULERS  # ``@register_scheduler("name")`` on a Scheduler subclass
+
+
+@register_scheduler("none")
+class NoScheduler(Scheduler):
+    """Every trial runs to its last epoch, first in first out."""
+
+    title = "none (every trial to its last epoch)"
+    description = "first in first out; no trial is stopped early"
+
+    def build(self, space: Space, optuna_url: str, study_name: str) -> TrialScheduler:
+        return InPlaceFIFOScheduler()
+
+
+@register_scheduler("asha")
+class AshaScheduler(Scheduler):
+    """MO-ASHA with the space's ``asha`` settings (``search_spaces.schema.Asha``)."""
+
+    title = "MO-ASHA"
+    description = (
+        "multi-objective asynchronous successive halving: at each rung a configuration "
+        "continues when its place among the non-dominated fronts is within 1/reduction_factor"
+    )
+    reference = "Schmucker et al., Multi-objective ASHA, 2021"
+    stops_early = True
+
+    def check(self, space: Space) -> None:
+        check_rungs(space)
+
+    def build(self, space: Space, optuna_url: str, study_name: str) -> TrialScheduler:
+        return MOASHAScheduler(space, optuna_url=optuna_url, study_name=study_name)
+
+
+def scheduler_of(space: Space) -> Scheduler:
+    """The registered scheduler ``space`` names; ``SpaceError`` (one line, the known names)
+    when none is."""
+    try:
+        return SCHEDULERS.get(space.scheduler)()
+    except InputError as err:
+        raise SpaceError(f"'scheduler': {err}") from None
+
+
+def check_scheduler(space: Space, source: str = "space") -> None:
+    """``space``'s scheduler is registered and can run its settings (``Scheduler.check``);
+    else one ``SpaceError`` line naming ``source`` (the space file)."""
+    try:
+        scheduler_of(space).check(space)
+    except SpaceError as err:
+        raise SpaceError(f"{source}: {err}") from None
+
+
+def build_scheduler(space: Space, optuna_url: str, study_name: str) -> TrialScheduler:
+    """Tune's scheduler for a study of ``space`` (``SCHEDULERS``)."""
+    return scheduler_of(space).build(space, optuna_url, study_name)

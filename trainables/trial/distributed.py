@@ -14,6 +14,7 @@ from trainables.config import parse_config
 from trainables.engine.distributed import DataParallel
 from trainables.engine.loop import EpochRecord, Trainer, load_checkpoint, save_checkpoint
 from trainables.layout import train_storage
+from trainables.plugins import load_trial_plugins
 from trainables.trial.hold import hold_if_asked
 from trainables.trial.nodes import node_fields
 from trainables.trial.outputs import (
@@ -43,6 +44,7 @@ def ddp_worker_loop(loop_config: dict[str, Any]) -> None:
     _worker_device()
     train_ctx = ray.train.get_context()
     rank, world = train_ctx.get_world_rank(), train_ctx.get_world_size()
+    load_trial_plugins(ctx.plugins)  # each Ray Train worker reads the settings itself
     cfg = parse_config(loop_config["settings"], where=f"trial {trial_id}")
     trainer = Trainer(cfg, parallel=DataParallel(rank, world, cfg.sync_perturbation))
     checkpoint = ray.train.get_checkpoint()  # the run's latest, also after a restarted trial

@@ -37,6 +37,9 @@ class TrialContext:
     )
     gpus_per_worker: float = 0.0
     objective_metrics: tuple[str, ...] = DEFAULT_METRICS  # a weighted objective's two metrics
+    # the study's plugins (``Space.plugins``), imported before the trial reads its settings; a
+    # context pickled before plugins existed reads the class default
+    plugins: tuple[str, ...] = ()
 
 
 def write_trial_files(

@@ -11,6 +11,7 @@ from ray import tune
 
 from trainables.config import parse_config
 from trainables.engine.loop import EpochRecord, Trainer, load_checkpoint, save_checkpoint
+from trainables.plugins import load_trial_plugins
 from trainables.trial.hold import hold_if_asked
 from trainables.trial.nodes import node_fields
 from trainables.trial.outputs import (
@@ -22,7 +23,9 @@ from trainables.trial.outputs import (
 
 
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
-    """Run one trial from its flat settings; resume from Tune's checkpoint when there is one."""
+    """Run one trial from its flat settings (after importing the study's plugins, whose parts
+    its settings may name); resume from Tune's checkpoint when there is one."""
+    load_trial_plugins(ctx.plugins)
     cfg = parse_config(config, where=f"trial of study {ctx.study}")
     if ctx.workers > 1:
         from trainables.trial.distributed import run_ddp_trial

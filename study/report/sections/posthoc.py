@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 
 from search_spaces.schema import Space
-from study.analysis.calibrators import CALIBRATORS
+from study.analysis.calibrators import CALIBRATORS, short_title
 from study.analysis.compare import (
     Column,
     Table,
@@ -40,7 +40,6 @@ from study.report.view import StudyView, sgd_baseline
 from trainables.config import SEVERITIES
 from trainables.metrics import Metric
 
-SHORT = {NONE: "none", "ts": "TS", "vs": "VS", "ms": "MS", "hb": "HB", "iso": "Iso"}
 SHIFT_FIGURE = "shift.png"
 
 
@@ -50,9 +49,14 @@ def table_metrics() -> list[Metric]:
     return [m for m in posthoc_metrics() if m.direction == "min"]
 
 
+def _short(name: str) -> str:
+    """A column's heading: ``none``, or the calibrator's ``short`` title."""
+    return NONE if name == NONE else short_title(name)
+
+
 def _by_calibrator(key: str, better: str = "min", percent: bool = True) -> dict[str, Column]:
     """Columns ``<key>@<calibrator>`` for none and every calibrator."""
-    return {f"{key}@{n}": Column(SHORT[n], better, percent) for n in (NONE, *CALIBRATORS)}
+    return {f"{key}@{n}": Column(_short(n), better, percent) for n in (NONE, *CALIBRATORS)}
 
 
 def posthoc_section(view: StudyView) -> Section:
