@@ -50,7 +50,7 @@ browser:
 	  echo "no Chromium and no apt: the MLflow UI report test will be skipped"
 
 test: test-deps data toolchain browser
-	$(BIN)/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 	$(BIN)/python -m pytest -q -m "not gpu" --timeout 900 --durations 15
 
 # The manual (mkdocs.yml, docs/): built strictly (a broken link, marker or undocumented setting
@@ -59,10 +59,10 @@ docs-deps: $(BIN)/python
 	$(BIN)/pip install -q $(PIN) -e '.[docs]'
 
 docs: docs-deps
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 docs-serve: docs-deps
-	$(BIN)/mkdocs serve -a 127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8000
 
 # cluster.yaml's autoscaled cloud on this machine: Ray's autoscaler on its fake provider launches
 # GPU workers from zero, replaces a preempted spot node, falls back to on-demand, scales down.

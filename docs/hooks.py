@@ -47,6 +47,10 @@ if str(ROOT) not in sys.path:  # the tree being built, whatever sharpcal is inst
 
 # The registries the manual tables, as "module:ATTRIBUTE": the one list (add a registry here and
 # its table appears under every `registries` marker; `registry NAME` markers name one of them).
+# Issue 35's, as they land: trainables.methods:METHODS, trainables.losses:LOSSES,
+# trainables.models:MODELS, trainables.data:DATASETS, trainables.evaluation:SPLITS,
+# trainables.metrics:METRICS, study.analysis.calibrators:CALIBRATORS,
+# study.search.schedulers:SCHEDULERS, study.report.sections:SECTIONS.
 REGISTRIES: list[str] = []
 
 MARKER = re.compile(r"^<!-- sharpcal:(?P<what>[a-z]+)(?: (?P<args>[^>]*?))? -->$", re.M)
