@@ -120,6 +120,19 @@ def test_the_settings_table_lists_every_setting_with_its_type_default_and_descri
         assert f"| `{name}` |" in table
 
 
+def test_a_setting_without_a_description_is_a_warning_the_strict_build_fails_on(
+    monkeypatch, caplog
+):
+    texts = hooks.descriptions()
+    del texts["seed"]
+    monkeypatch.setattr(hooks, "descriptions", lambda: texts)
+    with caplog.at_level("WARNING", logger="mkdocs.hooks.sharpcal"):
+        hooks.settings_rows()
+    (record,) = caplog.records
+    assert "setting 'seed' has no description" in record.getMessage()
+    assert record.name.startswith("mkdocs.")  # what --strict counts
+
+
 def test_a_parts_declared_settings_join_the_table():
     """A setting a registered part declares is a row of the table, its description its own."""
     from pydantic import BaseModel, Field
