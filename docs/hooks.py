@@ -264,8 +264,10 @@ def cli_reference() -> str:
 
 def include(path: str) -> str:
     """A repository file, its ``docs/`` links made relative to the manual's root."""
-    text = (ROOT / path).read_text()
-    return re.sub(r"\]\(docs/", "](", text)
+    file = (ROOT / path).resolve()
+    if not file.is_relative_to(ROOT) or not file.is_file():
+        raise MarkerError(f"include {path}: no such file in the repository")
+    return re.sub(r"\]\(docs/", "](", file.read_text())
 
 
 # --- the hook --------------------------------------------------------------------------------

@@ -177,6 +177,9 @@ def test_an_unknown_marker_or_registry_fails_the_build():
         hooks.expand("<!-- sharpcal:table nope -->", "x.md")
     with pytest.raises(hooks.MarkerError, match="no registry 'nope'"):
         hooks.expand("<!-- sharpcal:table registry nope -->", "x.md")
+    for path in ("nope.md", "../etc/passwd", "docs"):
+        with pytest.raises(hooks.MarkerError, match="no such file"):
+            hooks.expand(f"<!-- sharpcal:include {path} -->", "x.md")
 
 
 def test_the_cli_reference_shows_every_subcommand_and_flag():
