@@ -222,7 +222,7 @@ def check_document(text: str, where: str) -> None:
 def test_the_readme_is_short_and_points_to_the_manual():
     """Issue 35, item 5: what sharpcal is, the two commands, a first study, where to read on."""
     assert len(README.splitlines()) <= MAX_README_LINES
-    assert {"demo", "test", "docs", "docs-serve"} <= check_make_targets(README)
+    assert {"demo", "test", "test-fast", "docs", "docs-serve"} <= check_make_targets(README)
     assert "## A first study" in README
 
 
