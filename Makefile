@@ -9,7 +9,7 @@ PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
 .PHONY: demo test test-fast venv test-deps data toolchain browser lint bench clean gpu-bundle gpu-rehearsal \
 	cluster-rehearsal \
-	constraints
+	constraints docs docs-serve docs-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ venv: $(BIN)/python
 	$(BIN)/pip install -q $(PIN) -e '.[tools]'
 
 test-deps: $(BIN)/python
-	$(BIN)/pip install -q $(PIN) -e '.[test,tools,bench,cluster]'
+	$(BIN)/pip install -q $(PIN) -e '.[test,tools,bench,cluster,docs]'
 
 # Fashion-MNIST: Debian's package where apt is at hand, else torchvision's download.
 data: venv
@@ -50,7 +50,19 @@ browser:
 	  echo "no Chromium and no apt: the MLflow UI report test will be skipped"
 
 test: test-deps data toolchain browser
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 	$(BIN)/python -m pytest -q -m "not gpu" --timeout 900 --durations 15
+
+# The manual (mkdocs.yml, docs/): built strictly (a broken link, marker or undocumented setting
+# fails) into site/, or served while you edit it. Its tables are generated from the code.
+docs-deps: $(BIN)/python
+	$(BIN)/pip install -q $(PIN) -e '.[docs]'
+
+docs: docs-deps
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: docs-deps
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8000
 
 # cluster.yaml's autoscaled cloud on this machine: Ray's autoscaler on its fake provider launches
 # GPU workers from zero, replaces a preempted spot node, falls back to on-demand, scales down.
@@ -99,6 +111,7 @@ gpu-rehearsal:
 lint: test-deps
 	$(BIN)/ruff check .
 
-# Everything `make demo` and `make test` made: the venv, the studies, the default MLflow store.
+# Everything `make demo` and `make test` made: the venv, the studies, the default MLflow store,
+# the built manual.
 clean:
-	rm -rf $(VENV) studies mlflow.db mlruns .pytest_cache $(GPU_BUNDLE) $(REHEARSAL)
+	rm -rf $(VENV) studies mlflow.db mlruns .pytest_cache $(GPU_BUNDLE) $(REHEARSAL) site

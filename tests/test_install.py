@@ -73,15 +73,15 @@ def installed_extras(target: str) -> set[str]:
 def test_make_test_and_demo_install_the_extras_they_need_and_not_the_clusters():
     """What `make test` and `make demo` would install (issue 22: a behaviour, not a grep): the
     tools the README tells users to run, the test extra for the tests, the bench extra for the
-    replay smoke test and the cluster's ray[default] for the cluster rehearsal (Ray's state API);
-    `make demo` never the cluster's (a local study needs no dashboard or job server)."""
-    assert installed_extras("test") == {"test", "tools", "bench", "cluster"}
+    replay smoke test, the cluster's ray[default] for the cluster rehearsal (Ray's state API) and
+    the docs extra for the manual's strict build (issue 35); `make demo` never the cluster's (a local study needs no dashboard or job server)."""
+    assert installed_extras("test") == {"test", "tools", "bench", "cluster", "docs"}
     assert installed_extras("demo") == {"tools"}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     tools = {canonicalize_name(Requirement(r).name) for r in extras["tools"]}
     assert tools == {"optuna-dashboard", "duckdb"}
-    for requirement in extras["tools"] + extras["test"] + extras["bench"]:
+    for requirement in extras["tools"] + extras["test"] + extras["bench"] + extras["docs"]:
         name = Requirement(requirement).name
         assert metadata.version(name), f"{name} is not installed here by make test-deps"
     (install,) = [c for c in make_commands("test-deps") if PIP_INSTALL.search(c)]
