@@ -13,7 +13,7 @@ import pytest
 
 from study.cli.settings import parse_set
 from tests.conftest import FAST_TIER_ENV
-from trainables.config import ConfigError
+from trainables.errors import InputError
 
 DIGITS = ["--set", "dataset=digits", "--set", "train_subset=null", "--set", "device=cpu"]
 
@@ -121,7 +121,7 @@ def test_set_values_are_parsed_never_evaluated():
         "model",
         "__import__('os').system('true')",
     )
-    with pytest.raises(ConfigError):
+    with pytest.raises(InputError):
         parse_set("=3")
 
 
