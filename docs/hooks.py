@@ -51,7 +51,24 @@ if str(ROOT) not in sys.path:  # the tree being built, whatever sharpcal is inst
 # trainables.models:MODELS, trainables.data:DATASETS, trainables.evaluation:SPLITS,
 # trainables.metrics:METRICS, study.analysis.calibrators:CALIBRATORS,
 # study.search.schedulers:SCHEDULERS, study.report.sections:SECTIONS.
-REGISTRIES: list[str] = []
+REGISTRIES: list[str] = [
+    "trainables.methods:METHODS",
+    "trainables.losses:LOSSES",
+    "trainables.models:MODELS",
+    "trainables.data:DATASETS",
+    "trainables.metrics:METRICS",
+    "study.analysis.calibrators:CALIBRATORS",
+    "study.search.schedulers:SCHEDULERS",
+    "study.report.sections:SECTIONS",
+]
+
+# Settings that name a part: their type column lists the registry's names.
+NAMED_BY = {
+    "method": "trainables.methods:METHODS",
+    "loss": "trainables.losses:LOSSES",
+    "model": "trainables.models:MODELS",
+    "dataset": "trainables.data:DATASETS",
+}
 
 MARKER = re.compile(r"^<!-- sharpcal:(?P<what>[a-z]+)(?: (?P<args>[^>]*?))? -->$", re.M)
 log = logging.getLogger("mkdocs.hooks.sharpcal")
@@ -131,10 +148,15 @@ def settings_rows() -> list[dict[str, str]]:
             text = ""
         if owner:
             text = f"{text} ({owner})".strip()
+        kind = type_name(field.annotation)
+        if name in NAMED_BY:
+            names = load_registry(NAMED_BY[name]).names()
+            kind = "one of " + ", ".join(f"`{n}`" for n in names)
+            kind += " or a timm model name" if name == "model" else ""
         rows.append(
             {
                 "name": name,
-                "type": type_name(field.annotation),
+                "type": kind,
                 "default": default_text(field.default),
                 "description": text,
             }

@@ -54,8 +54,9 @@ class StepContext(Protocol):
     ``forward`` is the model as training calls it (compiled, or one replica of a data-parallel
     run); ``model`` the bare model (its BatchNorms, its parameters). The losses are the method's
     own pair (``Method.losses``) already wrapped by the model's ensembles (MIMO's sum over
-    members, rank-1's KL term)."""
+    members, rank-1's KL term); ``cfg`` the run's settings (a part's own: ``Part.options``)."""
 
+    cfg: Any
     forward: nn.Module
     model: nn.Module
     optimizer: torch.optim.Optimizer
