@@ -20,8 +20,8 @@ from optuna.trial import TrialState
 
 from search_spaces.schema import check_space
 from study import Study
-from study.analysis.front import best_trials, load_optuna_study
 from study.analysis.compare import rank_score
+from study.analysis.front import best_trials, load_optuna_study
 from study.report.writer import StudyView, compute_importances, log_report, write_report
 from study.storage.files import load_study_space, load_tracking
 from tests.test_ensembles import HandEnsemble, numpy_ece

@@ -81,7 +81,9 @@ class TinyMlp(nn.Module):
 class MixSamSettings(BaseModel):
     """``mix``: the weight of the plain gradient in the descent step (0: SAM)."""
 
-    mix: float = Field(0.5, ge=0.0, le=1.0)
+    mix: float = Field(
+        0.5, ge=0.0, le=1.0, description="MixSAM: the plain gradient's weight in the descent step"
+    )
 
 
 @register_method("mixsam")
