@@ -72,7 +72,9 @@ def make_texture(path: Path, scale: float = SCALE) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, default=None, help="the package's frost folder")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "trainables/data/frost")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parents[1] / "trainables/data/frost"
+    )
     args = parser.parse_args()
     source = args.source or _package_dir()
     args.out.mkdir(parents=True, exist_ok=True)

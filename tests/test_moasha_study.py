@@ -19,7 +19,7 @@ from tests.test_study import (
     DIGITS,
     PARETO_SEARCH,
     api_study,  # noqa: F401  (a fixture)
-    )
+)
 
 ASHA = {"grace_period": 1, "reduction_factor": 2}  # rungs at epochs 1 and 2 of 4
 

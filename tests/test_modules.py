@@ -120,7 +120,9 @@ def test_no_import_circle_between_modules_type_only_ones_included():
 def _subpackage(module: str) -> str:
     """``study.search`` for ``study.search.rungs``; a root module is its own unit."""
     parts = module.split(".")
-    return ".".join(parts[:2]) if len(parts) > 2 or MODULES[module].name == "__init__.py" else module
+    return (
+        ".".join(parts[:2]) if len(parts) > 2 or MODULES[module].name == "__init__.py" else module
+    )
 
 
 def test_the_packages_are_layered_and_no_two_subpackages_import_each_other():
