@@ -97,7 +97,7 @@ def test_a_searcher_unpickled_after_a_crash_goes_on_from_the_database(searcher, 
 
 def test_a_resumed_random_sampler_does_not_draw_its_first_configurations_again(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    first = StudySearch(space(points=[], repeats=1), "s", url)
+    first = StudySearch(space(points=[], repeats=1, samples=6), "s", url)
     drawn = [first.suggest(f"a{i}")["lr"] for i in range(3)]
     resumed = pickle.loads(pickle.dumps(first))
     assert not set(drawn) & {resumed.suggest(f"b{i}")["lr"] for i in range(3)}

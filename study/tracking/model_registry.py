@@ -187,6 +187,9 @@ def log_trial_model(
                 signature=signature,
                 input_example=example,
                 pip_requirements=requirements,
+                # MLflow tags a logged model with MLFLOW_TRACKING_USERNAME (a credential) as its
+                # user; the machine's user, as MLflow records without one
+                tags={"mlflow.user": local_user()},
             )
     client.set_tag(run_id, MODEL_URI_TAG, info.model_uri)
     client.set_tag(run_id, MODEL_FORMAT_TAG, MODEL_FORMAT)
@@ -267,3 +270,13 @@ def register_trial_model(
         version = mlflow.register_model(uri, model_name, tags=tags)
     MlflowClient(tracking["tracking_uri"]).set_tag(run_id, "sharpcal.registered", model_name)
     return version
+
+
+def local_user() -> str:
+    """The user of this process, as MLflow names it when no tracking username is set."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
