@@ -12,11 +12,15 @@ the built-in settings (checked when a part registers).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel
 
+from trainables.errors import PluginError
 from trainables.registry import Registry
+
+C = TypeVar("C", bound=type)
 
 
 class Part:
@@ -114,3 +118,28 @@ def labelled(title: str, cfg: Any, keys: tuple[str, ...], g: Any = number) -> st
         value = setting(cfg, key)
         shown.append(f"{SYMBOLS.get(key, key)}={g(value) if isinstance(value, float) else value}")
     return f"{title} ({', '.join(shown)})" if shown else title
+
+
+def instance_registrar(
+    registry: Registry[Any], base: Callable[[], type], base_path: str
+) -> Callable[[str], Callable[[C], C]]:
+    """The ``@register_<kind>("name")`` decorator of a kind whose parts are subclasses of
+    ``base()`` (imported when first used): it registers one instance of the class under
+    ``name`` and returns the class; anything else is a one-line ``PluginError`` naming
+    ``base_path``."""
+
+    def register(name: str) -> Callable[[C], C]:
+        def decorate(cls: C) -> C:
+            if not (isinstance(cls, type) and issubclass(cls, base())):
+                raise PluginError(
+                    f"{registry.kind} {name!r} from {getattr(cls, '__module__', '?')}: "
+                    f"register a subclass of {base_path}"
+                )
+            part = cls()
+            part.name = name
+            registry.register(name, part)
+            return cls
+
+        return decorate
+
+    return register

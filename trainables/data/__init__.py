@@ -6,14 +6,15 @@ the registry is first read."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from trainables.errors import PluginError
-from trainables.parts import SETTING_REGISTRIES, builtin_settings, check_settings_free
+from trainables.parts import (
+    SETTING_REGISTRIES,
+    builtin_settings,
+    check_settings_free,
+    instance_registrar,
+)
 from trainables.registry import Registry, importer
-
-D = TypeVar("D", bound=type)
 
 
 def _check(name: str, part: Any) -> None:
@@ -30,25 +31,15 @@ DATASETS: Registry[Any] = Registry(
 SETTING_REGISTRIES.append(DATASETS)
 
 
-def register_dataset(name: str) -> Callable[[D], D]:
-    """``@register_dataset("name")`` on a ``Dataset`` subclass registers one instance of it
-    under ``name`` (a one-line ``PluginError`` when the name is taken or the class breaks the
-    contract) and returns the class."""
+def _dataset_base() -> type:
+    from trainables.data.base import Dataset  # torch: imported when a dataset registers
 
-    def decorate(cls: D) -> D:
-        from trainables.data.base import Dataset
+    return Dataset
 
-        if not (isinstance(cls, type) and issubclass(cls, Dataset)):
-            raise PluginError(
-                f"dataset {name!r} from {getattr(cls, '__module__', '?')}: register a subclass "
-                "of trainables.data.Dataset"
-            )
-        part = cls()
-        part.name = name
-        DATASETS.register(name, part)
-        return cls
 
-    return decorate
+register_dataset = instance_registrar(DATASETS, _dataset_base, "trainables.data.Dataset")
+"""``@register_dataset("name")`` on a ``Dataset`` subclass registers one instance of it under
+``name`` (a one-line ``PluginError`` when the name is taken or the class breaks the contract)."""
 
 
 def __getattr__(name: str) -> Any:

@@ -8,15 +8,14 @@ CSAM's descent loss belongs to its method).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
-from trainables.errors import PluginError
 from trainables.losses.base import Loss, StatefulLoss, check_loss
-from trainables.parts import SETTING_REGISTRIES, builtin_settings, check_settings_free
+from trainables.parts import (
+    SETTING_REGISTRIES,
+    builtin_settings,
+    check_settings_free,
+    instance_registrar,
+)
 from trainables.registry import Registry, importer
-
-L = TypeVar("L", bound=type[Loss])
 
 
 def _check(name: str, part: Loss) -> None:
@@ -31,23 +30,9 @@ LOSSES: Registry[Loss] = Registry(
 SETTING_REGISTRIES.append(LOSSES)
 
 
-def register_loss(name: str) -> Callable[[L], L]:
-    """``@register_loss("name")`` on a ``Loss`` subclass registers one instance of it under
-    ``name`` (a one-line ``PluginError`` when the name is taken or the class breaks the
-    contract) and returns the class."""
-
-    def decorate(cls: L) -> L:
-        if not (isinstance(cls, type) and issubclass(cls, Loss)):
-            raise PluginError(
-                f"loss {name!r} from {getattr(cls, '__module__', '?')}: register a subclass of "
-                "trainables.losses.Loss"
-            )
-        part = cls()
-        part.name = name
-        LOSSES.register(name, part)
-        return cls
-
-    return decorate
+register_loss = instance_registrar(LOSSES, lambda: Loss, "trainables.losses.Loss")
+"""``@register_loss("name")`` on a ``Loss`` subclass registers one instance of it under
+``name`` (a one-line ``PluginError`` when the name is taken or the class breaks the contract)."""
 
 
 __all__ = ["LOSSES", "Loss", "StatefulLoss", "register_loss"]

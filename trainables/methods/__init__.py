@@ -8,14 +8,14 @@ imports no torch: the built-in methods load when the registry is first read.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 from trainables.methods.base import Method, StepContext, check_method
-from trainables.parts import SETTING_REGISTRIES, builtin_settings, check_settings_free
+from trainables.parts import (
+    SETTING_REGISTRIES,
+    builtin_settings,
+    check_settings_free,
+    instance_registrar,
+)
 from trainables.registry import Registry, importer
-
-M = TypeVar("M", bound=type[Method])
 
 
 def _check(name: str, part: Method) -> None:
@@ -34,25 +34,9 @@ METHODS: Registry[Method] = Registry(
 SETTING_REGISTRIES.append(METHODS)
 
 
-def register_method(name: str) -> Callable[[M], M]:
-    """``@register_method("name")`` on a ``Method`` subclass registers one instance of it under
-    ``name`` (a one-line ``PluginError`` when the name is taken or the class breaks the
-    contract) and returns the class."""
-
-    def decorate(cls: M) -> M:
-        if not (isinstance(cls, type) and issubclass(cls, Method)):
-            from trainables.errors import PluginError
-
-            raise PluginError(
-                f"method {name!r} from {getattr(cls, '__module__', '?')}: register a subclass "
-                "of trainables.methods.Method"
-            )
-        part = cls()
-        part.name = name
-        METHODS.register(name, part)
-        return cls
-
-    return decorate
+register_method = instance_registrar(METHODS, lambda: Method, "trainables.methods.Method")
+"""``@register_method("name")`` on a ``Method`` subclass registers one instance of it under
+``name`` (a one-line ``PluginError`` when the name is taken or the class breaks the contract)."""
 
 
 __all__ = ["METHODS", "Method", "StepContext", "register_method"]
