@@ -90,7 +90,7 @@ def calibrated_model(state: dict[str, Any], temperature: float) -> tuple[nn.Modu
     from trainables.config import parse_config
     from trainables.engine.loop import build_optimizer, config_data, config_model
     from trainables.engine.passes import SeededPasses
-    from trainables.methods.bsam import BSAM
+    from trainables.methods import METHODS
 
     cfg = parse_config({**state["config"], "device": "cpu", "compile": False}, where="a model")
     data = config_data(cfg)
@@ -99,15 +99,16 @@ def calibrated_model(state: dict[str, Any], temperature: float) -> tuple[nn.Modu
     model.load_state_dict(weights)
     model.eval()
     passes = cfg.rank1_eval_samples if cfg.rank1 is not None else cfg.mc_samples
-    bsam = None
-    if cfg.method == "bsam":
-        bsam = build_optimizer(cfg, model, data.split_size("train"))
-        bsam.load_state_dict(state["optimizer"])
-        assert isinstance(bsam, BSAM)
-        passes = cfg.bsam_samples
+    method = METHODS.get(cfg.method)
+    posterior = None
+    if method.eval_passes(cfg) is not None:  # the method samples its weights (bSAM's posterior)
+        optimizer = build_optimizer(cfg, model, data.split_size("train"))
+        optimizer.load_state_dict(state["optimizer"])
+        posterior = method.posterior(optimizer)
+        passes = method.eval_passes(cfg)
     frozen = None
     if passes > 1 or cfg.rank1 is not None:
-        seeded = SeededPasses(model, cfg.seed, passes, cfg.mc_samples > 1, bsam)
+        seeded = SeededPasses(model, cfg.seed, passes, cfg.mc_samples > 1, posterior)
         example, _ = next(iter(data.eval_batches("test", 1)))
         frozen = FrozenPasses(seeded, example)
     return CalibratedClassifier(model, temperature, frozen).eval(), data
