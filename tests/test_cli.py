@@ -38,7 +38,9 @@ def study_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """``study ARGS`` run by ``study.cli.main.main`` in this process, in ``cwd``, its output captured:
     the CLI over the Python API, without a new interpreter (a study stops the local Ray it
     started before it returns)."""
-    from study.cli import main as cli
+    import importlib
+
+    cli = importlib.import_module("study.cli.main")  # the package's ``main`` is the function
 
     out, err = io.StringIO(), io.StringIO()
     previous = os.getcwd()
