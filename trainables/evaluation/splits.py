@@ -74,7 +74,7 @@ def _check(name: str, part: Any) -> None:
         raise ValueError("its detection must be True or False")
     for other, held in SPLITS.items():
         if held.section_key == key and other != name:
-            raise ValueError(f"its section_key {key!r} is split {other!r}'s")
+            raise ValueError(f"its section_key {key!r} is taken by split {other!r}")
 
 
 SPLITS: Registry[Split] = Registry(
