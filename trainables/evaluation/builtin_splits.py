@@ -135,7 +135,7 @@ class FashionMnistC(Split):
 @register_split("imagenet_c")
 class ImagenetC(Split):
     title = "ImageNet-C"
-    description = "ImageNet-C's corrupted validation images, <corruption>/<severity>/<class>/"
+    description = "ImageNet-C's corrupted validation images, `<corruption>/<severity>/<class>/`"
     reference = "Hendrycks & Dietterich 2019"
     section_key = "imagenet_c"
     section = CorruptionSettings
