@@ -56,6 +56,7 @@ REGISTRIES: list[str] = [
     "trainables.losses:LOSSES",
     "trainables.models:MODELS",
     "trainables.data:DATASETS",
+    "trainables.evaluation:SPLITS",
     "trainables.metrics:METRICS",
     "study.analysis.calibrators:CALIBRATORS",
     "study.search.schedulers:SCHEDULERS",

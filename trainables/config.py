@@ -10,8 +10,21 @@ from pydantic_core import PydanticCustomError
 
 from trainables.data.datasets import check_dataset_name
 from trainables.errors import InputError
+
+# The OOD section's models live with the splits (``trainables.evaluation``); re-exported here,
+# where settings, callers and the pickles of old studies name them.
+from trainables.evaluation.sections import FASHION_MNIST_TEST_IMAGES as FASHION_MNIST_TEST_IMAGES
+from trainables.evaluation.sections import SEVERITIES as SEVERITIES
+from trainables.evaluation.sections import CorruptionSettings as CorruptionSettings
+from trainables.evaluation.sections import DigitsSettings as DigitsSettings
+from trainables.evaluation.sections import HeldoutSettings as HeldoutSettings
+from trainables.evaluation.sections import SvhnSettings as SvhnSettings
+from trainables.evaluation.sections import no_credentials
+from trainables.evaluation.settings import OodSettings
+from trainables.evaluation.splits import detection_splits, ood_splits
+from trainables.evaluation.splits import ood_section_key as ood_section_key
 from trainables.losses import LOSSES
-from trainables.messages import first_problem, shown, uri_credentials
+from trainables.messages import first_problem, shown
 from trainables.methods import METHODS
 from trainables.models import MODELS
 from trainables.models.zoo import check_model_name
@@ -19,152 +32,23 @@ from trainables.parts import declared_settings
 
 MAX_IMAGES = 1_000_000_000  # upper bound of any image count: beyond it a value cannot be meant
 DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
-# The OOD splits in evaluation order (trainables/ood.py): each names its evidence split and
-# prefixes its metrics; its key in the ``ood`` section is ``ood_section_key(split)``.
-OOD_SPLITS = (
-    "ood_svhn", "ood_digits", "ood_heldout", "cifar10_c", "cifar100_c", "fashion_mnist_c",
-    "imagenet_c",
-)  # fmt: skip
-# The splits of images from other classes (detection: AUROC/AUPR against the test split); the
-# rest are corrupted copies of the test images (accuracy and ECE per corruption x severity).
-DETECTION_SPLITS = ("ood_svhn", "ood_digits", "ood_heldout")
-SEVERITIES = (1, 2, 3, 4, 5)
+# The OOD section's models live with the splits (``trainables.evaluation``); they are re-exported
+# here, where the settings (and the pickles of old studies) name them.
+
+
+def __getattr__(name: str) -> Any:
+    # ``OOD_SPLITS`` (every split in evaluation order: evidence split names, metric prefixes) and
+    # ``DETECTION_SPLITS`` (images of other classes; the rest are shifted copies of the test
+    # split) are views of ``trainables.evaluation.SPLITS``, so a user's split is in them.
+    if name == "OOD_SPLITS":
+        return ood_splits()
+    if name == "DETECTION_SPLITS":
+        return detection_splits()
+    raise AttributeError(f"module 'trainables.config' has no attribute {name!r}")
 
 
 class ConfigError(InputError):
     """A setting is unknown, of the wrong type or out of range. The message is one line."""
-
-
-def no_credentials(uri: str | None) -> str | None:
-    """A data root without user info: credentials in a URI would be stored in every file and
-    message that records the setting (MLflow params, Tune's state, results, reports)."""
-    redacted = uri_credentials(uri) if uri else None
-    if redacted:
-        raise ValueError(
-            "the URI holds credentials: remove them from it and set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY (or the machine's IAM role) instead"
-        )
-    return uri
-
-
-def ood_section_key(split: str) -> str:
-    """The key of OOD split ``split`` (one of ``OOD_SPLITS``) in the ``ood`` section."""
-    return split.removeprefix("ood_")
-
-
-class SvhnSettings(BaseModel):
-    """SVHN test set as out-of-distribution data for a 32x32 RGB model."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    root: str | None = None  # directory holding test_32x32.mat (default: the svhn data dirs)
-    subset: int | None = Field(None, ge=1)  # a seeded choice of this many images; None: all
-
-    _root_has_no_credentials = field_validator("root")(no_credentials)
-
-
-class DigitsSettings(BaseModel):
-    """scikit-learn's digits as far-OOD data for a 1-channel 28x28 model (Fashion-MNIST): the
-    8x8 images scaled to 0..255, resized to 20x20 and centred in 28x28 as MNIST's digits are
-    (``trainables.evaluation.ood.digits_images``). Both store the background as 0 (black), so no inversion
-    is needed."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    subset: int | None = Field(None, ge=1)  # a seeded choice of this many images; None: all 1797
-
-
-class HeldoutSettings(BaseModel):
-    """The near-OOD protocol: the model trains, is validated and tested on the other classes
-    only (their labels renumbered in order), and the test images of ``classes`` are its OOD
-    set."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    classes: tuple[int, ...] = Field(min_length=1)
-
-    @field_validator("classes")
-    @classmethod
-    def _distinct(cls, classes: tuple[int, ...]) -> tuple[int, ...]:
-        if any(c < 0 for c in classes) or len(set(classes)) != len(classes):
-            raise ValueError(f"classes {list(classes)} must be distinct class numbers >= 0")
-        return tuple(sorted(classes))
-
-
-class CorruptionSettings(BaseModel):
-    """A corrupted test set (CIFAR-10-C, CIFAR-100-C or ImageNet-C)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    root: str | None = None
-    corruptions: tuple[str, ...] | None = None  # None: every corruption present under root
-    severities: tuple[int, ...] = SEVERITIES
-    # the same seeded images at every severity; at most a whole set's (ImageNet-C's 50 000)
-    subset_per_severity: int | None = Field(None, ge=1, le=50_000)
-
-    _root_has_no_credentials = field_validator("root")(no_credentials)
-
-    @field_validator("corruptions")
-    @classmethod
-    def _corruption_names(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if names is None:
-            return None
-        if not names:
-            raise ValueError("list no corruptions as null (all present), not as an empty list")
-        for name in names:
-            if not name or "/" in name or name.startswith(".") or name.endswith(".npy"):
-                raise ValueError(f"{shown(name)} is not a corruption name such as 'gaussian_noise'")
-        if len(set(names)) != len(names):
-            raise ValueError(f"corruptions {list(names)} lists a name twice")
-        return names
-
-    @field_validator("severities")
-    @classmethod
-    def _severity_levels(cls, levels: tuple[int, ...]) -> tuple[int, ...]:
-        if not levels:
-            raise ValueError("give at least one severity out of 1..5")
-        bad = [s for s in levels if s not in SEVERITIES]
-        if bad:
-            raise ValueError(f"severities {bad} are outside 1..5")
-        if len(set(levels)) != len(levels):
-            raise ValueError(f"severities {list(levels)} lists a level twice")
-        return tuple(sorted(levels))
-
-
-FASHION_MNIST_TEST_IMAGES = 10_000  # what Fashion-MNIST-C corrupts: the whole test set
-
-
-class OodSettings(BaseModel):
-    """The ``ood`` section: which OOD / corruption sets to evaluate the final model on.
-
-    One key per split of ``OOD_SPLITS`` (``ood_section_key``), in the same order."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    svhn: SvhnSettings | None = None
-    digits: DigitsSettings | None = None
-    heldout: HeldoutSettings | None = None
-    cifar10_c: CorruptionSettings | None = None
-    cifar100_c: CorruptionSettings | None = None
-    fashion_mnist_c: CorruptionSettings | None = None
-    imagenet_c: CorruptionSettings | None = None
-
-    @model_validator(mode="after")
-    def _fashion_mnist_c_subset(self) -> OodSettings:
-        section = self.fashion_mnist_c
-        if section and (section.subset_per_severity or 0) > FASHION_MNIST_TEST_IMAGES:
-            raise ValueError(
-                f"fashion_mnist_c: subset_per_severity {section.subset_per_severity} is more than "
-                f"the {FASHION_MNIST_TEST_IMAGES} test images it corrupts; give at most that, or "
-                "null for all of them"
-            )
-        return self
-
-    def section(
-        self, split: str
-    ) -> SvhnSettings | DigitsSettings | HeldoutSettings | CorruptionSettings | None:
-        """The settings of OOD split ``split`` (one of ``OOD_SPLITS``); None when not asked for."""
-        return getattr(self, ood_section_key(split))
 
 
 class TrainConfig(BaseModel):
@@ -398,6 +282,12 @@ def describe_validation_error(err: ValidationError, where: str) -> str:
         return f"{where}: invalid value for '{key}' (got {shown(got)}): {reason}"
     problem = first_problem(err)
     key = problem.key("(settings)")
+    if first["type"] == "unknown_ood_section":  # a key no split of ``SPLITS`` has
+        key = ".".join((*(str(p) for p in problem.loc), first["ctx"]["key"]))
+        return f"{where}: unknown key '{key}' (known keys: {first['ctx']['known']})"
+    if first["type"] == "ood_section":  # a user's split's section (not a field of OodSettings)
+        ctx = first["ctx"]
+        return f"{where}: invalid value for '{key}.{ctx['where']}': {ctx['reason']}"
     if problem.unknown_key:
         known = ", ".join(_section_model(problem.loc[:-1]).model_fields)
         return f"{where}: unknown key '{key}' (known keys: {known})"

@@ -26,8 +26,9 @@ from optuna.trial import FrozenTrial, TrialState
 from search_spaces.schema import Space
 from study.analysis.tables import latex_escape, latex_table, markdown_table
 from study.storage.records import STATUS_ATTR, configuration_key, trial_settings
-from trainables.config import OOD_SPLITS, ood_section_key, setting_default
+from trainables.config import ood_section_key, setting_default
 from trainables.errors import InputError
+from trainables.evaluation import SPLITS
 from trainables.losses import LOSSES
 from trainables.methods import METHODS
 from trainables.metrics import METRICS, Metric
@@ -234,7 +235,7 @@ def ood_columns(confs: Sequence[Configuration]) -> dict[str, Column]:
     """The OOD / corruption metrics any configuration logged, as table columns."""
     logged = {k for c in confs for t in c.trials for k in t.user_attrs}
     columns: dict[str, Column] = {}
-    for split in OOD_SPLITS:
+    for split in SPLITS.names():
         for metric, name, better in (
             ("auroc", "AUROC", "max"),
             ("aupr", "AUPR", "max"),
@@ -248,13 +249,11 @@ def ood_columns(confs: Sequence[Configuration]) -> dict[str, Column]:
     return columns
 
 
-SPLIT_TITLES = {"ood_heldout": "Held-out classes", "fashion_mnist_c": "FMNIST-C"}
-
-
 def split_title(split: str) -> str:
-    """An OOD split's name in a table: SVHN, DIGITS, CIFAR-10-C, FMNIST-C, ImageNet-C, ..."""
-    if split in SPLIT_TITLES:
-        return SPLIT_TITLES[split]
+    """An OOD split's name in a table: its ``title`` in ``SPLITS`` (SVHN, DIGITS, CIFAR-10-C,
+    FMNIST-C, ImageNet-C, ...), else one made from its name."""
+    if split in SPLITS and SPLITS.get(split).title:
+        return SPLITS.get(split).title
     title = ood_section_key(split).replace("_c", "-C").upper().replace("IMAGENET", "ImageNet")
     return title.replace("CIFAR10", "CIFAR-10").replace("CIFAR100", "CIFAR-100")
 

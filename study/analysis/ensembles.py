@@ -37,9 +37,9 @@ from study.storage.evidence import (
     with_temperature,
 )
 from study.storage.records import TRIAL_ID_ATTR
-from trainables.config import DETECTION_SPLITS, OOD_SPLITS
 from trainables.errors import DataError
 from trainables.evaluation.ood import aupr, auroc, negative_entropy
+from trainables.evaluation.splits import detection_splits, ood_splits
 from trainables.metrics import METRICS, calibration
 
 CORRUPTION_METRICS = ("accuracy", "ece", "ece_ts")
@@ -75,7 +75,7 @@ def calibration_metrics(test: StoredSplit, val: StoredSplit | None) -> dict[str,
 def ood_metrics(split: str, ood: StoredSplit, test: StoredSplit, temperature: float) -> dict:
     """A detection split's AUROC and AUPR against ``test`` (max probability, and minus the
     entropy), or a corruption set's means over corruption x severity."""
-    if split in DETECTION_SPLITS:
+    if split in detection_splits():
         out = {
             f"{split}_auroc": auroc(test.confidence, ood.confidence),
             f"{split}_aupr": aupr(test.confidence, ood.confidence),
@@ -122,7 +122,7 @@ def ensemble_of(
     kept = [t for t in conf.trials if str(t.user_attrs.get(TRIAL_ID_ATTR, "")) in members]
     vals = read_trial_splits(evidence, kept, "val", notes)
     metrics = calibration_metrics(test, _shared_mean([vals.get(i) for i in members]))
-    for split in OOD_SPLITS:
+    for split in ood_splits():
         parts = read_trial_splits(evidence, kept, split, notes)
         ood = _shared_mean([parts.get(i) for i in members])
         if ood is not None:

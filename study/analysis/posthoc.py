@@ -40,11 +40,12 @@ from study.storage.evidence import (
     split_metrics,
 )
 from study.storage.records import TRIAL_ID_ATTR
-from trainables.config import OOD_SPLITS, SEVERITIES
+from trainables.config import SEVERITIES
+from trainables.evaluation.splits import shift_splits
 from trainables.metrics import METRICS, Metric
 
 NONE = "none"
-CORRUPTION_SPLITS = tuple(s for s in OOD_SPLITS if s.endswith("_c"))
+CORRUPTION_SPLITS = shift_splits()  # the built-in ones; shift_splits() holds a plugin's too
 
 
 def posthoc_metrics() -> tuple[Metric, ...]:
@@ -123,7 +124,7 @@ def recalibrated(
     probabilities in its evidence is left out of them, and why goes to ``notes``."""
     vals = read_trial_splits(evidence, conf.trials, "val", notes)
     tests = read_trial_splits(evidence, conf.trials, "test", notes)
-    shifted = {s: read_trial_splits(evidence, conf.trials, s, notes) for s in CORRUPTION_SPLITS}
+    shifted = {s: read_trial_splits(evidence, conf.trials, s, notes) for s in shift_splits()}
     metrics: dict[int, dict[str, float]] = {}
     too_small: dict[str, dict[int, tuple[int, int]]] = {}
     for trial in conf.trials:
@@ -174,7 +175,7 @@ def columns(confs: Sequence[Recalibrated], name: str) -> dict[str, Column]:
     out = {
         f"{m.test_key}@{name}": Column(m.title, m.direction, m.percent) for m in posthoc_metrics()
     }
-    for split in CORRUPTION_SPLITS:
+    for split in shift_splits():
         if f"{split}_ece@{name}" in found:
             out[f"{split}_ece@{name}"] = Column(f"{split_title(split)} ECE", "min")
         for severity in SEVERITIES:

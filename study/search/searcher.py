@@ -23,12 +23,12 @@ from study.storage.binding import current
 from study.storage.records import (
     POINT_ATTR,
     RECORDED_KEYS,
-    RECORDED_PREFIXES,
     REPEAT_OF_ATTR,
     SETTINGS_ATTR,
     STATUS_ATTR,
     TRIAL_ID_ATTR,
     counted,
+    recorded_prefixes,
     trial_settings,
     trial_status,
 )
@@ -206,7 +206,7 @@ class TrialRecorder:
         status = trial_status(result, error)
         self.storage.set_trial_user_attr(storage_id, STATUS_ATTR, status)
         for key, value in (result or {}).items():
-            recorded = key.startswith(RECORDED_PREFIXES) or key in RECORDED_KEYS
+            recorded = key.startswith(recorded_prefixes()) or key in RECORDED_KEYS
             if recorded and isinstance(value, (int, float)):
                 self.storage.set_trial_user_attr(storage_id, key, float(value))
         values = _objective_values(result, self.metric)

@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from trainables.config import OOD_SPLITS
+from trainables.evaluation.splits import ood_splits
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,15 @@ RUNGS_ATTR = "sharpcal.rungs"
 # Set on an Optuna trial that a killed driver asked for but Tune never ran (failed by
 # ``fail_orphans``): it is no trial of the study and counts nowhere.
 ORPHAN_ATTR = "sharpcal.orphan"
-RECORDED_PREFIXES = ("test_", "val_", *(f"{split}_" for split in OOD_SPLITS))
+
+
+def recorded_prefixes() -> tuple[str, ...]:
+    """The prefixes of the metrics a trial's Optuna trial records: test, val and every OOD
+    split's (a plugin's too, once registered)."""
+    return ("test_", "val_", *(f"{split}_" for split in ood_splits()))
+
+
+RECORDED_PREFIXES = recorded_prefixes()  # of the built-in splits; recorded_prefixes() is live
 RECORDED_KEYS = (
     "temperature", "temperature_at_bound", "epoch", "epochs", "train_loss", "train_seconds",
 )  # fmt: skip

@@ -1,7 +1,9 @@
 """Out-of-distribution and corruption evaluation of a trained model (the optional ``ood`` section,
-whose settings are ``trainables.config.OodSettings``).
+whose settings are ``trainables.evaluation.settings.OodSettings``).
 
-Four splits, each evaluated once on the final model and written as its own evidence split:
+Every split of ``trainables.evaluation.SPLITS`` is evaluated once on the final model, in
+registration order, and written as its own evidence split; the built-in ones' checks and
+evaluation are here, among them:
 
 - ``ood_svhn``: the SVHN test set (``test_32x32.mat``) against the model's own test split;
   metric ``ood_svhn_auroc``, the AUROC of the max-softmax confidence with in-distribution as
@@ -23,24 +25,13 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 from torch import Tensor
 
-from trainables.config import (
-    DETECTION_SPLITS,
-    OOD_SPLITS,
-    CorruptionSettings,
-    DigitsSettings,
-    HeldoutSettings,
-    OodSettings,
-    SvhnSettings,
-    TrainConfig,
-    ood_section_key,
-)
 from trainables.data import DATASETS
 from trainables.data.datasets import (
     DATASET_INFO,
@@ -54,18 +45,32 @@ from trainables.data.datasets import (
     subset_indices,
 )
 from trainables.evaluation import evidence
+from trainables.evaluation.sections import (
+    CorruptionSettings,
+    HeldoutSettings,
+    SvhnSettings,
+)
+from trainables.evaluation.splits import DETECTION_METRICS as DETECTION_METRICS
+from trainables.evaluation.splits import SPLITS, ood_section_key
 from trainables.metrics import calibration
 
 if TYPE_CHECKING:
-    from trainables.engine.loop import Trainer
+    from trainables.evaluation.settings import OodSettingsBase as OodSettings
+
+# a ``trainables.engine.loop.Trainer``; not imported, not even for types: the engine imports the
+# settings (``trainables.config``), which import this package's OOD section models
+Trainer = Any
 
 SUBSET_SEED = 0  # the same OOD images for every trial, so trials compare on equal footing
 SVHN_FILE = "test_32x32.mat"
 LABELS_FILE = "labels.npy"
 EVAL_BATCH = 1024
-_SVHN, _DIGITS, _HELDOUT, _CIFAR10_C, _CIFAR100_C, _FASHION_MNIST_C, _IMAGENET_C = OOD_SPLITS
+# the built-in splits (trainables.evaluation.builtin_splits) whose checks and evaluation are here
+_SVHN, _DIGITS, _HELDOUT = "ood_svhn", "ood_digits", "ood_heldout"
+_CIFAR10_C, _CIFAR100_C, _FASHION_MNIST_C, _IMAGENET_C = (
+    "cifar10_c", "cifar100_c", "fashion_mnist_c", "imagenet_c"
+)  # fmt: skip
 DIGITS_SIZE = 28  # the 8x8 digits resized to Fashion-MNIST's size
-DETECTION_METRICS = ("auroc", "aupr", "auroc_entropy", "aupr_entropy")
 # C split -> (the training dataset whose label space it uses, subfolder of the official archive)
 _CIFAR_C = {_CIFAR10_C: ("cifar10", "CIFAR-10-C"), _CIFAR100_C: ("cifar100", "CIFAR-100-C")}
 
@@ -275,20 +280,10 @@ def check_ood(settings: OodSettings, info: DatasetInfo) -> None:
     their images and label space fit the model trained on ``info``. Reads file headers and
     directory listings only (and CIFAR-C's small ``labels.npy``).
     """
-    for split in OOD_SPLITS:
-        cfg = settings.section(split)
-        if isinstance(cfg, SvhnSettings):
-            _check_svhn(cfg, info)
-        elif isinstance(cfg, DigitsSettings):
-            _check_digits(info)
-        elif isinstance(cfg, HeldoutSettings):
-            _check_heldout(cfg, info)
-        elif cfg is not None and split in _CIFAR_C:
-            _check_cifar_c(split, cfg, info)
-        elif cfg is not None and split == _FASHION_MNIST_C:
-            _check_fashion_mnist_c(cfg, info, settings.heldout)
-        elif cfg is not None:
-            _check_imagenet_c(cfg, info)
+    for name, split in SPLITS.items():
+        cfg = settings.section(name)
+        if cfg is not None:
+            split.check(cfg, settings, info)
 
 
 def static_dataset_info(name: str, root: str | None = None, image_size: int = 224) -> DatasetInfo:
@@ -301,8 +296,9 @@ def static_dataset_info(name: str, root: str | None = None, image_size: int = 22
     return DATASETS.get(name).static_info(root, image_size)
 
 
-def check_ood_config(cfg: TrainConfig) -> None:
-    """``check_ood`` of ``cfg.ood`` against ``cfg``'s dataset; nothing to do without ``ood``."""
+def check_ood_config(cfg: Any) -> None:
+    """``check_ood`` of ``cfg.ood`` against ``cfg``'s dataset (``cfg``: a ``TrainConfig``);
+    nothing to do without ``ood``."""
     if cfg.ood is not None:
         check_ood(cfg.ood, static_dataset_info(cfg.dataset, cfg.data_root))
 
@@ -613,45 +609,29 @@ def _corruption_result(
 def evaluate_ood(
     trainer: Trainer, settings: OodSettings, temperature: float | None = None
 ) -> list[OodResult]:
-    """Evaluate the trainer's current model on every configured OOD split, in ``OOD_SPLITS`` order.
+    """Evaluate the trainer's current model on every configured OOD split, in ``SPLITS`` order.
 
     Images are normalised with the training dataset's mean/std, run in batches of
     ``EVAL_BATCH`` on the trainer's device in float32 (``Trainer.eval_logits``: no autocast,
     which is for training only). ``temperature`` (default: fitted
     on val) gives the ``_ece_ts`` metrics.
     """
-    info = trainer.data.info
     if temperature is None:
         temperature = trainer.fit_temperature()
-    results = []
-    for split in OOD_SPLITS:
-        cfg = settings.section(split)
-        if isinstance(cfg, SvhnSettings):
-            results.append(_evaluate_svhn(trainer, cfg, info))
-        elif isinstance(cfg, DigitsSettings):
-            results.append(_evaluate_detection(trainer, split, *digits_images(), cfg.subset))
-        elif isinstance(cfg, HeldoutSettings):
-            results.append(_evaluate_heldout(trainer, cfg))
-        elif cfg is not None and split == _FASHION_MNIST_C:
-            results.append(_evaluate_fashion_mnist_c(trainer, cfg, temperature))
-        elif cfg is not None and split in _CIFAR_C:
-            results.append(_evaluate_cifar_c(trainer, split, cfg, info, temperature))
-        elif cfg is not None:
-            results.append(_evaluate_imagenet_c(trainer, cfg, info, temperature))
-    return results
+    return [
+        split.evaluate(trainer, cfg, temperature)
+        for name, split in SPLITS.items()
+        if (cfg := settings.section(name)) is not None
+    ]
 
 
 def ood_metric_names(settings: OodSettings) -> list[str]:
     """The metric names ``evaluate_ood`` reports for ``settings`` (for report columns)."""
     names = []
-    for split in OOD_SPLITS:
-        cfg = settings.section(split)
-        if split in DETECTION_SPLITS and cfg is not None:
-            names += [f"{split}_{m}" for m in DETECTION_METRICS]
-        elif cfg is not None:
-            names += [f"{split}_accuracy", f"{split}_ece", f"{split}_ece_ts"]
-            for s in cfg.severities:
-                names += [f"{split}_s{s}_accuracy", f"{split}_s{s}_ece"]
+    for name, split in SPLITS.items():
+        cfg = settings.section(name)
+        if cfg is not None:
+            names += split.metric_names(cfg)
     return names
 
 

@@ -29,7 +29,6 @@ from study.analysis.compare import (
     split_title,
 )
 from study.analysis.posthoc import (
-    CORRUPTION_SPLITS,
     NONE,
     Recalibrated,
     calibrated_tables,
@@ -38,6 +37,7 @@ from study.analysis.posthoc import (
 from study.report.sections import Section
 from study.report.view import StudyView, sgd_baseline
 from trainables.config import SEVERITIES
+from trainables.evaluation.splits import shift_splits
 from trainables.metrics import Metric
 
 SHIFT_FIGURE = "shift.png"
@@ -111,7 +111,7 @@ def posthoc_part(
     ]
     shifted = [
         s
-        for s in CORRUPTION_SPLITS
+        for s in shift_splits()
         if any(f"{s}_ece@none" in m for c in rows for m in c.metrics.values())
     ]
     for split in shifted:
