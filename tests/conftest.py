@@ -51,6 +51,24 @@ def _fast_tier_starts_no_ray() -> Iterator[None]:
         assert not ray.is_initialized(), "this test starts Ray: mark it slow"
 
 
+@pytest.fixture(autouse=True)
+def _registries_as_before() -> Iterator[None]:
+    """A part a test (or a plugin it loads) registers is gone after the test, its plugin module
+    with it: the next test sees sharpcal's own parts and those registered before it."""
+    from trainables.registry import REGISTRIES
+
+    modules = set(sys.modules)
+    before = {id(r): set(r._parts) for r in REGISTRIES}
+    yield
+    for registry in list(REGISTRIES):
+        for name in set(registry._parts) - before.get(id(registry), set()):
+            if not registry.builtin(name):
+                origin = registry.origin(name)
+                registry.unregister(name)
+                if origin not in modules:
+                    sys.modules.pop(origin, None)
+
+
 @pytest.fixture
 def mount_dir(tmp_path: Path) -> Iterator[Path]:
     """An empty directory to mount a tmpfs on (root only; skipped elsewhere)."""

@@ -14,12 +14,14 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from trainables.errors import InputError, PluginError
 
 P = TypeVar("P")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+BUILTIN_PACKAGES = ("trainables.", "study.", "search_spaces.")
+REGISTRIES: list[Registry[Any]] = []  # every registry made, in order
 
 
 def origin_of(part: object) -> str:
@@ -56,6 +58,7 @@ class Registry(Generic[P]):
         self._loaded = load is None
         self._parts: dict[str, P] = {}
         self._origins: dict[str, str] = {}
+        REGISTRIES.append(self)
 
     def _ensure_loaded(self) -> None:
         if not self._loaded:
@@ -131,6 +134,14 @@ class Registry(Generic[P]):
         self._ensure_loaded()
         return list(self._parts.values())
 
+    def unregister(self, name: str) -> None:
+        """Remove a user's part (a test's, or a plugin reloaded in one process); a built-in part
+        stays (``PluginError``)."""
+        if self.builtin(name):
+            raise PluginError(f"{self.kind} {name!r} is one of sharpcal's own: it stays")
+        self._parts.pop(name, None)
+        self._origins.pop(name, None)
+
     def origin(self, name: str) -> str:
         """The module that registered ``name``."""
         self._ensure_loaded()
@@ -138,7 +149,7 @@ class Registry(Generic[P]):
 
     def builtin(self, name: str) -> bool:
         """Whether ``name`` is one of sharpcal's own parts."""
-        return self.origin(name).startswith(("trainables.", "study.", "search_spaces."))
+        return self.origin(name).startswith(BUILTIN_PACKAGES)
 
     def __contains__(self, name: object) -> bool:
         self._ensure_loaded()
