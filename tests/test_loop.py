@@ -140,8 +140,9 @@ def test_csam_descent_gradient_is_sams_reweighted_per_sample_by_its_loss(digits_
     for k, (found_sam, found_csam) in enumerate(zip(sam_grads, csam_grads, strict=True)):
         expected_sam = sum(g[k] for g in per_sample) / len(y)
         expected_csam = sum(ci * g[k] for ci, g in zip(c, per_sample)) / len(y)
-        # float32 sums of 64 per-sample terms that cancel: each entry's error is bounded by a
-        # small multiple of the sum of its terms' magnitudes, not of the (cancelled) result
+        # float32 sums of 64 per-sample terms that cancel, each term's own float32 error up to
+        # ~1e-3 of it (a confident sample's 1 - p): bounded by the sum of the terms' magnitudes,
+        # not by the (cancelled) result; CSAM's reweighting moves entries by ~half their terms
         magnitude = sum(g[k].abs() for g in per_sample) / len(y)
         for found, expected in ((found_sam, expected_sam), (found_csam, expected_csam)):
             error = (found.double() - expected).abs()
