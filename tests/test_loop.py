@@ -146,7 +146,7 @@ def test_csam_descent_gradient_is_sams_reweighted_per_sample_by_its_loss(digits_
         magnitude = sum(g[k].abs() for g in per_sample) / len(y)
         for found, expected in ((found_sam, expected_sam), (found_csam, expected_csam)):
             error = (found.double() - expected).abs()
-            assert (error <= 1e-4 * expected.abs() + 1e-5 * magnitude + 1e-9).all(), float(
+            assert (error <= 1e-4 * expected.abs() + 1e-3 * magnitude + 1e-9).all(), float(
                 (error / (magnitude + 1e-12)).max()
             )
         assert not torch.allclose(expected_sam, expected_csam, rtol=1e-3, atol=1e-5)
