@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -260,9 +261,12 @@ def _tune_state(tune_uri: str) -> tuple[list[str], int] | None:
     }
     if newest["experiment_state-"] is None or newest["search_gen_state-"] is None:
         return None
-    trials = json.loads(files[newest["experiment_state-"]])["trial_data"]
-    ids = [json.loads(state)["trial_id"] for state, _ in trials]
-    return ids, int(cloudpickle.loads(files[newest["search_gen_state-"]])["counter"])
+    try:  # read while Tune rewrites it (on S3 a file can be listed before it is whole)
+        trials = json.loads(files[newest["experiment_state-"]])["trial_data"]
+        ids = [json.loads(state)["trial_id"] for state, _ in trials]
+        return ids, int(cloudpickle.loads(files[newest["search_gen_state-"]])["counter"])
+    except (json.JSONDecodeError, EOFError, pickle.UnpicklingError):
+        return None  # not both saved whole yet: poll again
 
 
 class TuneStateSettled:
