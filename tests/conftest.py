@@ -52,6 +52,16 @@ def _fast_tier_starts_no_ray() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _torch_threads_as_before() -> Iterator[None]:
+    """A trainable run in-process sets torch's thread count to its trial's CPUs; the next test
+    gets the suite's own (fewer threads change float32 rounding and double CPU tests' time)."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def _registries_as_before() -> Iterator[None]:
     """A part a test (or a plugin it loads) registers is gone after the test, its plugin module
     with it: the next test sees sharpcal's own parts and those registered before it."""
