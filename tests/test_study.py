@@ -341,41 +341,6 @@ def run_and_kill_while_held(
     return held
 
 
-def test_study_killed_with_sigkill_resumes_to_exactly_n_trials(tmp_path):
-    path = write_space(
-        tmp_path, fixed={"epochs": 4}, search=PARETO_SEARCH, samples=4, concurrency=1, seed=5
-    )
-
-    def second_drivers_are_refused() -> None:
-        for argv in (["resume", "kill"], ["run", str(path), "--name", "kill"]):
-            proc = run_study(*argv, "--storage", "studies", cwd=tmp_path)
-            (line,) = proc.stderr.strip().splitlines()
-            assert proc.returncode == 2 and "is being run by pid" in line, line
-
-    # concurrency 1: trial 1 has finished, trial 2 is held after epoch 2, trials 3-4 not started
-    run_and_kill_while_held(
-        tmp_path, path, "kill", "studies", epoch=2, nth=2,
-        also=lambda: _complete_count(tmp_path, "kill") >= 1, while_held=second_drivers_are_refused,
-    )  # fmt: skip
-    assert _complete_count(tmp_path, "kill") == 1
-
-    proc = run_study("resume", "kill", "--storage", "studies", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "taking over the lock of a driver that is gone" in proc.stdout  # the SIGKILLed one
-
-    study = optuna_study(tmp_path, "kill")
-    complete = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(complete) == 4
-    tune_ids = [t.user_attrs["tune_trial_id"] for t in complete]
-    assert len(set(tune_ids)) == 4
-    assert not study.get_trials(states=(TrialState.RUNNING,))
-    for trial_id in tune_ids:  # each trial ran every epoch exactly once in its final history
-        (trial_dir,) = (tmp_path / "studies" / "kill" / "tune").glob(f"trial_{trial_id}")
-        rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
-        epochs = [row["epoch"] for row in rows]
-        assert sorted(set(epochs)) == [1, 2, 3, 4]
-
-
 def test_trials_left_running_by_a_killed_driver_are_failed_once_the_study_is_over():
     from study.storage.records import fail_orphans
 
@@ -387,15 +352,3 @@ def test_trials_left_running_by_a_killed_driver_are_failed_once_the_study_is_ove
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.COMPLETE, TrialState.FAIL]
     assert fail_orphans(study) == []
-
-
-def test_ctrl_c_stops_the_study_with_130_a_partial_report_and_the_resume_hint(tmp_path):
-    """Issue 17, item 3: an interrupted run is not a success."""
-    path = write_space(
-        tmp_path, fixed={"epochs": 3}, search={"lr": {"loguniform": [0.02, 0.2]}}, samples=4,
-        concurrency=1, seed=5,
-    )  # fmt: skip
-    err = interrupt_second_trial(tmp_path, path, "stop", signal.SIGINT)
-    assert "interrupted: 1 of 4 trials finished" in err and "study resume stop" in err
-    report = (tmp_path / "studies" / "stop" / "report" / "report.md").read_text()
-    assert "**Partial report:** 1 of 4 trials finished" in report
