@@ -357,7 +357,7 @@ class Study:
         finished trials stay, interrupted ones restart from their last epoch checkpoint. A study
         whose start failed before any trial was asked for runs from the beginning."""
         from study.api import arguments
-        from study.runtime.tuner import check_in_place, restore_tuner
+        from study.runtime.tuner import check_in_place
         from study.storage.files import (
             check_optuna_db,
             check_restorable,
@@ -383,7 +383,28 @@ class Study:
         with user_errors():
             check_in_place(self.space, self.name, self.paths)
         with self._driving(address):
-            return self._fit(lambda: restore_tuner(self.space, self.name, self.paths), verbose)
+            return self._fit(self._restored_tuner, verbose)
+
+    def _restored_tuner(self) -> Any:
+        """Tune's restored Tuner. Tune writes ``tuner.pkl`` in place, when a Tuner is made (the
+        study's start, a top-up): a driver killed then leaves it cut short beside an experiment
+        state, and it is written again from the study's space (the trials, the searcher's and
+        the scheduler's states come from their own files)."""
+        import pickle
+
+        from study.runtime.tuner import restore_tuner
+
+        try:
+            return restore_tuner(self.space, self.name, self.paths)
+        except (EOFError, pickle.UnpicklingError):
+            from study import output
+
+            output.warn(
+                f"Tune's tuner.pkl in {self.paths.tune} was cut short (a driver killed while "
+                "Tune wrote it): written again from the study's space"
+            )
+            self._fresh_tuner(self.space.trials)
+            return restore_tuner(self.space, self.name, self.paths)
 
     def _asked_any(self) -> bool:
         """Whether any trial was ever asked of the Optuna study."""
