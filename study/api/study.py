@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import pickle
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search_spaces.schema import Space, check_space, load_space
-from study.output import plural
+from study.output import plural, warn
 from trainables.errors import InputError, SharpcalError
 from trainables.layout import StudyPaths, study_paths
 
@@ -390,16 +391,12 @@ class Study:
         study's start, a top-up): a driver killed then leaves it cut short beside an experiment
         state, and it is written again from the study's space (the trials, the searcher's and
         the scheduler's states come from their own files)."""
-        import pickle
-
         from study.runtime.tuner import restore_tuner
 
         try:
             return restore_tuner(self.space, self.name, self.paths)
         except (EOFError, pickle.UnpicklingError):
-            from study import output
-
-            output.warn(
+            warn(
                 f"Tune's tuner.pkl in {self.paths.tune} was cut short (a driver killed while "
                 "Tune wrote it): written again from the study's space"
             )
