@@ -1,5 +1,5 @@
 """``python -m study`` is the ``study`` command."""
 
-from study.cli.main import main
+from study.cli import console
 
-raise SystemExit(main())
+console()

@@ -36,8 +36,9 @@ import importlib
 import importlib.util
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from trainables.errors import PluginError, SharpcalError
 
@@ -187,14 +188,18 @@ def ship_paths(specs: Iterable[str]) -> list[str]:
     installed package is expected on every node and is not shipped."""
     from importlib.metadata import packages_distributions
 
-    installed = packages_distributions()
+    installed: Mapping[str, Any] | None = None  # read when needed: it takes seconds
     paths: list[str] = []
     for spec in specs:
         if is_file_spec(spec):
             paths.append(spec)
             continue
         top = spec.split(".")[0]
-        if top in installed or top in SHARPCAL_PACKAGES or top in sys.stdlib_module_names:
+        if top in SHARPCAL_PACKAGES or top in sys.stdlib_module_names:
+            continue
+        if installed is None:
+            installed = packages_distributions()
+        if top in installed:
             continue
         module = sys.modules.get(top)
         locations = list(getattr(module, "__path__", None) or [])

@@ -458,6 +458,7 @@ class Study:
         from study.runtime.interrupts import DriverSignals, disk_full
         from study.runtime.tuner import init_ray, probe_plugins
         from study.storage.records import fail_orphans, finished_count
+        from study.tracking.model_registry import model_logging_warmed
         from trainables.trial.hold import hold_driver_if_asked
 
         results: Any = None
@@ -476,25 +477,27 @@ class Study:
                     hold_driver_if_asked("tuner")
                     with user_errors():
                         tuner = make_tuner()
-                    with signals.fitting():
-                        results = tuner.fit()
-                    ran, errors = len(results), results.num_errors
-                    # Optuna, not Tune's saved state, says how many trials the study still
-                    # needs (a kill can leave Tune's trial list and its count of trials asked
-                    # for disagreeing): a normal end short of them runs a new Tuner for the rest
-                    for _ in range(MAX_TOP_UPS):
-                        if not self._ended_normally(results, signals):
-                            break
-                        # nothing can still be running
-                        fail_orphans(self.optuna(writable=True), data_uri=self.paths.data_uri)
-                        missing = self.space.trials - finished_count(self.optuna())
-                        if missing <= 0:
-                            break
-                        with user_errors():
-                            tuner = self._fresh_tuner(missing)
+                    with model_logging_warmed(bool(self.tracking())):
                         with signals.fitting():
                             results = tuner.fit()
-                        ran, errors = ran + len(results), errors + results.num_errors
+                        ran, errors = len(results), results.num_errors
+                        # Optuna, not Tune's saved state, says how many trials the study
+                        # still needs (a kill can leave Tune's trial list and its count of
+                        # trials asked for disagreeing): a normal end short of them runs a new
+                        # Tuner for the rest
+                        for _ in range(MAX_TOP_UPS):
+                            if not self._ended_normally(results, signals):
+                                break
+                            # nothing can still be running
+                            fail_orphans(self.optuna(writable=True), data_uri=self.paths.data_uri)
+                            missing = self.space.trials - finished_count(self.optuna())
+                            if missing <= 0:
+                                break
+                            with user_errors():
+                                tuner = self._fresh_tuner(missing)
+                            with signals.fitting():
+                                results = tuner.fit()
+                            ran, errors = ran + len(results), errors + results.num_errors
                 except KeyboardInterrupt:
                     signals.received = max(signals.received, 1)
                 except Exception as err:

@@ -1,10 +1,19 @@
 """The ``study`` command: argument parsing and printing over the Python API."""
 
-from typing import Any
+from typing import Any, NoReturn
 
 
 def main(argv: Any = None) -> int:
-    """Entry point of the ``study`` console script (``study.cli.main.main``)."""
+    """The ``study`` command run on ``argv`` (``study.cli.main.main``); returns its exit code."""
     from study.cli.main import main as run
 
     return run(argv)
+
+
+def console() -> NoReturn:
+    """Entry point of the ``study`` console script and of ``python -m study``: ``main()``, then
+    the process ends without tearing the interpreter down (``exit_now``)."""
+    from study.cli.main import exit_now
+    from study.cli.main import main as run
+
+    exit_now(run())

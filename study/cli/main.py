@@ -5,6 +5,8 @@ spaces)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -492,5 +494,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INTERRUPTED
 
 
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` once what an orderly exit does for others is done: every
+    non-daemon thread joined, the ``atexit`` handlers run (logging, MLflow, Ray), stdout and
+    stderr flushed. Freeing the modules of torch, Ray, MLflow and pandas one by one is skipped:
+    it took about 4.5 s of every study on 2 cores and is of no use to anyone."""
+    import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

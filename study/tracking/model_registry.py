@@ -16,9 +16,11 @@ torch, not sharpcal.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,6 +142,39 @@ def _tracking(tracking_uri: str) -> Iterator[None]:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def _warm_model_logging() -> None:
+    """What logging the first model pays once per process: MLflow's model modules, its map of
+    installed packages (read to check a model's requirements), and ``torch.export``'s first
+    export (its tracing machinery is imported then). A failure costs nothing but the time."""
+    with contextlib.suppress(Exception):
+        import mlflow.pyfunc  # noqa: F401
+        import mlflow.pytorch  # noqa: F401
+        from mlflow.utils import requirements_utils
+
+        requirements_utils._init_modules_to_packages_map()  # private: may go, then skipped
+        batch = torch.export.Dim("batch", min=2)
+        with torch.no_grad():
+            torch.export.export(nn.Linear(2, 2), (torch.zeros(3, 2),), dynamic_shapes=({0: batch},))
+
+
+WARM_UP_TIMEOUT_S = 120.0
+
+
+@contextmanager
+def model_logging_warmed(enabled: bool = True) -> Iterator[None]:
+    """Inside the block, a daemon thread pays ``_warm_model_logging``'s costs (about 8 s on 2
+    cores) while the caller waits on something else (its trials). A block that ends normally
+    waits for the thread, so that no export runs beside the caller's own; one that raises (an
+    interrupt) does not wait."""
+    if not enabled:
+        yield
+        return
+    thread = threading.Thread(target=_warm_model_logging, name="sharpcal-warm-up", daemon=True)
+    thread.start()
+    yield
+    thread.join(WARM_UP_TIMEOUT_S)
 
 
 def log_trial_model(
