@@ -1,7 +1,10 @@
-"""A study's learning curves as one replayable table (issue 23, item 3): a row per trial and
-epoch with the configuration, the seed, the epoch's training time (``epoch_seconds``) and wall
-time (``wall_seconds``: with val and test evaluation) and every objective metric on val and on
-test.
+"""A study's learning curves as one replayable table (issue 23, item 3; issue 36, item 1): a row
+per trial and epoch with the configuration (every setting the study's space varies, from its
+``search`` and its ``points``, and the seed), the epoch's training time (``epoch_seconds``) and
+wall time (``wall_seconds``: with val and test evaluation), every objective metric on val and on
+test, and the signals beside them that an early-stopping rule may rank on: the training loss,
+the temperature fitted on val (with ``test_every_epoch``) and the signed over-confidence (mean
+confidence minus accuracy) on val and on test.
 
 Made for ``search_spaces/table-default.yaml`` (the default space's grid, ``test_every_epoch``):
 
@@ -24,13 +27,21 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from search_spaces.schema import Space
 from study import Study
 from study.storage.records import REPEAT_OF_ATTR, STATUS_ATTR, TRIAL_ID_ATTR, trial_settings
 from trainables.layout import resolve_fs
 from trainables.metrics.objectives import DIRECTIONS
 
-SETTINGS = ("method", "lr", "rho", "gamma", "seed")
-METRICS = [m.removeprefix("val_") for m in DIRECTIONS if m.startswith("val_")]
+METRICS = [m.removeprefix("val_") for m in DIRECTIONS if m.startswith("val_")] + ["overconfidence"]
+SIGNALS = ("train_loss", "temperature")  # an epoch's, beside its metrics
+
+
+def varied_settings(space: Space) -> list[str]:
+    """The settings ``space`` varies (searched, or set by a point), in order, then ``seed``."""
+    names = dict.fromkeys([*space.search, *(k for point in space.points for k in point)])
+    names.pop("seed", None)
+    return [*names, "seed"]
 
 
 def trial_results(tune_uri: str) -> dict[str, list[dict[str, Any]]]:
@@ -52,6 +63,7 @@ def study_table(name: str, storage: str) -> pa.Table:
     study = Study.load(name, storage)
     results = trial_results(study.paths.tune)
     default_seed = study.space.train_config().seed  # a first seed's settings name none
+    settings_names = varied_settings(study.space)
     records = []
     for trial in study.optuna().get_trials(deepcopy=False):
         if trial.user_attrs.get(STATUS_ATTR) != "completed":
@@ -63,11 +75,12 @@ def study_table(name: str, storage: str) -> pa.Table:
         for epoch in sorted(by_epoch):
             row = by_epoch[epoch]
             record: dict[str, Any] = {"config": config, "trial": trial.number, "epoch": epoch}
-            record.update({k: settings.get(k) for k in SETTINGS})
+            record.update({k: settings.get(k) for k in settings_names})
             record["epoch_seconds"] = row["train_seconds"] - previous
             record["train_seconds"] = previous = row["train_seconds"]
             # the epoch's wall time in the trial: training, val and test evaluation, reporting
             record["wall_seconds"] = row.get("time_this_iter_s")
+            record.update({k: row.get(k) for k in SIGNALS})
             for split in ("val", "test"):
                 for metric in METRICS:
                     record[f"{split}_{metric}"] = row.get(f"{split}_{metric}")

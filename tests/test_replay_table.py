@@ -60,9 +60,15 @@ def test_a_study_becomes_one_row_per_trial_and_epoch(request, tmp_path):
         ("sgd", 0), ("sgd", 1), ("sam", 0), ("sam", 1),
     }  # fmt: skip
     assert len({r["config"] for r in table}) == 2
+    # the settings the points vary, read from the space; nothing named that the space does not vary
+    varied = [k for k in table[0] if k in ("method", "lr", "rho", "gamma", "seed")]
+    assert varied == ["method", "lr", "rho", "seed"]
     for row in table:
         metrics = [v for k, v in row.items() if k.startswith(("val_", "test_"))]
-        assert len(metrics) == 16 and all(math.isfinite(v) for v in metrics), row
+        assert len(metrics) == 18 and all(math.isfinite(v) for v in metrics), row
+        assert row["train_loss"] > 0 and row["temperature"] > 0, row
+        accuracy_gap = row["val_overconfidence"] + row["val_accuracy"]  # mean confidence
+        assert 0 < accuracy_gap <= 1, row
         assert 0 < row["epoch_seconds"] < row["wall_seconds"]
     trials = {t.number: t for t in study.optuna().get_trials()}
     for row in (r for r in table if r["epoch"] == 2):  # the last epoch is what Optuna recorded
