@@ -23,6 +23,7 @@ import yaml
 from optuna.trial import TrialState
 
 from study import Study
+from study.api.status import format_status
 from tests.test_cli import run_study
 from trainables.layout import resolve_fs
 from trainables.trial.hold import HELD_FILE, HOLD_ENV, RELEASE_FILE
@@ -122,18 +123,20 @@ def api_study(tmp_path: Path) -> Iterator[Callable[..., Study]]:
 
 
 def test_diverging_trial_is_marked_and_the_study_completes(api_study, capsys):
+    # no BatchNorm: lr 100 diverges; lr 1e-6 is still at chance after epoch 2 (the guard's
+    # bound at 5 x 1/10 here), lr 0.1 far above it
     study = api_study(
         "div",
-        fixed={"epochs": 2, "method": "sgd", "model": "cnn_fc"},  # no BatchNorm: lr 100 diverges
-        search={"lr": {"categorical": [100.0, 0.1]}},
+        fixed={"epochs": 3, "method": "sgd", "model": "cnn_fc", "chance_factor": 5.0},
+        search={"lr": {"categorical": [100.0, 0.1, 1e-6]}},
         sampler="grid",
-        samples=2,
+        samples=3,
         concurrency=2,
     )
     summary = study.run()
-    assert (summary.trials, summary.errors) == (2, 0)  # a diverged trial is a result, not retried
+    assert (summary.trials, summary.errors) == (3, 0)  # a diverged trial is a result, not retried
     trials = {t.params["lr"]: t for t in study.optuna().trials}
-    diverged, healthy = trials[100.0], trials[0.1]
+    diverged, healthy, at_chance = trials[100.0], trials[0.1], trials[1e-6]
     assert diverged.state == TrialState.COMPLETE
     assert diverged.user_attrs["status"] == "diverged"
     assert diverged.values == [0.0, 1.0]  # the worst accuracy and ECE: the sampler avoids it
@@ -143,6 +146,17 @@ def test_diverging_trial_is_marked_and_the_study_completes(api_study, capsys):
     shown = capsys.readouterr()
     (line,) = [x for x in shown.out.splitlines() if f"] {tune_id} diverged" in x]
     assert "(loss not finite at epoch 1)" in line  # the console says why
+    assert at_chance.user_attrs["status"] == "diverged" and at_chance.user_attrs["at_chance"]
+    assert at_chance.values == [0.0, 1.0] and at_chance.user_attrs["epoch"] == 2
+    (line,) = [
+        x
+        for x in shown.out.splitlines()
+        if f"] {at_chance.user_attrs['tune_trial_id']} " in x and "diverged" in x
+    ]
+    assert "(val accuracy at chance after epoch 2: stopped by the chance guard)" in line
+    assert "3/3 trials finished (1 completed, 2 diverged (1 at chance))" in format_status(
+        study.status(address=None), study.space
+    )
     assert shown.err == ""  # issue 17, item 12: libraries' notices go to driver.log
     assert "NaN or Inf" not in shown.out
 

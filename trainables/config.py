@@ -139,6 +139,10 @@ class TrainConfig(BaseModel):
     bf16: bool | None = None  # None: on for CUDA, off for CPU
     channels_last: bool | None = None  # None: on (CPU and CUDA)
     compile: bool | None = None  # None: on for CUDA where it pays (see BENCHMARKS.md)
+    # the chance guard: a run whose val accuracy is still at most chance_factor x chance (1 /
+    # classes) after epoch chance_epoch (before its last) stops there, as a diverged run does
+    chance_epoch: int = Field(2, ge=0, le=100_000)  # 0: never
+    chance_factor: float = Field(2.0, ge=1.0, le=1000.0)
     # test metrics after every epoch, not only the last (tables of learning curves: slower)
     test_every_epoch: bool = False
     # evaluation of the final model on OOD / corrupted sets (trainables/ood.py)

@@ -1,4 +1,5 @@
-"""One-line user messages: how a value the user typed is echoed back, and what pydantic found."""
+"""One-line user messages: how a value the user typed is echoed back, what pydantic found, why a
+run diverged."""
 
 from __future__ import annotations
 
@@ -63,3 +64,10 @@ def first_problem(err: ValidationError) -> Problem:
     reason = "unknown key" if unknown else first["msg"].removeprefix("Value error, ")
     loc = tuple(part for part in first["loc"] if part != "__root__")
     return Problem(loc, reason, first.get("input"), unknown)
+
+
+def diverged_reason(at_chance: bool, epoch: int) -> str:
+    """Why a run ended as diverged: its loss, or the chance guard (``chance_epoch``)."""
+    if at_chance:
+        return f"val accuracy at chance after epoch {epoch}: stopped by the chance guard"
+    return f"loss not finite at epoch {epoch}"

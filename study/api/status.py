@@ -35,6 +35,7 @@ class StudyStatus:
     best: list[dict[str, Any]] = field(default_factory=list)
     tracking: dict[str, str] = field(default_factory=dict)
     nodes: dict[str, int] | None = None  # the cluster's alive nodes by type, while a driver runs
+    at_chance: int = 0  # of the diverged: those the chance guard stopped
 
     @property
     def finished(self) -> bool:
@@ -71,6 +72,9 @@ def study_status(
     for trial in trials:
         counts[trial_state(trial, driver is not None)] += 1
     counts["pending"] += max(0, space.trials - len(trials))
+    at_chance = sum(
+        trial_state(t, False) == "diverged" and bool(t.user_attrs.get("at_chance")) for t in trials
+    )
     starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
     ends = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
     elapsed = None
@@ -78,7 +82,9 @@ def study_status(
         last = time.time() if driver is not None or not ends else max(ends)
         elapsed = max(0.0, last - min(starts))
     best = front_rows(study, space) if study is not None else []
-    return StudyStatus(name, space.trials, counts, driver, elapsed, best, tracking)
+    return StudyStatus(
+        name, space.trials, counts, driver, elapsed, best, tracking, at_chance=at_chance
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -89,7 +95,13 @@ def _duration(seconds: float) -> str:
 
 def format_status(status: StudyStatus, space: Space) -> str:
     """The status as `study status` prints it."""
-    counts = ", ".join(f"{n} {state}" for state, n in status.counts.items() if n)
+    counts = ", ".join(
+        f"{n} {state} ({status.at_chance} at chance)"
+        if state == "diverged" and status.at_chance
+        else f"{n} {state}"
+        for state, n in status.counts.items()
+        if n
+    )
     done = sum(status.counts[s] for s in FINISHED)
     finished = status.finished
     lines = [f"study {status.name}: {done}/{plural(status.planned, 'trial')} finished ({counts})"]

@@ -32,6 +32,7 @@ class TrainResult:
     run_id: str
     tracking_uri: str
     history: list[dict[str, float]] = field(default_factory=list)
+    reason: str = ""  # why it diverged (``trainables.engine.loop.diverged_reason``)
 
 
 def train_settings(
@@ -132,6 +133,7 @@ def train(
         tracker.run_id,
         tracker.tracking_uri,
         list(result.history),
+        result.reason,
     )
 
 

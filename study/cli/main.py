@@ -263,7 +263,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         printer.close()
     if result.status == "diverged":
-        print(f"diverged: the training loss became non-finite in epoch {result.epochs}")
+        print(f"diverged: {result.reason}")
         return 0
     f = result.final
     print(f"{result_line(f)}  [{result.seconds:.0f}s]")

@@ -12,6 +12,7 @@ from study import output
 from study.output import duration
 from study.storage.binding import current
 from study.storage.records import counted, trial_status
+from trainables.messages import diverged_reason
 
 
 def _value(value: Any) -> str:
@@ -111,7 +112,7 @@ class TrialEvents(Callback):
         if status == "pruned":
             text += f"  (stopped by ASHA after epoch {epoch} of {total})"
         elif status == "diverged":
-            text += f"  (loss not finite at epoch {epoch})"
+            text += f"  ({diverged_reason(bool(result.get('at_chance')), epoch)})"
         if result.get("node_type"):  # a cluster whose node types label their nodes
             text += f"  on {result['node_type']} {str(result.get('node_id', ''))[:6]}"
         self._record(trial, error=False)

@@ -40,6 +40,7 @@ def recorded_prefixes() -> tuple[str, ...]:
 RECORDED_PREFIXES = recorded_prefixes()  # of the built-in splits; recorded_prefixes() is live
 RECORDED_KEYS = (
     "temperature", "temperature_at_bound", "epoch", "epochs", "train_loss", "train_seconds",
+    "at_chance",
 )  # fmt: skip
 
 

@@ -117,17 +117,22 @@ def calibrated_model(state: dict[str, Any], temperature: float) -> tuple[nn.Modu
 
 
 def is_diverged(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether the trial's training diverged (its loss became non-finite)."""
+    """Whether the trial diverged: its loss became non-finite, or it was still at chance (the
+    chance guard)."""
     return trial.user_attrs.get(STATUS_ATTR) == "diverged"
 
 
 def refuse_diverged(trial: optuna.trial.FrozenTrial) -> None:
     """Raise ``DivergedTrial`` for a diverged trial."""
     if is_diverged(trial):
+        why = (
+            "it was still at chance when the chance guard stopped it, so its model guesses"
+            if trial.user_attrs.get("at_chance")
+            else "its training loss became non-finite, so its model predicts NaN"
+        )
         raise DivergedTrial(
-            f"trial {trial.number} diverged (its training loss became non-finite), so its "
-            "model predicts NaN: it is not registered; choose a completed trial with --trial "
-            "('study status' lists them)"
+            f"trial {trial.number} diverged ({why}): it is not registered; choose a completed "
+            "trial with --trial ('study status' lists them)"
         )
 
 

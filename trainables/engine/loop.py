@@ -24,6 +24,7 @@ from trainables.data.datasets import Data, DatasetInfo, load_data, train_steps
 from trainables.engine.passes import SeededPasses
 from trainables.losses import LOSSES, StatefulLoss
 from trainables.losses.common import LossFn
+from trainables.messages import diverged_reason
 from trainables.methods import METHODS, Method
 from trainables.methods.optim import factors_undecayed, sam_param_groups  # noqa: F401 (their old home)
 from trainables.methods.sam import frozen_batchnorm_stats
@@ -216,6 +217,7 @@ class Trainer:
         self.epochs_done = 0
         self.train_seconds = 0.0  # the "train_seconds" cost: training time, evaluation excluded
         self.diverged = False
+        self.at_chance = False  # diverged by the chance guard, not by a non-finite loss
         self.history: list[dict[str, float]] = []
         self._predictions: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
         self._passes: SeededPasses | None = None  # inside ``evaluating()``
@@ -434,6 +436,7 @@ class Trainer:
                 record.val = self.evaluate_val()
                 if self.loss_state is not None:
                     self.loss_state.end_epoch(*self.predictions("val"))
+                self._guard_chance(record)
             if not self.diverged and self.epochs_done == self.cfg.epochs:
                 final = record.final = self.final_metrics()
             elif not self.diverged and self.cfg.test_every_epoch:
@@ -444,7 +447,22 @@ class Trainer:
         if not final and not self.diverged:  # resumed from a checkpoint of the last epoch
             final = self.final_metrics()
         status = "diverged" if self.diverged else "completed"
-        return RunResult(status, self.history, final, time.perf_counter() - start)
+        reason = diverged_reason(self.at_chance, self.epochs_done) if self.diverged else ""
+        return RunResult(status, self.history, final, time.perf_counter() - start, reason)
+
+    def chance_bound(self) -> float:
+        """The val accuracy at or under which a run counts as still at chance."""
+        return self.cfg.chance_factor / self.data.info.num_classes
+
+    def _guard_chance(self, record: EpochRecord) -> None:
+        """Stop a run still at chance after ``chance_epoch`` (before its last epoch, where
+        stopping saves nothing) as a diverged one: ``diverged`` and ``at_chance`` set."""
+        epoch = self.cfg.chance_epoch
+        if not epoch or record.epoch != epoch or epoch >= self.cfg.epochs:
+            return
+        accuracy = record.val.get("accuracy")
+        if accuracy is not None and accuracy <= self.chance_bound():
+            self.diverged = self.at_chance = True
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -457,6 +475,7 @@ class Trainer:
             "epochs_done": self.epochs_done,
             "train_seconds": self.train_seconds,
             "diverged": self.diverged,
+            "at_chance": self.at_chance,
             "history": self.history,
             "torch_rng": torch.get_rng_state(),
             "config": self.cfg.model_dump(),
@@ -468,8 +487,11 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state_dict()``; the config must be the one that made the state."""
-        if state["config"] != self.cfg.model_dump():
+        """Continue from ``state_dict()``; the config must be the one that made the state (a
+        setting added since, absent from an older checkpoint's, counts at its default)."""
+        fields = type(self.cfg).model_fields
+        defaults = {k: f.get_default(call_default_factory=True) for k, f in fields.items()}
+        if {**defaults, **state["config"]} != self.cfg.model_dump():
             raise ValueError("checkpoint was made with a different config")
         self.model.load_state_dict(state["model"])
         self._predictions.clear()
@@ -479,6 +501,7 @@ class Trainer:
         self.epochs_done = state["epochs_done"]
         self.train_seconds = state.get("train_seconds", 0.0)  # absent in older checkpoints
         self.diverged = state["diverged"]
+        self.at_chance = state.get("at_chance", False)  # absent in older checkpoints
         self.history = list(state["history"])
         if self.loss_state is not None:
             self.loss_state.load_state_dict(state[self.cfg.loss])
@@ -489,12 +512,14 @@ class Trainer:
 
 @dataclass
 class RunResult:
-    """The outcome of ``Trainer.fit``: ``completed`` or ``diverged``, per-epoch rows, test metrics."""
+    """The outcome of ``Trainer.fit``: ``completed`` or ``diverged`` (and why), per-epoch rows,
+    test metrics."""
 
     status: str
     history: list[dict[str, float]]
     final: dict[str, float]
     seconds: float
+    reason: str = ""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

@@ -117,6 +117,7 @@ def epoch_metrics(trainer: Trainer, record: EpochRecord, ctx: TrialContext) -> d
     metrics["epochs_total"] = trainer.cfg.epochs
     metrics["epochs"] = record.epoch  # trained so far: the "epochs" cost objective
     metrics["diverged"] = trainer.diverged
+    metrics["at_chance"] = trainer.at_chance  # the chance guard stopped it (diverged too)
     if trainer.diverged:
         # the worst value of each objective metric, so that Optuna's samplers rank its region
         # last instead of ignoring it (as they would ignore a FAIL)
