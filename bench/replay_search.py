@@ -5,6 +5,13 @@ it spent, relative to the table's oracle front.
 
     python bench/replay_search.py                       # every contender, K = 2 and 8, 10 replays
     python bench/replay_search.py --replays 30 --workers 2 --contenders tpe,tpe+asha
+    python bench/replay_search.py --space my-space.yaml --table my-table.parquet
+
+Any space and its table (``bench/replay_table.py`` of a grid study of it): the settings come from
+the table's columns, matched to a sampled configuration exactly where they are categorical
+(``method``, ``loss``; absent where a condition leaves them out) and by distance on their search
+scale where they are numeric (integers included); a setting the space fixes is matched at its
+fixed value.
 
 Contenders: sharpcal's own studies — the samplers ``random``, ``tpe``, ``nsga2`` and ``gp`` built
 by ``study.storage.records.build_sampler`` from the default space, asked through the space's define-by-run
@@ -101,7 +108,8 @@ class ReplayTable:
         complete = frame.groupby(["config", "seed"])["epoch"].transform("count") == self.epochs
         frame = frame[complete].sort_values(["config", "seed", "epoch"])
         self.seeds = sorted(frame["seed"].unique().tolist())
-        self.settings = frame.groupby("config")[["method", "lr", "rho", "gamma"]].first()
+        self.names = setting_columns(frame)
+        self.settings = frame.groupby("config")[self.names].first()
         self.curves: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         test_metrics = [_test_name(m) for m in self.metrics]
         for (config, seed), rows in frame.groupby(["config", "seed"]):
@@ -113,14 +121,7 @@ class ReplayTable:
         configs = sorted({c for c, _ in self.curves})
         self.settings = self.settings.loc[configs]
         self.full_trial_seconds = float(np.mean([c[0].sum() for c in self.curves.values()]))
-        self._grids = {
-            method: {
-                name: np.sort(rows[name].dropna().unique())
-                for name in ("lr", "rho", "gamma")
-                if rows[name].notna().any()
-            }
-            for method, rows in self.settings.groupby("method")
-        }
+        self.categorical = [n for n in self.names if _is_categorical(n, self.settings[n], space)]
         finals = {
             split: np.array(
                 [
@@ -140,22 +141,32 @@ class ReplayTable:
         self.oracle_configs = [configs[i] for i in nondominated_fronts(finals["val"])[0]]
 
     def snap(self, settings: dict[str, Any]) -> int:
-        """The table's configuration nearest to ``settings``: of its method, the least distant
-        over the settings searched, each on its search scale (log for ``loguniform``) over its
-        grid's span. On a whole grid, each setting at its nearest grid value."""
-        method = settings["method"]
-        if method not in self._grids:
-            raise ValueError(f"the table has no configuration of method {method!r}")
-        rows = self.settings[self.settings["method"] == method]
+        """The table's configuration nearest to ``settings`` (a sampled configuration over the
+        space's fixed settings): of those with its every categorical setting (``method``,
+        ``loss``...; a setting it lacks matches an absent one), the least distant over the
+        numeric settings, each on the scale it is searched on (log for ``loguniform``) over the
+        span of the candidates' values. On a whole grid, each setting at its nearest value."""
+        wanted = {name: settings.get(name, self.space.fixed.get(name)) for name in self.names}
+        rows = self.settings
+        for name in self.categorical:
+            value = wanted[name]
+            rows = rows[rows[name].isna()] if value is None else rows[rows[name] == value]
+        if rows.empty:
+            shown = {n: wanted[n] for n in self.categorical}
+            raise ValueError(f"the table has no configuration with {shown}")
         distance = np.zeros(len(rows))
-        for name, grid in self._grids[method].items():
-            value = settings.get(name, self.space.fixed.get(name))
-            if value is None:
+        for name in (n for n in self.names if n not in self.categorical):
+            column = rows[name].to_numpy(float)
+            value = wanted[name]
+            if value is None or np.isnan(column).all():
+                distance += np.where(np.isnan(column), 0.0, 1.0)  # absent where it is absent
                 continue
-            log = name in self.space.search and self.space.search[name].kind == "loguniform"
-            scale = np.log if log else np.asarray
-            span = float(scale(grid[-1]) - scale(grid[0])) or 1.0
-            distance += ((scale(rows[name].to_numpy(float)) - scale(value)) / span) ** 2
+            search = self.space.search.get(name)
+            scale = np.log if search is not None and search.kind == "loguniform" else np.asarray
+            known = column[~np.isnan(column)]
+            span = float(scale(known.max()) - scale(known.min())) or 1.0
+            gap = ((scale(column) - scale(float(value))) / span) ** 2
+            distance += np.where(np.isnan(column), 1.0, gap)
         return int(rows.index[int(np.argmin(distance))])
 
     def curve(self, config: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -169,6 +180,28 @@ class ReplayTable:
         not complete is not in the table)."""
         seeds = [s for s in self.seeds if (config, s) in self.curves]
         return self.curves[config, int(rng.choice(seeds))]
+
+
+# A table's columns that are not a configuration's settings (bench/replay_table.py)
+NOT_SETTINGS = frozenset(
+    ("config", "trial", "epoch", "seed", "epoch_seconds", "train_seconds", "wall_seconds",
+     "train_loss", "temperature")
+)  # fmt: skip
+
+
+def setting_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns of a replay table that name a configuration's settings, in order."""
+    return [
+        c for c in frame.columns if c not in NOT_SETTINGS and not c.startswith(("val_", "test_"))
+    ]
+
+
+def _is_categorical(name: str, values: pd.Series, space: Space) -> bool:
+    """A setting matched exactly, not by distance: categorical in the space, or not numeric."""
+    search = space.search.get(name)
+    if search is not None:
+        return search.kind == "categorical"
+    return not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)
 
 
 def _test_name(metric: str) -> str:
@@ -581,6 +614,11 @@ def _line(name: str, workers: int, s: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", type=Path, default=TABLE)
+    parser.add_argument(
+        "--space",
+        default="default",
+        help="the space the table was made for: a bundled name or a file",
+    )
     parser.add_argument("--contenders", default=None, help="comma-separated (default: all)")
     parser.add_argument("--workers", default="2,8")
     parser.add_argument("--replays", type=int, default=10)
@@ -598,7 +636,7 @@ def main() -> None:
     import torch  # Optuna's GP runs on it: one thread, so that replays can share the cores
 
     torch.set_num_threads(1)
-    table = ReplayTable(pd.read_parquet(args.table), load_space("default"))
+    table = ReplayTable(pd.read_parquet(args.table), load_space(args.space))
     names = args.contenders.split(",") if args.contenders else list(contenders())
     own = dict(item.split("=") for item in args.replays_for.split(",") if item)
     print(

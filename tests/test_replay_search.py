@@ -135,3 +135,55 @@ def test_a_table_with_a_failed_trial_snaps_to_a_neighbour_and_draws_the_seeds_it
     rng = np.random.default_rng(0)
     drawn = {tuple(table.draw(0, rng)[1][-1]) for _ in range(20)}
     assert drawn == {tuple(table.curve(0, s)[1][-1]) for s in (0, 2)}
+
+
+LOSS_SPACE = """
+fixed: {dataset: digits, model: cnn, epochs: 20, method: sgd}
+search:
+  loss: {categorical: [ce, focal]}
+  lr: {loguniform: [0.01, 0.1]}
+  batch_size: {int: [32, 128]}
+  focal_gamma: {uniform: [1.0, 3.0], when: {loss: [focal]}}
+objective: {type: pareto}
+"""
+
+
+def loss_table(seed: int = 0) -> pd.DataFrame:
+    """Another space's table (issue 36, item 1): a categorical ``loss`` whose ``focal_gamma``
+    exists only with focal, an integer ``batch_size``, the method fixed (not a column)."""
+    frame = made_up_table(seed)
+    frame = frame[frame.method != "sgd"].drop(columns=["method", "rho", "gamma"])
+    codes = frame["config"].to_numpy()
+    frame["loss"] = np.where(codes % 2 == 0, "ce", "focal")
+    frame["focal_gamma"] = np.where(codes % 2 == 0, np.nan, 1.0 + (codes % 3))
+    frame["batch_size"] = 32 * (1 + codes % 4)
+    return frame
+
+
+def test_a_table_of_another_space_snaps_categorical_int_and_conditional_settings(replay, tmp_path):
+    path = tmp_path / "loss.yaml"
+    path.write_text(LOSS_SPACE)
+    table = replay.ReplayTable(loss_table(), load_space(str(path)))
+    assert set(table.names) == {"lr", "loss", "focal_gamma", "batch_size"}
+    assert table.categorical == ["loss"]
+    settings = table.settings
+    ce = table.snap({"loss": "ce", "lr": 0.03, "batch_size": 90})
+    assert settings.loc[ce, "loss"] == "ce" and np.isnan(settings.loc[ce, "focal_gamma"])
+    focal = table.snap({"loss": "focal", "lr": 0.03, "batch_size": 90, "focal_gamma": 2.9})
+    row = settings.loc[focal]
+    assert row["loss"] == "focal"
+    # the nearest of the focal rows on lr (log), batch size and gamma, each over its span
+    candidates = settings[settings["loss"] == "focal"]
+    distance = (
+        ((np.log(candidates.lr) - np.log(0.03)) / np.log(0.15 / 0.03)) ** 2
+        + ((candidates.batch_size - 90) / (candidates.batch_size.max() - 32)) ** 2
+        + ((candidates.focal_gamma - 2.9) / 2.0) ** 2
+    )
+    assert focal == distance.idxmin()
+    with pytest.raises(ValueError, match="no configuration with"):
+        table.snap({"loss": "adafocal", "lr": 0.03, "batch_size": 90})
+    # the replay runs on it through the space's own define-by-run function
+    results = replay.run_benchmark(table, ["random", "tpe"], [2], 2, 10.0)
+    assert set(results["runs"]) == {"random@2", "tpe@2"}
+    for run in results["runs"].values():
+        assert 0 < run["val"]["final"] <= 1.5
