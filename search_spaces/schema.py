@@ -172,7 +172,10 @@ class Asha(BaseModel):
     ``reduction_factor`` configurations, one continues iff its place is within the first
     count / ``reduction_factor``, ordered by non-dominated fronts and, inside a front, by
     ``ranking`` (``eps_net`` or ``crowding``). ``reduction_factor`` is any real number in
-    (1, 1000]."""
+    (1, 1000]. ``agreement`` (a number in [-1, 1)) makes each rung check its assumption: it
+    ranks only on the objectives whose rung values rank the finished configurations as their
+    final values do (the lower bound of Kendall's tau at least ``agreement``) and keeps every
+    configuration while none does; unset, the rule is MO-ASHA's as published."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -180,6 +183,7 @@ class Asha(BaseModel):
     reduction_factor: float = Field(3.0, gt=1.0, le=1000)
     max_t: int | None = Field(None, ge=2, le=100_000)
     ranking: Literal["eps_net", "crowding"] = "eps_net"
+    agreement: float | None = Field(None, ge=-1.0, lt=1.0)
 
 
 class Resources(BaseModel):

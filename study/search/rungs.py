@@ -20,6 +20,14 @@ that records the same values takes the same decisions.
 A configuration repeated over seeds is one entry: its vector at a rung is the mean over the seeds
 recorded there, and the first seed to reach a rung decides for all of them (its later seeds get
 the same decision there: they are stopped together).
+
+A ladder built with ``agreement`` checks its own assumption (issue 36): that an objective's value at
+a rung ranks the entries as their final values do. At each decision it measures, per objective,
+the rank agreement between the rung's and the final values over the entries that have finished
+(Kendall's tau-b, with a one-sided 95% lower bound: Fisher's z of tau with the standard error
+sqrt(0.437 / (n - 4)) of Fieller, Hartley and Pearson 1957), and ranks only on the objectives whose
+bound clears ``agreement``; while none does (fewer than ``MIN_AGREEMENT_PAIRS`` finished entries
+included) the rung keeps every entry.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ RANKINGS: tuple[Ranking, ...] = ("eps_net", "crowding")
 # rung), rewritten at every decision. More than 100 rungs take a factor near 1 (below ~1.11 over
 # the longest run allowed, 100 000 epochs), whose rungs each stop little.
 MAX_RUNGS = 100
+MIN_AGREEMENT_PAIRS = 6  # the bound's standard error needs n > 4; below 6 it is above 0.66
+AGREEMENT_Z = 1.6449  # one-sided 95%
 
 
 def minimised(values: Sequence[float], modes: Sequence[str]) -> list[float]:
@@ -170,6 +180,34 @@ class RungEntry:
 
 
 @dataclass(frozen=True)
+class Agreement:
+    """How well one objective's values at one rung rank the entries as their final values do,
+    over the ``pairs`` finished entries recorded there: Kendall's tau-b, its one-sided 95% lower
+    bound (None: fewer than ``MIN_AGREEMENT_PAIRS``) and whether the rung ranks on it."""
+
+    tau: float | None
+    lower: float | None
+    pairs: int
+    acts: bool
+
+
+def kendall_lower_bound(rung: Sequence[float], final: Sequence[float]) -> tuple[float, float]:
+    """Kendall's tau-b between two rankings and its one-sided 95% lower bound (Fisher's z with
+    Fieller, Hartley and Pearson's standard error); needs at least ``MIN_AGREEMENT_PAIRS`` pairs.
+    A constant side has no ranking: tau 0, bound -1."""
+    from scipy.stats import kendalltau
+
+    n = len(rung)
+    if n < MIN_AGREEMENT_PAIRS or n != len(final):
+        raise ValueError(f"need {MIN_AGREEMENT_PAIRS} or more pairs of equal length (got {n})")
+    tau = float(kendalltau(rung, final).statistic)
+    if not math.isfinite(tau):
+        return 0.0, -1.0
+    z = math.atanh(min(max(tau, -0.999999), 0.999999))
+    return tau, math.tanh(z - AGREEMENT_Z * math.sqrt(0.437 / (n - 4)))
+
+
+@dataclass(frozen=True)
 class Decision:
     """A rung decision: whether the entry stops, at which rung, and its place there."""
 
@@ -190,6 +228,9 @@ class RungLadder:
             continues iff its place is within the first count / eta. At most ``MAX_RUNGS``
             rungs (``rung_milestones``), else ValueError.
         ranking: the order inside a front, ``eps_net`` or ``crowding``.
+        agreement: None (MO-ASHA as published), or the lower bound of the rank agreement an
+            objective needs at a rung to be ranked on there (``agreement_at``); the final values
+            come from ``record_final``.
     """
 
     def __init__(
@@ -199,7 +240,10 @@ class RungLadder:
         grace_period: int = 1,
         reduction_factor: float = 3.0,
         ranking: Ranking = "eps_net",
+        agreement: float | None = None,
     ) -> None:
+        if agreement is not None and not -1.0 <= agreement < 1.0:
+            raise ValueError(f"agreement must be in [-1, 1) (got {agreement})")
         if (
             num_objectives < 1
             or grace_period < 1
@@ -225,6 +269,32 @@ class RungLadder:
                 f"than {MAX_RUNGS} rungs below max_t {max_t}"
             )
         self.rungs: dict[int, dict[str, RungEntry]] = {m: {} for m in self.milestones}
+        self.agreement = agreement
+        self.finals: dict[str, dict[str, list[float]]] = {}  # key -> member -> final vector
+
+    def record_final(self, key: str, values: Sequence[float], member: str | None = None) -> None:
+        """An entry's member finished with ``values`` (minimised): a pair for the agreement."""
+        self.finals.setdefault(key, {})[key if member is None else member] = self._vector(values)
+
+    def agreement_at(self, milestone: int) -> list[Agreement]:
+        """Per objective, the rank agreement at ``milestone`` between the entries' values there
+        and their final ones (each a mean over the members that have both), over the finished
+        entries recorded there; ``acts`` where the lower bound clears ``agreement``."""
+        pairs = []
+        for key, entry in sorted(self.rungs[milestone].items()):
+            members = [m for m in entry.members if m in self.finals.get(key, {})]
+            if members:
+                rung = np.mean([entry.members[m] for m in members], axis=0)
+                pairs.append((rung, np.mean([self.finals[key][m] for m in members], axis=0)))
+        out = []
+        for j in range(self.num_objectives):
+            if len(pairs) < MIN_AGREEMENT_PAIRS:
+                out.append(Agreement(None, None, len(pairs), False))
+                continue
+            tau, lower = kendall_lower_bound([p[0][j] for p in pairs], [p[1][j] for p in pairs])
+            acts = self.agreement is not None and lower >= self.agreement
+            out.append(Agreement(tau, lower, len(pairs), acts))
+        return out
 
     def record(
         self, milestone: int, key: str, member: str, values: Sequence[float], stop: bool
@@ -273,10 +343,18 @@ class RungLadder:
             )
         return vector
 
+    def _objectives(self, milestone: int) -> list[int]:
+        """The objectives ranked on at ``milestone``: all, or those whose agreement acts."""
+        if self.agreement is None:
+            return list(range(self.num_objectives))
+        return [j for j, a in enumerate(self.agreement_at(milestone)) if a.acts]
+
     def _decide(self, milestone: int, key: str) -> Decision:
         entries = self.rungs[milestone]
         numerator, denominator = self._eta
         if len(entries) * denominator < numerator:  # fewer than eta in: none is judged yet
+            return Decision(False, milestone, 0, len(entries))
+        if not self._objectives(milestone):  # no objective ranks as it ends: keep everyone
             return Decision(False, milestone, 0, len(entries))
         return self._place(milestone, key, None)
 
@@ -284,7 +362,8 @@ class RungLadder:
         """``key``'s place in its rung's order; ``stop`` as given, else from that place."""
         entries = self.rungs[milestone]
         keys = sorted(entries)
-        points = np.array([entries[k].mean() for k in keys])
+        columns = self._objectives(milestone) or list(range(self.num_objectives))
+        points = np.array([entries[k].mean()[columns] for k in keys])
         order = mo_order(points, keys, self.ranking)
         position = order.index(keys.index(key)) + 1
         if stop is None:  # beyond the first count / eta places

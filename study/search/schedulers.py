@@ -21,7 +21,7 @@ from search_spaces import SpaceError
 from search_spaces.schema import Space
 from study.search.rungs import MAX_RUNGS, Decision, RungLadder, minimised, rung_milestones
 from study.storage.binding import current
-from study.storage.records import REPEAT_OF_ATTR, RUNGS_ATTR, TRIAL_ID_ATTR
+from study.storage.records import REPEAT_OF_ATTR, RUNGS_ATTR, STATUS_ATTR, TRIAL_ID_ATTR
 from trainables.errors import InputError
 from trainables.layout import is_remote, resolve_fs
 from trainables.parts import Part
@@ -130,10 +130,29 @@ class MOASHAScheduler(_TrialsInPlace, FIFOScheduler):
             else TrialScheduler.CONTINUE
         )
 
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
+        """A trial that ran its last epoch: its final values are a pair of the rungs'
+        agreement (``RungLadder.record_final``). Tune calls this for a trial a rung stopped too,
+        and for a diverged one: neither has final values."""
+        super().on_trial_complete(tune_controller, trial, result)
+        values = [(result or {}).get(metric) for metric, _ in self._objectives]
+        found = self._optuna_trial(trial.trial_id)
+        if found is None or (result or {}).get("diverged") or not all(map(_finite, values)):
+            return
+        ladder = self.ladder()
+        if ladder.stopped_at(found[1]) is not None:
+            return
+        modes = [mode for _, mode in self._objectives]
+        ladder.record_final(found[1], minimised(values, modes), member=trial.trial_id)  # type: ignore[arg-type]
+
     def ladder(self) -> RungLadder:
-        """The rung ladder, rebuilt from the Optuna database on first use."""
+        """The rung ladder, rebuilt from the Optuna database on first use: every rung record,
+        and the final values of every trial that completed (the agreement's pairs)."""
         if self._ladder is None:
+            import optuna
+
             self._ladder = ladder_for(self._space)
+            modes = [mode for _, mode in self._objectives]
             for trial in self._study().get_trials(deepcopy=False):
                 tune_id = trial.user_attrs.get(TRIAL_ID_ATTR)
                 for milestone, rec in (trial.user_attrs.get(RUNGS_ATTR) or {}).items():
@@ -141,6 +160,10 @@ class MOASHAScheduler(_TrialsInPlace, FIFOScheduler):
                         self._ladder.record(
                             int(milestone), rec["key"], tune_id, rec["values"], rec["stop"]
                         )
+                completed = trial.user_attrs.get(STATUS_ATTR) == "completed"
+                if tune_id and completed and trial.state == optuna.trial.TrialState.COMPLETE:
+                    key = str(trial.user_attrs.get(REPEAT_OF_ATTR, trial.number))
+                    self._ladder.record_final(key, minimised(trial.values, modes), member=tune_id)
         return self._ladder
 
     def _study(self) -> optuna.Study:
@@ -175,6 +198,11 @@ class MOASHAScheduler(_TrialsInPlace, FIFOScheduler):
                 "position": decision.position,
                 "count": decision.count,
             }
+            if self.ladder().agreement is not None:  # as measured for this decision
+                rungs[str(decision.milestone)]["agreement"] = [
+                    [a.tau, a.lower, a.pairs, a.acts]
+                    for a in self.ladder().agreement_at(decision.milestone)
+                ]
             storage.set_trial_user_attr(trial_id, RUNGS_ATTR, rungs)
         finally:
             storage.remove_session()
@@ -193,6 +221,7 @@ def ladder_for(space: Space) -> RungLadder:
         grace_period=space.asha.grace_period,
         reduction_factor=space.asha.reduction_factor,
         ranking=space.asha.ranking,
+        agreement=space.asha.agreement,
     )
 
 

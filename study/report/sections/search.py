@@ -92,6 +92,36 @@ def rung_rows(trials: list[FrozenTrial]) -> list[tuple[int, int, int]]:
     return [(m, len(stops), sum(stops)) for m, stops in sorted(rungs.items())]
 
 
+def agreement_rows(trials: list[FrozenTrial], objectives: list[str]) -> list[tuple[Any, ...]]:
+    """Per rung and objective, under ``asha.agreement``: the rank agreement between the rung's
+    and the final values as last measured there (Kendall's tau, its lower bound, the finished
+    configurations it was measured on), whether that decision ranked on the objective, and in
+    how many of the rung's decisions it was ranked on."""
+    last: dict[int, list[Any]] = {}
+    acted: dict[tuple[int, int], int] = {}
+    decisions: dict[int, int] = {}
+    for trial in trials:
+        for milestone, record in (trial.user_attrs.get(RUNGS_ATTR) or {}).items():
+            measured = record.get("agreement")
+            if not measured:
+                continue
+            m = int(milestone)
+            decisions[m] = decisions.get(m, 0) + 1
+            for j, (_, _, _, acts) in enumerate(measured):
+                acted[m, j] = acted.get((m, j), 0) + bool(acts)
+            if m not in last or measured[0][2] >= last[m][0][2]:
+                last[m] = measured
+    rows = []
+    for m in sorted(last):
+        for j, (tau, lower, pairs, acts) in enumerate(last[m]):
+            rows.append((
+                m, objectives[j] if j < len(objectives) else j,
+                "-" if tau is None else f"{tau:.2f}", "-" if lower is None else f"{lower:.2f}",
+                pairs, "yes" if acts else "no", f"{acted.get((m, j), 0)} of {decisions[m]}",
+            ))  # fmt: skip
+    return rows
+
+
 def _draw(steps: list[SearchStep], epochs_total: int, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
     values = [s.hypervolume for s in steps]
@@ -166,4 +196,29 @@ def search_section(view: StudyView) -> Section:
             "finished trial to its last epoch."
         )
         record.update(rungs=rows, epochs_saved=saved, epochs_full=len(finished) * epochs_total)
+        if space.asha.agreement is not None:
+            agreed = agreement_rows(trials, list(space.objective.optuna_metrics))
+            parts.append(
+                f"Each rung ranks only on the objectives whose values there rank the finished "
+                f"configurations as their final values do (lower bound of Kendall's tau at least "
+                f"{space.asha.agreement:g}), and keeps every configuration while none does. "
+                "The agreement as last measured at each rung:"
+            )
+            parts.append(
+                markdown_table(
+                    [
+                        "rung (epoch)",
+                        "objective",
+                        "tau",
+                        "lower bound",
+                        "finished",
+                        "ranked on",
+                        "decisions ranked on it",
+                    ],
+                    agreed,
+                )  # fmt: skip
+                if agreed
+                else "No rung has decided yet."
+            )
+            record.update(agreement=agreed)
     return Section("\n\n".join(parts), figures, {"search": record})
