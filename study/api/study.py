@@ -390,9 +390,17 @@ class Study:
         """Tune's restored Tuner. Tune writes ``tuner.pkl`` in place, when a Tuner is made (the
         study's start, a top-up): a driver killed then leaves it cut short beside an experiment
         state, and it is written again from the study's space (the trials, the searcher's and
-        the scheduler's states come from their own files)."""
+        the scheduler's states come from their own files). A state file cut short the same way
+        is set aside first (``set_aside_cut_tune_state``)."""
         from study.runtime.tuner import restore_tuner
+        from study.storage.files import CUT_SUFFIX, set_aside_cut_tune_state
 
+        cut = set_aside_cut_tune_state(self.paths)
+        if cut:
+            warn(
+                f"Tune's {', '.join(cut)} in {self.paths.tune} cut short (a driver killed while "
+                f"Tune copied it): set aside as {CUT_SUFFIX}; the restore reads the newest whole one"
+            )
         try:
             return restore_tuner(self.space, self.name, self.paths)
         except (EOFError, pickle.UnpicklingError):

@@ -355,6 +355,55 @@ def tune_trial_states(paths: StudyPaths) -> dict[str, str]:
         return {}
 
 
+# Each kind of Tune state file a restore loads (the newest by name: the names carry a timestamp)
+# and how it is read
+TUNE_STATE_KINDS = (
+    (EXPERIMENT_STATE_PREFIX, ".json", "json"),
+    ("search_gen_state-", ".json", "pickle"),
+    ("searcher-state-", ".pkl", "any"),  # the searcher's own format: sharpcal's writes JSON
+)
+CUT_SUFFIX = ".cut"
+
+
+def _whole(data: bytes, kind: str) -> bool:
+    """Whether a Tune state file's bytes read back as ``kind``: ``json``, ``pickle`` (Tune's
+    cloudpickle) or ``any`` of the two."""
+    import pickle
+
+    from ray import cloudpickle
+
+    readers = {"json": [json.loads], "pickle": [cloudpickle.loads]}
+    for read in readers.get(kind, readers["json"] + readers["pickle"]):
+        try:
+            read(data)
+        except (EOFError, pickle.UnpicklingError, ValueError, AttributeError, ImportError):
+            continue
+        return bool(data)
+    return False
+
+
+def set_aside_cut_tune_state(paths: StudyPaths) -> list[str]:
+    """Tune copies its state files into the study's ``tune/`` from a staging directory, not
+    atomically: a driver killed during a copy leaves the newest of a kind cut short, and Tune's
+    restore, which reads only the newest, failed on it and went on with an empty experiment that
+    never ended. Each newest file that does not read back is renamed with ``CUT_SUFFIX`` (kept,
+    no longer matched), until the newest of its kind is whole; returns the names set aside."""
+    from trainables.layout import resolve_fs
+
+    names = _tune_dir_names(paths)
+    fs, root = resolve_fs(paths.tune)
+    cut = []
+    for prefix, suffix, kind in TUNE_STATE_KINDS:
+        for name in sorted((n for n in names if n.startswith(prefix) and n.endswith(suffix)),
+                           reverse=True):  # fmt: skip
+            with fs.open_input_stream(f"{root}/{name}") as src:
+                if _whole(src.read(), kind):
+                    break
+            fs.move(f"{root}/{name}", f"{root}/{name}{CUT_SUFFIX}")
+            cut.append(name)
+    return cut
+
+
 def has_unstarted_tune_dir(paths: StudyPaths) -> bool:
     """Whether ``tune/`` holds anything although Tune recorded no experiment state (a start
     killed before Tune's first snapshot)."""
