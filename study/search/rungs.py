@@ -215,6 +215,7 @@ class Decision:
     milestone: int
     position: int  # 1-based, in the rung's order
     count: int  # entries at the rung then
+    agreement: tuple[Agreement, ...] = ()  # as measured for it (a ladder with ``agreement``)
 
 
 class RungLadder:
@@ -343,30 +344,43 @@ class RungLadder:
             )
         return vector
 
-    def _objectives(self, milestone: int) -> list[int]:
-        """The objectives ranked on at ``milestone``: all, or those whose agreement acts."""
+    def _measure(self, milestone: int) -> tuple[tuple[Agreement, ...], list[int]]:
+        """The agreement at ``milestone`` (none without ``agreement``) and the objectives ranked
+        on there: all, or those whose agreement acts."""
         if self.agreement is None:
-            return list(range(self.num_objectives))
-        return [j for j, a in enumerate(self.agreement_at(milestone)) if a.acts]
+            return (), list(range(self.num_objectives))
+        measured = tuple(self.agreement_at(milestone))
+        return measured, [j for j, a in enumerate(measured) if a.acts]
 
     def _decide(self, milestone: int, key: str) -> Decision:
         entries = self.rungs[milestone]
+        measured, columns = self._measure(milestone)
         numerator, denominator = self._eta
         if len(entries) * denominator < numerator:  # fewer than eta in: none is judged yet
-            return Decision(False, milestone, 0, len(entries))
-        if not self._objectives(milestone):  # no objective ranks as it ends: keep everyone
-            return Decision(False, milestone, 0, len(entries))
-        return self._place(milestone, key, None)
+            return Decision(False, milestone, 0, len(entries), measured)
+        if not columns:  # no objective ranks as it ends: keep everyone
+            return Decision(False, milestone, 0, len(entries), measured)
+        return self._place(milestone, key, None, measured, columns)
 
-    def _place(self, milestone: int, key: str, stop: bool | None) -> Decision:
-        """``key``'s place in its rung's order; ``stop`` as given, else from that place."""
+    def _place(
+        self,
+        milestone: int,
+        key: str,
+        stop: bool | None,
+        measured: tuple[Agreement, ...] | None = None,
+        columns: list[int] | None = None,
+    ) -> Decision:
+        """``key``'s place in its rung's order over the objectives ``columns`` (all, when none
+        acts; measured here when not given); ``stop`` as given, else from that place."""
+        if measured is None or columns is None:
+            measured, columns = self._measure(milestone)
         entries = self.rungs[milestone]
         keys = sorted(entries)
-        columns = self._objectives(milestone) or list(range(self.num_objectives))
+        columns = columns or list(range(self.num_objectives))
         points = np.array([entries[k].mean()[columns] for k in keys])
         order = mo_order(points, keys, self.ranking)
         position = order.index(keys.index(key)) + 1
         if stop is None:  # beyond the first count / eta places
             numerator, denominator = self._eta
             stop = position * numerator > len(keys) * denominator
-        return Decision(stop, milestone, position, len(keys))
+        return Decision(stop, milestone, position, len(keys), measured)

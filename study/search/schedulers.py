@@ -198,10 +198,9 @@ class MOASHAScheduler(_TrialsInPlace, FIFOScheduler):
                 "position": decision.position,
                 "count": decision.count,
             }
-            if self.ladder().agreement is not None:  # as measured for this decision
+            if decision.agreement:  # as measured for this decision
                 rungs[str(decision.milestone)]["agreement"] = [
-                    [a.tau, a.lower, a.pairs, a.acts]
-                    for a in self.ladder().agreement_at(decision.milestone)
+                    [a.tau, a.lower, a.pairs, a.acts] for a in decision.agreement
                 ]
             storage.set_trial_user_attr(trial_id, RUNGS_ATTR, rungs)
         finally:

@@ -378,7 +378,7 @@ def _whole(data: bytes, kind: str) -> bool:
             read(data)
         except (EOFError, pickle.UnpicklingError, ValueError, AttributeError, ImportError):
             continue
-        return bool(data)
+        return True
     return False
 
 
