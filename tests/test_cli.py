@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,19 +21,33 @@ DIGITS = ["--set", "dataset=digits", "--set", "train_subset=null", "--set", "dev
 
 
 def run_study(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    """``study ARGS`` in a subprocess (in ``cwd``, with ``env``), its output captured."""
+    """``study ARGS`` in a subprocess (in ``cwd``, with ``env``), its output captured. One
+    still running after ``timeout`` seconds fails the test with every thread's stack (``study``
+    prints them on SIGUSR2)."""
     if os.environ.get(FAST_TIER_ENV):
         pytest.fail("this test runs `study` in a subprocess: mark it slow")
-    return subprocess.run(
+    with subprocess.Popen(
         [sys.executable, "-m", "study", *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
         cwd=cwd,
         env=env,
-    )
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR2)
+            time.sleep(5)
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(
+                f"`study {' '.join(args)}` still running after {timeout} s; its output, then "
+                f"its threads' stacks:\n{out[-3000:]}\n{err[-12000:]}"
+            )
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def study_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -74,6 +90,24 @@ def test_study_train_prints_epoch_table_and_test_line(tmp_path):
         "ece_ts",
     ):
         assert f" {word} " in test_line
+
+
+@pytest.mark.slow  # a `study` subprocess
+def test_sigusr2_prints_every_threads_stack_and_the_command_goes_on(tmp_path):
+    """`kill -USR2` on a `study` that seems stuck prints where each thread is, on stderr, and
+    the command carries on (here: to its normal end)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "study", "train", *DIGITS, "--set", "epochs=4"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    while "epoch" not in proc.stdout.readline():  # the table's header: training has begun
+        assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGUSR2)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "Current thread" in err and 'File "' in err, err[-3000:]
+    assert "\ntest:" in out  # the run's test line: it went on to its end
 
 
 @pytest.mark.slow  # a `study` subprocess

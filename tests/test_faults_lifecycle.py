@@ -111,6 +111,11 @@ def _release_all(hold_dir: Path) -> None:
         (hold_dir / held.name.replace("held-", "release-")).touch()
 
 
+def _checkpoints(root: Path) -> set[Path]:
+    """The Tune checkpoints under a study's ``root``."""
+    return {p.relative_to(root) for p in (root / "tune").glob("trial_*/checkpoint_*")}
+
+
 def _file_appeared(root: Path, pattern: str) -> Callable[[], bool]:
     return lambda: any(root.glob(pattern))
 
@@ -354,11 +359,19 @@ def test_a_disk_that_fills_during_training_stops_the_driver_in_one_line_and_resu
     assert len(lines) <= 2, err[-3000:]  # the stop, and at most the driver.log warning
 
     (mount_dir / "filler").unlink()
+    # the full disk can cut Tune's only experiment state short as Tune copies it (it did, in
+    # CI): made certain here; the study goes on with a new Tuner, its finished trial kept
+    (state,) = (mount_dir / "studies" / NAME / "tune").glob("experiment_state-*.json")
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    finished_before = _checkpoints(mount_dir / "studies" / NAME)
     proc = subprocess.run(
         [sys.executable, "-m", "study", "resume", NAME, "--storage", storage],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (warned,) = [line for line in proc.stderr.splitlines() if "cut short" in line]
+    assert state.name in warned and "no whole experiment state is left" in warned, warned
+    assert finished_before and finished_before <= _checkpoints(mount_dir / "studies" / NAME)
     study = optuna.load_study(
         study_name=NAME, storage=f"sqlite:///{mount_dir}/studies/{NAME}/optuna.db"
     )

@@ -1,10 +1,15 @@
 """Issue 36, item 2: a rung that checks its own assumption — the rank agreement between an
 objective's value at a rung and its final value, measured over finished entries, on hand-made
-curves where that agreement is known (``study.search.rungs``, no Ray)."""
+curves where that agreement is known (``study.search.rungs``, no Ray), and in a real study
+killed mid-rung and resumed."""
 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +20,6 @@ from study.search.rungs import (
     RungLadder,
     kendall_lower_bound,
 )
-from tests.test_study import api_study  # noqa: F401  (a fixture)
 
 
 def test_the_agreement_bound_is_fishers_z_of_tau_and_orders_rankings():
@@ -102,20 +106,28 @@ def test_an_agreement_outside_its_range_is_refused():
         RungLadder(2, max_t=9, agreement=1.0)
 
 
-@pytest.mark.slow  # a Ray study
-def test_a_study_measures_the_agreement_at_each_rung_acts_once_it_can_and_reports_it(
-    request, tmp_path
-):
-    """A real study (concurrency 1, so trial n sees the n trials before it finished): each rung
-    decision stores the agreement measured then; the first ``MIN_AGREEMENT_PAIRS`` trials are
-    never ranked (nothing to measure yet), the later ones are, on the objectives that cleared
-    the bound (``agreement: -1`` lets every measured one); the report shows the agreement per
-    rung and objective; a scheduler rebuilt from the database has the same pairs."""
-    from study.search.schedulers import MOASHAScheduler
-    from study.storage.records import RUNGS_ATTR, STATUS_ATTR
+@pytest.mark.slow  # a Ray study, killed and resumed
+def test_a_study_killed_mid_rung_resumes_measuring_the_agreement_as_it_would_have(tmp_path):
+    """A real study (concurrency 1, so trial n sees the n trials before it finished), SIGKILLed
+    with its 6th trial held after its rung-1 decision was stored, then resumed: each rung
+    decision, before the kill and after, stores the agreement measured over every trial finished
+    before it (the finals rebuilt from the database, not counted from none again); the first
+    ``MIN_AGREEMENT_PAIRS`` trials are never ranked, the later ones are (``agreement: -1`` lets
+    every measured objective); the decisions taken before the kill stand; the report shows the
+    agreement per rung and objective; a scheduler rebuilt from the database has the same pairs."""
+    import optuna
 
-    study = request.getfixturevalue("api_study")(
-        "agree",
+    from study.search.schedulers import MOASHAScheduler
+    from study.storage.files import load_study_space
+    from study.storage.records import ORPHAN_ATTR, RUNGS_ATTR, STATUS_ATTR, TRIAL_ID_ATTR
+    from tests.test_cli import run_study
+    from tests.test_study import held_trial, hold_env, wait_until, write_space
+    from trainables.layout import study_paths
+
+    # the last trial kept whatever its rank (one final short): later ones may stop at the rung
+    name, held_nth = "agree", MIN_AGREEMENT_PAIRS
+    space = write_space(
+        tmp_path,
         fixed={"epochs": 3, "method": "sgd"},
         search={"lr": {"loguniform": [0.01, 0.3]}},
         samples=8,
@@ -124,9 +136,46 @@ def test_a_study_measures_the_agreement_at_each_rung_acts_once_it_can_and_report
         scheduler="asha",
         asha={"grace_period": 1, "reduction_factor": 2, "agreement": -1.0},
     )
-    summary = study.run()
-    assert (summary.trials, summary.errors) == (8, 0)
-    trials = sorted(study.optuna().get_trials(deepcopy=False), key=lambda t: t.number)
+    url = f"sqlite:///{tmp_path / 'studies' / name / 'optuna.db'}"
+
+    def decided(trial_id: str) -> bool:
+        if not (tmp_path / "studies" / name / "optuna.db").exists():
+            return False
+        found = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+        return any(
+            t.user_attrs.get(TRIAL_ID_ATTR) == trial_id and "1" in t.user_attrs.get(RUNGS_ATTR, {})
+            for t in found
+        )
+
+    hold_dir = tmp_path / "hold"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "study", "run", str(space), "--name", name, "--storage",
+         "studies"], cwd=tmp_path, env=hold_env(hold_dir, 1, held_nth), start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_until(lambda: held_trial(hold_dir) is not None, driver, "a trial was held")
+    held = held_trial(hold_dir)["trial_id"]
+    wait_until(lambda: decided(held), driver, "the held trial's rung decision was stored")
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, as a reboot would
+    driver.communicate(timeout=120)
+    before = {
+        t.user_attrs[TRIAL_ID_ATTR]: t.user_attrs[RUNGS_ATTR]
+        for t in optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+        if RUNGS_ATTR in t.user_attrs
+    }
+    assert len(before) == held_nth
+
+    proc = run_study("resume", name, "--storage", "studies", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trials = sorted(
+        (t for t in optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+         if not t.user_attrs.get(ORPHAN_ATTR)),
+        key=lambda t: t.number,
+    )  # fmt: skip
+    assert len(trials) == 8 and all(t.state.is_finished() for t in trials)
+    for tune_id, rungs in before.items():  # what was decided before the kill stands
+        (after,) = [t for t in trials if t.user_attrs[TRIAL_ID_ATTR] == tune_id]
+        assert after.user_attrs[RUNGS_ATTR]["1"] == rungs["1"]
     completed_before = 0
     for trial in trials:
         first = trial.user_attrs[RUNGS_ATTR]["1"]
@@ -139,11 +188,13 @@ def test_a_study_measures_the_agreement_at_each_rung_acts_once_it_can_and_report
             assert all(-1 <= m[0] <= 1 and m[1] < m[0] and m[3] for m in measured), measured
             assert first["position"] >= 1  # ranked
         completed_before += trial.user_attrs[STATUS_ATTR] == "completed"
-    assert any(t.user_attrs[RUNGS_ATTR]["1"]["position"] >= 1 for t in trials)
-    report = (study.paths.root / "report" / "report.md").read_text()
+    assert trials[-1].user_attrs[RUNGS_ATTR]["1"]["position"] >= 1  # decided after the resume
+    root = tmp_path / "studies" / name
+    report = (root / "report" / "report.md").read_text()
     assert "The agreement as last measured at each rung" in report
     assert "| 1 | val_accuracy |" in report and "| 1 | val_ece |" in report
-    rebuilt = MOASHAScheduler(study.space, f"sqlite:///{study.paths.optuna_db}", "agree").ladder()
+    paths = study_paths(name, str(tmp_path / "studies"))
+    rebuilt = MOASHAScheduler(load_study_space(paths, name), url, name).ladder()
     finished = {str(t.number) for t in trials if t.user_attrs[STATUS_ATTR] == "completed"}
     assert set(rebuilt.finals) == finished
     assert {a.pairs for a in rebuilt.agreement_at(1)} == {len(finished)}

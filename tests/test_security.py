@@ -357,3 +357,36 @@ def test_an_address_where_no_cluster_answers_is_one_line_before_anything(
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "no-ray"))  # no cluster recorded here
     line = refused(capsys, tmp_path, "run", str(space), "--address", "auto")
     assert "no running Ray cluster" in line and "ray start --head" in line
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [({}, "telemetry off, usage stats off"),
+     ({"MLFLOW_DISABLE_TELEMETRY": "false", "RAY_USAGE_STATS_ENABLED": "1"},
+      "telemetry on, usage stats on")],
+    ids=["default", "asked-for"],
+)  # fmt: skip
+def test_mlflow_telemetry_and_ray_usage_reports_are_off_unless_the_user_turns_them_on(
+    preset, expected
+):
+    """Nothing of a study leaves the machine unless asked: importing sharpcal turns MLflow's
+    telemetry and Ray's usage reports off, as the libraries themselves read it (a clean
+    environment: MLflow also turns its telemetry off under pytest or CI variables); a user's own
+    setting wins."""
+    import sys
+
+    code = (
+        "import study, mlflow\n"
+        "from mlflow.telemetry.utils import is_telemetry_disabled\n"
+        "from ray._common.usage.usage_lib import usage_stats_enabled\n"
+        "print('telemetry', 'off' if is_telemetry_disabled() else 'on', end=', ')\n"
+        "print('usage stats', 'on' if usage_stats_enabled() else 'off')\n"
+    )
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **preset}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == expected

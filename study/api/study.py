@@ -301,9 +301,7 @@ class Study:
     def _start(self, address: str | None, verbose: bool, restart: bool) -> RunSummary:
         """Run the study from the Optuna database with a new Tuner. ``restart``: a start that
         ended before Tune recorded anything (``resume()``): its leftovers are cleared first."""
-        from study.search.searcher import create_optuna_db
         from study.storage.files import has_tune_state
-        from study.storage.records import finished_count
 
         with self._driving(address):
             if has_tune_state(self.paths):
@@ -311,13 +309,20 @@ class Study:
                     f"study {self.name!r} has already started its trials; continue it with "
                     f"'study resume {self.name}'"
                 )
-            remaining = self.space.trials
-            if restart:
-                self._clear_unstarted()
-                if self._asked_any():
-                    remaining -= finished_count(self.optuna())
-            create_optuna_db(self.space, self.name, self.paths.optuna_db, self.paths.optuna_url)
-            return self._fit(lambda: self._fresh_tuner(remaining), verbose)
+            return self._start_driven(verbose, restart)
+
+    def _start_driven(self, verbose: bool, restart: bool) -> RunSummary:
+        """``_start`` under the driver lock."""
+        from study.search.searcher import create_optuna_db
+        from study.storage.records import finished_count
+
+        remaining = self.space.trials
+        if restart:
+            self._clear_unstarted()
+            if self._asked_any():
+                remaining -= finished_count(self.optuna())
+        create_optuna_db(self.space, self.name, self.paths.optuna_db, self.paths.optuna_url)
+        return self._fit(lambda: self._fresh_tuner(remaining), verbose)
 
     def _fresh_tuner(self, trials: int) -> Any:
         """A new Tuner running ``trials`` more trials of the study, with its callbacks (trial
@@ -384,23 +389,40 @@ class Study:
         with user_errors():
             check_in_place(self.space, self.name, self.paths)
         with self._driving(address):
+            if not self._set_aside_cut_tune_state():
+                return self._start_driven(verbose, restart=True)
             return self._fit(self._restored_tuner, verbose)
+
+    def _set_aside_cut_tune_state(self) -> bool:
+        """Set aside Tune's state files that a killed driver or a full disk cut short
+        (``set_aside_cut_tune_state``), saying so; returns whether a whole experiment state is
+        left to restore. None left (the study's only one was cut): the study goes on from its
+        Optuna database with a new Tuner, its finished trials and their checkpoints kept."""
+        from study.storage.files import CUT_SUFFIX, has_tune_state, set_aside_cut_tune_state
+
+        cut = set_aside_cut_tune_state(self.paths)
+        restorable = has_tune_state(self.paths)
+        if cut:
+            then = (
+                "the restore reads the newest whole one"
+                if restorable
+                else "no whole experiment state is left, so the study goes on from its Optuna "
+                "database with a new Tuner (finished trials kept, unfinished ones start again)"
+            )
+            warn(
+                f"Tune's {', '.join(cut)} in {self.paths.tune} cut short (a driver killed or a "
+                f"disk full while Tune copied it): set aside as {CUT_SUFFIX}; {then}"
+            )
+        return restorable
 
     def _restored_tuner(self) -> Any:
         """Tune's restored Tuner. Tune writes ``tuner.pkl`` in place, when a Tuner is made (the
         study's start, a top-up): a driver killed then leaves it cut short beside an experiment
         state, and it is written again from the study's space (the trials, the searcher's and
         the scheduler's states come from their own files). A state file cut short the same way
-        is set aside first (``set_aside_cut_tune_state``)."""
+        is set aside before (``_set_aside_cut_tune_state``)."""
         from study.runtime.tuner import restore_tuner
-        from study.storage.files import CUT_SUFFIX, set_aside_cut_tune_state
 
-        cut = set_aside_cut_tune_state(self.paths)
-        if cut:
-            warn(
-                f"Tune's {', '.join(cut)} in {self.paths.tune} cut short (a driver killed while "
-                f"Tune copied it): set aside as {CUT_SUFFIX}; the restore reads the newest whole one"
-            )
         try:
             return restore_tuner(self.space, self.name, self.paths)
         except (EOFError, pickle.UnpicklingError):

@@ -405,9 +405,11 @@ def set_aside_cut_tune_state(paths: StudyPaths) -> list[str]:
 
 
 def has_unstarted_tune_dir(paths: StudyPaths) -> bool:
-    """Whether ``tune/`` holds anything although Tune recorded no experiment state (a start
-    killed before Tune's first snapshot)."""
-    return bool(_tune_dir_names(paths)) and not has_tune_state(paths)
+    """Whether ``tune/`` holds anything although Tune never recorded an experiment state,
+    whole or set aside as cut (a start killed before Tune's first snapshot): a ``tune/`` with
+    one holds the checkpoints of finished trials."""
+    names = _tune_dir_names(paths)
+    return bool(names) and not any(n.startswith(EXPERIMENT_STATE_PREFIX) for n in names)
 
 
 def discard_unstarted_tune_dir(paths: StudyPaths) -> None:

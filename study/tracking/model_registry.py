@@ -150,18 +150,16 @@ def _tracking(tracking_uri: str) -> Iterator[None]:
 
 
 def _warm_model_logging() -> None:
-    """What logging the first model pays once per process: MLflow's model modules, its map of
-    installed packages (read to check a model's requirements), and ``torch.export``'s first
-    export (its tracing machinery is imported then). A failure costs nothing but the time."""
+    """What logging the first model pays once per process in pure Python: MLflow's model modules
+    and its map of installed packages (read to check a model's requirements). ``torch.export``'s
+    first export is left to the caller's own thread: its thread safety is not documented. A
+    failure costs nothing but the time."""
     with contextlib.suppress(Exception):
         import mlflow.pyfunc  # noqa: F401
         import mlflow.pytorch  # noqa: F401
         from mlflow.utils import requirements_utils
 
         requirements_utils._init_modules_to_packages_map()  # private: may go, then skipped
-        batch = torch.export.Dim("batch", min=2)
-        with torch.no_grad():
-            torch.export.export(nn.Linear(2, 2), (torch.zeros(3, 2),), dynamic_shapes=({0: batch},))
 
 
 WARM_UP_TIMEOUT_S = 120.0
@@ -169,7 +167,7 @@ WARM_UP_TIMEOUT_S = 120.0
 
 @contextmanager
 def model_logging_warmed(enabled: bool = True) -> Iterator[None]:
-    """Inside the block, a daemon thread pays ``_warm_model_logging``'s costs (about 8 s on 2
+    """Inside the block, a daemon thread pays ``_warm_model_logging``'s costs (seconds on 2
     cores) while the caller waits on something else (its trials). A block that ends normally
     waits for the thread, so that no export runs beside the caller's own; one that raises (an
     interrupt) does not wait."""
