@@ -156,6 +156,14 @@ def test_a_study_killed_mid_rung_resumes_measuring_the_agreement_as_it_would_hav
     wait_until(lambda: held_trial(hold_dir) is not None, driver, "a trial was held")
     held = held_trial(hold_dir)["trial_id"]
     wait_until(lambda: decided(held), driver, "the held trial's rung decision was stored")
+    # and Tune's snapshot names it (taken every few seconds): killed before, the trial is one
+    # Tune never knew, failed as an orphan on resume (tested in test_faults_lifecycle)
+    tune = tmp_path / "studies" / name / "tune"
+    wait_until(
+        lambda: any(held in p.read_text() for p in tune.glob("experiment_state-*.json")),
+        driver,
+        "Tune's experiment state named the held trial",
+    )
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, as a reboot would
     driver.communicate(timeout=120)
     before = {
