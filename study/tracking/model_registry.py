@@ -169,8 +169,8 @@ WARM_UP_TIMEOUT_S = 120.0
 def model_logging_warmed(enabled: bool = True) -> Iterator[None]:
     """Inside the block, a daemon thread pays ``_warm_model_logging``'s costs (seconds on 2
     cores) while the caller waits on something else (its trials). A block that ends normally
-    waits for the thread, so that no export runs beside the caller's own; one that raises (an
-    interrupt) does not wait."""
+    waits for the thread, so that the caller's own model logging does not import beside it; one
+    that raises (an interrupt) does not wait."""
     if not enabled:
         yield
         return
