@@ -66,6 +66,7 @@ from study.analysis.hypervolume import hypervolume
 from study.search.rungs import minimised, nondominated_fronts
 from study.search.sampler import SpaceSampler, build_sampler
 from study.search.schedulers import ladder_for
+from trainables.trial.late import first_late_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "bench" / "tables" / "default.parquet"
@@ -319,6 +320,54 @@ def hypervolume_curve(
     return curve
 
 
+def with_late(reports: list[Report], epochs: int, fraction: float) -> list[Report]:
+    """``reports`` as a study with late checkpoints (``late_checkpoints: fraction``) ends them:
+    each completed trial's last epoch replaced, as what it adds to the front, by the epochs of its
+    own val front in its last ``fraction`` of epochs (``trainables.trial.late``), each with its
+    own test values, at the compute of the trial's last epoch. Stopped trials end as before."""
+    first = first_late_epoch(epochs, fraction)
+    by_trial: dict[int, list[Report]] = {}
+    for r in reports:
+        by_trial.setdefault(r.trial, []).append(r)
+    out = []
+    for r in reports:
+        if not (r.ended and r.epoch == epochs):
+            out.append(r)
+            continue
+        window = [w for w in by_trial[r.trial] if w.epoch >= first]
+        kept = nondominated_fronts(np.array([w.val for w in window]))[0]
+        out.append(Report(**{**r.__dict__, "ended": False}))
+        for i in kept:
+            out.append(Report(**{**window[i].__dict__, "ended": True, "compute": r.compute}))
+    return out
+
+
+def paired_gain(
+    base: list[dict[str, np.ndarray]], late: list[dict[str, np.ndarray]]
+) -> dict[str, Any]:
+    """Late checkpoints against none on the same replays: the paired difference of the area under
+    the curve (mean, 95% t half-width) and the mean over budgets of the ratio of the mean
+    hypervolumes (budgets where both found something), on val and test."""
+    out: dict[str, Any] = {}
+    for split in ("val", "test"):
+        diffs = np.array([lc[split].mean() - bc[split].mean() for bc, lc in zip(base, late)])
+        half = (
+            stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs))
+            if len(diffs) > 1
+            else 0.0
+        )
+        b = np.mean([c[split] for c in base], axis=0)
+        lm = np.mean([c[split] for c in late], axis=0)
+        found = b > 0
+        out[split] = {
+            "auc_diff": float(diffs.mean()),
+            "half_width": float(half),
+            "ratio": float(np.mean(lm[found] / b[found])) if found.any() else None,
+            "ratio_at_max": float(lm[-1] / b[-1]) if b[-1] > 0 else None,
+        }
+    return out
+
+
 Replayer = Callable[[ReplayTable, int, float, int], list[Report]]
 
 
@@ -417,10 +466,13 @@ def run_benchmark(
     step: float = 0.5,
     replays_for: dict[str, int] | None = None,
     out: Path | None = None,
+    late: float = 0.0,
 ) -> dict[str, Any]:
     """Every contender named, for each worker count, ``replays`` times (``replays_for`` a
     contender's own count; replay i seeded i). With ``out``, the results are written after each
-    contender, and contenders already in an ``out`` made with the same table are not rerun."""
+    contender, and contenders already in an ``out`` made with the same table are not rerun.
+    With ``late`` (a fraction), each contender's replays are also scored with late checkpoints
+    (``with_late``) as ``NAME+late``, with the paired gain over the same replays."""
     available = contenders()
     available.update({n: v for n in names if n not in available and (v := _variant(n))})
     unknown = [n for n in names if n not in available]
@@ -444,11 +496,14 @@ def run_benchmark(
             print(_line(name, k, results["runs"][f"{name}@{k}"]) + "  (earlier run)")
             continue
         started = time.perf_counter()
-        curves, trials = [], []
+        curves, late_curves, trials = [], [], []
         for seed in range((replays_for or {}).get(name, replays)):
             reports = available[name](table, k, stop_at, seed)
             trials.append(len({r.trial for r in reports if r.ended}))
             curves.append(hypervolume_curve(reports, table, budgets))
+            if late:
+                late_reports = with_late(reports, table.epochs, late)
+                late_curves.append(hypervolume_curve(late_reports, table, budgets))
         summary = summarise(curves, budgets)
         summary.update(
             replays=len(curves), trials_ended=float(np.mean(trials)),
@@ -456,6 +511,15 @@ def run_benchmark(
         )  # fmt: skip
         results["runs"][f"{name}@{k}"] = summary
         print(_line(name, k, summary), flush=True)
+        if late:
+            with_checkpoints = summarise(late_curves, budgets)
+            with_checkpoints.update(
+                replays=len(late_curves), trials_ended=summary["trials_ended"], seconds=0.0,
+                late=late, paired=paired_gain(curves, late_curves),
+            )  # fmt: skip
+            results["runs"][f"{name}+late@{k}"] = with_checkpoints
+            print(_line(f"{name}+late", k, with_checkpoints), flush=True)
+            print(_paired_line(with_checkpoints["paired"]), flush=True)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results))
@@ -596,6 +660,19 @@ def goal_lines(
     return lines
 
 
+def _paired_line(paired: dict[str, Any]) -> str:
+    """The paired gain of late checkpoints, one line."""
+    parts = []
+    for split in ("val", "test"):
+        p = paired[split]
+        ratio = "n/a" if p["ratio"] is None else f"{p['ratio']:.3f}"
+        parts.append(
+            f"{split}: ΔAUC {p['auc_diff']:+.4f} ± {p['half_width']:.4f}, HV ratio {ratio} "
+            f"(at max {p['ratio_at_max']:.3f})"
+        )
+    return f"{'late vs none, paired':>24}  " + "  ".join(parts)
+
+
 def _line(name: str, workers: int, s: dict[str, Any]) -> str:
     def budget(value: float | None) -> str:
         return f"{value:6.1f}" if value is not None else "  >max"
@@ -629,6 +706,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "replay_search.json")
     parser.add_argument("--figure", type=Path, default=None, help="write the curves here (PNG)")
     parser.add_argument(
+        "--late", type=float, default=0.0,
+        help="also score every contender with late checkpoints over this last fraction of epochs",
+    )  # fmt: skip
+    parser.add_argument(
         "--merge", type=Path, nargs="*", default=[],
         help="fold in the runs of these result files (other processes' contenders, same table)",
     )  # fmt: skip
@@ -649,7 +730,7 @@ def main() -> None:
     workers = [int(k) for k in args.workers.split(",")]
     results = run_benchmark(
         table, names, workers, args.replays, args.budget,
-        replays_for={k: int(v) for k, v in own.items()}, out=args.out,
+        replays_for={k: int(v) for k, v in own.items()}, out=args.out, late=args.late,
     )  # fmt: skip
     for path in args.merge:
         other = json.loads(path.read_text())

@@ -235,9 +235,29 @@ class Space(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     max_failures: int = Field(1, ge=0, le=100)
     evidence: Literal["last", "every"] = "last"
+    # Late checkpoints (``trainables.trial.late``): the last fraction of each trial's epochs whose
+    # own val front is kept, checkpoints and evidence, the front being over (trial, epoch) pairs
+    late_checkpoints: float | Literal["off"] = "off"
     # A user's own parts (``trainables.plugins``): module names, and ``.py`` files stored as
     # absolute paths (a space file's relative ones are resolved against its directory).
     plugins: list[str] = Field(default_factory=list)
+
+    @field_validator("late_checkpoints", mode="before")
+    @classmethod
+    def _late_fraction(cls, value: Any) -> Any:
+        if value is False or value == "off":  # YAML reads a bare off as False
+            return "off"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise ValueError(
+                f"late_checkpoints takes the fraction of each trial's last epochs to keep, in "
+                f"(0, 1] (for example 0.25), or off; not {value!r}"
+            )
+        return float(value)
+
+    @property
+    def late_fraction(self) -> float:
+        """``late_checkpoints`` as a number: 0 when off."""
+        return 0.0 if self.late_checkpoints == "off" else float(self.late_checkpoints)
 
     @field_validator("name")
     @classmethod

@@ -143,3 +143,17 @@ def test_generated_inputs_are_accepted_or_refused_in_one_line_over_520_cases(cap
     assert sum(spaces_cases.values()) == sum(sets_cases.values()) == EXAMPLES
     for cases in (spaces_cases, sets_cases):
         assert cases["accepted"] > 0 and cases["refused"] > 0, cases
+
+
+def test_a_key_with_a_line_break_character_is_shown_escaped_on_one_line():
+    # found by the generated cases above: U+0085 is a line break to str.splitlines
+    from search_spaces.schema import check_space
+    from trainables.errors import InputError
+
+    try:
+        check_space({"fixed": {}, "objective": {" \x85": None}}, "space.yaml")
+    except InputError as err:
+        (line,) = str(err).splitlines()
+        assert "objective. \\x85" in line and "unknown key" in line
+    else:
+        raise AssertionError("an unknown key was accepted")

@@ -187,3 +187,31 @@ def test_a_table_of_another_space_snaps_categorical_int_and_conditional_settings
     assert set(results["runs"]) == {"random@2", "tpe@2"}
     for run in results["runs"].values():
         assert 0 < run["val"]["final"] <= 1.5
+
+
+def test_late_checkpoints_end_a_completed_trial_with_its_own_val_front_in_the_window(replay):
+    # one trial of 4 epochs (minimised values: -accuracy, ece): epoch 3 dominates 4; 2 is
+    # outside a window of half the epochs; a stopped trial ends as before
+    made = {1: (-0.5, 0.4), 2: (-0.95, 0.01), 3: (-0.9, 0.03), 4: (-0.88, 0.05)}
+    reports = [
+        replay.Report(float(e), 0, e, 1.0, made[e], (v + 0.01 for v in made[e]), e == 4, float(e))
+        for e in range(1, 5)
+    ]
+    reports = [replay.Report(**{**r.__dict__, "test": tuple(r.test)}) for r in reports]
+    stopped = replay.Report(2.0, 1, 1, 1.0, (-0.2, 0.5), (-0.2, 0.5), True, 5.0)
+    late = replay.with_late([*reports, stopped], 4, 0.5)
+    ended = [(r.trial, r.epoch, r.compute) for r in late if r.ended]
+    assert ended == [(0, 3, 4.0), (1, 1, 5.0)]
+    (three,) = [r for r in late if r.ended and r.trial == 0]
+    assert three.test == pytest.approx((-0.89, 0.04))  # the same epoch's test values
+
+
+def test_the_late_smoke_scores_the_same_replays_and_pairs_them(replay, table):
+    results = replay.run_benchmark(table, ["random"], [2], 2, 6.0, late=0.25)
+    base, late = results["runs"]["random@2"], results["runs"]["random+late@2"]
+    assert late["replays"] == base["replays"] == 2
+    # the window's own front holds the last epoch or what dominates it: never a smaller volume
+    assert all(a >= b - 1e-12 for a, b in zip(late["val"]["mean"], base["val"]["mean"]))
+    paired = late["paired"]["val"]
+    assert paired["auc_diff"] == pytest.approx(late["val"]["auc"] - base["val"]["auc"])
+    assert paired["auc_diff"] >= 0 and paired["ratio"] >= 1.0

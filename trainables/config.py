@@ -132,6 +132,9 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(5e-4, ge=0.0, le=10.0)
     schedule: Literal["cosine", "constant"] = "cosine"
     epochs: int = Field(25, ge=1, le=100_000)
+    # stop after this epoch, the schedule still over ``epochs``: how a rerun trains a
+    # configuration to the late epoch a study chose (``study rerun``); None: the last
+    stop_after: int | None = Field(None, ge=1, le=100_000)
     batch_size: int = Field(128, ge=2, le=1_000_000)
     seed: int = Field(0, ge=0, lt=2**32)
     # hardware
@@ -147,6 +150,11 @@ class TrainConfig(BaseModel):
     test_every_epoch: bool = False
     # evaluation of the final model on OOD / corrupted sets (trainables/ood.py)
     ood: OodSettings | None = None
+
+    @property
+    def last_epoch(self) -> int:
+        """The epoch a run ends after: ``stop_after``, else ``epochs``."""
+        return self.epochs if self.stop_after is None else self.stop_after
 
     @property
     def split_seed(self) -> int:
@@ -219,6 +227,10 @@ class TrainConfig(BaseModel):
         LOSSES.get(self.loss).check(self)
         if self.model in MODELS:  # else a timm model
             MODELS.get(self.model).check(self)
+        if self.stop_after is not None and self.stop_after > self.epochs:
+            raise ValueError(
+                f"stop_after ({self.stop_after}) must be at most epochs ({self.epochs})"
+            )
         if self.adafocal_gamma_min >= self.adafocal_gamma_max:
             raise ValueError(
                 f"adafocal_gamma_min ({self.adafocal_gamma_min}) must be below adafocal_gamma_max "

@@ -53,8 +53,13 @@ class Problem:
     unknown_key: bool
 
     def key(self, empty: str) -> str:
-        """The dotted key path, or ``empty`` for the whole document."""
-        return ".".join(str(part) for part in self.loc) or empty
+        """The dotted key path, or ``empty`` for the whole document; a key holding a control or
+        line-break character shows it escaped, so the message stays one line."""
+        parts = (str(part) for part in self.loc)
+        return (
+            ".".join(p if p.isprintable() else p.encode("unicode_escape").decode() for p in parts)
+            or empty
+        )
 
 
 def first_problem(err: ValidationError) -> Problem:

@@ -24,8 +24,9 @@ import scipy.stats
 from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces.schema import Space
+from study.analysis.epochs import epoch_of, kept_epochs
 from study.analysis.tables import latex_escape, latex_table, markdown_table
-from study.storage.records import STATUS_ATTR, configuration_key, trial_settings
+from study.storage.records import EPOCH_ATTR, STATUS_ATTR, configuration_key, trial_settings
 from trainables.config import ood_section_key, setting_default
 from trainables.errors import InputError
 from trainables.evaluation import SPLITS
@@ -55,6 +56,7 @@ class Column:
     better: str | None
     percent: bool = True
     csv_only: bool = False  # too fine for a printed table (per severity): CSV and frames only
+    decimals: int = 3  # of a value not in percent
 
 
 def metric_column(metric: Metric, delta: bool = False) -> Column:
@@ -198,13 +200,32 @@ def _unique_labels(confs: list[Configuration], space: Space) -> None:
             conf.label = describe(conf.settings, space, digits)
 
 
-def grouped(study: optuna.Study, space: Space) -> list[Configuration]:
+EPOCHS = ("last", "chosen")
+EPOCH_COLUMN = Column("epoch", None, percent=False, decimals=1)
+
+
+def default_epoch(space: Space) -> str:
+    """The epoch a comparison takes each trial at: with late checkpoints, a search's ``chosen``
+    one; fixed points keep their ``last`` unless asked."""
+    return "chosen" if space.late_fraction and not space.points else "last"
+
+
+def at_chosen_epoch(trial: FrozenTrial, space: Space) -> FrozenTrial:
+    """``trial`` at the best of its kept epochs by ``rank_score`` (itself without late
+    checkpoints)."""
+    return max(kept_epochs(trial, space), key=lambda t: rank_score(t, space))
+
+
+def grouped(study: optuna.Study, space: Space, epoch: str = "last") -> list[Configuration]:
     """Completed trials grouped by configuration, in the order they were first run; each
-    labelled (``describe``), labels unique."""
+    labelled (``describe``), labels unique. ``epoch``: ``last``, or ``chosen`` (each trial at
+    ``at_chosen_epoch``)."""
     groups: dict[Any, Configuration] = {}
     for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         if not is_completed(trial):
             continue
+        if epoch == "chosen":
+            trial = at_chosen_epoch(trial, space)
         key = configuration_key(trial)
         if key not in groups:
             settings = {k: v for k, v in trial_settings(trial).items() if k != "seed"}
@@ -215,11 +236,11 @@ def grouped(study: optuna.Study, space: Space) -> list[Configuration]:
     return confs
 
 
-def configurations(study: optuna.Study, space: Space) -> list[Configuration]:
+def configurations(study: optuna.Study, space: Space, epoch: str = "last") -> list[Configuration]:
     """``grouped``; where a search found more than ``MAX_ROWS`` configurations, the best one (by
     mean rank score) per method, loss and task (MC dropout, MIMO and Rank-1 apart; a study of
     fixed points only shows every point)."""
-    found = grouped(study, space)
+    found = grouped(study, space, epoch)
     if len(found) <= MAX_ROWS or not space.search:
         return found
     best: dict[tuple[Any, ...], Configuration] = {}
@@ -281,7 +302,7 @@ class Table:
 def _num(value: float, column: Column) -> str:
     if not math.isfinite(value):
         return "n/a"
-    return f"{100 * value:.2f}" if column.percent else f"{value:.3f}"
+    return f"{100 * value:.2f}" if column.percent else f"{value:.{column.decimals}f}"
 
 
 def _mark(text: str, marked: bool, style: Format) -> str:
@@ -529,11 +550,16 @@ def calibration_columns(space: Space) -> dict[str, Column]:
     return columns
 
 
-def comparison_tables(study: optuna.Study, space: Space) -> list[Table]:
+def comparison_tables(study: optuna.Study, space: Space, epoch: str | None = None) -> list[Table]:
     """The calibration table (with the study's objective metrics) and, when the study evaluated
-    any, the OOD table."""
-    confs = configurations(study, space)
-    tables = [Table(confs, calibration_columns(space))]
+    any, the OOD table; each trial at ``epoch`` (``EPOCHS``; None: ``default_epoch``), the
+    chosen epochs a column of their own."""
+    epoch = epoch or default_epoch(space)
+    confs = configurations(study, space, epoch)
+    columns = calibration_columns(space)
+    if epoch == "chosen":
+        columns = {"epoch": EPOCH_COLUMN, **columns}
+    tables = [Table(confs, columns)]
     ood = ood_columns(confs)
     if ood:
         tables.append(Table(confs, ood))
@@ -554,10 +580,21 @@ def paired_columns(tables: Sequence[Table]) -> dict[str, Column]:
     return columns
 
 
-def top_configurations(study: optuna.Study, space: Space, n: int) -> list[dict[str, Any]]:
-    """Settings of the ``n`` best configurations by mean rank score over their seeds."""
-    ranked = sorted(grouped(study, space), key=lambda c: -c.score(space))
-    return [c.settings for c in ranked[:n]]
+def top_configurations(
+    study: optuna.Study, space: Space, n: int, epoch: str | None = None
+) -> list[dict[str, Any]]:
+    """Settings of the ``n`` best configurations by mean rank score over their seeds, each at
+    ``epoch`` (None: ``default_epoch``): a chosen epoch before the last becomes ``stop_after``
+    (the most common among the seeds, the later on a tie), so that a rerun trains to it."""
+    confs = grouped(study, space, epoch or default_epoch(space))
+    ranked = sorted(confs, key=lambda c: -c.score(space))
+    out = []
+    for conf in ranked[:n]:
+        epochs = [epoch_of(t) or 0 for t in conf.trials]
+        chosen = max(set(epochs), key=lambda e: (epochs.count(e), e))
+        early = any(EPOCH_ATTR in t.user_attrs for t in conf.trials if epoch_of(t) == chosen)
+        out.append({**conf.settings, "stop_after": chosen} if early else conf.settings)
+    return out
 
 
 @dataclass

@@ -5,11 +5,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import optuna
+from optuna.study import StudyDirection
 
 from search_spaces.schema import Space
-from study.analysis.compare import describe
-from study.storage.records import STATUS_ATTR, TRIAL_ID_ATTR, trial_settings
+from study.analysis.compare import describe, is_completed
+from study.analysis.epochs import epoch_of, kept_epochs
+from study.search.rungs import nondominated_fronts
+from study.storage.records import LATE_FRONT_ATTR, STATUS_ATTR, TRIAL_ID_ATTR, trial_settings
 
 TEST_COLUMNS = ("test_accuracy", "test_ece", "test_ece_ts")
 
@@ -37,12 +41,32 @@ def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
+def front_points(study: optuna.Study, space: Space) -> list[optuna.trial.FrozenTrial]:
+    """The front over (trial, epoch) pairs: ``best_trials``, where a trial kept late epochs, taken
+    over each completed trial at each of its kept epochs (``kept_epochs``), ordered by trial and
+    epoch."""
+    trials = study.get_trials(deepcopy=False)
+    if not any(LATE_FRONT_ATTR in t.user_attrs for t in trials):
+        return best_trials(study)
+    points = [v for t in trials if is_completed(t) for v in kept_epochs(t, space)]
+    if not points:
+        return best_trials(study)
+    signs = [-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in study.directions]
+    values = np.array([[s * v for s, v in zip(signs, p.values, strict=True)] for p in points])
+    if len(signs) == 1:
+        return [points[int(np.argmin(values[:, 0]))]]
+    return [points[i] for i in nondominated_fronts(values)[0]]
+
+
 def front_rows(study: optuna.Study, space: Space) -> list[dict[str, Any]]:
-    """One row per best trial: number, Tune id, status, hyperparameters, val and test metrics."""
+    """One row per front point (``front_points``): number, the epoch (with late checkpoints on),
+    Tune id, status, hyperparameters, val and test metrics."""
     rows = []
-    for trial in best_trials(study):
-        row: dict[str, Any] = {
-            "trial": trial.number,
+    for trial in front_points(study, space):
+        row: dict[str, Any] = {"trial": trial.number}
+        if space.late_fraction:
+            row["epoch"] = epoch_of(trial)
+        row |= {
             "tune_id": trial.user_attrs.get(TRIAL_ID_ATTR, ""),
             "status": trial.user_attrs.get(STATUS_ATTR, ""),
         }

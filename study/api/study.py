@@ -557,41 +557,47 @@ class Study:
         return not signals.received and all(r.metrics or r.error for r in results)
 
     def _log_front_models(self) -> None:
-        """Log the final model of every front trial (or the best trial) on its MLflow run; a
-        model that cannot be logged is a warning (the study itself is done and on disk)."""
-        from study.analysis.front import best_trials
+        """Log the model of every front point (or of the best trial) on its trial's MLflow run,
+        of its epoch; a model that cannot be logged is a warning (the study itself is done and
+        on disk)."""
+        from study.analysis.epochs import epoch_of
+        from study.analysis.front import front_points
         from study.output import warn
+        from study.storage.records import EPOCH_ATTR
         from study.tracking.model_registry import log_trial_model, trial_run_id
 
         info = self.tracking()
         if not info:
             return
-        for trial in best_trials(self.optuna()):
+        for trial in front_points(self.optuna(), self.space):
             try:
                 run_id = trial_run_id(info["tracking_uri"], info["experiment_id"], trial)
                 log_trial_model(self.paths, trial, info["tracking_uri"], run_id)
             except Exception as err:  # noqa: BLE001 - MLflow, storage or data: say it, go on
                 reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-                warn(f"the model of trial {trial.number} was not logged to MLflow: {reason}")
+                at = f" (epoch {epoch_of(trial)})" if EPOCH_ATTR in trial.user_attrs else ""
+                warn(f"the model of trial {trial.number}{at} was not logged to MLflow: {reason}")
 
-    def register(self, model_name: str, trial: int | None = None) -> Any:
+    def register(self, model_name: str, trial: int | None = None, epoch: int | None = None) -> Any:
         """Register a trial's model in MLflow's Model Registry as a new version of
-        ``model_name`` (tagged with its test metrics and temperature); returns the
-        ``ModelVersion``. ``trial``: an Optuna trial number; default the best trial (under a
-        Pareto objective, the front trial with the highest ``compare.rank_score``: by default
-        ``val_accuracy - val_ece``). A diverged trial is never registered."""
+        ``model_name`` (tagged with its epoch, its test metrics and temperature at that epoch);
+        returns the ``ModelVersion``. ``trial``: an Optuna trial number; default the best trial
+        (under a Pareto objective, the front point with the highest ``compare.rank_score``: by
+        default ``val_accuracy - val_ece``). ``epoch``: one of the trial's kept epochs (late
+        checkpoints); default its best. A diverged trial is never registered."""
         from study.api import arguments
         from study.tracking.model_registry import choose_trial, register_trial_model
 
         with user_errors():
             arguments.model_name(model_name)
             arguments.trial_number(trial)
+            arguments.count(epoch, "epoch", optional=True)
         info = self.tracking()
         if not info:
             raise InputError(f"study {self.name!r} is not tracked in MLflow: nothing to register")
         study = self.optuna()
         with user_errors(LookupError):
-            chosen = choose_trial(study, self.space, self.name, trial)
+            chosen = choose_trial(study, self.space, self.name, trial, epoch)
             return register_trial_model(self.paths, chosen, info, model_name)
 
     def rerun(
@@ -603,11 +609,14 @@ class Study:
         storage: str | None = None,
         tracking_uri: str | None = None,
         address: str | None = None,
+        epoch: str | None = None,
     ) -> Study:
         """A new study (created, not run) of this study's ``top`` best configurations with
         ``seeds`` seeds each; ``name`` defaults to ``<name>-rerun``; ``address`` as in
-        ``create``. Only of a finished study: while its driver runs, or with trials unfinished
-        (an interrupted study), its ranking is partial and the rerun is refused (one line)."""
+        ``create``; ``epoch`` as in ``compare``: a configuration chosen at a late epoch is rerun
+        to it (``stop_after``, the schedule of all its epochs). Only of a finished study: while
+        its driver runs, or with trials unfinished (an interrupted study), its ranking is
+        partial and the rerun is refused (one line)."""
         from study.analysis.compare import top_configurations
         from study.api import arguments
         from study.storage.lock import held_by
@@ -620,6 +629,7 @@ class Study:
             storage = arguments.storage_arg(storage)
             arguments.optional_str(tracking_uri, "tracking_uri")
             arguments.optional_str(address, "address")
+            _check_epoch(epoch)
         with user_errors():
             driver = held_by(self.paths.root)
         if driver:
@@ -635,7 +645,7 @@ class Study:
                 f"{plural(self.space.trials, 'trial')} finished); a rerun would rank its partial "
                 f"results: finish it first with 'study resume {self.name}'"
             )
-        best = top_configurations(study, self.space, top)
+        best = top_configurations(study, self.space, top, epoch)
         if not best:
             raise InputError(f"study {self.name!r} has no completed trial to rerun")
         new_name = name or f"{self.name}-rerun"
@@ -643,11 +653,17 @@ class Study:
         data.update(
             name=new_name,
             description=f"the {plural(len(best), 'best configuration')} of {self.name}, "
-            f"{plural(seeds, 'seed')}",
+            f"{plural(seeds, 'seed')}"
+            + (
+                ", to their chosen epochs (stop_after)"
+                if any("stop_after" in b for b in best)
+                else ""
+            ),
             points=best,
             samples=len(best),
             repeats=seeds,
             scheduler="none",
+            late_checkpoints="off",  # a chosen late epoch is each point's stop_after
             concurrency=concurrency or self.space.concurrency,
         )
         with user_errors():
@@ -716,6 +732,7 @@ class Study:
         baseline: str | int | None = None,
         ensembles: bool = False,
         calibrators: str | Sequence[str] | None = None,
+        epoch: str | None = None,
     ) -> Comparison:
         """The study's comparison, as ``study compare`` prints it (``study.analysis.compare.Comparison``):
         ``.tables`` (one row per configuration: seeds, each metric's mean and std over seeds),
@@ -728,8 +745,10 @@ class Study:
         ``none`` first, the test and corruption metrics after it) and with a baseline
         ``.calibrated_paired`` (differences after the same calibrator).
         ``.frame()`` is all of it as one DataFrame (fractions, as logged),
-        ``.render("markdown" | "latex" | "csv")`` the command's text. A ``baseline`` naming no
-        row is a ``StudyInputError``."""
+        ``.render("markdown" | "latex" | "csv")`` the command's text. ``epoch``: each trial at
+        its ``last`` epoch or at its ``chosen`` late checkpoint (an ``epoch`` column then);
+        default ``chosen`` for a search with late checkpoints, else ``last``. A ``baseline``
+        naming no row is a ``StudyInputError``."""
         from study.analysis.compare import (
             Comparison,
             comparison_tables,
@@ -745,7 +764,8 @@ class Study:
             arguments.baseline_arg(baseline)
             arguments.flag(ensembles, "ensembles")
             names = arguments.calibrators_arg(calibrators)
-        tables = comparison_tables(self.optuna(), self.space)
+            _check_epoch(epoch)
+        tables = comparison_tables(self.optuna(), self.space, epoch)
         confs = tables[0].confs
         paired, row = None, None
         if baseline is not None and confs:
@@ -802,6 +822,14 @@ class Study:
         with user_errors():
             check_writable(self.paths, self.name, "report")
             return write_report(self.paths, self.name, self.space, info)
+
+
+def _check_epoch(epoch: str | None) -> None:
+    """``epoch`` of ``compare`` and ``rerun``: None or one of ``compare.EPOCHS``."""
+    from study.analysis.compare import EPOCHS
+
+    if epoch is not None and epoch not in EPOCHS:
+        raise InputError(f"epoch must be one of {', '.join(EPOCHS)} (got {epoch!r})")
 
 
 def _create(

@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument(
         "--trial", type=int, help="the Optuna trial number (default: the best trial)"
     )
+    register.add_argument(
+        "--epoch",
+        type=int,
+        help="with --trial, one of its kept epochs (late_checkpoints; default: its best)",
+    )
     register.add_argument("--storage", help="directory holding studies (default: ./studies)")
     register.set_defaults(handler=cmd_register)
 
@@ -93,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument("--seeds", type=int, default=3, help="seeds per configuration (3)")
     rerun.add_argument("--new-name", help="the new study's name (default: NAME-rerun)")
     rerun.add_argument("--concurrency", type=int, help="trials at once (default: as NAME)")
+    rerun.add_argument(
+        "--epoch",
+        choices=["last", "chosen"],
+        help="rerun each configuration to its last epoch or to its chosen late checkpoint "
+        "(default: chosen for a search with late_checkpoints, else last)",
+    )
     _add_storage_and_address(rerun)
     _add_tracking(rerun)
     rerun.set_defaults(handler=cmd_rerun)
@@ -120,6 +131,12 @@ def _parser() -> argparse.ArgumentParser:
         help="add a table per post-hoc calibrator (ts,vs,ms,hb,iso: temperature, vector, "
         "matrix/Dirichlet scaling, histogram binning, isotonic regression), each fitted on every "
         "trial's val evidence and applied to its test and corruption evidence",
+    )
+    compare.add_argument(
+        "--epoch",
+        choices=["last", "chosen"],
+        help="each trial at its last epoch or at its chosen late checkpoint (default: chosen "
+        "for a search with late_checkpoints, else last)",
     )
     compare.add_argument("--storage", help="directory holding studies (default: ./studies)")
     compare.set_defaults(handler=cmd_compare)
@@ -370,13 +387,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_registered(version: Any) -> None:
     print(
         f"registered: models:/{version.name}/{version.version} (trial {version.tags['trial']}, "
+        f"epoch {version.tags.get('epoch', '?')}, "
         f"test ECE {version.tags.get('test_ece', '?')}, T {version.tags.get('temperature', '?')})"
     )
 
 
 def cmd_register(args: argparse.Namespace) -> int:
     """Register a finished trial's model in the Model Registry."""
-    _print_registered(_load(args).register(args.model, args.trial))
+    _print_registered(_load(args).register(args.model, args.trial, args.epoch))
     return 0
 
 
@@ -390,6 +408,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         storage=args.storage,
         tracking_uri=args.tracking_uri,
         address=args.address,
+        epoch=args.epoch,
     )
     return _run_and_print(study, study.run, args)
 
@@ -402,7 +421,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Print the study's comparison (``Study.compare``) as Markdown, LaTeX or one CSV table."""
-    comparison = _load(args).compare(args.baseline, args.ensembles, args.calibrators)
+    comparison = _load(args).compare(args.baseline, args.ensembles, args.calibrators, args.epoch)
     if not comparison.confs:
         print(f"study {args.name}: no completed trial to compare", file=sys.stderr)
         return 1

@@ -17,8 +17,9 @@ import matplotlib.ticker as ticker  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from optuna.trial import FrozenTrial  # noqa: E402
 
-from study.analysis.front import best_trials  # noqa: E402
+from study.analysis.front import front_points  # noqa: E402
 from study.storage.evidence import StoredSplit  # noqa: E402
+from study.storage.records import EPOCH_ATTR  # noqa: E402
 from trainables.evaluation.plots import reliability_axes  # noqa: E402
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ def draw_pareto(view: StudyView, path: Path) -> None:
         )
     done = {t.number for t in view.completed}
     front = sorted(
-        (t for t in best_trials(view.study) if t.number in done),
+        (t for t in front_points(view.study, view.space) if t.number in done),
         key=lambda t: trial_value(t, x_key),
     )
     if front:
@@ -84,7 +85,8 @@ def draw_pareto(view: StudyView, path: Path) -> None:
         if view.pareto and len(front) > 1:
             ax.plot(xs, ys, "k--", linewidth=1, zorder=2)
         for t, x, y in zip(front, xs, ys):
-            ax.annotate(f"#{t.number}", (x, y), textcoords="offset points", xytext=(6, 6))
+            late = f"@{t.user_attrs[EPOCH_ATTR]}" if EPOCH_ATTR in t.user_attrs else ""
+            ax.annotate(f"#{t.number}{late}", (x, y), textcoords="offset points", xytext=(6, 6))
     ax.set(xlabel=x_key, ylabel=y_key, title=f"{view.name}: completed trials")
     if methods:
         ax.legend(loc="best")

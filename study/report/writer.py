@@ -53,7 +53,8 @@ from study.analysis.compare import (
     render_paired,
 )
 from study.analysis.ensembles import with_ensembles
-from study.analysis.front import best_trials
+from study.analysis.epochs import epoch_of
+from study.analysis.front import front_points
 from study.analysis.regimes import MAP_METRICS, draw_regime_map, regime_text, regimes
 from study.analysis.tables import markdown_table
 from study.output import warn
@@ -209,17 +210,16 @@ def front_section(view: StudyView) -> Section:
     params = [p for p in view.space.search if p != "method"]
     metric_keys = ["test_accuracy", "test_ece", "test_ece_ts", "test_nll"]
     objective_keys = list(view.space.objective.metrics)
-    headers = ["trial", "Tune id", "method", *params, *objective_keys]
+    late = bool(view.space.late_fraction)
+    headers = ["trial", *(["epoch"] if late else []), "Tune id", "method", *params, *objective_keys]
     headers += [f"test {METRICS.get(k.removeprefix('test_')).heading}" for k in metric_keys]
     if not view.pareto:
         headers.append("objective")
     rows, records = [], []
-    for trial in best_trials(view.study):
-        row: list[Any] = [
-            str(trial.number),
-            str(trial.user_attrs.get(TRIAL_ID_ATTR, "")),
-            view.method(trial),
-        ]
+    for trial in front_points(view.study, view.space):
+        tune_id = str(trial.user_attrs.get(TRIAL_ID_ATTR, ""))
+        row: list[Any] = [str(trial.number), *([str(epoch_of(trial))] if late else [])]
+        row += [tune_id, view.method(trial)]
         row += [fmt_param(trial.params.get(p, "-")) for p in params]
         row += [trial_value(trial, k) for k in objective_keys]
         row += [trial_value(trial, k) for k in metric_keys]
@@ -229,8 +229,9 @@ def front_section(view: StudyView) -> Section:
         records.append(
             {
                 "trial": trial.number,
-                "tune_id": row[1],
-                "method": row[2],
+                "epoch": epoch_of(trial),
+                "tune_id": tune_id,
+                "method": view.method(trial),
                 "params": dict(trial.params),
             }
         )
@@ -242,6 +243,12 @@ def front_section(view: StudyView) -> Section:
         if view.pareto
         else "The trial with the highest weighted objective; test metrics as logged."
     )
+    if late:
+        intro += (
+            f" Late checkpoints were kept (the last {view.space.late_fraction:g} of each trial's "
+            "epochs): the front is over (trial, epoch) pairs, each row's metrics and model those "
+            "of its epoch."
+        )
     body = markdown_table(headers, rows, cell=fmt) if rows else "No completed trial."
     parts = [title, intro, body, "![](pareto.png)"]
     done = {t.number for t in view.completed}

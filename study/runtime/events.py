@@ -63,7 +63,7 @@ class TrialEvents(Callback):
         return duration(time.time() - self._started)
 
     def _progress(self, trials: list[Any], ended: Any) -> str:
-        from study.analysis.front import best_trials, load_optuna_study
+        from study.analysis.front import front_points, load_optuna_study
 
         study = load_optuna_study(self.study_name, self.optuna_url)
         finished = [t for t in counted(study.get_trials(deepcopy=False)) if t.state.is_finished()]
@@ -83,7 +83,7 @@ class TrialEvents(Callback):
         front = "front" if self.space.objective.type == "pareto" else "best"
         return (
             f"{done}/{self.space.trials} done, {running} running, {pending} pending, "
-            f"{duration(elapsed)} elapsed, {left} left, {front} {len(best_trials(study))}"
+            f"{duration(elapsed)} elapsed, {left} left, {front} {len(front_points(study, self.space))}"
         )
 
     def _show(self, text: str, trials: list[Any] | None = None, ended: Any = None) -> None:

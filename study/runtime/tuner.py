@@ -213,6 +213,7 @@ def _trainable(space: Space, name: str, paths: StudyPaths) -> Any:
         gpus_per_worker=space.resources.gpu,
         objective_metrics=space.objective.metrics,
         plugins=tuple(space.plugins),
+        late_fraction=space.late_fraction,
     )
     resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
     if space.resources.workers > 1:

@@ -21,6 +21,7 @@ from search_spaces.schema import Space
 from study.search.sampler import SpaceSampler, build_sampler, name_objectives
 from study.storage.binding import current
 from study.storage.records import (
+    LATE_FRONT_ATTR,
     POINT_ATTR,
     RECORDED_KEYS,
     REPEAT_OF_ATTR,
@@ -32,6 +33,7 @@ from study.storage.records import (
     trial_settings,
     trial_status,
 )
+from trainables.trial.late import LATE_FRONT_KEY
 
 # A trial user attribute of a trial MO-ASHA stopped: its objective values at the last epoch it ran
 # (a single objective is also Optuna's intermediate value at that epoch).
@@ -209,6 +211,9 @@ class TrialRecorder:
             recorded = key.startswith(recorded_prefixes()) or key in RECORDED_KEYS
             if recorded and isinstance(value, (int, float)):
                 self.storage.set_trial_user_attr(storage_id, key, float(value))
+        late = (result or {}).get(LATE_FRONT_KEY)
+        if isinstance(late, str) and status == "completed":
+            self.storage.set_trial_user_attr(storage_id, LATE_FRONT_ATTR, json.loads(late))
         values = _objective_values(result, self.metric)
         if status == "pruned":
             if values is not None:  # where it stood when stopped (Optuna keeps no values)

@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 import torch
 from optuna.trial import FrozenTrial
 
-from study.storage.records import STATUS_ATTR, TRIAL_ID_ATTR
+from study.storage.records import EPOCH_ATTR, STATUS_ATTR, TRIAL_ID_ATTR
 from trainables.errors import DataError
 from trainables.evaluation.evidence import MAX_PROBS_CLASSES, open_evidence
 from trainables.layout import EVIDENCE_DIR, partition_uri, resolve_fs
@@ -239,8 +239,11 @@ def _read_trial(
     split: str,
     study: str | None = None,
 ) -> tuple[StoredSplit | None, str | None]:
-    """One trial's split, or why it cannot be used (``study``: the study it must belong to)."""
+    """One trial's split, or why it cannot be used (``study``: the study it must belong to); a
+    trial shown at a kept epoch (``EPOCH_ATTR``) reads that epoch's."""
     where = (ds.field("split") == split) & (ds.field("trial_id") == tune_id)
+    if EPOCH_ATTR in trial.user_attrs:
+        where &= ds.field("epoch") == int(trial.user_attrs[EPOCH_ATTR])
     try:
         table = dataset.to_table(columns=COLUMNS, filter=where)
         foreign = foreign_file(dataset, where, tune_id, split, study) if table.num_rows else None

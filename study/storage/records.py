@@ -29,6 +29,12 @@ RUNGS_ATTR = "sharpcal.rungs"
 # Set on an Optuna trial that a killed driver asked for but Tune never ran (failed by
 # ``fail_orphans``): it is no trial of the study and counts nowhere.
 ORPHAN_ATTR = "sharpcal.orphan"
+# A trial's own val front over its late epochs (``trainables.trial.late``): a list of entries,
+# each an epoch's reported metrics with its ``epoch``; absent with late checkpoints off.
+LATE_FRONT_ATTR = "sharpcal.late_front"
+# On a trial as ``study.analysis.epochs.at_epoch`` shows it: the kept epoch, not its last, whose
+# metrics and model it stands for (never stored)
+EPOCH_ATTR = "sharpcal.epoch"
 
 
 def recorded_prefixes() -> tuple[str, ...]:

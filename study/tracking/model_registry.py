@@ -183,21 +183,32 @@ def model_logging_warmed(enabled: bool = True) -> Iterator[None]:
 def log_trial_model(
     paths: StudyPaths, trial: optuna.trial.FrozenTrial, tracking_uri: str, run_id: str
 ) -> str | None:
-    """Log ``trial``'s final model on its MLflow run ``run_id`` (once: a run that has one in
-    this format, ``MODEL_FORMAT``, keeps it); returns the model's URI, or None when the trial left no checkpoint or diverged (its
-    weights predict NaN: never logged)."""
+    """Log ``trial``'s final model (or, for a trial ``front.at_epoch`` made, the model of that
+    kept epoch: ``model-epoch-<N>``) on its MLflow run ``run_id`` (once: a run that has it in
+    this format, ``MODEL_FORMAT``, keeps it); returns the model's URI, or None when the trial
+    left no checkpoint or diverged (its weights predict NaN: never logged)."""
     import mlflow
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
+    from study.storage.records import EPOCH_ATTR
+    from trainables.trial.late import load_epoch_checkpoint
+
     if is_diverged(trial):
         return None
+    epoch = trial.user_attrs.get(EPOCH_ATTR)
+    suffix = "" if epoch is None else f".epoch-{epoch}"
+    uri_tag, format_tag = MODEL_URI_TAG + suffix, MODEL_FORMAT_TAG + suffix
     client = MlflowClient(tracking_uri)
     tags = client.get_run(run_id).data.tags
-    logged = tags.get(MODEL_URI_TAG)
-    if logged and tags.get(MODEL_FORMAT_TAG) == MODEL_FORMAT:
+    logged = tags.get(uri_tag)
+    if logged and tags.get(format_tag) == MODEL_FORMAT:
         return logged
-    state = last_checkpoint(paths, trial.user_attrs[TRIAL_ID_ATTR])
+    tune_id = trial.user_attrs[TRIAL_ID_ATTR]
+    if epoch is None:
+        state = last_checkpoint(paths, tune_id)
+    else:
+        state = load_epoch_checkpoint(paths.data_uri, tune_id, int(epoch))
     if state is None or state.get("diverged"):
         return None
     module, data = calibrated_model(state, trial.user_attrs.get("temperature", 1.0))
@@ -220,7 +231,7 @@ def log_trial_model(
         )
         with _tracking(tracking_uri), mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME,
+                name=MODEL_NAME if epoch is None else f"{MODEL_NAME}-epoch-{epoch}",
                 python_model=str(SERVED_MODEL),
                 artifacts={NETWORK: str(network)},
                 signature=signature,
@@ -230,8 +241,8 @@ def log_trial_model(
                 # user; the machine's user, as MLflow records without one
                 tags={"mlflow.user": local_user()},
             )
-    client.set_tag(run_id, MODEL_URI_TAG, info.model_uri)
-    client.set_tag(run_id, MODEL_FORMAT_TAG, MODEL_FORMAT)
+    client.set_tag(run_id, uri_tag, info.model_uri)
+    client.set_tag(run_id, format_tag, MODEL_FORMAT)
     return info.model_uri
 
 
@@ -254,14 +265,21 @@ def trial_run_id(tracking_uri: str, experiment_id: str, trial: optuna.trial.Froz
 
 
 def choose_trial(
-    study: optuna.Study, space: Any, name: str, number: int | None = None
+    study: optuna.Study,
+    space: Any,
+    name: str,
+    number: int | None = None,
+    epoch: int | None = None,
 ) -> optuna.trial.FrozenTrial:
-    """The trial to register: trial ``number`` if it finished and did not diverge, else (no
-    ``number``) the best completed trial (under a Pareto objective, the front trial with the
-    highest ``compare.rank_score``); diverged trials, which Optuna holds as complete with the
-    worst values, are never chosen. Raises ``LookupError`` or ``DivergedTrial``."""
+    """The trial to register, at the epoch whose model is registered (``front.at_epoch``):
+    trial ``number`` if it finished and did not diverge, at ``epoch`` or else at the best of its
+    kept epochs; else (no ``number``) the best completed point of the front (under a Pareto
+    objective, the one with the highest ``compare.rank_score``). Diverged trials, which Optuna
+    holds as complete with the worst values, are never chosen. Raises ``LookupError`` or
+    ``DivergedTrial``."""
     from study.analysis.compare import is_completed, rank_score
-    from study.analysis.front import best_trials
+    from study.analysis.epochs import epoch_of, kept_epochs
+    from study.analysis.front import front_points
 
     trials = study.get_trials(deepcopy=False)
     if number is not None:
@@ -272,13 +290,27 @@ def choose_trial(
                 "its trials"
             )
         refuse_diverged(found[number])
-        return found[number]
+        if not is_completed(found[number]):
+            return found[number]
+        views = kept_epochs(found[number], space)
+        if epoch is None:
+            return max(views, key=lambda t: rank_score(t, space))
+        chosen = [v for v in views if epoch_of(v) == epoch]
+        if not chosen:
+            kept = ", ".join(str(epoch_of(v)) for v in views)
+            raise LookupError(
+                f"trial {number} of study {name!r} kept no model of epoch {epoch}: its kept "
+                f"epochs are {kept} (late_checkpoints in the space keeps more)"
+            )
+        return chosen[0]
+    if epoch is not None:
+        raise LookupError(f"an epoch ({epoch}) is chosen within a trial: give --trial too")
     completed = [t for t in trials if is_completed(t)]
     if not completed:
         diverged = sum(is_diverged(t) for t in trials)
         why = f" ({diverged} diverged: their models predict NaN)" if diverged else ""
         raise LookupError(f"study {name!r} has no completed trial to register{why}")
-    front = [t for t in best_trials(study) if is_completed(t)] or completed
+    front = [t for t in front_points(study, space) if is_completed(t)] or completed
     return max(front, key=lambda t: rank_score(t, space))
 
 
@@ -304,7 +336,14 @@ def register_trial_model(
         for k, v in trial.user_attrs.items()
         if (k.startswith("test_") or k == "temperature") and isinstance(v, float)
     }
-    tags.update(study=paths.root.name, trial=str(trial.number), settings=json.dumps(trial.params))
+    from study.analysis.epochs import epoch_of
+
+    tags.update(
+        study=paths.root.name,
+        trial=str(trial.number),
+        epoch=str(epoch_of(trial)),
+        settings=json.dumps(trial.params),
+    )
     with _tracking(tracking["tracking_uri"]):
         version = mlflow.register_model(uri, model_name, tags=tags)
     MlflowClient(tracking["tracking_uri"]).set_tag(run_id, "sharpcal.registered", model_name)

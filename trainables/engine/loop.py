@@ -161,7 +161,7 @@ def config_data(
 
 
 class Trainer:
-    """One run: ``fit()`` trains for ``cfg.epochs`` epochs, resuming from ``load_state_dict``.
+    """One run: ``fit()`` trains for ``cfg.epochs`` epochs (or up to ``cfg.stop_after``), resuming from ``load_state_dict``.
 
     ``data`` replaces the data ``cfg`` names; with ``parallel`` the run is one replica of a
     data-parallel run: the trainer uses ``parallel.shard``'s view of the data and trains through
@@ -425,21 +425,25 @@ class Trainer:
         self,
         on_epoch: Callable[[Trainer, EpochRecord], None] | None = None,
         on_batch: Callable[[], None] | None = None,
+        test_from: int = 0,
     ) -> RunResult:
         """Train the remaining epochs, calling ``on_batch`` after each step and ``on_epoch``
-        after each epoch, then evaluate on test."""
+        after each epoch, then evaluate on test (also after every epoch from ``test_from``
+        on, when it is not 0)."""
         start = time.perf_counter()
         final: dict[str, float] = {}
-        while self.epochs_done < self.cfg.epochs and not self.diverged:
+        while self.epochs_done < self.cfg.last_epoch and not self.diverged:
             record = self.train_epoch(on_batch)
             if not self.diverged and self.data.split_size("val") > 0:
                 record.val = self.evaluate_val()
                 if self.loss_state is not None:
                     self.loss_state.end_epoch(*self.predictions("val"))
                 self._guard_chance(record)
-            if not self.diverged and self.epochs_done == self.cfg.epochs:
+            if not self.diverged and self.epochs_done == self.cfg.last_epoch:
                 final = record.final = self.final_metrics()
-            elif not self.diverged and self.cfg.test_every_epoch:
+            elif not self.diverged and (
+                self.cfg.test_every_epoch or 0 < test_from <= self.epochs_done
+            ):
                 record.test = self.final_metrics()  # the same metrics, before the last epoch
             self.history.append(record.flat())
             if on_epoch is not None:
@@ -458,7 +462,7 @@ class Trainer:
         """Stop a run still at chance after ``chance_epoch`` (before its last epoch, where
         stopping saves nothing) as a diverged one: ``diverged`` and ``at_chance`` set."""
         epoch = self.cfg.chance_epoch
-        if not epoch or record.epoch != epoch or epoch >= self.cfg.epochs:
+        if not epoch or record.epoch != epoch or epoch >= self.cfg.last_epoch:
             return
         accuracy = record.val.get("accuracy")
         if accuracy is not None and accuracy <= self.chance_bound():

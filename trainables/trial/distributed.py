@@ -16,6 +16,7 @@ from trainables.engine.loop import EpochRecord, Trainer, load_checkpoint, save_c
 from trainables.layout import train_storage
 from trainables.plugins import load_trial_plugins
 from trainables.trial.hold import hold_if_asked
+from trainables.trial.late import LATE_FRONT_KEY, LateEpochs
 from trainables.trial.nodes import node_fields
 from trainables.trial.outputs import (
     CHECKPOINT_FILE,
@@ -53,20 +54,25 @@ def ddp_worker_loop(loop_config: dict[str, Any]) -> None:
             trainer.load_state_dict(load_checkpoint(Path(directory) / CHECKPOINT_FILE))
     node = node_fields()
     node_id = node["node_id"]
+    late = LateEpochs(ctx, trial_id, trainer)  # rank 0 keeps the epochs; every rank tests
 
     def report(trainer: Trainer, record: EpochRecord) -> None:
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if rank == 0:
                 record_epoch_outputs(trainer, record, ctx, trial_id)
+            metrics = {**epoch_metrics(trainer, record, ctx), **node, "workers": world}
+            if rank == 0:
+                front = late.observe(trainer, record, metrics)
+                if front is not None:
+                    metrics[LATE_FRONT_KEY] = front
                 save_checkpoint(trainer.state_dict(), Path(directory) / CHECKPOINT_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
-            metrics = {**epoch_metrics(trainer, record, ctx), **node, "workers": world}
             ray.train.report(metrics, checkpoint=checkpoint)
         if rank == 0:
             hold_if_asked(record.epoch, trial_id, node_id)
 
-    trainer.fit(on_epoch=report)
+    trainer.fit(on_epoch=report, test_from=late.first)
 
 
 def run_ddp_trial(

@@ -40,6 +40,9 @@ class TrialContext:
     # the study's plugins (``Space.plugins``), imported before the trial reads its settings; a
     # context pickled before plugins existed reads the class default
     plugins: tuple[str, ...] = ()
+    # late checkpoints: the last fraction of a trial's epochs whose own val front is kept
+    # (``trainables.trial.late``); 0: off
+    late_fraction: float = 0.0
 
 
 def write_trial_files(
@@ -114,7 +117,7 @@ def epoch_metrics(trainer: Trainer, record: EpochRecord, ctx: TrialContext) -> d
     set it trains on (its digest is computed once per process)."""
     metrics: dict[str, Any] = record.flat()
     metrics["dataset"] = dataset_input(trainer)
-    metrics["epochs_total"] = trainer.cfg.epochs
+    metrics["epochs_total"] = trainer.cfg.last_epoch
     metrics["epochs"] = record.epoch  # trained so far: the "epochs" cost objective
     metrics["diverged"] = trainer.diverged
     metrics["at_chance"] = trainer.at_chance  # the chance guard stopped it (diverged too)

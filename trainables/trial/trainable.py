@@ -13,6 +13,7 @@ from trainables.config import parse_config
 from trainables.engine.loop import EpochRecord, Trainer, load_checkpoint, save_checkpoint
 from trainables.plugins import load_trial_plugins
 from trainables.trial.hold import hold_if_asked
+from trainables.trial.late import LATE_FRONT_KEY, LateEpochs
 from trainables.trial.nodes import node_fields
 from trainables.trial.outputs import (
     CHECKPOINT_FILE,
@@ -44,15 +45,17 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     node = node_fields()
     node_id = node["node_id"]
+    late = LateEpochs(ctx, trial_id, trainer)
 
     def report(trainer: Trainer, record: EpochRecord) -> None:
         record_epoch_outputs(trainer, record, ctx, trial_id)
+        metrics = {**epoch_metrics(trainer, record, ctx), **node}
+        front = late.observe(trainer, record, metrics)
+        if front is not None:
+            metrics[LATE_FRONT_KEY] = front
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(trainer.state_dict(), Path(directory) / CHECKPOINT_FILE)
-            tune.report(
-                {**epoch_metrics(trainer, record, ctx), **node},
-                checkpoint=tune.Checkpoint.from_directory(directory),
-            )
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
         hold_if_asked(record.epoch, trial_id, node_id)
 
-    trainer.fit(on_epoch=report)
+    trainer.fit(on_epoch=report, test_from=late.first)
