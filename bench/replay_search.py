@@ -61,7 +61,7 @@ import optuna
 import pandas as pd
 from scipy import stats
 
-from search_spaces.schema import Space, load_space
+from search_spaces.schema import Space, check_space, load_space
 from study.analysis.hypervolume import hypervolume
 from study.search.rungs import minimised, nondominated_fronts
 from study.search.sampler import SpaceSampler, build_sampler
@@ -372,16 +372,15 @@ Replayer = Callable[[ReplayTable, int, float, int], list[Report]]
 
 
 def sharpcal_contender(sampler: str, asha: bool, grace_period: int | None = None) -> Replayer:
-    """A replayer of the default space with ``sampler`` and (or not) MO-ASHA, at the space's
+    """A replayer of the table's space with ``sampler`` and (or not) MO-ASHA, at the space's
     ``asha`` settings or another ``grace_period``."""
 
     def run(table: ReplayTable, workers: int, budget: float, seed: int) -> list[Report]:
-        overrides: dict[str, Any] = {
-            "sampler": sampler, "seed": seed, "scheduler": "asha" if asha else "none",
-        }  # fmt: skip
+        data = table.space.model_dump(mode="json")
+        data.update(sampler=sampler, seed=seed, scheduler="asha" if asha else "none")
         if grace_period is not None:
-            overrides["asha"] = {"grace_period": grace_period}
-        space = load_space("default", overrides)
+            data["asha"] = {**data["asha"], "grace_period": grace_period}
+        space = check_space(data, f"the replay of {table.space.name or 'a space'}")
         return replay_optuna(table, space, workers, budget, seed)
 
     return run

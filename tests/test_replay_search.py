@@ -182,8 +182,16 @@ def test_a_table_of_another_space_snaps_categorical_int_and_conditional_settings
     assert focal == distance.idxmin()
     with pytest.raises(ValueError, match="no configuration with"):
         table.snap({"loss": "adafocal", "lr": 0.03, "batch_size": 90})
-    # the replay runs on it through the space's own define-by-run function
+    # the replay runs on it through the space's own define-by-run function: the contenders
+    # sample the table's space (both losses, focal_gamma with focal only), not the default one
+    snapped = []
+    snap = table.snap
+    table.snap = lambda settings: snapped.append(settings) or snap(settings)  # type: ignore[method-assign]
     results = replay.run_benchmark(table, ["random", "tpe"], [2], 2, 10.0)
+    del table.snap
+    assert {s["loss"] for s in snapped} == {"ce", "focal"}
+    assert all(("focal_gamma" in s) == (s["loss"] == "focal") for s in snapped)
+    assert not any("rho" in s for s in snapped)
     assert set(results["runs"]) == {"random@2", "tpe@2"}
     for run in results["runs"].values():
         assert 0 < run["val"]["final"] <= 1.5

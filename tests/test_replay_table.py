@@ -44,6 +44,30 @@ def test_the_bundled_grid_is_the_default_space_over_105_configurations():
     assert (methods.count("sgd"), methods.count("sam"), methods.count("csam")) == (5, 20, 80)
 
 
+def test_the_second_grid_lies_in_its_searched_space():
+    grid, space = load_space("table-cnn-focal"), load_space("cnn-focal")
+    assert len(grid.points) == 33 and grid.repeats == 2 and grid.scheduler == "none"
+    fixed = {k: v for k, v in grid.fixed.items() if k not in ("data_seed", "test_every_epoch")}
+    assert fixed == space.fixed and grid.train_config().epochs == 12
+    for point in grid.points:
+        for name, value in point.items():
+            search = space.search[name]
+            if search.kind == "categorical":
+                assert value in search.categorical, point
+            else:
+                low, high = search.bounds
+                assert low <= value <= high, point
+        assert ("focal_gamma" in point) == (point["loss"] == "focal"), point
+    losses = {(p["method"], p["loss"]) for p in grid.points}
+    assert losses == {
+        ("sgd", "ce"),
+        ("sgd", "focal"),
+        ("sam", "ce"),
+        ("sam", "focal"),
+        ("csam", "ce"),
+    }
+
+
 @pytest.mark.slow
 def test_a_study_becomes_one_row_per_trial_and_epoch(request, tmp_path):
     study = request.getfixturevalue("api_study")(
