@@ -284,6 +284,8 @@ def replay_optuna(
             )
         )
         if last:
+            if ladder is not None:  # a pair for the agreement (a ladder with ``agreement``)
+                ladder.record_final(str(number), values)
             study.tell(trial, minimised(values, space.objective.modes))  # back to the study's signs
         elif stop:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -371,15 +373,20 @@ def paired_gain(
 Replayer = Callable[[ReplayTable, int, float, int], list[Report]]
 
 
-def sharpcal_contender(sampler: str, asha: bool, grace_period: int | None = None) -> Replayer:
+def sharpcal_contender(
+    sampler: str, asha: bool, grace_period: int | None = None, agreement: float | None = None
+) -> Replayer:
     """A replayer of the table's space with ``sampler`` and (or not) MO-ASHA, at the space's
-    ``asha`` settings or another ``grace_period``."""
+    ``asha`` settings or another ``grace_period``, or with the rung that checks its own
+    assumption (``agreement``: the lower bound an objective's rank agreement needs)."""
 
     def run(table: ReplayTable, workers: int, budget: float, seed: int) -> list[Report]:
         data = table.space.model_dump(mode="json")
         data.update(sampler=sampler, seed=seed, scheduler="asha" if asha else "none")
         if grace_period is not None:
             data["asha"] = {**data["asha"], "grace_period": grace_period}
+        if agreement is not None:
+            data["asha"] = {**data["asha"], "agreement": agreement}
         space = check_space(data, f"the replay of {table.space.name or 'a space'}")
         return replay_optuna(table, space, workers, budget, seed)
 
@@ -387,10 +394,19 @@ def sharpcal_contender(sampler: str, asha: bool, grace_period: int | None = None
 
 
 def _variant(name: str) -> Replayer | None:
-    """``SAMPLER+asha:G``: MO-ASHA with grace period G (rungs at G, 3G, 9G, ...)."""
+    """``SAMPLER+asha:G``: MO-ASHA with grace period G (rungs at G, 3G, 9G, ...);
+    ``SAMPLER+agree:B``: MO-ASHA whose rungs rank only on objectives whose rank agreement's
+    lower bound is at least B (``asha: {agreement: B}``)."""
     sampler, _, grace = name.partition("+asha:")
     if sampler in SAMPLERS and grace.isdigit():
         return sharpcal_contender(sampler, asha=True, grace_period=int(grace))
+    sampler, _, bound = name.partition("+agree:")
+    try:
+        agreement = float(bound)
+    except ValueError:
+        return None
+    if sampler in SAMPLERS:
+        return sharpcal_contender(sampler, asha=True, agreement=agreement)
     return None
 
 
@@ -466,9 +482,11 @@ def run_benchmark(
     replays_for: dict[str, int] | None = None,
     out: Path | None = None,
     late: float = 0.0,
+    first_seed: int = 0,
 ) -> dict[str, Any]:
     """Every contender named, for each worker count, ``replays`` times (``replays_for`` a
-    contender's own count; replay i seeded i). With ``out``, the results are written after each
+    contender's own count; replay i seeded ``first_seed + i``: fresh seeds for a confirming run).
+    With ``out``, the results are written after each
     contender, and contenders already in an ``out`` made with the same table are not rerun.
     With ``late`` (a fraction), each contender's replays are also scored with late checkpoints
     (``with_late``) as ``NAME+late``, with the paired gain over the same replays."""
@@ -483,11 +501,13 @@ def run_benchmark(
         "reference": table.reference,
         "oracle": table.oracle,
         "full_trial_seconds": table.full_trial_seconds,
+        "first_seed": first_seed,
         "runs": {},
     }
     if out is not None and out.is_file():
         earlier = json.loads(out.read_text())
-        if all(earlier.get(k) == results[k] for k in ("budgets", "reference", "oracle")):
+        same = ("budgets", "reference", "oracle", "first_seed")
+        if all(earlier.get(k, 0 if k == "first_seed" else None) == results[k] for k in same):
             results["runs"] = earlier["runs"]
     stop_at = (max_budget + 1) * table.full_trial_seconds
     for k, name in itertools.product(workers, names):
@@ -496,7 +516,8 @@ def run_benchmark(
             continue
         started = time.perf_counter()
         curves, late_curves, trials = [], [], []
-        for seed in range((replays_for or {}).get(name, replays)):
+        count = (replays_for or {}).get(name, replays)
+        for seed in range(first_seed, first_seed + count):
             reports = available[name](table, k, stop_at, seed)
             trials.append(len({r.trial for r in reports if r.ended}))
             curves.append(hypervolume_curve(reports, table, budgets))
@@ -705,6 +726,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "replay_search.json")
     parser.add_argument("--figure", type=Path, default=None, help="write the curves here (PNG)")
     parser.add_argument(
+        "--first-seed", type=int, default=0, help="replay i is seeded FIRST_SEED + i (fresh seeds)"
+    )
+    parser.add_argument(
         "--late", type=float, default=0.0,
         help="also score every contender with late checkpoints over this last fraction of epochs",
     )  # fmt: skip
@@ -730,6 +754,7 @@ def main() -> None:
     results = run_benchmark(
         table, names, workers, args.replays, args.budget,
         replays_for={k: int(v) for k, v in own.items()}, out=args.out, late=args.late,
+        first_seed=args.first_seed,
     )  # fmt: skip
     for path in args.merge:
         other = json.loads(path.read_text())

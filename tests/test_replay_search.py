@@ -223,3 +223,16 @@ def test_the_late_smoke_scores_the_same_replays_and_pairs_them(replay, table):
     paired = late["paired"]["val"]
     assert paired["auc_diff"] == pytest.approx(late["val"]["auc"] - base["val"]["auc"])
     assert paired["auc_diff"] >= 0 and paired["ratio"] >= 1.0
+
+
+def test_the_agreement_rung_replays_and_measures_over_the_trials_that_finished(replay, table):
+    run = replay._variant("tpe+agree:0.3")
+    assert run is not None and replay._variant("tpe+agree:x") is None
+    reports = run(table, 2, 60 * table.full_trial_seconds, 5)
+    ended = [r for r in reports if r.ended]
+    # while fewer than the needed pairs have finished no rung acts: the first trials all complete;
+    # once the finished trials show the rungs' ranks agree, rungs stop trials
+    assert all(r.epoch == EPOCHS for r in ended[:4])
+    assert sum(r.epoch < EPOCHS for r in ended) > len(ended) / 2
+    results = replay.run_benchmark(table, ["random+agree:0.3"], [2], 2, 6.0, first_seed=100)
+    assert results["first_seed"] == 100 and results["runs"]["random+agree:0.3@2"]["replays"] == 2
