@@ -6,6 +6,7 @@ it spent, relative to the table's oracle front.
     python bench/replay_search.py                       # every contender, K = 2 and 8, 10 replays
     python bench/replay_search.py --replays 30 --workers 2 --contenders tpe,tpe+asha
     python bench/replay_search.py --space my-space.yaml --table my-table.parquet
+    python bench/replay_search.py --contenders tpe,tpe+agree:0.3 --late 0.25 --first-seed 100
 
 Any space and its table (``bench/replay_table.py`` of a grid study of it): the settings come from
 the table's columns, matched to a sampled configuration exactly where they are categorical
@@ -14,9 +15,11 @@ scale where they are numeric (integers included); a setting the space fixes is m
 fixed value.
 
 Contenders: sharpcal's own studies — the samplers ``random``, ``tpe``, ``nsga2`` and ``gp`` built
-by ``study.storage.records.build_sampler`` from the default space, asked through the space's define-by-run
+by ``study.search.sampler.build_sampler`` from the table's space, asked through its define-by-run
 function, each with and without MO-ASHA (``study.search.rungs.RungLadder`` with the space's ``asha``
-settings, or ``SAMPLER+asha:G`` with a grace period of G epochs) — and Syne Tune's
+settings, or ``SAMPLER+asha:G`` with a grace period of G epochs, or ``SAMPLER+agree:B``: the rung
+that ranks only on objectives whose rank agreement with the final values, measured over the
+trials that finished, has a lower bound of at least B) — and Syne Tune's
 (``bench/replay_syne_tune.py``, the ``bench`` extra) on the same table.
 
 The simulator: K workers; a free worker asks for a trial, the trial's configuration is the table's
@@ -34,6 +37,12 @@ oracle's, and the area under the curve (its mean over the budget axis). The refe
 the nadir of the oracle's fronts moved out by a tenth of their extent. A found front can exceed the
 oracle's on val: a search keeps the seeds that happened to score well there (the oracle averages
 them); the test values of the same trials carry no such selection.
+
+``--late F`` also scores every contender's replays as a study with ``late_checkpoints: F`` would
+end them (``with_late``: a completed trial adds the epochs of its own val front over its last F of
+epochs, each with its own test values), as ``NAME+late``, with the paired gain over the same
+replays (the difference of the areas under the curve with its 95% interval, and the ratio of the
+hypervolumes at equal budget).
 
 Not charged: a trial's start-up (Ray, data, model) and its evaluation time, the same for every
 contender per trial; schedulers that stop many short trials pay more of it in a real study (the

@@ -22,8 +22,10 @@ Data, under ``data_uri`` (the same directory, or ``s3://bucket/prefix/<name>``):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,26 @@ def resolve_fs(uri: str) -> tuple[Any, str]:
     if is_remote(uri):
         return pafs.FileSystem.from_uri(uri)
     return pafs.LocalFileSystem(), uri
+
+
+def write_whole(uri: str, write: Callable[[Any], None], suffix: str = "") -> None:
+    """Create or replace the file ``uri`` (local or object storage) with what ``write`` writes
+    to the output stream it is given: written under a hidden name (``_tmp-...``, which dataset
+    discovery skips) beside it and moved into place, so it appears whole or not at all."""
+    import uuid
+
+    fs, path = resolve_fs(uri)
+    directory = path.rsplit("/", 1)[0]
+    fs.create_dir(directory, recursive=True)
+    tmp = f"{directory}/_tmp-{uuid.uuid4().hex}{suffix}"
+    try:
+        with fs.open_output_stream(tmp) as out:
+            write(out)
+        fs.move(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.delete_file(tmp)
+        raise
 
 
 def join(uri: str, *parts: str) -> str:

@@ -16,8 +16,6 @@ Schema version 2 added ``corruption`` and ``severity`` (null outside the corrupt
 
 from __future__ import annotations
 
-import contextlib
-import uuid
 from typing import Any
 
 import numpy as np
@@ -26,7 +24,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
 
-from trainables.layout import partition_uri, resolve_fs
+from trainables.layout import partition_uri, resolve_fs, write_whole
 
 SCHEMA_VERSION = "2"
 SCHEMA_KEY = b"sharpcal.evidence.schema_version"
@@ -118,19 +116,10 @@ def evidence_table(
 
 def write_evidence(table: pa.Table, root_uri: str, trial_id: str, split: str, epoch: int) -> str:
     """Write one split's rows atomically; returns the final path (inside its filesystem)."""
-    fs, root = resolve_fs(root_uri)
-    directory = partition_uri(root, trial_id, split)
-    fs.create_dir(directory, recursive=True)
-    final = f"{directory}/epoch-{epoch:04d}.parquet"
-    tmp = f"{directory}/_tmp-{uuid.uuid4().hex}.parquet"
-    try:
-        with fs.open_output_stream(tmp) as out:
-            pq.write_table(table, out, compression="zstd")
-        fs.move(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            fs.delete_file(tmp)
-        raise
+    _, root = resolve_fs(root_uri)
+    final = f"{partition_uri(root, trial_id, split)}/epoch-{epoch:04d}.parquet"
+    target = f"{root_uri.rstrip('/')}{final[len(root.rstrip('/')) :]}"
+    write_whole(target, lambda out: pq.write_table(table, out, compression="zstd"), ".parquet")
     return final
 
 

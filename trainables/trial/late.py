@@ -21,14 +21,20 @@ import contextlib
 import io
 import json
 import math
-import uuid
 from typing import Any
 
 import torch
 
 from trainables.engine.loop import EpochRecord, Trainer
 from trainables.evaluation import evidence
-from trainables.layout import evidence_uri, join, partition_uri, resolve_fs, trial_artifacts_uri
+from trainables.layout import (
+    evidence_uri,
+    join,
+    partition_uri,
+    resolve_fs,
+    trial_artifacts_uri,
+    write_whole,
+)
 from trainables.metrics.objectives import signed
 from trainables.trial.outputs import TrialContext
 
@@ -83,17 +89,7 @@ def front_uri(data_uri: str, trial_id: str) -> str:
 
 
 def _write(uri: str, data: bytes) -> None:
-    fs, path = resolve_fs(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    tmp = f"{path.rsplit('/', 1)[0]}/_tmp-{uuid.uuid4().hex}"
-    try:
-        with fs.open_output_stream(tmp) as out:
-            out.write(data)
-        fs.move(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            fs.delete_file(tmp)
-        raise
+    write_whole(uri, lambda out: out.write(data))
 
 
 def _delete(uri: str) -> None:
