@@ -75,6 +75,7 @@ from study.analysis.hypervolume import hypervolume
 from study.search.rungs import minimised, nondominated_fronts
 from study.search.sampler import SpaceSampler, build_sampler
 from study.search.schedulers import ladder_for
+from trainables.config import TrainConfig
 from trainables.trial.late import first_late_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,14 +154,22 @@ class ReplayTable:
     def snap(self, settings: dict[str, Any]) -> int:
         """The table's configuration nearest to ``settings`` (a sampled configuration over the
         space's fixed settings): of those with its every categorical setting (``method``,
-        ``loss``...; a setting it lacks matches an absent one), the least distant over the
+        ``loss``...; a setting it lacks matches an absent one or one at the setting's default:
+        CSAM's ``loss``, unsampled, is ``ce`` in a grid that names it), the least distant over the
         numeric settings, each on the scale it is searched on (log for ``loguniform``) over the
         span of the candidates' values. On a whole grid, each setting at its nearest value."""
         wanted = {name: settings.get(name, self.space.fixed.get(name)) for name in self.names}
         rows = self.settings
         for name in self.categorical:
             value = wanted[name]
-            rows = rows[rows[name].isna()] if value is None else rows[rows[name] == value]
+            if value is None:
+                default = TrainConfig.model_fields.get(name)
+                match = rows[name].isna()
+                if default is not None and default.default is not None:
+                    match |= rows[name] == default.default
+                rows = rows[match]
+            else:
+                rows = rows[rows[name] == value]
         if rows.empty:
             shown = {n: wanted[n] for n in self.categorical}
             raise ValueError(f"the table has no configuration with {shown}")

@@ -236,3 +236,13 @@ def test_the_agreement_rung_replays_and_measures_over_the_trials_that_finished(r
     assert sum(r.epoch < EPOCHS for r in ended) > len(ended) / 2
     results = replay.run_benchmark(table, ["random+agree:0.3"], [2], 2, 6.0, first_seed=100)
     assert results["first_seed"] == 100 and results["runs"]["random+agree:0.3@2"]["replays"] == 2
+
+
+def test_a_setting_the_space_leaves_unsampled_matches_its_default_in_the_grid(replay, tmp_path):
+    # as CSAM's loss in cnn-focal: not sampled (cross-entropy, the default), named in the grid
+    path = tmp_path / "lr.yaml"
+    path.write_text(LOSS_SPACE.split("  loss:")[0] + "  lr: {loguniform: [0.01, 0.1]}\n")
+    table = replay.ReplayTable(loss_table(), load_space(str(path)))
+    assert "loss" in table.categorical
+    config = table.snap({"lr": 0.03})
+    assert table.settings.loc[config, "loss"] == "ce"
