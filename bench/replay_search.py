@@ -388,6 +388,33 @@ def paired_gain(
     return out
 
 
+def replay_aucs(curves: list[dict[str, np.ndarray]]) -> dict[str, list[float]]:
+    """Each replay's area under its curve (the mean over the budgets), on val and test."""
+    return {split: [float(c[split].mean()) for c in curves] for split in ("val", "test")}
+
+
+def paired_auc_lines(results: dict[str, Any], base: str = "tpe") -> list[str]:
+    """Each contender against ``base`` at the same worker count, paired by replay seed (replay i
+    of both drew from the same seed): the mean difference of the area under the curve and its 95%
+    Student-t interval, on val and test."""
+    runs, lines = results["runs"], []
+    for key in sorted(runs, key=lambda key: (int(key.rsplit("@", 1)[1]), _order(key))):
+        name, k = key.rsplit("@", 1)
+        other = runs.get(f"{base}@{k}")
+        if name == base or other is None or "replay_auc" not in runs[key]:
+            continue
+        if "replay_auc" not in other or len(other["replay_auc"]["val"]) != runs[key]["replays"]:
+            continue
+        parts = []
+        for split in ("val", "test"):
+            diffs = np.subtract(runs[key]["replay_auc"][split], other["replay_auc"][split])
+            half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs))
+            parts.append(f"{split} ΔAUC {diffs.mean():+.4f} [{diffs.mean() - half:+.4f}, "
+                         f"{diffs.mean() + half:+.4f}]")  # fmt: skip
+        lines.append(f"K={k} {name} − {base}: " + ", ".join(parts))
+    return lines
+
+
 Replayer = Callable[[ReplayTable, int, float, int], list[Report]]
 
 
@@ -545,7 +572,7 @@ def run_benchmark(
         summary = summarise(curves, budgets)
         summary.update(
             replays=len(curves), trials_ended=float(np.mean(trials)),
-            seconds=time.perf_counter() - started,
+            seconds=time.perf_counter() - started, replay_auc=replay_aucs(curves),
         )  # fmt: skip
         results["runs"][f"{name}@{k}"] = summary
         print(_line(name, k, summary), flush=True)
@@ -554,6 +581,7 @@ def run_benchmark(
             with_checkpoints.update(
                 replays=len(late_curves), trials_ended=summary["trials_ended"], seconds=0.0,
                 late=late, paired=paired_gain(curves, late_curves),
+                replay_auc=replay_aucs(late_curves),
             )  # fmt: skip
             results["runs"][f"{name}+late@{k}"] = with_checkpoints
             print(_line(f"{name}+late", k, with_checkpoints), flush=True)
@@ -783,6 +811,7 @@ def main() -> None:
         args.out.write_text(json.dumps(results))
     print(f"wrote {args.out}\n\n{markdown_table(results)}\n")
     print("\n".join(goal_lines(results) + goal_lines(results, split="val")))
+    print("\npaired by replay seed:\n" + "\n".join(paired_auc_lines(results)))
     if args.figure is not None:
         plot(results, args.figure)
         print(f"wrote {args.figure}")

@@ -246,3 +246,12 @@ def test_a_setting_the_space_leaves_unsampled_matches_its_default_in_the_grid(re
     assert "loss" in table.categorical
     config = table.snap({"lr": 0.03})
     assert table.settings.loc[config, "loss"] == "ce"
+
+
+def test_contenders_are_paired_by_replay_seed(replay, table):
+    results = replay.run_benchmark(table, ["random", "random+asha:9"], [2], 3, 4.0, late=0.25)
+    lines = replay.paired_auc_lines(results, base="random")
+    names = [line.split(" − ")[0] for line in lines]
+    assert names == ["K=2 random+late", "K=2 random+asha:9", "K=2 random+asha:9+late"]
+    late = results["runs"]["random+late@2"]["paired"]["val"]["auc_diff"]
+    assert f"val ΔAUC {late:+.4f}" in lines[0]  # the same difference as paired_gain's
