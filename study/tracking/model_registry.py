@@ -326,6 +326,8 @@ def register_trial_model(
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from study.analysis.epochs import epoch_of
+
     refuse_diverged(trial)
     run_id = trial_run_id(tracking["tracking_uri"], tracking["experiment_id"], trial)
     uri = log_trial_model(paths, trial, tracking["tracking_uri"], run_id)
@@ -336,8 +338,6 @@ def register_trial_model(
         for k, v in trial.user_attrs.items()
         if (k.startswith("test_") or k == "temperature") and isinstance(v, float)
     }
-    from study.analysis.epochs import epoch_of
-
     tags.update(
         study=paths.root.name,
         trial=str(trial.number),

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 
 from trainables.engine.loop import EpochRecord, Trainer
-from trainables.evaluation import evidence
 from trainables.layout import (
     evidence_uri,
     join,
@@ -36,7 +35,7 @@ from trainables.layout import (
     write_whole,
 )
 from trainables.metrics.objectives import signed
-from trainables.trial.outputs import TrialContext
+from trainables.trial.outputs import EVIDENCE_SPLITS, TrialContext, write_epoch_evidence
 
 LATE_FRONT_KEY = "late_front"  # the result key: the trial's own front so far, as JSON
 EPOCHS_DIR = "epochs"
@@ -125,7 +124,7 @@ class LateEpochs:
     report. Off (``first == 0``) it does nothing."""
 
     def __init__(self, ctx: TrialContext, trial_id: str, trainer: Trainer) -> None:
-        self.study, self.data_uri, self.trial_id = ctx.study, ctx.study_uri, trial_id
+        self.ctx, self.data_uri, self.trial_id = ctx, ctx.study_uri, trial_id
         self.keys = front_keys(ctx.objective_weight, ctx.objective_metrics)
         self.evidence_every = ctx.evidence == "every"
         self.last = trainer.cfg.last_epoch
@@ -154,11 +153,12 @@ class LateEpochs:
         kept = {e["epoch"] for e in front}
         if record.epoch in kept:
             self._keep(trainer, record)
-        _write(front_uri(self.data_uri, self.trial_id), json.dumps(front).encode())
+        text = json.dumps(front)
+        _write(front_uri(self.data_uri, self.trial_id), text.encode())
         for epoch in before - kept:
             self._drop(epoch)
         self.front = front
-        return json.dumps(front)
+        return text
 
     def _keep(self, trainer: Trainer, record: EpochRecord) -> None:
         epoch = record.epoch
@@ -170,14 +170,7 @@ class LateEpochs:
         if self.evidence_every:
             return
         temperature = record.test.get("temperature") or trainer.fit_temperature()
-        for split in ("val", "test"):
-            if trainer.data.split_size(split) == 0:
-                continue
-            logits, labels = trainer.predictions(split)
-            table = evidence.evidence_table(
-                logits, labels, study=self.study, epoch=epoch, temperature=temperature
-            )
-            evidence.write_evidence(table, evidence_uri(self.data_uri), self.trial_id, split, epoch)
+        write_epoch_evidence(trainer, self.ctx, self.trial_id, epoch, temperature)
 
     def _drop(self, epoch: int) -> None:
         if epoch == self.last:
@@ -187,6 +180,6 @@ class LateEpochs:
             fs.delete_dir(path.rsplit("/", 1)[0])
         if self.evidence_every:
             return
-        for split in ("val", "test"):
+        for split in EVIDENCE_SPLITS:
             root = partition_uri(evidence_uri(self.data_uri), self.trial_id, split)
             _delete(f"{root}/epoch-{epoch:04d}.parquet")

@@ -45,6 +45,20 @@ class TrialContext:
     late_fraction: float = 0.0
 
 
+def write_epoch_evidence(
+    trainer: Trainer, ctx: TrialContext, trial_id: str, epoch: int, temperature: float
+) -> None:
+    """The per-sample evidence of val and test (the splits it has) at ``epoch``."""
+    for split in EVIDENCE_SPLITS:
+        if trainer.data.split_size(split) == 0:
+            continue
+        logits, labels = trainer.predictions(split)
+        table = evidence.evidence_table(
+            logits, labels, study=ctx.study, epoch=epoch, temperature=temperature
+        )
+        evidence.write_evidence(table, evidence_uri(ctx.study_uri), trial_id, split, epoch)
+
+
 def write_trial_files(
     trainer: Trainer, record: EpochRecord, ctx: TrialContext, trial_id: str
 ) -> None:
@@ -53,14 +67,7 @@ def write_trial_files(
     if not ctx.study_uri or trainer.diverged or not (last or ctx.evidence == "every"):
         return
     temperature = record.final.get("temperature") or trainer.fit_temperature()
-    for split in EVIDENCE_SPLITS:
-        if trainer.data.split_size(split) == 0:
-            continue
-        logits, labels = trainer.predictions(split)
-        table = evidence.evidence_table(
-            logits, labels, study=ctx.study, epoch=record.epoch, temperature=temperature
-        )
-        evidence.write_evidence(table, evidence_uri(ctx.study_uri), trial_id, split, record.epoch)
+    write_epoch_evidence(trainer, ctx, trial_id, record.epoch, temperature)
     if last:
         logits, labels = trainer.predictions("test")
         png = reliability_png(logits, labels, temperature, title="test")
