@@ -393,15 +393,17 @@ def replay_aucs(curves: list[dict[str, np.ndarray]]) -> dict[str, list[float]]:
     return {split: [float(c[split].mean()) for c in curves] for split in ("val", "test")}
 
 
-def paired_auc_lines(results: dict[str, Any], base: str = "tpe") -> list[str]:
-    """Each contender against ``base`` at the same worker count, paired by replay seed (replay i
-    of both drew from the same seed): the mean difference of the area under the curve and its 95%
-    Student-t interval, on val and test."""
+def paired_auc_lines(results: dict[str, Any], base: str | None = None) -> list[str]:
+    """Each contender against ``base`` (by default its own sampler without a scheduler or late
+    checkpoints: ``random+asha`` against ``random``) at the same worker count, paired by replay
+    seed (replay i of both drew from the same seed): the mean difference of the area under the
+    curve and its 95% Student-t interval, on val and test."""
     runs, lines = results["runs"], []
     for key in sorted(runs, key=lambda key: (int(key.rsplit("@", 1)[1]), _order(key))):
         name, k = key.rsplit("@", 1)
-        other = runs.get(f"{base}@{k}")
-        if name == base or other is None or "replay_auc" not in runs[key]:
+        against = base or name.split("+")[0]
+        other = runs.get(f"{against}@{k}")
+        if name == against or other is None or "replay_auc" not in runs[key]:
             continue
         if "replay_auc" not in other or len(other["replay_auc"]["val"]) != runs[key]["replays"]:
             continue
@@ -411,7 +413,7 @@ def paired_auc_lines(results: dict[str, Any], base: str = "tpe") -> list[str]:
             half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs))
             parts.append(f"{split} ΔAUC {diffs.mean():+.4f} [{diffs.mean() - half:+.4f}, "
                          f"{diffs.mean() + half:+.4f}]")  # fmt: skip
-        lines.append(f"K={k} {name} − {base}: " + ", ".join(parts))
+        lines.append(f"K={k} {name} − {against}: " + ", ".join(parts))
     return lines
 
 

@@ -16,6 +16,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from search_spaces import SpaceError
 from search_spaces.schema import check_space
 from study.runtime.tuner import loopback_only
+from study.storage.records import LATE_FRONT_ATTR
 from tests.conftest import DIGITS_FAST
 from tests.test_cli import run_study
 from tests.test_study import DIGITS, optuna_study, run_and_kill_while_held, write_space
@@ -116,8 +117,11 @@ def test_bad_worker_settings_are_refused_with_the_key(resources, batch_size, mes
 
 
 def test_killed_two_worker_study_resumes_from_the_train_checkpoint_with_evidence_once(tmp_path):
+    """With late checkpoints over its last half: each kept epoch keeps its checkpoint and its
+    evidence once, written by rank 0 only, across the kill."""
     data = _space_data({"cpu": 1, "workers": 2})
     data["fixed"].update(epochs=4, sync_perturbation=True)
+    data["late_checkpoints"] = 0.5
     space = write_space(tmp_path, **data)
     train_dir = tmp_path / "studies" / "k" / "train"
 
@@ -135,11 +139,17 @@ def test_killed_two_worker_study_resumes_from_the_train_checkpoint_with_evidence
     assert trial.user_attrs["test_accuracy"] > 0.5
     evidence = tmp_path / "studies" / "k" / "evidence"
     table = pads.dataset(evidence, partitioning="hive").to_table()
-    rows = table.group_by("split").aggregate([("sample_id", "count")]).to_pylist()
-    # every val and test sample exactly once: only rank 0 writes
+    rows = table.group_by(["split", "epoch"]).aggregate([("sample_id", "count")]).to_pylist()
+    kept = sorted(entry["epoch"] for entry in trial.user_attrs[LATE_FRONT_ATTR])
+    assert kept and set(kept) <= {3, 4}  # the window: the last half of 4 epochs
+    # every val and test sample exactly once at the last epoch and at each kept one, none at an
+    # epoch a later one dominated: only rank 0 writes
     trainer = Trainer(parse_config({**DIGITS_FAST, "val_fraction": 0.1}))
-    expected = {s: trainer.data.split_size(s) for s in ("val", "test")}
-    assert {r["split"]: r["sample_id_count"] for r in rows} == expected
+    counts = {(r["split"], r["epoch"]): r["sample_id_count"] for r in rows}
+    expected = {(s, e): trainer.data.split_size(s) for s in ("val", "test") for e in {*kept, 4}}
+    assert counts == expected
+    for epoch in set(kept) - {4}:  # a kept epoch but the last keeps its own checkpoint
+        assert list((tmp_path / "studies" / "k").rglob(f"epochs/epoch-{epoch:04d}/state.pt"))
     (result,) = (tmp_path / "studies" / "k" / "tune").glob("trial_*/result.json")
     rows = [json.loads(line) for line in result.read_text().splitlines()]
     resumed = [row["epoch"] for row in rows if row["pid"] == rows[-1]["pid"]]

@@ -13,6 +13,7 @@ from study.search.rungs import (
     eps_net_order,
     minimised,
     mo_order,
+    mo_position,
     nondominated_fronts,
     rank_normalised,
     rung_milestones,
@@ -209,3 +210,17 @@ def test_the_vectorised_sorts_equal_their_pairwise_definitions(seed):
     front_keys = keys[: len(front)]
     assert eps_net_order(front, front_keys) == _naive_eps_net(front, front_keys)
     assert eps_net_order(points, keys) == _naive_eps_net(points, keys)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_rows_position_is_its_place_in_the_whole_order(seed):
+    """``mo_position`` orders only the row's own front; it agrees with ``mo_order`` for every
+    row, ties and both rankings included."""
+    rng = np.random.default_rng(seed)
+    points = rng.integers(0, 5, size=(40, 2 + seed % 2)).astype(float)
+    keys = [f"k{i:02d}" for i in rng.permutation(40)]
+    for ranking in ("eps_net", "crowding"):
+        order = mo_order(points, keys, ranking)
+        assert [mo_position(points, keys, row, ranking) for row in range(40)] == [
+            order.index(row) + 1 for row in range(40)
+        ]

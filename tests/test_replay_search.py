@@ -255,3 +255,10 @@ def test_contenders_are_paired_by_replay_seed(replay, table):
     assert names == ["K=2 random+late", "K=2 random+asha:9", "K=2 random+asha:9+late"]
     late = results["runs"]["random+late@2"]["paired"]["val"]["auc_diff"]
     assert f"val ΔAUC {late:+.4f}" in lines[0]  # the same difference as paired_gain's
+
+
+def test_by_default_each_contender_is_paired_with_its_own_sampler(replay, table):
+    results = replay.run_benchmark(table, ["random", "tpe", "tpe+asha:9"], [2], 3, 4.0)
+    lines = replay.paired_auc_lines(results)
+    # random and tpe are their own samplers without a scheduler: no line of their own
+    assert [line.split(": val")[0] for line in lines] == ["K=2 tpe+asha:9 − tpe"]

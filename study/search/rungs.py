@@ -33,7 +33,7 @@ included) the rung keeps every entry.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -54,34 +54,41 @@ def minimised(values: Sequence[float], modes: Sequence[str]) -> list[float]:
     return [-float(v) if m == "max" else float(v) for v, m in zip(values, modes, strict=True)]
 
 
-def nondominated_fronts(points: np.ndarray) -> list[list[int]]:
-    """The rows of ``points`` (minimised) sorted into non-dominated fronts, best front first;
-    each front lists its row indices in ascending order. Equal rows share a front."""
+def iter_fronts(points: np.ndarray) -> Iterator[list[int]]:
+    """The rows of ``points`` (minimised) as non-dominated fronts, best front first, one at a
+    time; each front lists its row indices in ascending order. Equal rows share a front. Each
+    row's count of remaining rows that dominate it is kept, so peeling every front costs one
+    comparison of all pairs."""
     pts = np.asarray(points, dtype=float).reshape(len(points), -1)
     no_worse = (pts[:, None, :] <= pts[None, :, :]).all(axis=-1)
     better = (pts[:, None, :] < pts[None, :, :]).any(axis=-1)
     beats = no_worse & better  # beats[j, i]: row j strictly dominates row i
+    dominators = beats.sum(axis=0)
     remaining = np.ones(len(pts), dtype=bool)
-    fronts = []
     while remaining.any():
-        front = np.flatnonzero(remaining & ~(beats & remaining[:, None]).any(axis=0))
-        fronts.append(front.tolist())
+        front = np.flatnonzero(remaining & (dominators == 0))
+        yield front.tolist()
         remaining[front] = False
-    return fronts
+        dominators -= beats[front].sum(axis=0)
+
+
+def nondominated_fronts(points: np.ndarray) -> list[list[int]]:
+    """The rows of ``points`` (minimised) sorted into non-dominated fronts, best front first;
+    each front lists its row indices in ascending order. Equal rows share a front."""
+    return list(iter_fronts(points))
 
 
 def rank_normalised(points: np.ndarray) -> np.ndarray:
     """Each column replaced by its average rank among the rows, scaled to [0, 1] (ties share a
     rank; a single row, or a column of equal values, is all 0)."""
+    from scipy.stats import rankdata
+
     n = len(points)
     out = np.zeros_like(points, dtype=float)
     if n < 2:
         return out
     for col in range(points.shape[1]):
-        column = points[:, col]
-        below = (column[:, None] > column[None, :]).sum(axis=1)
-        equal = (column[:, None] == column[None, :]).sum(axis=1)
-        out[:, col] = (below + (equal - 1) / 2) / (n - 1)
+        out[:, col] = (rankdata(points[:, col], method="average") - 1) / (n - 1)
     return out
 
 
@@ -134,6 +141,22 @@ def mo_order(points: np.ndarray, keys: Sequence[str], ranking: Ranking = "eps_ne
     return order
 
 
+def mo_position(
+    points: np.ndarray, keys: Sequence[str], row: int, ranking: Ranking = "eps_net"
+) -> int:
+    """``row``'s 1-based place in ``mo_order(points, keys, ranking)``: the sizes of the fronts
+    before its own, plus its place within its own front (the only front ordered)."""
+    normalised = rank_normalised(np.asarray(points, dtype=float))
+    within = eps_net_order if ranking == "eps_net" else crowding_order
+    before = 0
+    for front in iter_fronts(normalised):
+        if row in front:
+            inner = within(normalised[front], [keys[i] for i in front])
+            return before + [front[i] for i in inner].index(row) + 1
+        before += len(front)
+    raise IndexError(f"row {row} is not among the {len(points)} points")
+
+
 def rung_milestones(
     grace_period: int, reduction_factor: float, max_t: int, limit: int | None = None
 ) -> list[int]:
@@ -176,7 +199,11 @@ class RungEntry:
     stop: bool = False
 
     def mean(self) -> np.ndarray:
-        return np.mean(np.array(list(self.members.values()), dtype=float), axis=0)
+        """The members' mean vector."""
+        vectors = list(self.members.values())
+        if len(vectors) == 1:
+            return np.array(vectors[0])
+        return np.array([sum(column) / len(vectors) for column in zip(*vectors, strict=True)])
 
 
 @dataclass(frozen=True)
@@ -377,9 +404,8 @@ class RungLadder:
         entries = self.rungs[milestone]
         keys = sorted(entries)
         columns = columns or list(range(self.num_objectives))
-        points = np.array([entries[k].mean()[columns] for k in keys])
-        order = mo_order(points, keys, self.ranking)
-        position = order.index(keys.index(key)) + 1
+        points = np.array([entries[k].mean() for k in keys])[:, columns]
+        position = mo_position(points, keys, keys.index(key), self.ranking)
         if stop is None:  # beyond the first count / eta places
             numerator, denominator = self._eta
             stop = position * numerator > len(keys) * denominator
